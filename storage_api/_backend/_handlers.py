@@ -1,0 +1,111 @@
+"""The backend's operations, one handler each, dispatched through :data:`HANDLERS`.
+
+A request body unpickles to ``(op, *params)``; the handler returns the value to send back, or
+raises, and the exception travels to the caller with its traceback.
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .. import _wire
+from .._serial import dump_error, dumps
+from ..errors import ClassNotFound, StoreError
+
+if TYPE_CHECKING:
+    from ._runtime import LocalBackend
+
+Handler = Callable[["LocalBackend", tuple, list], Any]
+
+
+def _call(b: LocalBackend, msg: tuple, _buffers: list) -> Any:
+    _op, oid, name, args, kwargs = msg
+    return b.call(oid, name, args, kwargs)
+
+
+def _getattr(b: LocalBackend, msg: tuple, _buffers: list) -> Any:
+    _op, oid, name = msg
+    return b.get_attr(oid, name)
+
+
+def _setattr(b: LocalBackend, msg: tuple, _buffers: list) -> None:
+    _op, oid, name, value = msg
+    b.set_attr(oid, name, value)
+
+
+def _persist(b: LocalBackend, msg: tuple, buffers: list) -> None:
+    _op, oid, path, alias, state_body = msg
+    b.persist_state(oid, path, alias, state_body, buffers)
+
+
+def _new(b: LocalBackend, msg: tuple, _buffers: list) -> None:
+    _op, oid, path, alias, args, kwargs = msg
+    b.construct(oid, path, alias, args, kwargs)
+
+
+def _delete(b: LocalBackend, msg: tuple, _buffers: list) -> None:
+    _op, oid = msg
+    b.delete(oid)
+
+
+def _load_class(b: LocalBackend, msg: tuple, _buffers: list) -> dict:
+    _op, path = msg
+    return b.class_metadata(path)
+
+
+def _stats(b: LocalBackend, msg: tuple, _buffers: list) -> dict:
+    return b.stats()
+
+
+def _ping(b: LocalBackend, msg: tuple, _buffers: list) -> str:
+    return "pong"
+
+
+#: operation -> (handler, number of elements in the request tuple)
+HANDLERS: dict[str, tuple[Handler, int]] = {
+    "call": (_call, 5),
+    "getattr": (_getattr, 3),
+    "setattr": (_setattr, 4),
+    "persist": (_persist, 5),
+    "new": (_new, 6),
+    "delete": (_delete, 2),
+    "load_class": (_load_class, 2),
+    "stats": (_stats, 1),
+    "ping": (_ping, 1),
+}
+
+
+def _decode(body: bytes, buffers: list) -> tuple:
+    try:
+        msg = pickle.loads(body, buffers=buffers)
+    except (ModuleNotFoundError, AttributeError) as exc:
+        raise ClassNotFound(f"the request names something this backend cannot import: {exc}") from exc
+    except StoreError:
+        raise
+    except Exception as exc:
+        raise StoreError(f"undecodable request: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(msg, tuple) or not msg or not isinstance(msg[0], str):
+        raise StoreError("malformed request")
+    return msg
+
+
+def dispatch(backend: LocalBackend, body: bytes, buffers: list) -> tuple[int, bytes, list[Any]]:
+    """Serve one request; return the reply frame's ``(kind, body, buffers)``."""
+    try:
+        msg = _decode(body, buffers)
+        entry = HANDLERS.get(msg[0])
+        if entry is None:
+            raise StoreError(f"unknown operation {msg[0]!r}")
+        handler, arity = entry
+        if len(msg) != arity:
+            raise StoreError(f"malformed {msg[0]!r} request")
+        result = handler(backend, msg, buffers)
+        try:
+            rbody, rbuffers = dumps(result)
+        except Exception as exc:
+            raise StoreError(f"the result ({type(result).__name__}) cannot be serialized: {exc}") from exc
+        return _wire.REPLY, rbody, rbuffers
+    except Exception as exc:
+        return _wire.ERROR, dump_error(exc), []

@@ -1,0 +1,136 @@
+"""A backend process: identity, recovery, registration, heartbeat, serving and graceful stop.
+
+Start-up order: the log is recovered first, then the listening socket is bound, then the backend
+(re-)registers itself and every object it holds in Redis, so metadata lost with a volatile Redis
+comes back with the backends. SIGTERM/SIGINT stop it gracefully: it stops accepting, is marked down
+in Redis (status reports it dead at once), syncs and closes its log.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from .. import _context
+from .._client import Client
+from .._config import Settings
+from .._metadata import Metadata
+from .._redis import Redis
+from ..errors import CommunicationError, ConfigError
+from ._runtime import LocalBackend
+from ._server import Server
+from ._store import Store
+
+log = logging.getLogger("storage.backend")
+
+
+def _identity(storage_dir: Path, name: str) -> tuple[str, str]:
+    """The backend's id and name, kept in its storage directory across restarts."""
+    path = storage_dir / "backend.json"
+    if path.exists():
+        ident = json.loads(path.read_text())
+        if name and name != ident["name"]:
+            ident["name"] = name
+            path.write_text(json.dumps(ident))
+        return ident["id"], ident["name"]
+    ident = {"id": str(uuid.uuid4()), "name": name or f"{socket.gethostname()}-{os.getpid()}"}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(ident))
+    os.replace(tmp, path)
+    return ident["id"], ident["name"]
+
+
+class BackendProcess:
+    def __init__(self, settings: Settings) -> None:
+        if not settings.storage_dir:
+            raise ConfigError("a backend needs a storage directory (--storage-dir)")
+        self.settings = settings
+        self.storage_dir = Path(settings.storage_dir).resolve()
+        self.storage_dir.mkdir(parents=True, exist_ok=True)
+        self.id, self.name = _identity(self.storage_dir, settings.name)
+        self.secret = settings.secret_bytes()
+        self.store = Store(self.storage_dir, fsync=settings.fsync)
+        self.redis = Redis(settings.require_redis())
+        self.meta = Metadata(self.redis, settings.namespace)
+        self.backend = LocalBackend(self.id, self.name, self.store, self.meta)
+        self.client = Client(settings, local=self.backend)
+        _context.install(self.client)
+        sock = socket.create_server((settings.host, settings.port), backlog=128, reuse_port=False)
+        self.server = Server(self.backend, sock, self.secret, settings.max_workers)
+        self._stop = threading.Event()
+
+    def info(self) -> dict[str, object]:
+        s = self.settings
+        host = s.advertise_host or (s.host if s.host not in ("", "0.0.0.0", "::") else socket.gethostname())
+        return {
+            "id": self.id,
+            "name": self.name,
+            "host": host,
+            "port": self.server.port,
+            "compss_name": s.compss_name or socket.gethostname(),
+            "pid": os.getpid(),
+            "storage_dir": str(self.storage_dir),
+            "state": "up",
+            "started": time.time(),
+        }
+
+    def register(self) -> None:
+        s = self.settings
+        self.meta.register_backend(self.info(), s.heartbeat_ttl)
+        records = self.backend.registration_records()
+        conflicts = self.meta.register_objects(self.id, records)
+        for alias in conflicts:
+            log.warning("alias %r is held by another object; this backend's claim was dropped", alias)
+        stale = self.meta.owned_objects(self.id) - {oid for oid, _p, _a in records}
+        for oid in stale:  # deleted while Redis was not told (e.g. a crash mid-delete)
+            self.meta.unregister_object(self.id, oid, None)
+        log.info("backend %s (%s) serving %d objects on port %d", self.name, self.id, len(records), self.server.port)
+
+    def _heartbeat(self) -> None:
+        s = self.settings
+        while not self._stop.wait(s.heartbeat_interval):
+            try:
+                self.meta.heartbeat(self.id, os.getpid(), s.heartbeat_ttl)
+            except CommunicationError as exc:
+                log.warning("heartbeat failed: %s", exc)
+
+    def run(self) -> int:
+        self.register()
+        threading.Thread(target=self._heartbeat, name="storage-api-heartbeat", daemon=True).start()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: threading.Thread(target=self.stop, daemon=True).start())
+        self.server.serve_forever()
+        self._stop.wait()
+        return 0
+
+    def stop(self) -> None:
+        if self._stop.is_set():
+            return
+        log.info("backend %s stopping", self.name)
+        self.server.stop()
+        try:
+            self.meta.mark_down(self.id)
+        except CommunicationError as exc:
+            log.warning("could not deregister: %s", exc)
+        self.store.close()
+        self._stop.set()
+
+
+def main(settings: Settings) -> int:
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s [%(process)d] %(message)s",
+        stream=sys.stderr,
+    )
+    if os.getcwd() not in sys.path:  # user classes are imported relative to the working directory
+        sys.path.insert(0, os.getcwd())
+    proc = BackendProcess(settings)
+    return proc.run()

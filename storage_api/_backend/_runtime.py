@@ -1,0 +1,249 @@
+"""The backend's object runtime: live objects, their locks, execution and durability.
+
+Concurrency model: each object has a readers-writer lock. A mutating call (any active method not
+declared ``readonly=True``, and every attribute write) holds it exclusively while it runs and while
+the object's new state is appended to the log, so concurrent mutations never lose an update. Read-
+only calls share it. Locks are taken per request: an active method calling another method of a
+live object on the same backend calls it directly (no lock, no copy). A call chain that leaves the
+backend and calls back into an object that is locked by an earlier link waits for that lock: do not
+build call cycles across backends with mutating methods.
+
+Durability: after a mutating call the object's state is written to the log and the reply waits for
+it to be on disk (group commit). Replies of read-only calls also wait until the state they read is
+on disk, so no reply ever depends on a write that a crash could undo. If a mutating method raises,
+the state it left in memory is persisted all the same: memory and disk never disagree.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future
+from typing import Any
+
+from .._metadata import Metadata
+from .._object import ActiveObject, State, import_class, state_of
+from .._serial import dumps, loads
+from .._stub import describe_class
+from ..errors import InvalidArguments, MethodNotFound, ObjectNotFound, StoreError
+from ._rwlock import RWLock
+from ._store import Store
+
+log = logging.getLogger("storage.backend")
+
+
+class Entry:
+    __slots__ = ("oid", "obj", "cls", "alias", "lock", "lsn")
+
+    def __init__(self, oid: str, obj: ActiveObject, alias: str | None, lsn: int) -> None:
+        self.oid = oid
+        self.obj = obj
+        self.cls = type(obj)
+        self.alias = alias
+        self.lock = RWLock()
+        self.lsn = lsn
+
+
+def _invoke(func: Any, args: tuple, kwargs: dict, what: str) -> Any:
+    try:
+        return func(*args, **kwargs)
+    except TypeError as exc:
+        # Raised before the callee's first line: the arguments do not fit the signature.
+        if exc.__traceback__ is not None and exc.__traceback__.tb_next is None:
+            raise InvalidArguments(str(exc) if what.split("(")[0] in str(exc) else f"{what}: {exc}") from None
+        raise
+
+
+class LocalBackend:
+    def __init__(self, bid: str, name: str, store: Store, meta: Metadata) -> None:
+        self.id = bid
+        self.name = name
+        self.store = store
+        self.meta = meta
+        self._entries: dict[str, Entry] = {}
+        self._load_lock = threading.RLock()
+        self._classes: dict[str, type] = {}
+        self._class_lock = threading.Lock()
+
+    # ------------------------------------------------------------- classes
+    def load_class(self, path: str) -> type:
+        cls = self._classes.get(path)
+        if cls is None:
+            with self._class_lock:
+                cls = self._classes.get(path)
+                if cls is None:
+                    cls = import_class(path)
+                    self.meta.publish_class(describe_class(cls))
+                    self._classes[path] = cls
+        return cls
+
+    def class_metadata(self, path: str) -> dict[str, Any]:
+        return describe_class(self.load_class(path))
+
+    # ------------------------------------------------------------- objects
+    def lookup(self, oid: str) -> ActiveObject | None:
+        """The live object if this backend owns ``oid`` (loading it from the log on first use)."""
+        entry = self._entries.get(oid)
+        if entry is not None:
+            return entry.obj
+        if oid not in self.store:
+            return None
+        return self._load(oid).obj
+
+    def entry(self, oid: str) -> Entry:
+        entry = self._entries.get(oid)
+        if entry is None:
+            if oid not in self.store:
+                raise ObjectNotFound(f"object {oid} is not on backend {self.name}")
+            entry = self._load(oid)
+        return entry
+
+    def _load(self, oid: str) -> Entry:
+        with self._load_lock:
+            entry = self._entries.get(oid)
+            if entry is not None:
+                return entry
+            meta, body, buffers = self.store.load(oid)
+            cls = self.load_class(meta["class"])
+            obj = cls.__new__(cls)
+            self._make_resident(obj, oid)
+            entry = Entry(oid, obj, meta.get("alias"), 0)
+            self._entries[oid] = entry  # before its state: references back to it resolve to it
+            try:
+                obj.__dict__.update(loads(body, buffers))
+            except BaseException:
+                del self._entries[oid]
+                raise
+            return entry
+
+    def _make_resident(self, obj: ActiveObject, oid: str) -> None:
+        d = obj.__dict__
+        d["_sa_id"] = oid
+        d["_sa_state"] = State.RESIDENT
+        d["_sa_backend"] = self.id
+
+    def adopt(self, obj: ActiveObject, oid: str, alias: str | None) -> None:
+        """Make a transient object resident here (durably) and register it."""
+        path = type(obj)._sa_class_path
+        self.load_class(path)
+        body, buffers = dumps(state_of(obj))
+        self._register_new(obj, oid, path, alias, body, buffers)
+
+    def persist_state(self, oid: str, path: str, alias: str | None, body: bytes, buffers: list[Any]) -> None:
+        """A client made an object persistent here: its state arrives pickled."""
+        cls = self.load_class(path)
+        obj = cls.__new__(cls)
+        obj.__dict__.update(loads(body, buffers))
+        self._register_new(obj, oid, path, alias, body, buffers)
+
+    def construct(self, oid: str, path: str, alias: str | None, args: tuple, kwargs: dict) -> None:
+        """A stub client asked for a new object: run the constructor here."""
+        cls = self.load_class(path)
+        obj = _invoke(cls, args, kwargs, f"{cls.__name__}()")
+        self.adopt(obj, oid, alias)
+
+    def _register_new(self, obj: ActiveObject, oid: str, path: str, alias: str | None, body: bytes,
+                      buffers: list[Any]) -> None:
+        if oid in self._entries or oid in self.store:
+            raise StoreError(f"object {oid} already exists")
+        if alias:
+            self.meta.claim_alias(alias, oid)
+        try:
+            lsn = self.store.put(oid, {"class": path, "alias": alias}, body, buffers)
+            self._make_resident(obj, oid)
+            self._entries[oid] = Entry(oid, obj, alias, lsn)
+            self.store.sync(lsn)
+            self.meta.register_objects(self.id, [(oid, path, alias)])
+        except BaseException:
+            if alias:
+                self.meta.release_alias(alias, oid)
+            raise
+
+    def _save(self, entry: Entry) -> int:
+        body, buffers = dumps(state_of(entry.obj))
+        entry.lsn = self.store.put(entry.oid, {"class": entry.cls._sa_class_path, "alias": entry.alias}, body, buffers)
+        return entry.lsn
+
+    # ----------------------------------------------------------- execution
+    def call(self, oid: str, name: str, args: tuple, kwargs: dict) -> Any:
+        entry = self.entry(oid)
+        spec = entry.cls._sa_methods.get(name)
+        if spec is None:
+            raise MethodNotFound(f"{entry.cls._sa_class_path} has no active method {name!r}")
+        func = getattr(entry.cls, name)
+        what = f"{entry.cls.__name__}.{name}()"
+        lock = entry.lock
+        if spec.readonly:
+            lock.acquire_read()
+            try:
+                result = _invoke(func, (entry.obj, *args), kwargs, what)
+            finally:
+                lock.release_read()
+            self.store.sync(entry.lsn)
+            return result
+        lock.acquire_write()
+        try:
+            try:
+                result = _invoke(func, (entry.obj, *args), kwargs, what)
+            finally:
+                lsn = self._save(entry)
+        finally:
+            lock.release_write()
+        self.store.sync(lsn)
+        return result
+
+    def get_attr(self, oid: str, name: str) -> Any:
+        if name.startswith("_sa_"):
+            raise AttributeError(name)
+        entry = self.entry(oid)
+        entry.lock.acquire_read()
+        try:
+            value = getattr(entry.obj, name)
+        finally:
+            entry.lock.release_read()
+        self.store.sync(entry.lsn)
+        return value
+
+    def set_attr(self, oid: str, name: str, value: Any) -> None:
+        if name.startswith("_sa_"):
+            raise AttributeError(f"{name} is reserved")
+        entry = self.entry(oid)
+        entry.lock.acquire_write()
+        try:
+            setattr(entry.obj, name, value)
+            lsn = self._save(entry)
+        finally:
+            entry.lock.release_write()
+        self.store.sync(lsn)
+
+    def delete(self, oid: str) -> None:
+        entry = self.entry(oid)
+        entry.lock.acquire_write()
+        try:
+            self.store.sync(self.store.delete(oid))
+            self._entries.pop(oid, None)
+            entry.obj.__dict__["_sa_state"] = State.DELETED
+        finally:
+            entry.lock.release_write()
+        self.meta.unregister_object(self.id, oid, entry.alias)
+
+    # -------------------------------------------------------------- misc
+    def stats(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name, "loaded": len(self._entries), **self.store.stats()}
+
+    def registration_records(self) -> list[tuple[str, str, str | None]]:
+        return [(oid, m["class"], m.get("alias")) for oid, m in self.store.objects().items()]
+
+    def dispatch_local(self, body: bytes, buffers: list[Any], *, wait: bool = True) -> Any:
+        """Serve a request addressed to this backend without a socket (same copy semantics)."""
+        from ._handlers import dispatch
+        from .. import _wire
+        from .._serial import load_error
+
+        kind, rbody, rbuffers = dispatch(self, body, buffers)
+        future: Future = Future()
+        if kind == _wire.REPLY:
+            future.set_result(loads(rbody, rbuffers))
+        else:
+            future.set_exception(load_error(rbody))
+        return future.result() if wait else future

@@ -1,0 +1,455 @@
+"""The backend's durable object log: a log-structured store with group commit.
+
+Layout: ``<storage_dir>/log/seg-<n>.log`` files. Each is a sequence of records; the live version of
+an object is its record with the highest LSN (log sequence number) in any segment.
+
+Record (little-endian)::
+
+    header (60 bytes): magic b"SAR1" | kind u8 | flags u8 | nbuf u16 | lsn u64 | oid 16 bytes
+                       | meta_len u32 | body_len u64 | total_len u64 | crc u32 | hcrc u32
+    PUT / DEL then:    nbuf x descriptor (24 bytes: where u8 | pad 3 | segment u32 | offset u64
+                       | length u64) | meta (JSON) | body (pickle) | inline buffers
+    DATA then:         body_len raw bytes (one large buffer of a PUT)
+
+``hcrc`` covers the header, ``crc`` the rest of a PUT/DEL record. A descriptor places a buffer
+*inline* (``where`` 0, offset within the record's inline area) or in a DATA record (``where`` 1, at
+``offset`` in ``segment``). DATA records carry no checksum: they are written and fsynced *before*
+the PUT that references them, so a valid PUT implies durable data.
+
+Writes append under a lock and return the record's LSN; :meth:`Store.sync` makes everything up to
+an LSN durable with one ``fdatasync`` shared by every writer waiting at that moment (group commit).
+Segments are preallocated so that ``fdatasync`` does not journal a size change per write.
+
+Recovery scans every segment and stops a segment at its first invalid record (a torn tail: never
+acknowledged). Compaction rewrites the live records of all but the active segment into a new one
+and drops superseded versions and tombstones (their LSNs are all older than anything newer).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+import threading
+import uuid
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("storage.store")
+
+MAGIC = b"SAR1"
+PUT, DEL, DATA = 1, 2, 3
+HEADER = struct.Struct("<4sBBHQ16sIQQII")
+HSIGNED = HEADER.size - 4
+DESC = struct.Struct("<B3xIQQ")
+INLINE, EXTERNAL = 0, 1
+
+BIG_BUFFER = 1 << 20  # buffers this large go to DATA records (two-phase write)
+PREALLOC = 64 << 20
+
+
+@dataclass
+class _Segment:
+    seq: int
+    path: Path
+    fd: int
+    size: int = 0  # end of valid data
+    allocated: int = 0
+
+
+@dataclass
+class Location:
+    seg: int
+    offset: int
+    total: int
+    lsn: int
+    meta: dict[str, Any]
+    data: list[tuple[int, int, int]] = field(default_factory=list)  # (seg, offset, total) of DATA records
+
+    @property
+    def nbytes(self) -> int:
+        return self.total + sum(t for _s, _o, t in self.data)
+
+
+class CorruptRecord(Exception):
+    pass
+
+
+class Store:
+    def __init__(self, directory: str | os.PathLike[str], *, fsync: bool = True,
+                 segment_bytes: int = 256 << 20, compact_min: int = 64 << 20) -> None:
+        self.dir = Path(directory) / "log"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.fsync = fsync
+        self.segment_bytes = segment_bytes
+        self.compact_min = compact_min
+        self._append_lock = threading.Lock()
+        self._sync_lock = threading.Lock()
+        self._segments: dict[int, _Segment] = {}
+        self._retired: list[_Segment] = []
+        self._index: dict[bytes, Location] = {}
+        self._lsn = 0
+        self._synced = 0
+        self._total = 0  # bytes of valid records in all segments
+        self._live = 0  # bytes of the latest version of every live object
+        self._next_seq = 1
+        self._active: _Segment
+        self._compacting = False
+        self._recover()
+
+    # ------------------------------------------------------------- recovery
+    def _recover(self) -> None:
+        tombstones: dict[bytes, int] = {}
+        (self.dir / "compact.tmp").unlink(missing_ok=True)  # an interrupted compaction
+        for path in sorted(self.dir.glob("seg-*.log")):
+            seq = int(path.stem.split("-")[1])
+            fd = os.open(path, os.O_RDWR)
+            self._segments[seq] = _Segment(seq, path, fd, 0, os.fstat(fd).st_size)
+        last = max(self._segments, default=0)
+        for seg in self._segments.values():
+            self._scan(seg, tombstones, is_last=seg.seq == last)
+        for oid, lsn in tombstones.items():
+            loc = self._index.get(oid)
+            if loc is not None and loc.lsn < lsn:
+                del self._index[oid]
+        self._live = sum(loc.nbytes for loc in self._index.values())
+        self._next_seq = last + 1
+        self._active = self._segments[last] if last else self._new_segment()
+        self._synced = self._lsn
+        log.info("recovered %d objects (%d bytes of log) from %s", len(self._index), self._total, self.dir)
+
+    def _scan(self, seg: _Segment, tombstones: dict[bytes, int], *, is_last: bool) -> None:
+        pos = 0
+        while pos + HEADER.size <= seg.allocated:
+            raw = os.pread(seg.fd, HEADER.size, pos)
+            try:
+                kind, nbuf, lsn, oid, meta_len, body_len, total, crc = _parse_header(raw)
+            except CorruptRecord:
+                break
+            if pos + total > seg.allocated:
+                break
+            if kind in (PUT, DEL):
+                payload = os.pread(seg.fd, total - HEADER.size, pos + HEADER.size)
+                if zlib.crc32(payload) != crc:
+                    break
+                self._lsn = max(self._lsn, lsn)
+                if kind == PUT:
+                    meta, data = _parse_put(payload, nbuf, meta_len)
+                    current = self._index.get(oid)
+                    if current is None or current.lsn < lsn:
+                        self._index[oid] = Location(seg.seq, pos, total, lsn, meta, data)
+                else:
+                    tombstones[oid] = max(lsn, tombstones.get(oid, 0))
+            else:
+                self._lsn = max(self._lsn, lsn)
+            pos += total
+        if pos < seg.allocated and not is_last and os.pread(seg.fd, 4, pos) != bytes(4):
+            log.warning("segment %s: invalid data after offset %d ignored", seg.path.name, pos)
+        seg.size = pos
+        self._total += pos
+
+    # --------------------------------------------------------------- writing
+    def _new_segment(self) -> _Segment:
+        seq = self._next_seq
+        self._next_seq += 1
+        path = self.dir / f"seg-{seq:08d}.log"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        seg = _Segment(seq, path, fd)
+        self._segments[seq] = seg
+        self._fsync_dir()
+        return seg
+
+    def _append(self, kind: int, oid: bytes, parts: list[Any], nbuf: int = 0, meta_len: int = 0,
+                body_len: int = 0) -> tuple[int, int, int, int]:
+        """Append one record; return ``(lsn, segment, offset, total)``. Caller holds no lock."""
+        size = sum(len(p) for p in parts)
+        total = HEADER.size + size
+        with self._append_lock:
+            seg = self._active
+            if seg.size and seg.size + total > self.segment_bytes:
+                self._roll()
+                seg = self._active
+            self._lsn += 1
+            lsn = self._lsn
+            crc = 0
+            if kind != DATA:
+                for p in parts:
+                    crc = zlib.crc32(p, crc)
+            head = HEADER.pack(MAGIC, kind, 0, nbuf, lsn, oid, meta_len, body_len if kind != DATA else size, total, crc, 0)
+            head = head[:HSIGNED] + struct.pack("<I", zlib.crc32(head[:HSIGNED]))
+            offset = seg.size
+            self._ensure_allocated(seg, offset + total)
+            _pwritev_all(seg.fd, [head, *parts], offset)
+            seg.size = offset + total
+            self._total += total
+            return lsn, seg.seq, offset, total
+
+    def _ensure_allocated(self, seg: _Segment, end: int) -> None:
+        if end <= seg.allocated:
+            return
+        new = max(end, seg.allocated + PREALLOC)
+        os.posix_fallocate(seg.fd, seg.allocated, new - seg.allocated)
+        seg.allocated = new
+        if self.fsync:
+            os.fsync(seg.fd)  # the new size is metadata: make it durable once, not per write
+
+    def _roll(self) -> None:
+        """Switch appends to a new segment (append lock held); the old one is synced first."""
+        old = self._active
+        os.ftruncate(old.fd, old.size)  # give back the preallocated tail
+        old.allocated = old.size
+        if self.fsync:
+            os.fdatasync(old.fd)
+            self._synced = self._lsn
+        self._active = self._new_segment()
+
+    def put(self, oid: str, meta: dict[str, Any], body: bytes, buffers: list[Any]) -> int:
+        """Write a new version of an object; return its LSN (durable after :meth:`sync`)."""
+        key = uuid.UUID(oid).bytes
+        views = [memoryview(b).cast("B") for b in buffers]
+        descs: list[bytes] = []
+        inline: list[memoryview] = []
+        data: list[tuple[int, int, int]] = []
+        inline_off = 0
+        last_data_lsn = 0
+        for v in views:
+            if len(v) >= BIG_BUFFER:
+                lsn, seg, off, total = self._append(DATA, key, [v])
+                last_data_lsn = lsn
+                descs.append(DESC.pack(EXTERNAL, seg, off, len(v)))
+                data.append((seg, off, total))
+            else:
+                descs.append(DESC.pack(INLINE, 0, inline_off, len(v)))
+                inline.append(v)
+                inline_off += len(v)
+        if last_data_lsn:
+            self.sync(last_data_lsn)  # data first, then the record that makes it reachable
+        meta_raw = json.dumps(meta, separators=(",", ":")).encode()
+        parts = [*descs, meta_raw, body, *inline]
+        lsn, seg, off, total = self._append(PUT, key, parts, len(views), len(meta_raw), len(body))
+        with self._append_lock:
+            old = self._index.get(key)
+            if old is None or old.lsn < lsn:
+                new = Location(seg, off, total, lsn, meta, data)
+                self._index[key] = new
+                self._live += new.nbytes - (old.nbytes if old else 0)
+        self._maybe_compact()
+        return lsn
+
+    def delete(self, oid: str) -> int:
+        key = uuid.UUID(oid).bytes
+        lsn, _seg, _off, _total = self._append(DEL, key, [])
+        with self._append_lock:
+            old = self._index.get(key)
+            if old is not None and old.lsn < lsn:
+                del self._index[key]
+                self._live -= old.nbytes
+        self._maybe_compact()
+        return lsn
+
+    def sync(self, lsn: int) -> None:
+        """Return once every record up to ``lsn`` is on disk (one fdatasync for many writers)."""
+        if not self.fsync or self._synced >= lsn:
+            return
+        with self._sync_lock:
+            if self._synced >= lsn:
+                return
+            with self._append_lock:
+                target, fd = self._lsn, self._active.fd
+            os.fdatasync(fd)
+            if target > self._synced:
+                self._synced = target
+
+    # --------------------------------------------------------------- reading
+    def __contains__(self, oid: str) -> bool:
+        return uuid.UUID(oid).bytes in self._index
+
+    def objects(self) -> dict[str, dict[str, Any]]:
+        """Every live object: id -> the metadata stored with its latest version."""
+        with self._append_lock:
+            return {str(uuid.UUID(bytes=k)): loc.meta for k, loc in self._index.items()}
+
+    def load(self, oid: str) -> tuple[dict[str, Any], bytes, list[bytearray]]:
+        """Read the latest version: ``(meta, body, buffers)``."""
+        key = uuid.UUID(oid).bytes
+        with self._append_lock:
+            loc = self._index.get(key)
+            if loc is None:
+                raise KeyError(oid)
+            seg = self._segments[loc.seg]
+            fds = {s: self._segments[s].fd for s, _o, _t in loc.data}
+        raw = os.pread(seg.fd, loc.total, loc.offset)
+        kind, nbuf, _lsn, _oid, meta_len, body_len, _total, crc = _parse_header(raw[: HEADER.size])
+        payload = memoryview(raw)[HEADER.size :]
+        if zlib.crc32(payload) != crc:
+            raise CorruptRecord(f"object {oid}: checksum mismatch")
+        descs = [DESC.unpack_from(payload, i * DESC.size) for i in range(nbuf)]
+        at = nbuf * DESC.size + meta_len
+        body = bytes(payload[at : at + body_len])
+        inline_base = at + body_len
+        buffers: list[bytearray] = []
+        for where, sseq, off, length in descs:
+            buf = bytearray(length)
+            if where == INLINE:
+                buf[:] = payload[inline_base + off : inline_base + off + length]
+            else:
+                _preadv_all(fds[sseq], memoryview(buf), off + HEADER.size)
+            buffers.append(buf)
+        return loc.meta, body, buffers
+
+    def stats(self) -> dict[str, int]:
+        with self._append_lock:
+            return {"objects": len(self._index), "live_bytes": self._live, "log_bytes": self._total,
+                    "segments": len(self._segments)}
+
+    # ------------------------------------------------------------ compaction
+    def _maybe_compact(self) -> None:
+        if self._compacting:
+            return
+        if self._total - self._live > max(self.compact_min, self._live):
+            self._compacting = True
+            threading.Thread(target=self.compact, name="storage-api-compact", daemon=True).start()
+
+    def compact(self) -> None:
+        """Rewrite live records of the non-active segments into a new segment; drop the old ones."""
+        self._compacting = True
+        try:
+            with self._append_lock:
+                if self._active.size:
+                    self._roll()
+                old = {s: seg for s, seg in self._segments.items() if seg is not self._active}
+                if not old:
+                    return
+                moving = [(k, loc) for k, loc in self._index.items() if loc.seg in old]
+                seq = self._next_seq
+                self._next_seq += 1
+            tmp = self.dir / "compact.tmp"
+            out = _Segment(seq, tmp, os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600))
+            # Copy outside the lock; readers keep using the old segments meanwhile.
+            copies = [(key, loc, self._copy_record(loc, out)) for key, loc in moving]
+            os.fsync(out.fd)
+            final = self.dir / f"seg-{seq:08d}.log"
+            os.rename(tmp, final)
+            out.path, out.allocated = final, out.size
+            self._fsync_dir()
+            with self._append_lock:
+                for key, before, after in copies:
+                    if self._index.get(key) is before:
+                        self._index[key] = after
+                self._segments[seq] = out
+                self._total += out.size
+                for s, seg in old.items():
+                    del self._segments[s]
+                    self._total -= seg.size
+                    os.unlink(seg.path)
+                # Close what the previous compaction retired (nobody can still be reading it).
+                for seg in self._retired:
+                    os.close(seg.fd)
+                self._retired = list(old.values())
+            self._fsync_dir()
+            log.info("compacted %d segments into %s: %d live records", len(old), final.name, len(copies))
+        finally:
+            self._compacting = False
+
+    def _fsync_dir(self) -> None:
+        if not self.fsync:
+            return
+        dfd = os.open(self.dir, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    def _copy_record(self, loc: Location, out: _Segment) -> Location:
+        src = self._segments[loc.seg]
+        data_locs: list[tuple[int, int, int]] = []
+        remap: dict[tuple[int, int], int] = {}
+        for sseq, off, total in loc.data:
+            new_off = out.size
+            _copy_range(self._segments[sseq].fd, off, total, out.fd, new_off)
+            out.size += total
+            remap[(sseq, off)] = new_off
+            data_locs.append((out.seq, new_off, total))
+        raw = bytearray(os.pread(src.fd, loc.total, loc.offset))
+        if remap:  # point descriptors at the copies, then re-checksum
+            _k, nbuf, *_ = _parse_header(bytes(raw[: HEADER.size]))
+            for i in range(nbuf):
+                at = HEADER.size + i * DESC.size
+                where, sseq, off, length = DESC.unpack_from(raw, at)
+                if where == EXTERNAL:
+                    DESC.pack_into(raw, at, EXTERNAL, out.seq, remap[(sseq, off)], length)
+            crc = zlib.crc32(memoryview(raw)[HEADER.size :])
+            struct.pack_into("<I", raw, HSIGNED - 4, crc)
+            struct.pack_into("<I", raw, HSIGNED, zlib.crc32(memoryview(raw)[:HSIGNED]))
+        new_off = out.size
+        _pwritev_all(out.fd, [raw], new_off)
+        out.size += loc.total
+        return Location(out.seq, new_off, loc.total, loc.lsn, loc.meta, data_locs)
+
+    def close(self) -> None:
+        with self._append_lock:
+            for seg in list(self._segments.values()) + self._retired:
+                try:
+                    if self.fsync:
+                        os.fdatasync(seg.fd)
+                    os.close(seg.fd)
+                except OSError:
+                    pass
+            self._segments.clear()
+            self._retired.clear()
+
+
+def _parse_header(raw: bytes) -> tuple[int, int, int, bytes, int, int, int, int]:
+    if len(raw) < HEADER.size:
+        raise CorruptRecord("short header")
+    magic, kind, _flags, nbuf, lsn, oid, meta_len, body_len, total, crc, hcrc = HEADER.unpack(raw)
+    if magic != MAGIC or zlib.crc32(raw[:HSIGNED]) != hcrc or kind not in (PUT, DEL, DATA):
+        raise CorruptRecord("bad header")
+    if total < HEADER.size:
+        raise CorruptRecord("bad length")
+    return kind, nbuf, lsn, oid, meta_len, body_len, total, crc
+
+
+def _parse_put(payload: bytes, nbuf: int, meta_len: int) -> tuple[dict[str, Any], list[tuple[int, int, int]]]:
+    data = []
+    for i in range(nbuf):
+        where, sseq, off, length = DESC.unpack_from(payload, i * DESC.size)
+        if where == EXTERNAL:
+            data.append((sseq, off, HEADER.size + length))
+    at = nbuf * DESC.size
+    meta = json.loads(payload[at : at + meta_len])
+    return meta, data
+
+
+def _pwritev_all(fd: int, parts: list[Any], offset: int) -> None:
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    while views:
+        n = os.pwritev(fd, views[:512], offset)
+        offset += n
+        while n:
+            if n >= len(views[0]):
+                n -= len(views.pop(0))
+            else:
+                views[0] = views[0][n:]
+                n = 0
+
+
+def _preadv_all(fd: int, dest: memoryview, offset: int) -> None:
+    got = 0
+    while got < len(dest):
+        n = os.preadv(fd, [dest[got:]], offset + got)
+        if n == 0:
+            raise CorruptRecord("log truncated")
+        got += n
+
+
+def _copy_range(src: int, offset: int, length: int, dst: int, dst_offset: int) -> None:
+    done = 0
+    while done < length:
+        n = os.copy_file_range(src, dst, length - done, offset + done, dst_offset + done)
+        if n == 0:
+            raise CorruptRecord("log truncated during compaction")
+        done += n

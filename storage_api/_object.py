@@ -1,0 +1,361 @@
+"""Active objects: the user-facing class, the ``@activemethod`` marker and the object lifecycle.
+
+Lifecycle (one enum, :class:`State`)::
+
+    TRANSIENT --make_persistent()--> PROXY       (on a client: state moves to a backend)
+    TRANSIENT --make_persistent()--> RESIDENT    (inside the backend that will own it)
+    PENDING   --make_persistent()--> PROXY       (a stub instance: constructed on the backend)
+    PROXY / RESIDENT --delete_persistent()--> DELETED
+
+* ``TRANSIENT``: a plain Python object; methods run locally; it is copied when passed around.
+* ``PENDING``: a stub instance built on a thin client; holds only constructor arguments.
+* ``RESIDENT``: the live object, in the memory of the backend that owns it.
+* ``PROXY``: a handle; attribute reads and writes and active method calls go to the backend.
+* ``DELETED``: a handle whose object no longer exists.
+
+Attribute conventions: names starting with ``_sa_`` are the store's machinery; names starting with
+``_v_`` are volatile (never persisted). Every other instance attribute is persistent state;
+annotated attributes are its declared schema, published to stubs.
+
+A handle is an instance of a generated subclass of the user's class (``isinstance`` holds) whose
+active methods and attributes are remote; the user's class itself is untouched, so code running
+next to the data on the backend pays nothing for the machinery.
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import sys
+import typing
+import weakref
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, ClassVar, TypeVar
+
+from . import _context
+from .errors import ClassNotFound, InvalidArguments, ObjectDeleted, StoreError
+
+RESERVED_PREFIX = "_sa_"
+VOLATILE_PREFIX = "_v_"
+
+F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T", bound="ActiveObject")
+
+
+class State(enum.Enum):
+    TRANSIENT = "transient"
+    PENDING = "pending"
+    RESIDENT = "resident"
+    PROXY = "proxy"
+    DELETED = "deleted"
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    readonly: bool
+
+
+def activemethod(func: F | None = None, *, readonly: bool = False) -> Any:
+    """Mark a method as active: on a persistent object it runs on the backend holding the object.
+
+    ``@activemethod(readonly=True)`` declares that the method changes no state: it skips the
+    durability write and may run concurrently with other read-only calls. Undeclared methods are
+    treated as mutating.
+    """
+
+    def mark(f: F) -> F:
+        if not callable(f):
+            raise TypeError("@activemethod decorates methods")
+        f._sa_active = MethodSpec(f.__name__, readonly)  # type: ignore[attr-defined]
+        return f
+
+    return mark(func) if func is not None else mark
+
+
+def class_path(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def state_of(obj: Any) -> dict[str, Any]:
+    """The persistent state of an object: its attributes minus machinery and volatile ones."""
+    return {k: v for k, v in obj.__dict__.items() if not k.startswith((RESERVED_PREFIX, VOLATILE_PREFIX))}
+
+
+def _collect_fields(cls: type) -> dict[str, str]:
+    fields: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if klass in (object, ActiveObject):
+            continue
+        for name, ann in klass.__dict__.get("__annotations__", {}).items():
+            text = ann if isinstance(ann, str) else getattr(ann, "__name__", repr(ann))
+            if name.startswith((RESERVED_PREFIX, VOLATILE_PREFIX)) or "ClassVar" in str(text):
+                continue
+            if typing.get_origin(ann) is ClassVar:
+                continue
+            fields[name] = str(text)
+    return fields
+
+
+def _collect_methods(cls: type) -> dict[str, MethodSpec]:
+    methods: dict[str, MethodSpec] = {}
+    for klass in reversed(cls.__mro__):
+        for name, value in klass.__dict__.items():
+            spec = getattr(value, "_sa_active", None)
+            if isinstance(spec, MethodSpec):
+                methods[name] = spec
+            elif name in methods:  # overridden by a plain method
+                del methods[name]
+    return methods
+
+
+class ActiveObject:
+    """Base class of objects that live in the store. ``StorageObject`` is the same class."""
+
+    _sa_id: str | None = None
+    _sa_state: State = State.TRANSIENT
+    _sa_backend: str | None = None
+    _sa_fields: ClassVar[dict[str, str]] = {}
+    _sa_methods: ClassVar[dict[str, MethodSpec]] = {}
+    _sa_class_path: ClassVar[str] = ""
+    _sa_generated: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.__dict__.get("_sa_generated"):
+            return
+        cls._sa_fields = _collect_fields(cls)
+        cls._sa_methods = _collect_methods(cls)
+        cls._sa_class_path = class_path(cls)
+
+    # ----------------------------------------------------------- persistence
+    def make_persistent(self, alias: str | None = None, backend: Any = None) -> str:
+        """Store this object on a backend (``backend``: a record or a name; default: any).
+
+        Returns the object's id. On a client, the state moves to the backend and this instance
+        becomes a handle to it.
+        """
+        if self._sa_state in (State.RESIDENT, State.PROXY):
+            if alias is not None:
+                raise StoreError(f"object {self._sa_id} is already persistent; aliases are given at make_persistent")
+            assert self._sa_id is not None
+            return self._sa_id
+        if self._sa_state is State.DELETED:
+            raise ObjectDeleted(f"object {self._sa_id} was deleted")
+        return _context.current().persist(self, alias=alias, backend=backend)
+
+    makePersistent = make_persistent
+
+    def getID(self) -> str | None:
+        """The object's id (a UUID4 string), or ``None`` while it is transient."""
+        return self._sa_id
+
+    def delete_persistent(self) -> None:
+        """Remove the object from the store; this handle becomes unusable."""
+        if self._sa_state not in (State.RESIDENT, State.PROXY):
+            raise StoreError("object is not persistent")
+        _context.current().delete(self)
+
+    deletePersistent = delete_persistent
+    delete = delete_persistent
+
+    @classmethod
+    def get_by_alias(cls: type[T], alias: str) -> T:
+        """The persistent object registered under ``alias`` (``ObjectNotFound`` if none)."""
+        return _context.current().get_by_alias(alias, cls)
+
+    getByAlias = get_by_alias
+
+    # -------------------------------------------------------------- pickling
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        if self._sa_id is not None and self._sa_state is not State.TRANSIENT:
+            return (_ref, (self._sa_id, self._sa_class_path, self._sa_backend))
+        if self._sa_state is State.PENDING:
+            raise StoreError("a stub instance must be made persistent before it can be passed around")
+        return (_new_transient, (type(self),), state_of(self))
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+
+    def __repr__(self) -> str:
+        if self._sa_id is None:
+            return object.__repr__(self)
+        return f"<{self._sa_class_path} {self._sa_state.value} {self._sa_id}>"
+
+
+StorageObject = ActiveObject
+
+
+def _new_transient(cls: type) -> Any:
+    return cls.__new__(cls)
+
+
+def _ref(oid: str, path: str, backend: str | None) -> Any:
+    """Unpickle a reference: the live object where it lives, a handle elsewhere."""
+    return _context.current().resolve_ref(oid, path, backend)
+
+
+# ------------------------------------------------------------------- handles
+class RemoteMethod:
+    """Descriptor of an active method on a handle: calling it runs the method remotely."""
+
+    def __init__(self, name: str, readonly: bool, signature: inspect.Signature | None = None, doc: str | None = None):
+        self.name = name
+        self.readonly = readonly
+        self.signature = signature  # set on stubs: arguments are checked before they travel
+        self.__doc__ = doc
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        return BoundRemoteMethod(obj, self)
+
+
+class BoundRemoteMethod:
+    __slots__ = ("_obj", "_method")
+
+    def __init__(self, obj: Any, method: RemoteMethod) -> None:
+        self._obj = obj
+        self._method = method
+
+    def _check(self, args: tuple, kwargs: dict) -> None:
+        sig = self._method.signature
+        if sig is not None:
+            try:
+                sig.bind(None, *args, **kwargs)
+            except TypeError as exc:
+                raise InvalidArguments(f"{self._method.name}(): {exc}") from None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self._check(args, kwargs)
+        return _context.current().call(self._obj, self._method, args, kwargs)
+
+    def submit(self, *args: Any, **kwargs: Any) -> Future:
+        """Start the call and return a :class:`concurrent.futures.Future` of its result."""
+        self._check(args, kwargs)
+        return _context.current().call(self._obj, self._method, args, kwargs, wait=False)
+
+    @property
+    def __doc__(self) -> str | None:  # type: ignore[override]
+        return self._method.__doc__
+
+    def __repr__(self) -> str:
+        return f"<remote method {self._method.name} of {self._obj!r}>"
+
+
+class RemoteField:
+    """Descriptor of a declared attribute on a handle (shadows class-level defaults)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        return _context.current().get_attr(obj, self.name)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        _context.current().set_attr(obj, self.name, value)
+
+
+def _handle_getattr(self: Any, name: str) -> Any:
+    if name.startswith(RESERVED_PREFIX) or (name.startswith("__") and name.endswith("__")):
+        raise AttributeError(name)
+    return _context.current().get_attr(self, name)
+
+
+def _handle_setattr(self: Any, name: str, value: Any) -> None:
+    if name.startswith(RESERVED_PREFIX) or name == "__class__":
+        object.__setattr__(self, name, value)
+    else:
+        _context.current().set_attr(self, name, value)
+
+
+def _handle_delattr(self: Any, name: str) -> None:
+    raise StoreError("attributes of a persistent object cannot be deleted remotely")
+
+
+_HANDLE_NS = {
+    "__slots__": (),
+    "_sa_generated": True,
+    "__getattr__": _handle_getattr,
+    "__setattr__": _handle_setattr,
+    "__delattr__": _handle_delattr,
+}
+
+_handles: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+
+
+def handle_class(cls: type) -> type:
+    """The generated handle class for a user's ActiveObject subclass (cached on the class)."""
+    cached = cls.__dict__.get("_sa_handle_cls")
+    if cached is not None:
+        return cached
+    if cls.__dict__.get("_sa_generated"):
+        return cls
+    ns: dict[str, Any] = dict(_HANDLE_NS, __module__=cls.__module__, __qualname__=cls.__qualname__)
+    ns["__doc__"] = cls.__doc__
+    for name in cls._sa_fields:
+        ns[name] = RemoteField(name)
+    for name, spec in cls._sa_methods.items():
+        ns[name] = RemoteMethod(name, spec.readonly, None, getattr(cls, name).__doc__)
+    handle = type(cls)(cls.__name__, (cls,), ns)
+    type.__setattr__(cls, "_sa_handle_cls", handle)
+    return handle
+
+
+def make_handle(cls: type, oid: str, backend: str | None) -> Any:
+    """A handle for ``oid``; the same handle while one is alive (identity is preserved)."""
+    existing = _handles.get(oid)
+    if existing is not None and existing._sa_state is State.PROXY:
+        if backend:
+            existing._sa_backend = backend
+        return existing
+    obj = object.__new__(handle_class(cls))
+    d = obj.__dict__
+    d["_sa_id"] = oid
+    d["_sa_state"] = State.PROXY
+    d["_sa_backend"] = backend
+    _handles[oid] = obj
+    return obj
+
+
+def become_handle(obj: Any, oid: str, backend: str | None) -> None:
+    """Turn a transient or pending instance into a handle in place (after make_persistent)."""
+    d = obj.__dict__
+    d.clear()
+    d["_sa_id"] = oid
+    d["_sa_state"] = State.PROXY
+    d["_sa_backend"] = backend
+    object.__setattr__(obj, "__class__", handle_class(type(obj)))
+    _handles[oid] = obj
+
+
+def import_class(path: str) -> type:
+    """Import ``pkg.mod.Class`` (nested qualnames allowed); raise :class:`ClassNotFound`."""
+    import importlib
+
+    module, _, name = path.rpartition(".")
+    # the module part may itself contain a class for nested classes: try the longest module first
+    parts = path.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        modname, attrs = ".".join(parts[:cut]), parts[cut:]
+        try:
+            obj: Any = sys.modules.get(modname) or importlib.import_module(modname)
+        except ModuleNotFoundError as exc:
+            if exc.name and (modname == exc.name or modname.startswith(exc.name + ".")):
+                continue  # that prefix is not a module: try a shorter one
+            raise ClassNotFound(f"cannot import {path}: {exc}") from exc
+        except Exception as exc:
+            raise ClassNotFound(f"cannot import {path}: {type(exc).__name__}: {exc}") from exc
+        try:
+            for attr in attrs:
+                obj = getattr(obj, attr)
+        except AttributeError:
+            raise ClassNotFound(f"module {modname} has no class {'.'.join(attrs)}") from None
+        if not (isinstance(obj, type) and issubclass(obj, ActiveObject)):
+            raise ClassNotFound(f"{path} is not an ActiveObject subclass")
+        return obj
+    raise ClassNotFound(f"cannot import {path}: no module {module or path!r}")

@@ -1,0 +1,221 @@
+"""Client side of a connection: many threads multiplex their requests on one socket.
+
+No dedicated reader thread sits between the socket and the caller. A calling thread sends its
+request, then either becomes the *leader* and reads frames itself until its own reply arrives
+(handing other threads their replies on the way), or, if another thread is already reading, waits
+to be handed its reply or the leadership. A single-threaded caller therefore pays one send and one
+receive per call and no thread switch. Calls started with ``wait=False`` (futures) are completed by
+a small pump thread that reads whenever such calls are outstanding.
+
+Liveness: while requests are pending, the reader pings a silent backend; a backend that stays
+silent for ``liveness_timeout`` seconds fails every pending request with
+:class:`BackendUnavailable`, so a call to a dead or frozen backend never hangs.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Any
+
+from . import _wire as w
+from ._transport import FrameSocket
+from .errors import BackendUnavailable, CommunicationError, StoreError
+
+Frame = tuple[int, bytes, list[bytearray]]  # kind, body, buffers
+
+
+class _Slot:
+    __slots__ = ("frame", "error", "gate", "signaled", "future", "on_event")
+
+    def __init__(self, future: Future | None, on_event: Callable[[bytes], None] | None) -> None:
+        self.frame: Frame | None = None
+        self.error: BaseException | None = None
+        self.gate = threading.Lock()
+        self.gate.acquire()
+        self.signaled = False
+        self.future = future
+        self.on_event = on_event
+
+
+class Channel:
+    """A multiplexed request/reply channel to one backend."""
+
+    def __init__(self, fs: FrameSocket, name: str, liveness_timeout: float,
+                 decode: Callable[[Frame], Any]) -> None:
+        self.fs = fs
+        self.name = name
+        self._liveness = liveness_timeout
+        self._decode = decode  # turns a reply frame into a value or raises
+        self._mutex = threading.Lock()
+        self._reader = threading.Lock()
+        self._pending: dict[int, _Slot] = {}
+        self._next_id = 1
+        self._ping_sent: float | None = None
+        self._broken: BaseException | None = None
+        self._async = 0
+        self._pump: threading.Thread | None = None
+        fs.sock.settimeout(max(0.05, liveness_timeout / 4))
+
+    @property
+    def usable(self) -> bool:
+        return self._broken is None and not self.fs.closed
+
+    # ------------------------------------------------------------ requests
+    def request(self, body: bytes, buffers: list[Any], *, wait: bool = True,
+                on_event: Callable[[bytes], None] | None = None) -> Any:
+        """Send a request; return its decoded result (``wait``) or a Future of it."""
+        future: Future | None = None if wait else Future()
+        slot = _Slot(future, on_event)
+        with self._mutex:
+            if self._broken is not None:
+                raise self._broken
+            rid = self._next_id
+            self._next_id = (rid + 1) & 0xFFFFFFFF or 1
+            if not self._pending:
+                self.fs.last_rx = time.monotonic()  # silence is measured from now on
+            self._pending[rid] = slot
+            if future is not None:
+                self._async += 1
+        try:
+            self.fs.send(w.REQUEST, rid, body, buffers)
+        except CommunicationError as exc:
+            self._fail(exc)
+        if future is not None:
+            self._ensure_pump()
+            return future
+        self._wait(slot)
+        if slot.error is not None:
+            raise slot.error
+        assert slot.frame is not None
+        return self._decode(slot.frame)
+
+    def _wait(self, slot: _Slot) -> None:
+        while slot.frame is None and slot.error is None:
+            if self._reader.acquire(blocking=False):
+                try:
+                    self._read_until(lambda: slot.frame is not None or slot.error is not None)
+                finally:
+                    self._reader.release()
+                    self._handoff()
+            else:
+                slot.gate.acquire(timeout=0.05)
+                with self._mutex:
+                    slot.signaled = False
+
+    def _handoff(self) -> None:
+        """Wake one waiting thread so that someone reads while replies are outstanding."""
+        with self._mutex:
+            for s in self._pending.values():
+                if s.future is None and not s.signaled:
+                    s.signaled = True
+                    s.gate.release()
+                    return
+
+    def _signal(self, slot: _Slot) -> None:
+        if slot.future is not None:
+            return
+        with self._mutex:
+            if not slot.signaled:
+                slot.signaled = True
+                slot.gate.release()
+
+    # ------------------------------------------------------------- reading
+    def _read_until(self, done: Callable[[], bool]) -> None:
+        while not done():
+            try:
+                kind, _flags, rid, body, buffers = self.fs.recv(self._on_idle)
+            except BaseException as exc:  # the connection is unusable for everyone
+                self._fail(exc if isinstance(exc, StoreError) else CommunicationError(str(exc)))
+                return
+            if kind == w.PONG:
+                self._ping_sent = None
+                continue
+            if kind == w.PING:
+                self.fs.send(w.PONG, rid, b"")
+                continue
+            with self._mutex:
+                slot = self._pending.get(rid) if kind == w.EVENT else self._pending.pop(rid, None)
+            if slot is None:
+                continue
+            if kind == w.EVENT:
+                if slot.on_event is not None:
+                    try:
+                        slot.on_event(body)
+                    except Exception:  # a failing progress callback must not kill the call
+                        pass
+                continue
+            self._complete(slot, (kind, body, buffers))
+
+    def _complete(self, slot: _Slot, frame: Frame) -> None:
+        if slot.future is None:
+            slot.frame = frame
+            self._signal(slot)
+            return
+        with self._mutex:
+            self._async -= 1
+        try:
+            value = self._decode(frame)
+        except BaseException as exc:
+            slot.future.set_exception(exc)
+        else:
+            slot.future.set_result(value)
+
+    def _on_idle(self) -> None:
+        now = time.monotonic()
+        with self._mutex:
+            pending = bool(self._pending)
+        if not pending:
+            return
+        silence = now - self.fs.last_rx
+        if silence >= self._liveness:
+            raise BackendUnavailable(f"backend {self.name} did not answer for {silence:.1f}s")
+        if self._ping_sent is None or now - self._ping_sent > self._liveness / 2:
+            self._ping_sent = now
+            self.fs.send(w.PING, 0, b"")
+
+    def _fail(self, exc: BaseException) -> None:
+        if not isinstance(exc, CommunicationError):
+            exc = CommunicationError(str(exc))
+        if isinstance(exc, CommunicationError) and not isinstance(exc, BackendUnavailable):
+            exc = BackendUnavailable(f"lost connection to backend {self.name}: {exc}")
+        with self._mutex:
+            if self._broken is None:
+                self._broken = exc
+            pending, self._pending = self._pending, {}
+            self._async = 0
+        self.fs.close()
+        for slot in pending.values():
+            if slot.future is not None:
+                if not slot.future.done():
+                    slot.future.set_exception(exc)
+            else:
+                slot.error = exc
+                self._signal(slot)
+
+    # ---------------------------------------------------------------- pump
+    def _ensure_pump(self) -> None:
+        with self._mutex:
+            if self._pump is not None and self._pump.is_alive():
+                return
+            self._pump = threading.Thread(target=self._run_pump, name=f"storage-api-pump-{self.name}", daemon=True)
+            self._pump.start()
+
+    def _run_pump(self) -> None:
+        while True:
+            with self._mutex:
+                if self._async <= 0 or self._broken is not None:
+                    self._pump = None
+                    return
+            if not self._reader.acquire(timeout=0.05):
+                continue
+            try:
+                self._read_until(lambda: self._async <= 0 or self._broken is not None)
+            finally:
+                self._reader.release()
+                self._handoff()
+
+    def close(self) -> None:
+        self._fail(CommunicationError("channel closed"))

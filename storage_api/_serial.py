@@ -1,0 +1,134 @@
+"""Serialization: pickle protocol 5 with out-of-band buffers, placeholders and remote errors.
+
+Persistent objects pickle as references (see ``ActiveObject.__reduce_ex__``); everything else is
+copied. Contiguous buffers (numpy arrays, ``PickleBuffer``) leave the pickle stream as separate
+buffers that the transport sends and receives without copying them.
+
+On a thin client a pickle may name a class the client cannot import (the server's model class, a
+numpy array...). With ``placeholders=True`` such values arrive as :class:`Broken` instances that
+keep the class name and state (the idea of ZODB's broken objects) instead of failing the call.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import traceback
+from typing import Any
+
+from .errors import RemoteError
+
+_broken_classes: dict[tuple[str, str], type] = {}
+
+
+def dumps(obj: Any) -> tuple[bytes, list[memoryview]]:
+    """Pickle ``obj``; return the in-band body and the out-of-band buffers (as byte views)."""
+    buffers: list[pickle.PickleBuffer] = []
+    body = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+    return body, [_as_bytes_view(b) for b in buffers]
+
+
+def _as_bytes_view(buf: pickle.PickleBuffer) -> memoryview:
+    try:
+        return buf.raw()
+    except BufferError:  # non-contiguous: rare, copy it
+        return memoryview(bytes(buf))
+
+
+def loads(body: bytes, buffers: list[Any] | None = None, *, placeholders: bool = False) -> Any:
+    if not placeholders:
+        return pickle.loads(body, buffers=buffers or ())
+    return _PlaceholderUnpickler(io.BytesIO(body), buffers=buffers or ()).load()
+
+
+class Broken:
+    """Stands in for an instance of a class that cannot be imported here; keeps its data.
+
+    ``__class_path__`` names the missing class; ``__args__`` and ``__state__`` hold what the
+    pickle carried, so the value can be inspected or sent back unchanged.
+    """
+
+    __class_path__ = "?"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Broken:
+        self = object.__new__(cls)
+        object.__setattr__(self, "__args__", args)
+        object.__setattr__(self, "__state__", None)
+        return self
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        object.__setattr__(self, "__state__", state)
+
+    def __reduce__(self) -> Any:  # round-trips to the real class where it exists
+        module, _, name = self.__class_path__.rpartition(".")
+        return (_rebuild_broken, (module, name, self.__args__, self.__state__))
+
+    def __repr__(self) -> str:
+        return f"<Broken {self.__class_path__} (its module is not importable here)>"
+
+
+def _rebuild_broken(module: str, name: str, args: tuple, state: Any) -> Any:
+    cls = _find(module, name)
+    obj = cls.__new__(cls, *args)
+    if state is not None:
+        if hasattr(obj, "__setstate__"):
+            obj.__setstate__(state)
+        else:
+            obj.__dict__.update(state)
+    return obj
+
+
+def _find(module: str, name: str) -> Any:
+    import importlib
+
+    obj: Any = importlib.import_module(module)
+    for part in name.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def broken_class(module: str, name: str) -> type:
+    key = (module, name)
+    cls = _broken_classes.get(key)
+    if cls is None:
+        cls = type(name.rpartition(".")[2], (Broken,), {"__class_path__": f"{module}.{name}", "__module__": module})
+        _broken_classes[key] = cls
+    return cls
+
+
+class _PlaceholderUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except (ImportError, AttributeError):
+            return broken_class(module, name)
+
+
+# ------------------------------------------------------------------ remote errors
+def dump_error(exc: BaseException) -> bytes:
+    """Encode an exception raised while serving a request, with its traceback."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
+    try:
+        payload = pickle.dumps(exc, protocol=5)
+        pickle.loads(payload)  # refuse exceptions that pickle but cannot be rebuilt
+    except Exception:
+        payload = b""
+    return pickle.dumps((payload, type_name, str(exc), tb), protocol=5)
+
+
+def load_error(body: bytes) -> BaseException:
+    """Rebuild a remote exception; fall back to :class:`RemoteError` when its type is unknown."""
+    payload, type_name, message, tb = pickle.loads(body)
+    exc: BaseException
+    try:
+        exc = pickle.loads(payload) if payload else RemoteError(type_name, message, tb)
+    except Exception:
+        exc = RemoteError(type_name, message, tb)
+    exc.remote_traceback = tb  # type: ignore[attr-defined]
+    if hasattr(exc, "add_note") and tb:
+        exc.add_note("Remote traceback (most recent call last, on the backend):\n" + tb.rstrip())
+    return exc

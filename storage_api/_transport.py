@@ -1,0 +1,238 @@
+"""Authenticated frame sockets: the handshake and frame I/O of :mod:`storage_api._wire`.
+
+A :class:`FrameSocket` is shared by many threads: sends are serialised by a lock; receives are done
+by one thread at a time (the caller arranges that). Large buffers are sent with ``sendmsg``
+scatter-gather straight from their memory and received with ``recv_into`` straight into the
+``bytearray`` that becomes the object's memory: the protocol makes no full-size copies.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import socket
+import struct
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from . import _wire as w
+from .errors import AuthenticationError, CommunicationError, ProtocolError
+
+_RBUF = 256 * 1024  # receive buffer for small frames
+_SMALL = 64 * 1024  # below this, header, lengths and body go out in one send
+_IOV_MAX = 512
+
+Buffer = Any  # bytes-like: bytes, bytearray, memoryview
+
+
+class FrameSocket:
+    """One authenticated connection carrying frames in both directions."""
+
+    def __init__(self, sock: socket.socket, send_key: bytes, recv_key: bytes) -> None:
+        self.sock = sock
+        self._send_key = send_key
+        self._recv_key = recv_key
+        self._send_lock = threading.Lock()
+        self._send_seq = 0
+        self._recv_seq = 0
+        self._rbuf = bytearray(_RBUF)
+        self._rview = memoryview(self._rbuf)
+        self._rpos = 0
+        self._rend = 0
+        self.last_rx = time.monotonic()
+        self.closed = False
+
+    # ---------------------------------------------------------------- sending
+    def send(self, kind: int, req_id: int, body: bytes, buffers: Sequence[Buffer] = (), flags: int = 0) -> None:
+        """Send one frame; raises :class:`CommunicationError` if the connection is gone."""
+        views = [memoryview(b).cast("B") if not isinstance(b, (bytes, bytearray)) else b for b in buffers]
+        lengths = struct.pack(f"<{len(views)}Q", *(len(v) for v in views)) if views else b""
+        head = struct.pack("<BBHII", kind, flags, len(views), req_id & 0xFFFFFFFF, len(body))
+        try:
+            with self._send_lock:
+                mac = w.frame_mac(self._send_key, self._send_seq, head, lengths, body)
+                self._send_seq += 1
+                if len(body) + len(lengths) < _SMALL:
+                    first = b"".join((head, mac, lengths, body))
+                    if not views:
+                        self.sock.sendall(first)
+                        return
+                    _sendmsg_all(self.sock, [first, *views])
+                else:
+                    _sendmsg_all(self.sock, [head + mac, lengths, body, *views])
+        except OSError as exc:
+            self.closed = True
+            raise CommunicationError(f"connection lost while sending: {exc}") from exc
+
+    # -------------------------------------------------------------- receiving
+    def recv(self, on_idle: Callable[[], None] | None = None) -> tuple[int, int, int, bytes, list[bytearray]]:
+        """Receive one frame: ``(kind, flags, req_id, body, buffers)``.
+
+        With a socket timeout set, ``on_idle`` is called each time the socket stays silent for
+        that long; it may raise to abandon the connection (liveness checks).
+        """
+        self._on_idle = on_idle
+        head = self._read(w.HEADER.size)
+        kind, flags, nbuf, req_id, body_len, mac = w.HEADER.unpack(head)
+        w.check_header(kind, nbuf, body_len)
+        lengths_raw = self._read(8 * nbuf) if nbuf else b""
+        body = self._read(body_len)
+        expected = w.frame_mac(self._recv_key, self._recv_seq, head[: w.HEADER_SIGNED], lengths_raw, body)
+        if not hmac.compare_digest(expected, mac):
+            raise ProtocolError("frame failed authentication (bad MAC)")
+        self._recv_seq += 1
+        buffers: list[bytearray] = []
+        if nbuf:
+            lengths = struct.unpack(f"<{nbuf}Q", lengths_raw)
+            w.check_lengths(lengths)
+            for n in lengths:
+                buf = bytearray(n)
+                self._read_into(memoryview(buf))
+                buffers.append(buf)
+        return kind, flags, req_id, body, buffers
+
+    def _read(self, n: int) -> bytes:
+        avail = self._rend - self._rpos
+        if avail >= n:
+            out = bytes(self._rview[self._rpos : self._rpos + n])
+            self._rpos += n
+            return out
+        if n > _RBUF // 2:
+            buf = bytearray(n)
+            self._read_into(memoryview(buf))
+            return bytes(buf)
+        if self._rpos:  # compact
+            self._rbuf[:avail] = self._rview[self._rpos : self._rend]
+            self._rpos, self._rend = 0, avail
+        while self._rend < n:
+            self._rend += self._recv_some(self._rview[self._rend :])
+        out = bytes(self._rview[:n])
+        self._rpos = n
+        return out
+
+    def _read_into(self, dest: memoryview) -> None:
+        avail = self._rend - self._rpos
+        take = min(avail, len(dest))
+        if take:
+            dest[:take] = self._rview[self._rpos : self._rpos + take]
+            self._rpos += take
+        got = take
+        while got < len(dest):
+            got += self._recv_some(dest[got:])
+
+    def _recv_some(self, into: memoryview) -> int:
+        while True:
+            try:
+                n = self.sock.recv_into(into)
+            except TimeoutError:
+                if self._on_idle is not None:
+                    self._on_idle()
+                continue
+            except OSError as exc:
+                self.closed = True
+                raise CommunicationError(f"connection lost: {exc}") from exc
+            if n == 0:
+                self.closed = True
+                raise CommunicationError("connection closed by peer")
+            self.last_rx = time.monotonic()
+            return n
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def _sendmsg_all(sock: socket.socket, parts: list[Buffer]) -> None:
+    views = [memoryview(p).cast("B") for p in parts if len(p)]
+    while views:
+        sent = sock.sendmsg(views[:_IOV_MAX])
+        while sent:
+            first = views[0]
+            if sent >= len(first):
+                sent -= len(first)
+                views.pop(0)
+            else:
+                views[0] = first[sent:]
+                sent = 0
+
+
+def _recv_exact(sock: socket.socket, n: int) -> bytes:
+    data = bytearray()
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise CommunicationError("connection closed during handshake")
+        data += chunk
+    return bytes(data)
+
+
+def _tune(sock: socket.socket) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+
+
+def client_handshake(sock: socket.socket, secret: bytes, role: int, timeout: float) -> FrameSocket:
+    """Authenticate to a backend over a connected socket (both ways)."""
+    _tune(sock)
+    sock.settimeout(timeout)
+    try:
+        server_nonce = w.check_hello(_recv_exact(sock, w.HELLO.size))
+        client_nonce = os.urandom(w.NONCE_BYTES)
+        proof = w.client_proof(secret, role, server_nonce, client_nonce)
+        sock.sendall(w.AUTH.pack(w.MAGIC, w.VERSION, role, client_nonce, proof))
+        status, their_proof = w.WELCOME.unpack(_recv_exact(sock, w.WELCOME.size))
+    except TimeoutError as exc:
+        raise CommunicationError("backend did not complete the handshake in time") from exc
+    except OSError as exc:
+        raise CommunicationError(f"handshake failed: {exc}") from exc
+    except struct.error as exc:
+        raise ProtocolError("malformed handshake") from exc
+    if status != 0:
+        raise AuthenticationError("backend refused our credentials (wrong deployment secret)")
+    if not hmac.compare_digest(their_proof, w.server_proof(secret, server_nonce, client_nonce)):
+        raise AuthenticationError("backend failed to prove it knows the deployment secret")
+    c2s, s2c = w.session_keys(secret, server_nonce, client_nonce)
+    sock.settimeout(None)
+    return FrameSocket(sock, c2s, s2c)
+
+
+def server_handshake(sock: socket.socket, secret: bytes, timeout: float) -> tuple[FrameSocket, int]:
+    """Authenticate a freshly accepted connection; return the frame socket and the peer's role."""
+    _tune(sock)
+    sock.settimeout(timeout)
+    server_nonce = os.urandom(w.NONCE_BYTES)
+    try:
+        sock.sendall(w.HELLO.pack(w.MAGIC, w.VERSION, 0, server_nonce))
+        data = _recv_exact(sock, w.AUTH.size)
+        try:
+            role, client_nonce = w.check_auth(data, secret, server_nonce)
+        except AuthenticationError:
+            sock.sendall(w.WELCOME.pack(1, bytes(32)))
+            raise
+        sock.sendall(w.WELCOME.pack(0, w.server_proof(secret, server_nonce, client_nonce)))
+    except TimeoutError as exc:
+        raise ProtocolError("handshake timed out") from exc
+    except struct.error as exc:
+        raise ProtocolError("malformed handshake") from exc
+    c2s, s2c = w.session_keys(secret, server_nonce, client_nonce)
+    sock.settimeout(None)
+    return FrameSocket(sock, s2c, c2s), role
+
+
+def connect(host: str, port: int, secret: bytes, *, role: int = w.ROLE_CLIENT, timeout: float = 2.0) -> FrameSocket:
+    """Open and authenticate a connection to a backend."""
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        raise CommunicationError(f"cannot reach backend at {host}:{port}: {exc}") from exc
+    try:
+        return client_handshake(sock, secret, role, timeout)
+    except BaseException:
+        sock.close()
+        raise

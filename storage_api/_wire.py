@@ -1,0 +1,161 @@
+"""Wire protocol: the byte layout of everything that crosses a socket.
+
+This docstring is the specification. All integers are little-endian.
+
+Handshake (mutual authentication, before any frame)
+---------------------------------------------------
+Both peers hold the deployment secret ``K`` (bytes). Nothing is unpickled before it completes.
+
+1. server -> client, ``HELLO`` (38 bytes)::
+
+       b"SAPI" | version u8 | reserved u8 (0) | server_nonce (32 random bytes)
+
+2. client -> server, ``AUTH`` (70 bytes)::
+
+       b"SAPI" | version u8 | role u8 | client_nonce (32) | client_proof (32)
+       client_proof = HMAC-SHA256(K, b"storage-api client" | role | server_nonce | client_nonce)
+
+   ``role`` is 1 for a client, 2 for another backend.
+
+3. server -> client, ``WELCOME`` (33 bytes)::
+
+       status u8 (0 accepted, 1 refused) | server_proof (32)
+       server_proof = HMAC-SHA256(K, b"storage-api server" | client_nonce | server_nonce)
+
+   A refused client gets status 1 and 32 zero bytes, then the server closes. The client checks
+   ``server_proof`` too, so it never unpickles replies from a peer that lacks the secret.
+
+Each direction then has a session key::
+
+    key_c2s = HMAC-SHA256(K, b"c2s" | server_nonce | client_nonce)
+    key_s2c = HMAC-SHA256(K, b"s2c" | server_nonce | client_nonce)
+
+Frames
+------
+After the handshake both directions carry frames::
+
+    header (28 bytes):  kind u8 | flags u8 | nbuf u16 | req_id u32 | body_len u32 | mac (16)
+    lengths:            nbuf x u64, the size of each out-of-band buffer
+    body:               body_len bytes, a pickle (protocol 5) of the message
+    buffers:            nbuf raw buffers, back to back, in order
+
+``mac = BLAKE2b-128(key=session key of that direction, seq u64 | header[:12] | lengths | body)``
+where ``seq`` counts the frames already sent in that direction (starting at 0), so a frame that
+is forged, replayed, reordered or dropped fails verification. The MAC is checked before the body is
+unpickled and before any buffer is allocated. Buffers are not covered by the MAC: they hold raw
+array data that is never interpreted as code. The channel is authenticated, not encrypted: run it
+over a trusted network or a tunnel when confidentiality matters.
+
+Kinds: ``REQUEST`` (1), ``REPLY`` (2), ``ERROR`` (3), ``PING`` (4), ``PONG`` (5), ``EVENT`` (6).
+``req_id`` pairs a ``REPLY``/``ERROR`` with its ``REQUEST``; many requests may be in flight on one
+connection and replies come back in any order. ``PING`` is answered by ``PONG`` with the same
+``req_id`` (liveness checks while a call runs). ``EVENT`` frames carry progress reports for a
+request in flight.
+
+Limits (:data:`MAX_BODY`, :data:`MAX_BUFFERS`, :data:`MAX_BUFFER`) are checked on every header;
+a frame over a limit, with an unknown kind or a bad MAC is a :class:`ProtocolError` and closes that
+connection only.
+
+Messages (the pickled bodies) are tuples; requests are ``(op, *params)`` and the backend dispatches
+them through its handler table (``storage_api._backend._handlers``). Large buffers (numpy arrays,
+``bytes`` wrapped in ``PickleBuffer``) travel out of band with pickle protocol 5 and are sent with
+scatter-gather I/O straight from the object's memory and received straight into their final memory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from typing import Final
+
+from .errors import AuthenticationError, ProtocolError
+
+MAGIC: Final = b"SAPI"
+VERSION: Final = 1
+
+ROLE_CLIENT: Final = 1
+ROLE_PEER: Final = 2
+
+REQUEST: Final = 1
+REPLY: Final = 2
+ERROR: Final = 3
+PING: Final = 4
+PONG: Final = 5
+EVENT: Final = 6
+KINDS: Final = frozenset({REQUEST, REPLY, ERROR, PING, PONG, EVENT})
+
+NONCE_BYTES: Final = 32
+HELLO = struct.Struct("<4sBB32s")
+AUTH = struct.Struct("<4sBB32s32s")
+WELCOME = struct.Struct("<B32s")
+
+HEADER = struct.Struct("<BBHII16s")
+HEADER_SIGNED: Final = 12  # bytes of the header covered by the MAC (all but the MAC itself)
+MAC_BYTES: Final = 16
+SEQ = struct.Struct("<Q")
+
+MAX_BODY: Final = 1 << 30  # 1 GiB of in-band pickle
+MAX_BUFFERS: Final = 4096
+MAX_BUFFER: Final = 1 << 40  # 1 TiB per buffer: large, but not absurd
+
+
+def client_proof(secret: bytes, role: int, server_nonce: bytes, client_nonce: bytes) -> bytes:
+    return hmac.digest(secret, b"storage-api client" + bytes([role]) + server_nonce + client_nonce, "sha256")
+
+
+def server_proof(secret: bytes, server_nonce: bytes, client_nonce: bytes) -> bytes:
+    return hmac.digest(secret, b"storage-api server" + client_nonce + server_nonce, "sha256")
+
+
+def session_keys(secret: bytes, server_nonce: bytes, client_nonce: bytes) -> tuple[bytes, bytes]:
+    """Return ``(key_c2s, key_s2c)``."""
+    salt = server_nonce + client_nonce
+    return (hmac.digest(secret, b"c2s" + salt, "sha256"), hmac.digest(secret, b"s2c" + salt, "sha256"))
+
+
+def frame_mac(key: bytes, seq: int, head: bytes, lengths: bytes, body: bytes | memoryview) -> bytes:
+    h = hashlib.blake2b(SEQ.pack(seq), key=key, digest_size=MAC_BYTES)
+    h.update(head)
+    if lengths:
+        h.update(lengths)
+    h.update(body)
+    return h.digest()
+
+
+def check_hello(data: bytes) -> bytes:
+    """Validate a HELLO and return the server nonce."""
+    magic, version, _reserved, nonce = HELLO.unpack(data)
+    if magic != MAGIC:
+        raise ProtocolError("peer is not a storage_api backend (bad magic)")
+    if version != VERSION:
+        raise ProtocolError(f"protocol version {version} is not supported (this side speaks {VERSION})")
+    return nonce
+
+
+def check_auth(data: bytes, secret: bytes, server_nonce: bytes) -> tuple[int, bytes]:
+    """Validate an AUTH message; return ``(role, client_nonce)`` or raise."""
+    magic, version, role, client_nonce, proof = AUTH.unpack(data)
+    if magic != MAGIC or version != VERSION:
+        raise ProtocolError("bad handshake")
+    if role not in (ROLE_CLIENT, ROLE_PEER):
+        raise ProtocolError(f"unknown role {role}")
+    expected = client_proof(secret, role, server_nonce, client_nonce)
+    if not hmac.compare_digest(expected, proof):
+        raise AuthenticationError("peer failed to authenticate (wrong deployment secret)")
+    return role, client_nonce
+
+
+def check_header(kind: int, nbuf: int, body_len: int) -> None:
+    if kind not in KINDS:
+        raise ProtocolError(f"unknown frame kind {kind}")
+    if nbuf > MAX_BUFFERS:
+        raise ProtocolError(f"frame declares {nbuf} buffers (limit {MAX_BUFFERS})")
+    if body_len > MAX_BODY:
+        raise ProtocolError(f"frame body of {body_len} bytes exceeds the limit of {MAX_BODY}")
+
+
+def check_lengths(lengths: tuple[int, ...]) -> None:
+    for n in lengths:
+        if n > MAX_BUFFER:
+            raise ProtocolError(f"frame declares a buffer of {n} bytes (limit {MAX_BUFFER})")
