@@ -49,6 +49,8 @@ class Client:
         self._backends: dict[str, BackendInfo] = {}
         self._backends_at = 0.0
         self._classes: dict[str, type] = {}
+        self._closed = threading.Event()
+        self._watchdog: threading.Thread | None = None
 
     # ============================================================ public ops
     def persist(self, obj: ActiveObject, *, alias: str | None, backend: Any) -> str:
@@ -158,6 +160,7 @@ class Client:
         return cls
 
     def close(self) -> None:
+        self._closed.set()
         with self._lock:
             channels, self._channels = self._channels, {}
         for ch in channels.values():
@@ -228,7 +231,18 @@ class Client:
                 return ch
             ch = self._connect(bid)
             self._channels[bid] = ch
+            if self._watchdog is None:
+                self._watchdog = threading.Thread(target=self._watch, name="storage-api-watchdog", daemon=True)
+                self._watchdog.start()
             return ch
+
+    def _watch(self) -> None:
+        """Liveness of every channel with calls pending (see :mod:`storage_api._rpc`)."""
+        period = self.settings.liveness_timeout / 8
+        while not self._closed.wait(period):
+            now = time.monotonic()
+            for ch in list(self._channels.values()):
+                ch.check_liveness(now)
 
     def _connect(self, bid: str) -> Channel:
         last: CommunicationError | None = None
@@ -241,8 +255,9 @@ class Client:
                 if info is None:
                     raise BackendUnavailable(f"backend {bid} is not registered")
             try:
+                unix = "\0" + info.unix if info.unix and _is_local(info.host) else None
                 fs = _transport.connect(info.host, info.port, self._secret, role=self._role,
-                                        timeout=self.settings.connect_timeout)
+                                        timeout=self.settings.connect_timeout, unix=unix)
             except CommunicationError as exc:
                 last = exc
                 continue
@@ -255,6 +270,12 @@ class Client:
         if kind == _wire.REPLY:
             return loads(body, buffers, placeholders=self._placeholders)
         raise load_error(body)
+
+
+def _is_local(host: str) -> bool:
+    import socket
+
+    return host in ("127.0.0.1", "::1", "localhost", socket.gethostname(), socket.getfqdn())
 
 
 def _same_class(have: type, want: type) -> bool:

@@ -46,6 +46,7 @@ class BackendInfo:
     alive: bool
     storage_dir: str = ""
     objects: int = 0
+    unix: str = ""  # abstract Unix socket name (without the leading NUL), for same-host clients
 
     @property
     def address(self) -> str:
@@ -114,6 +115,7 @@ class Metadata:
                     alive=bool(alive),
                     storage_dir=h.get("storage_dir", ""),
                     objects=int(count or 0),
+                    unix=h.get("unix", ""),
                 )
             )
         return out

@@ -7,9 +7,11 @@ to be handed its reply or the leadership. A single-threaded caller therefore pay
 receive per call and no thread switch. Calls started with ``wait=False`` (futures) are completed by
 a small pump thread that reads whenever such calls are outstanding.
 
-Liveness: while requests are pending, the reader pings a silent backend; a backend that stays
-silent for ``liveness_timeout`` seconds fails every pending request with
-:class:`BackendUnavailable`, so a call to a dead or frozen backend never hangs.
+Liveness: sockets are blocking (a timeout would cost a ``poll`` per receive). A watchdog thread
+per client looks at channels with requests pending a few times per ``liveness_timeout``: it pings a
+silent backend, and one that stays silent for ``liveness_timeout`` seconds has its socket shut
+down, which fails every pending request with :class:`BackendUnavailable`. A call to a dead or
+frozen backend never hangs.
 """
 
 from __future__ import annotations
@@ -50,14 +52,15 @@ class Channel:
         self._liveness = liveness_timeout
         self._decode = decode  # turns a reply frame into a value or raises
         self._mutex = threading.Lock()
-        self._reader = threading.Lock()
+        self._reader = threading.RLock()
         self._pending: dict[int, _Slot] = {}
         self._next_id = 1
         self._ping_sent: float | None = None
         self._broken: BaseException | None = None
         self._async = 0
         self._pump: threading.Thread | None = None
-        fs.sock.settimeout(max(0.05, liveness_timeout / 4))
+        self._abort: BaseException | None = None
+        fs.sock.settimeout(None)
 
     @property
     def usable(self) -> bool:
@@ -126,9 +129,9 @@ class Channel:
     def _read_until(self, done: Callable[[], bool]) -> None:
         while not done():
             try:
-                kind, _flags, rid, body, buffers = self.fs.recv(self._on_idle)
+                kind, _flags, rid, body, buffers = self.fs.recv()
             except BaseException as exc:  # the connection is unusable for everyone
-                self._fail(exc if isinstance(exc, StoreError) else CommunicationError(str(exc)))
+                self._fail(self._abort or (exc if isinstance(exc, StoreError) else CommunicationError(str(exc))))
                 return
             if kind == w.PONG:
                 self._ping_sent = None
@@ -163,18 +166,28 @@ class Channel:
         else:
             slot.future.set_result(value)
 
-    def _on_idle(self) -> None:
-        now = time.monotonic()
+    def check_liveness(self, now: float) -> None:
+        """Called by the watchdog: ping a silent backend, give up on one silent for too long."""
         with self._mutex:
-            pending = bool(self._pending)
-        if not pending:
-            return
+            if not self._pending or self._broken is not None:
+                return
         silence = now - self.fs.last_rx
         if silence >= self._liveness:
-            raise BackendUnavailable(f"backend {self.name} did not answer for {silence:.1f}s")
-        if self._ping_sent is None or now - self._ping_sent > self._liveness / 2:
+            self._abort = BackendUnavailable(f"backend {self.name} did not answer for {silence:.1f}s")
+            self.fs.shutdown()  # wakes the reader, which fails every pending request
+            if not self._reader.acquire(blocking=False):
+                return
+            try:  # nobody was reading (only futures pending without a pump yet): fail them here
+                self._fail(self._abort)
+            finally:
+                self._reader.release()
+            return
+        if silence >= self._liveness / 4 and (self._ping_sent is None or now - self._ping_sent > self._liveness / 4):
             self._ping_sent = now
-            self.fs.send(w.PING, 0, b"")
+            try:
+                self.fs.send(w.PING, 0, b"")
+            except CommunicationError:
+                pass
 
     def _fail(self, exc: BaseException) -> None:
         if not isinstance(exc, CommunicationError):

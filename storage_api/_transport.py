@@ -14,7 +14,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from . import _wire as w
@@ -67,13 +67,8 @@ class FrameSocket:
             raise CommunicationError(f"connection lost while sending: {exc}") from exc
 
     # -------------------------------------------------------------- receiving
-    def recv(self, on_idle: Callable[[], None] | None = None) -> tuple[int, int, int, bytes, list[bytearray]]:
-        """Receive one frame: ``(kind, flags, req_id, body, buffers)``.
-
-        With a socket timeout set, ``on_idle`` is called each time the socket stays silent for
-        that long; it may raise to abandon the connection (liveness checks).
-        """
-        self._on_idle = on_idle
+    def recv(self) -> tuple[int, int, int, bytes, list[bytearray]]:
+        """Receive one frame: ``(kind, flags, req_id, body, buffers)``."""
         head = self._read(w.HEADER.size)
         kind, flags, nbuf, req_id, body_len, mac = w.HEADER.unpack(head)
         w.check_header(kind, nbuf, body_len)
@@ -123,21 +118,24 @@ class FrameSocket:
             got += self._recv_some(dest[got:])
 
     def _recv_some(self, into: memoryview) -> int:
-        while True:
-            try:
-                n = self.sock.recv_into(into)
-            except TimeoutError:
-                if self._on_idle is not None:
-                    self._on_idle()
-                continue
-            except OSError as exc:
-                self.closed = True
-                raise CommunicationError(f"connection lost: {exc}") from exc
-            if n == 0:
-                self.closed = True
-                raise CommunicationError("connection closed by peer")
-            self.last_rx = time.monotonic()
-            return n
+        try:
+            n = self.sock.recv_into(into)
+        except OSError as exc:
+            self.closed = True
+            raise CommunicationError(f"connection lost: {exc}") from exc
+        if n == 0:
+            self.closed = True
+            raise CommunicationError("connection closed by peer")
+        self.last_rx = time.monotonic()
+        return n
+
+    def shutdown(self) -> None:
+        """Unblock any thread reading or writing this socket; the connection is then dead."""
+        self.closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
     def close(self) -> None:
         self.closed = True
@@ -173,8 +171,9 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 
 
 def _tune(sock: socket.socket) -> None:
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
 
 def client_handshake(sock: socket.socket, secret: bytes, role: int, timeout: float) -> FrameSocket:
@@ -225,12 +224,28 @@ def server_handshake(sock: socket.socket, secret: bytes, timeout: float) -> tupl
     return FrameSocket(sock, s2c, c2s), role
 
 
-def connect(host: str, port: int, secret: bytes, *, role: int = w.ROLE_CLIENT, timeout: float = 2.0) -> FrameSocket:
-    """Open and authenticate a connection to a backend."""
-    try:
-        sock = socket.create_connection((host, port), timeout=timeout)
-    except OSError as exc:
-        raise CommunicationError(f"cannot reach backend at {host}:{port}: {exc}") from exc
+def local_socket_name(backend_id: str) -> str:
+    """The abstract Unix socket a backend also listens on (Linux): same-host clients skip TCP."""
+    return f"\0storage-api.{backend_id}"
+
+
+def connect(host: str, port: int, secret: bytes, *, role: int = w.ROLE_CLIENT, timeout: float = 2.0,
+            unix: str | None = None) -> FrameSocket:
+    """Open and authenticate a connection to a backend (over ``unix`` first when given)."""
+    sock: socket.socket | None = None
+    if unix and hasattr(socket, "AF_UNIX"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(unix)
+        except OSError:  # not on the backend's host (or namespace): use TCP
+            sock.close()
+            sock = None
+    if sock is None:
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError as exc:
+            raise CommunicationError(f"cannot reach backend at {host}:{port}: {exc}") from exc
     try:
         return client_handshake(sock, secret, role, timeout)
     except BaseException:

@@ -24,6 +24,7 @@ from .._client import Client
 from .._config import Settings
 from .._metadata import Metadata
 from .._redis import Redis
+from .._transport import local_socket_name
 from ..errors import CommunicationError, ConfigError
 from ._runtime import LocalBackend
 from ._server import Server
@@ -63,8 +64,19 @@ class BackendProcess:
         self.backend = LocalBackend(self.id, self.name, self.store, self.meta)
         self.client = Client(settings, local=self.backend)
         _context.install(self.client)
-        sock = socket.create_server((settings.host, settings.port), backlog=128, reuse_port=False)
-        self.server = Server(self.backend, sock, self.secret, settings.max_workers)
+        socks = [socket.create_server((settings.host, settings.port), backlog=128)]
+        self.unix = ""
+        if sys.platform.startswith("linux"):
+            local = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                local.bind(local_socket_name(self.id))
+                local.listen(128)
+                socks.append(local)
+                self.unix = local_socket_name(self.id)[1:]
+            except OSError as exc:  # another process with our id? keep TCP only
+                log.warning("no local socket: %s", exc)
+                local.close()
+        self.server = Server(self.backend, socks, self.secret, settings.max_workers)
         self._stop = threading.Event()
 
     def info(self) -> dict[str, object]:
@@ -78,6 +90,7 @@ class BackendProcess:
             "compss_name": s.compss_name or socket.gethostname(),
             "pid": os.getpid(),
             "storage_dir": str(self.storage_dir),
+            "unix": self.unix,
             "state": "up",
             "started": time.time(),
         }

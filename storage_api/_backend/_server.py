@@ -31,9 +31,11 @@ HANDSHAKE_TIMEOUT = 5.0
 
 
 class Server:
-    def __init__(self, backend: LocalBackend, sock: socket.socket, secret: bytes, max_workers: int) -> None:
+    """Accepts connections on its listening sockets (TCP, plus a local Unix socket on Linux)."""
+
+    def __init__(self, backend: LocalBackend, socks: list[socket.socket], secret: bytes, max_workers: int) -> None:
         self.backend = backend
-        self.sock = sock
+        self.socks = socks
         self._secret = secret
         self.max_workers = max_workers
         self._stopping = threading.Event()
@@ -42,17 +44,26 @@ class Server:
 
     @property
     def port(self) -> int:
-        return self.sock.getsockname()[1]
+        return self.socks[0].getsockname()[1]
 
     def serve_forever(self) -> None:
+        threads = [threading.Thread(target=self._accept, args=(s,), name="storage-api-accept", daemon=True)
+                   for s in self.socks]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    def _accept(self, listener: socket.socket) -> None:
         while not self._stopping.is_set():
             try:
-                sock, addr = self.sock.accept()
+                sock, addr = listener.accept()
             except OSError:
                 if self._stopping.is_set():
                     return
                 continue
-            threading.Thread(target=self._admit, args=(sock, addr), name="storage-api-conn", daemon=True).start()
+            threading.Thread(target=self._admit, args=(sock, addr or "local"), name="storage-api-conn",
+                             daemon=True).start()
 
     def _admit(self, sock: socket.socket, addr: tuple) -> None:
         try:
@@ -76,11 +87,12 @@ class Server:
 
     def stop(self) -> None:
         self._stopping.set()
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.sock.close()
+        for s in self.socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
         with self._lock:
             conns = list(self._conns)
         for conn in conns:

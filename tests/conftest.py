@@ -1,0 +1,112 @@
+"""Fixtures: real Redis servers and real backend processes on free ports.
+
+Backends are started from the repository root, so they import the test models as
+``tests.models``; everything they write lives under pytest's temporary directories.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from storage_api import _context
+from storage_api._client import Client
+from storage_api._deploy import _local
+
+ROOT = Path(__file__).resolve().parent.parent
+os.chdir(ROOT)
+
+
+class Cluster:
+    """A running deployment plus helpers to kill, restart and inspect its backends."""
+
+    def __init__(self, dep: _local.Deployment) -> None:
+        self.dep = dep
+        self.dir = Path(dep.dir)
+
+    def settings(self, **overrides):
+        import dataclasses
+
+        return dataclasses.replace(self.dep.settings(), **overrides)
+
+    def client(self, **overrides) -> Client:
+        return Client(self.settings(**overrides))
+
+    def backend(self, name: str) -> _local.Process:
+        return next(b for b in self.dep.backends if b.name == name)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        b = self.backend(name)
+        os.kill(b.pid, sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            os.waitpid(b.pid, 0)
+
+    def restart(self, name: str) -> None:
+        b = self.backend(name)
+        cmd = _local._backend_cmd(self.dep.redis_url, self.dir / "secret", Path(b.storage_dir), name, True, "INFO")
+        proc = _local._spawn(cmd, Path(b.log))
+        b.pid = proc.pid
+        self.dep.save()
+        self.wait_alive(name)
+
+    def wait_alive(self, name: str, timeout: float = 20.0) -> None:
+        client = self.client()
+        try:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if any(i.name == name and i.alive and i.pid == self.backend(name).pid for i in client.backends()):
+                    return
+                time.sleep(0.05)
+            raise TimeoutError(f"backend {name} did not come back:\n{_local._tail(self.backend(name).log)}")
+        finally:
+            client.close()
+
+
+def _start(tmp: Path, backends: int) -> Cluster:
+    return Cluster(_local.start(tmp, backends, log_level="INFO"))
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Redis and two backends, shared by the tests that do not kill anything."""
+    c = _start(tmp_path_factory.mktemp("cluster"), 2)
+    yield c
+    _local.stop(c.dir)
+
+
+@pytest.fixture
+def own_cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A private deployment for tests that kill or stop backends."""
+    c = _start(tmp_path / "deploy", 2)
+    yield c
+    _local.stop(c.dir)
+
+
+@pytest.fixture
+def client(cluster: Cluster) -> Iterator[Client]:
+    c = cluster.client()
+    previous = _context.install(c)
+    yield c
+    _context.install(previous)
+    c.close()
+
+
+@pytest.fixture
+def own_client(own_cluster: Cluster) -> Iterator[Client]:
+    c = own_cluster.client()
+    previous = _context.install(c)
+    yield c
+    _context.install(previous)
+    c.close()
+
+
+def run_python(code: str, *, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run a Python snippet in a fresh interpreter (from the repository root)."""
+    return subprocess.run([os.sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT, env={**os.environ, **(env or {})})

@@ -1,0 +1,124 @@
+"""Model classes the tests' backends import (as ``tests.models.<Class>``)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+
+from storage_api import ActiveObject, activemethod
+
+
+class Counter(ActiveObject):
+    """Counts; the canonical example."""
+
+    value: int
+
+    def __init__(self, start: int = 0) -> None:
+        self.value = start
+
+    @activemethod
+    def inc(self, n: int = 1) -> int:
+        """Add ``n`` and return the new value."""
+        self.value += n
+        return self.value
+
+    @activemethod(readonly=True)
+    def get(self) -> int:
+        return self.value
+
+    @activemethod(readonly=True)
+    def noop(self) -> None:
+        return None
+
+    @activemethod
+    def fail(self, message: str) -> None:
+        self.value = -1  # a mutation before the error: it must be persisted too
+        raise ValueError(message)
+
+    @activemethod(readonly=True)
+    def sleep(self, seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+    @activemethod(readonly=True)
+    def where(self) -> str:
+        import os
+
+        return os.environ.get("STORAGE_API_TEST_BACKEND_PID", str(os.getpid()))
+
+    def plain(self) -> str:
+        """Not active: runs wherever the object is loaded."""
+        return f"value is {self.value}"
+
+
+class Holder(ActiveObject):
+    """Holds arbitrary data: arrays, references to other objects."""
+
+    data: Any
+    other: Any
+
+    def __init__(self, data: Any = None, other: Any = None) -> None:
+        self.data = data
+        self.other = other
+
+    @activemethod
+    def put(self, data: Any) -> None:
+        self.data = data
+
+    @activemethod(readonly=True)
+    def take(self) -> Any:
+        return self.data
+
+    @activemethod(readonly=True)
+    def total(self) -> float:
+        return float(np.asarray(self.data).sum())
+
+    @activemethod(readonly=True)
+    def inspect_arg(self, obj: Any) -> dict:
+        """How an argument arrived here: live object, handle or copy."""
+        from storage_api import State
+
+        state = getattr(obj, "_sa_state", None)
+        return {"state": state.value if isinstance(state, State) else None, "type": type(obj).__name__,
+                "id": getattr(obj, "_sa_id", None)}
+
+    @activemethod
+    def bump_other(self, n: int) -> int:
+        """Call an active method of the referenced object (maybe on another backend)."""
+        return self.other.inc(n)
+
+    @activemethod
+    def spawn_child(self, start: int) -> Counter:
+        """Create a new persistent object from inside a backend."""
+        child = Counter(start)
+        child.make_persistent()
+        self.other = child
+        return child
+
+    @activemethod(readonly=True)
+    def unpicklable(self) -> Any:
+        import threading
+
+        return threading.Lock()
+
+
+class Node(ActiveObject):
+    """A linked structure to test references between persistent objects."""
+
+    label: str
+    next: Any
+
+    def __init__(self, label: str, next: Any = None) -> None:
+        self.label = label
+        self.next = next
+
+    @activemethod(readonly=True)
+    def chain(self) -> list:
+        out, node, seen = [], self, set()
+        while node is not None and node.getID() not in seen:
+            seen.add(node.getID())
+            out.append(node.label)
+            node = node.next
+        return out
