@@ -1,0 +1,60 @@
+"""Concurrent calls: multiplexed on one connection, never losing an update."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from tests.models import Counter
+
+
+def test_16_threads_x_500_increments(client):
+    c = Counter(0)
+    c.make_persistent()
+    seen: list[list[int]] = [[] for _ in range(16)]
+
+    def work(i: int) -> None:
+        for _ in range(500):
+            seen[i].append(c.inc())
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert c.get() == 8000
+    returned = sorted(v for s in seen for v in s)
+    assert returned == list(range(1, 8001))  # every increment happened exactly once
+
+
+def test_readonly_calls_run_concurrently(client):
+    c = Counter(0)
+    c.make_persistent()
+    start = time.monotonic()
+    with ThreadPoolExecutor(8) as pool:
+        results = list(pool.map(lambda _: c.sleep(0.5), range(8)))
+    elapsed = time.monotonic() - start
+    assert results == [0.5] * 8
+    assert elapsed < 8 * 0.5 / 2, f"8 read-only sleeps of 0.5 s took {elapsed:.2f} s: not concurrent"
+
+
+def test_slow_call_does_not_block_others_on_the_same_connection(client):
+    a, b = Counter(0), Counter(0)
+    a.make_persistent(backend="b0")
+    b.make_persistent(backend="b0")
+    slow = a.sleep.submit(1.0)
+    start = time.monotonic()
+    for _ in range(20):
+        b.inc()
+    assert time.monotonic() - start < 1.0 and not slow.done()
+    assert slow.result(timeout=5) == 1.0
+
+
+def test_threads_with_their_own_objects(client):
+    counters = [Counter(0) for _ in range(8)]
+    for c in counters:
+        c.make_persistent()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda c: [c.inc() for _ in range(100)], counters))
+    assert [c.get() for c in counters] == [100] * 8

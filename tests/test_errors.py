@@ -1,0 +1,112 @@
+"""Typed errors: unknown class, unknown method, wrong arguments, remote exceptions."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+import storage_api
+from storage_api import errors
+from storage_api._object import RemoteMethod
+from storage_api.errors import (AliasExists, ClassNotFound, InvalidArguments, MethodNotFound, ObjectNotFound,
+                                RemoteError, StoreError)
+from tests.models import Counter, Holder
+
+
+def test_remote_exception_keeps_its_type_and_traceback(client):
+    c = Counter(1)
+    c.make_persistent()
+    with pytest.raises(ValueError, match="no good") as info:
+        c.fail("no good")
+    tb = info.value.remote_traceback
+    assert "tests/models.py" in tb and "in fail" in tb and "raise ValueError(message)" in tb
+    assert any("Remote traceback" in n for n in getattr(info.value, "__notes__", []))
+    assert c.get() == -1  # the mutation made before the error is kept (and durable)
+
+
+def test_unknown_method(client):
+    c = Counter(1)
+    c.make_persistent()
+    with pytest.raises(MethodNotFound):
+        client.call(c, RemoteMethod("nope", False), (), {})
+    with pytest.raises(AttributeError):  # MethodNotFound is an AttributeError too
+        client.call(c, RemoteMethod("plain", False), (), {})  # exists, but is not active
+
+
+def test_wrong_arguments(client):
+    c = Counter(1)
+    c.make_persistent()
+    with pytest.raises(InvalidArguments, match="positional"):
+        c.inc(1, 2, 3)
+    with pytest.raises(TypeError):  # InvalidArguments is a TypeError
+        c.inc(bogus=1)
+    assert c.get() == 1
+
+
+def test_type_error_inside_a_method_is_not_invalid_arguments(client):
+    c = Counter(1)
+    c.make_persistent()
+    with pytest.raises(TypeError) as info:
+        c.inc("x")  # the body fails: int + str
+    assert not isinstance(info.value, InvalidArguments)
+
+
+def test_unknown_class(client):
+    from storage_api._serial import dumps
+
+    with pytest.raises(ClassNotFound):
+        client._send(client.backends()[0].id, *dumps(("new", "8b2f1e6a-1111-4111-8111-111111111111",
+                                                       "no.such.module.Thing", None, (), {})))
+    with pytest.raises(ClassNotFound):
+        storage_api.stub("tests.models.NoSuchClass")
+
+
+def test_unknown_object_and_alias(client):
+    with pytest.raises(ObjectNotFound):
+        storage_api.get_by_id("00000000-0000-4000-8000-000000000000")
+    with pytest.raises(KeyError):  # ObjectNotFound is a KeyError
+        Counter.get_by_alias("never-registered")
+
+
+def test_alias_exists(client):
+    a = Counter(1)
+    a.make_persistent(alias="taken-alias")
+    b = Counter(2)
+    with pytest.raises(AliasExists):
+        b.make_persistent(alias="taken-alias")
+    assert b.getID() is None  # nothing half-done
+    assert Counter.get_by_alias("taken-alias").get() == 1
+
+
+def test_alias_of_another_class(client):
+    Holder().make_persistent(alias="a-holder")
+    with pytest.raises(ObjectNotFound):
+        Counter.get_by_alias("a-holder")
+
+
+def test_unserializable_result(client):
+    h = Holder()
+    h.make_persistent()
+    with pytest.raises(StoreError, match="cannot be serialized"):
+        h.unpicklable()
+    assert h.take() is None  # the backend and the connection carry on
+
+
+def test_classes_defined_in_main_are_refused(client):
+    from storage_api import ActiveObject
+
+    local = type("Local", (ActiveObject,), {"__module__": "__main__"})
+    with pytest.raises(ClassNotFound, match="__main__"):
+        local().make_persistent()
+
+
+def test_errors_pickle_and_form_one_tree():
+    for name in errors.__all__:
+        exc_type = getattr(errors, name)
+        assert issubclass(exc_type, StoreError)
+    e = RemoteError("pkg.Missing", "boom", "Traceback...")
+    again = pickle.loads(pickle.dumps(e))
+    assert (again.type_name, again.message, again.remote_traceback) == ("pkg.Missing", "boom", "Traceback...")
+    assert errors.CommunicationError.retryable and not errors.ObjectNotFound.retryable
+    assert issubclass(errors.BackendUnavailable, errors.CommunicationError)
