@@ -208,7 +208,10 @@ def server_handshake(sock: socket.socket, secret: bytes, timeout: float) -> tupl
     server_nonce = os.urandom(w.NONCE_BYTES)
     try:
         sock.sendall(w.HELLO.pack(w.MAGIC, w.VERSION, 0, server_nonce))
-        data = _recv_exact(sock, w.AUTH.size)
+        prefix = _recv_exact(sock, 6)  # magic, version, role: reject strangers without waiting
+        if prefix[:4] != w.MAGIC or prefix[4] != w.VERSION:
+            raise ProtocolError("peer does not speak the storage_api protocol")
+        data = prefix + _recv_exact(sock, w.AUTH.size - 6)
         try:
             role, client_nonce = w.check_auth(data, secret, server_nonce)
         except AuthenticationError:
