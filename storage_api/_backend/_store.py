@@ -98,12 +98,14 @@ class Store:
         self._next_seq = 1
         self._active: _Segment
         self._compacting = False
+        self._compact_lock = threading.Lock()
         self._recover()
 
     # ------------------------------------------------------------- recovery
     def _recover(self) -> None:
         tombstones: dict[bytes, int] = {}
-        (self.dir / "compact.tmp").unlink(missing_ok=True)  # an interrupted compaction
+        for tmp in self.dir.glob("compact-*.tmp"):  # an interrupted compaction
+            tmp.unlink()
         for path in sorted(self.dir.glob("seg-*.log")):
             seq = int(path.stem.split("-")[1])
             fd = os.open(path, os.O_RDWR)
@@ -307,7 +309,7 @@ class Store:
 
     # ------------------------------------------------------------ compaction
     def _maybe_compact(self) -> None:
-        if self._compacting:
+        if self._compacting or self._compact_lock.locked():
             return
         if self._total - self._live > max(self.compact_min, self._live):
             self._compacting = True
@@ -315,44 +317,48 @@ class Store:
 
     def compact(self) -> None:
         """Rewrite live records of the non-active segments into a new segment; drop the old ones."""
-        self._compacting = True
-        try:
-            with self._append_lock:
-                if self._active.size:
-                    self._roll()
-                old = {s: seg for s, seg in self._segments.items() if seg is not self._active}
-                if not old:
-                    return
-                moving = [(k, loc) for k, loc in self._index.items() if loc.seg in old]
-                seq = self._next_seq
-                self._next_seq += 1
-            tmp = self.dir / "compact.tmp"
-            out = _Segment(seq, tmp, os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600))
-            # Copy outside the lock; readers keep using the old segments meanwhile.
-            copies = [(key, loc, self._copy_record(loc, out)) for key, loc in moving]
-            os.fsync(out.fd)
-            final = self.dir / f"seg-{seq:08d}.log"
-            os.rename(tmp, final)
-            out.path, out.allocated = final, out.size
-            self._fsync_dir()
-            with self._append_lock:
-                for key, before, after in copies:
-                    if self._index.get(key) is before:
-                        self._index[key] = after
-                self._segments[seq] = out
-                self._total += out.size
-                for s, seg in old.items():
-                    del self._segments[s]
-                    self._total -= seg.size
-                    os.unlink(seg.path)
-                # Close what the previous compaction retired (nobody can still be reading it).
-                for seg in self._retired:
-                    os.close(seg.fd)
-                self._retired = list(old.values())
-            self._fsync_dir()
-            log.info("compacted %d segments into %s: %d live records", len(old), final.name, len(copies))
-        finally:
-            self._compacting = False
+        with self._compact_lock:
+            self._compacting = True
+            try:
+                self._compact()
+            finally:
+                self._compacting = False
+
+    def _compact(self) -> None:
+        with self._append_lock:
+            if self._active.size:
+                self._roll()
+            old = {s: seg for s, seg in self._segments.items() if seg is not self._active}
+            if not old:
+                return
+            moving = [(k, loc) for k, loc in self._index.items() if loc.seg in old]
+            seq = self._next_seq
+            self._next_seq += 1
+        tmp = self.dir / f"compact-{seq:08d}.tmp"
+        out = _Segment(seq, tmp, os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600))
+        # Copy outside the lock; readers keep using the old segments meanwhile.
+        copies = [(key, loc, self._copy_record(loc, out)) for key, loc in moving]
+        os.fsync(out.fd)
+        final = self.dir / f"seg-{seq:08d}.log"
+        os.rename(tmp, final)
+        out.path, out.allocated = final, out.size
+        self._fsync_dir()
+        with self._append_lock:
+            for key, before, after in copies:
+                if self._index.get(key) is before:
+                    self._index[key] = after
+            self._segments[seq] = out
+            self._total += out.size
+            for s, seg in old.items():
+                del self._segments[s]
+                self._total -= seg.size
+                os.unlink(seg.path)
+            # Close what the previous compaction retired (nobody can still be reading it).
+            for seg in self._retired:
+                os.close(seg.fd)
+            self._retired = list(old.values())
+        self._fsync_dir()
+        log.info("compacted %d segments into %s: %d live records", len(old), final.name, len(copies))
 
     def _fsync_dir(self) -> None:
         if not self.fsync:

@@ -1,0 +1,86 @@
+"""The command line: up, status, down, and connect() finding the deployment with no arguments."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, run_python
+
+
+def _cli(*args, env):
+    return subprocess.run([sys.executable, "-m", "storage_api", *args], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=120)
+
+
+@pytest.fixture
+def home_env(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STORAGE_API_")}
+    env["STORAGE_API_HOME"] = str(tmp_path / "home")
+    yield env
+    _cli("down", "--purge", env=env)
+
+
+def test_up_status_down(home_env):
+    up = _cli("up", "--backends", "3", env=home_env)
+    assert up.returncode == 0, up.stderr
+    again = _cli("up", env=home_env)
+    assert again.returncode != 0 and "already running" in again.stderr
+
+    status = _cli("status", "--json", env=home_env)
+    assert status.returncode == 0, status.stderr
+    rows = json.loads(status.stdout)
+    assert sorted(r["name"] for r in rows) == ["b0", "b1", "b2"]
+    assert all(r["alive"] and r["port"] > 0 and r["compss_name"] for r in rows)
+
+    code = (
+        "import storage_api\n"
+        "from tests.models import Counter\n"
+        "storage_api.connect()\n"  # finds the file `up` wrote
+        "c = Counter(1); c.make_persistent(alias='cli-counter', backend='b2'); print(c.inc())\n"
+    )
+    out = run_python(code, env=home_env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "2"
+    table = _cli("status", env=home_env)
+    assert "b2" in table.stdout and "ALIVE" in table.stdout
+    counts = {r["name"]: r["objects"] for r in json.loads(_cli("status", "--json", env=home_env).stdout)}
+    assert counts["b2"] == 1
+
+    pids = [r["pid"] for r in rows]
+    down = _cli("down", env=home_env)
+    assert down.returncode == 0, down.stderr
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+    # data survives down/up: the object is served again
+    assert _cli("up", "--backends", "3", env=home_env).returncode == 0
+    code = (
+        "import storage_api\n"
+        "from tests.models import Counter\n"
+        "storage_api.connect()\n"
+        "print(Counter.get_by_alias('cli-counter').get())\n"
+    )
+    out = run_python(code, env=home_env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "2"
+
+
+def test_status_without_deployment_is_a_clear_error(home_env):
+    out = _cli("status", env=home_env)
+    assert out.returncode == 2 and "storage-api up" in out.stderr
+
+
+def test_backend_requires_storage_dir(home_env):
+    out = _cli("backend", "--redis", "redis://127.0.0.1:1/0", "--secret-file", "/dev/null", env=home_env)
+    assert out.returncode == 2 and "storage" in out.stderr
+
+
+def test_config_command_lists_settings(home_env):
+    out = _cli("config", env={**home_env, "STORAGE_API_REDIS_URL": "redis://h:2/0"})
+    assert out.returncode == 0 and "redis://h:2/0" in out.stdout and "liveness_timeout" in out.stdout
