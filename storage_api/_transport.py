@@ -9,6 +9,7 @@ scatter-gather straight from their memory and received with ``recv_into`` straig
 from __future__ import annotations
 
 import hmac
+import mmap
 import os
 import socket
 import struct
@@ -23,6 +24,7 @@ from .errors import AuthenticationError, CommunicationError, ProtocolError
 _RBUF = 256 * 1024  # receive buffer for small frames
 _SMALL = 64 * 1024  # below this, header, lengths and body go out in one send
 _IOV_MAX = 512
+_BIG = 1 << 20  # incoming buffers at least this large are mapped, not allocated
 
 Buffer = Any  # bytes-like: bytes, bytearray, memoryview
 
@@ -67,7 +69,7 @@ class FrameSocket:
             raise CommunicationError(f"connection lost while sending: {exc}") from exc
 
     # -------------------------------------------------------------- receiving
-    def recv(self) -> tuple[int, int, int, bytes, list[bytearray]]:
+    def recv(self) -> tuple[int, int, int, bytes, list[Any]]:
         """Receive one frame: ``(kind, flags, req_id, body, buffers)``."""
         head = self._read(w.HEADER.size)
         kind, flags, nbuf, req_id, body_len, mac = w.HEADER.unpack(head)
@@ -78,15 +80,19 @@ class FrameSocket:
         if not hmac.compare_digest(expected, mac):
             raise ProtocolError("frame failed authentication (bad MAC)")
         self._recv_seq += 1
-        buffers: list[bytearray] = []
+        buffers: list[Any] = []
         if nbuf:
             lengths = struct.unpack(f"<{nbuf}Q", lengths_raw)
             w.check_lengths(lengths)
             for n in lengths:
-                buf = bytearray(n)
+                buf = _allocate(n)
                 self._read_into(memoryview(buf))
                 buffers.append(buf)
         return kind, flags, req_id, body, buffers
+
+    def buffered(self) -> bool:
+        """Whether bytes of a further frame have already been received."""
+        return self._rend > self._rpos
 
     def _read(self, n: int) -> bytes:
         avail = self._rend - self._rpos
@@ -144,6 +150,23 @@ class FrameSocket:
         except OSError:
             pass
         self.sock.close()
+
+
+def _allocate(n: int) -> Any:
+    """Memory for an incoming buffer, which becomes the object's memory (e.g. a numpy array's).
+
+    Large buffers are anonymous mappings: page-aligned, not zero-filled by us (the kernel supplies
+    zero pages as they are first written, outside the GIL), and eligible for huge pages.
+    """
+    if n < _BIG:
+        return bytearray(n)
+    m = mmap.mmap(-1, n)
+    if hasattr(m, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
+        try:
+            m.madvise(mmap.MADV_HUGEPAGE)
+        except OSError:
+            pass
+    return m
 
 
 def _sendmsg_all(sock: socket.socket, parts: list[Buffer]) -> None:

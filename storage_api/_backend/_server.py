@@ -1,11 +1,14 @@
 """The backend's network server: authenticated connections served by leader/follower threads.
 
-Each connection has a small pool of threads. One of them, the *leader*, reads the next frame; as
-soon as it has a whole request it passes the leadership on (growing the pool when nobody is free,
-up to ``max_workers``) and serves the request itself. A request therefore runs in the thread that
-read it, with no queue or hand-off on its path, while later requests on the same connection are
-read and served concurrently. ``PING`` frames are answered by the leader at once, so liveness
-checks succeed even while every worker is busy.
+Each connection has a small pool of threads. One of them, the *leader*, reads the next frame and
+serves the request itself, in the thread that read it: no queue and no hand-off on its path.
+Leadership passes to another thread (growing the pool when nobody is free, up to ``max_workers``)
+only when it is needed: at once when further requests are already waiting in the buffer, and, for
+a request still running after :data:`PROMOTE_AFTER` seconds, by the server's promoter thread. A
+short call thus costs no thread switch at all (waking a thread is the most expensive thing a
+request could do on a small VM), and a long one delays later requests on its connection by at most
+a couple of milliseconds. ``PING`` frames are answered by the leader, so liveness checks succeed
+while calls run.
 
 Anything that is not a valid frame from an authenticated peer closes that connection only.
 """
@@ -15,6 +18,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
 from typing import TYPE_CHECKING
 
 from .. import _wire as w
@@ -28,6 +32,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("storage.server")
 
 HANDSHAKE_TIMEOUT = 5.0
+PROMOTE_AFTER = 0.002  # a request running this long hands its connection's reading to another thread
 
 
 class Server:
@@ -41,12 +46,15 @@ class Server:
         self._stopping = threading.Event()
         self._conns: set[Connection] = set()
         self._lock = threading.Lock()
+        self.busy = threading.Event()  # some leader is serving a request inline
+        self.last_busy = 0.0
 
     @property
     def port(self) -> int:
         return self.socks[0].getsockname()[1]
 
     def serve_forever(self) -> None:
+        threading.Thread(target=self._promoter, name="storage-api-promoter", daemon=True).start()
         threads = [threading.Thread(target=self._accept, args=(s,), name="storage-api-accept", daemon=True)
                    for s in self.socks]
         for t in threads:
@@ -64,6 +72,20 @@ class Server:
                 continue
             threading.Thread(target=self._admit, args=(sock, addr or "local"), name="storage-api-conn",
                              daemon=True).start()
+
+    def _promoter(self) -> None:
+        """Give a connection a new reader when its leader has been serving for too long."""
+        while not self._stopping.is_set():
+            if not self.busy.wait(timeout=1.0):
+                continue
+            time.sleep(PROMOTE_AFTER)
+            now = time.monotonic()
+            with self._lock:
+                conns = list(self._conns)
+            for conn in conns:
+                conn.promote_if_slow(now)
+            if now - self.last_busy > 1.0:  # quiet for a while: sleep until the next request
+                self.busy.clear()
 
     def _admit(self, sock: socket.socket, addr: tuple) -> None:
         try:
@@ -109,18 +131,27 @@ class Connection:
         self._idle = 0
         self._threads = 1
         self._closed = False
+        self._inline = False  # the leader is serving a request and still holds the leadership
+        self._inline_since = 0.0
 
     def work(self) -> None:
-        """Run one worker: alternate between leading (reading) and serving."""
+        """Run one worker: lead (read and serve inline) until leadership passes, then wait for it."""
         while True:
             with self._mutex:
                 self._idle += 1
             self._lead.acquire()
             with self._mutex:
                 self._idle -= 1
+            if not self._lead_and_serve():
+                return
+
+    def _lead_and_serve(self) -> bool:
+        """Serve requests while this thread is the leader; False when the connection is finished."""
+        server = self.server
+        while True:
             if self._closed:
                 self._lead.release()
-                return
+                return False
             try:
                 rid, body, buffers = self._next_request()
             except Exception as exc:
@@ -129,19 +160,43 @@ class Connection:
                     log.log(logging.DEBUG if quiet else logging.WARNING, "closing connection from %s: %s", self.addr, exc)
                 self.close()
                 self._lead.release()
-                return
+                return False
+            if self.fs.buffered():  # more requests already here: let another thread read them now
+                with self._mutex:
+                    self._pass_leadership()
+                self._serve(rid, body, buffers)
+                return True
+            self._inline_since = now = time.monotonic()
+            self._inline = True
+            server.last_busy = now
+            if not server.busy.is_set():
+                server.busy.set()
+            self._serve(rid, body, buffers)
             with self._mutex:
-                grow = self._idle == 0 and self._threads < self.server.max_workers
-                if grow:
-                    self._threads += 1
-            if grow:
-                threading.Thread(target=self.work, name="storage-api-worker", daemon=True).start()
-            self._lead.release()
-            kind, rbody, rbuffers = dispatch(self.server.backend, body, buffers)
-            try:
-                self.fs.send(kind, rid, rbody, rbuffers)
-            except CommunicationError:
-                self.close()
+                if self._inline:  # still the leader: read the next request ourselves
+                    self._inline = False
+                    continue
+            return True  # the promoter passed leadership on while we were serving
+
+    def promote_if_slow(self, now: float) -> None:
+        with self._mutex:
+            if self._inline and now - self._inline_since >= PROMOTE_AFTER:
+                self._inline = False
+                self._pass_leadership()
+
+    def _pass_leadership(self) -> None:
+        """Release the leadership to a waiting thread, starting one if none waits (mutex held)."""
+        if self._idle == 0 and self._threads < self.server.max_workers:
+            self._threads += 1
+            threading.Thread(target=self.work, name="storage-api-worker", daemon=True).start()
+        self._lead.release()
+
+    def _serve(self, rid: int, body: bytes, buffers: list) -> None:
+        kind, rbody, rbuffers = dispatch(self.server.backend, body, buffers)
+        try:
+            self.fs.send(kind, rid, rbody, rbuffers)
+        except CommunicationError:
+            self.close()
 
     def _next_request(self) -> tuple[int, bytes, list[bytearray]]:
         while True:

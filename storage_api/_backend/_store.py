@@ -229,6 +229,8 @@ class Store:
                 inline_off += len(v)
         if last_data_lsn:
             self.sync(last_data_lsn)  # data first, then the record that makes it reachable
+            if self.fsync:
+                self._drop_cached(data)
         meta_raw = json.dumps(meta, separators=(",", ":")).encode()
         parts = [*descs, meta_raw, body, *inline]
         lsn, seg, off, total = self._append(PUT, key, parts, len(views), len(meta_raw), len(body))
@@ -240,6 +242,18 @@ class Store:
                 self._live += new.nbytes - (old.nbytes if old else 0)
         self._maybe_compact()
         return lsn
+
+    def _drop_cached(self, regions: list[tuple[int, int, int]]) -> None:
+        """Evict synced DATA records from the page cache.
+
+        The backend holds its objects in memory; caching their log copy as well would only double
+        the memory a large object costs (and, on VMs whose memory is backed lazily, make every new
+        page of cache a slow first touch). Recovery and lazy loads read them back from disk.
+        """
+        with self._append_lock:
+            fds = [(self._segments[s].fd, o, t) for s, o, t in regions if s in self._segments]
+        for fd, off, total in fds:
+            os.posix_fadvise(fd, off, total, os.POSIX_FADV_DONTNEED)
 
     def delete(self, oid: str) -> int:
         key = uuid.UUID(oid).bytes
