@@ -87,3 +87,11 @@ def test_describe_lists_every_field():
     for name in _config.FIELDS:
         assert name in text
     assert "hidden" not in text and "STORAGE_API_REDIS_URL" in text
+
+
+def test_readme_documents_every_setting():
+    from tests.conftest import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [name for name in _config.FIELDS if f"`{name}`" not in readme]
+    assert not missing, f"README.md does not document {missing}"
