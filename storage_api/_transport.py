@@ -1,7 +1,7 @@
 """Authenticated frame sockets: the handshake and frame I/O of :mod:`storage_api._wire`.
 
-A :class:`FrameSocket` is shared by many threads: sends are serialised by a lock; receives are done
-by one thread at a time (the caller arranges that). Large buffers are sent with ``sendmsg``
+A :class:`FrameSocket` is shared by many threads: concurrent sends are combined into one write;
+receives are done by one thread at a time (the caller arranges that). Large buffers are sent with ``sendmsg``
 scatter-gather straight from their memory and received with ``recv_into`` straight into the
 ``bytearray`` that becomes the object's memory: the protocol makes no full-size copies.
 """
@@ -36,7 +36,9 @@ class FrameSocket:
         self.sock = sock
         self._send_key = send_key
         self._recv_key = recv_key
-        self._send_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queue: list[tuple[bytes, bytes, bytes, list[Any]]] = []
+        self._sending = False
         self._send_seq = 0
         self._recv_seq = 0
         self._rbuf = bytearray(_RBUF)
@@ -48,23 +50,47 @@ class FrameSocket:
 
     # ---------------------------------------------------------------- sending
     def send(self, kind: int, req_id: int, body: bytes, buffers: Sequence[Buffer] = (), flags: int = 0) -> None:
-        """Send one frame; raises :class:`CommunicationError` if the connection is gone."""
+        """Send one frame; raises :class:`CommunicationError` if the connection is gone.
+
+        Threads sending at the same time combine: whoever finds another thread sending queues its
+        frame and returns, and the sending thread writes every queued frame with one ``sendmsg``.
+        Frames keep the order in which they were queued (the MAC sequence is assigned then).
+        """
         views = [memoryview(b).cast("B") if not isinstance(b, (bytes, bytearray)) else b for b in buffers]
         lengths = struct.pack(f"<{len(views)}Q", *(len(v) for v in views)) if views else b""
         head = struct.pack("<BBHII", kind, flags, len(views), req_id & 0xFFFFFFFF, len(body))
+        frame = (head, lengths, body, views)
+        with self._queue_lock:
+            if self.closed:
+                raise CommunicationError("connection is closed")
+            self._queue.append(frame)
+            if self._sending:
+                return
+            self._sending = True
         try:
-            with self._send_lock:
-                mac = w.frame_mac(self._send_key, self._send_seq, head, lengths, body)
-                self._send_seq += 1
-                if len(body) + len(lengths) < _SMALL:
-                    first = b"".join((head, mac, lengths, body))
-                    if not views:
-                        self.sock.sendall(first)
+            while True:
+                with self._queue_lock:
+                    batch, self._queue = self._queue, []
+                    if not batch:
+                        self._sending = False
                         return
-                    _sendmsg_all(self.sock, [first, *views])
+                parts: list[Any] = []
+                for head, lengths, body, views in batch:
+                    mac = w.frame_mac(self._send_key, self._send_seq, head, lengths, body)
+                    self._send_seq += 1
+                    if len(body) + len(lengths) < _SMALL:
+                        parts.append(b"".join((head, mac, lengths, body)))
+                    else:
+                        parts += [head + mac, lengths, body]
+                    parts += views
+                if len(parts) == 1:
+                    self.sock.sendall(parts[0])
                 else:
-                    _sendmsg_all(self.sock, [head + mac, lengths, body, *views])
+                    _sendmsg_all(self.sock, parts)
         except OSError as exc:
+            with self._queue_lock:
+                self._sending = False
+                self._queue.clear()
             self.closed = True
             raise CommunicationError(f"connection lost while sending: {exc}") from exc
 
@@ -89,10 +115,6 @@ class FrameSocket:
                 self._read_into(memoryview(buf))
                 buffers.append(buf)
         return kind, flags, req_id, body, buffers
-
-    def buffered(self) -> bool:
-        """Whether bytes of a further frame have already been received."""
-        return self._rend > self._rpos
 
     def _read(self, n: int) -> bytes:
         avail = self._rend - self._rpos

@@ -3,11 +3,11 @@
 Each connection has a small pool of threads. One of them, the *leader*, reads the next frame and
 serves the request itself, in the thread that read it: no queue and no hand-off on its path.
 Leadership passes to another thread (growing the pool when nobody is free, up to ``max_workers``)
-only when it is needed: at once when further requests are already waiting in the buffer, and, for
-a request still running after :data:`PROMOTE_AFTER` seconds, by the server's promoter thread. A
-short call thus costs no thread switch at all (waking a thread is the most expensive thing a
-request could do on a small VM), and a long one delays later requests on its connection by at most
-a couple of milliseconds. ``PING`` frames are answered by the leader, so liveness checks succeed
+only when a request is still running after :data:`PROMOTE_AFTER` seconds: the server's promoter
+thread hands it over. Short calls, even many of them pipelined by a multi-threaded client, are
+served back to back by one thread with no thread switch (waking a thread is the most expensive
+thing a request could do on a small VM, and the GIL lets only one run anyway); a long call delays
+later requests on its connection by at most a couple of milliseconds. ``PING`` frames are answered by the leader, so liveness checks succeed
 while calls run.
 
 Anything that is not a valid frame from an authenticated peer closes that connection only.
@@ -161,11 +161,6 @@ class Connection:
                 self.close()
                 self._lead.release()
                 return False
-            if self.fs.buffered():  # more requests already here: let another thread read them now
-                with self._mutex:
-                    self._pass_leadership()
-                self._serve(rid, body, buffers)
-                return True
             self._inline_since = now = time.monotonic()
             self._inline = True
             server.last_busy = now
