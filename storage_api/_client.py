@@ -69,7 +69,7 @@ class Client:
             return oid
         state_body, buffers = dumps(state_of(obj))
         body = pickle.dumps(("persist", oid, path, alias, state_body), protocol=5)
-        self._send(bid, body, buffers)
+        self._send(bid, body, buffers, flags=_wire.FLAG_STREAM)
         become_handle(obj, oid, bid)
         self._locations[oid] = bid
         return oid
@@ -196,10 +196,10 @@ class Client:
             self._locations[oid] = bid
         return bid
 
-    def _send(self, bid: str, body: bytes, buffers: list[Any], *, wait: bool = True) -> Any:
+    def _send(self, bid: str, body: bytes, buffers: list[Any], *, wait: bool = True, flags: int = 0) -> Any:
         if self.local is not None and bid == self.local.id:
             return self.local.dispatch_local(body, buffers, wait=wait)
-        return self._channel(bid).request(body, buffers, wait=wait)
+        return self._channel(bid).request(body, buffers, wait=wait, flags=flags)
 
     def _choose_backend(self, backend: Any) -> str:
         if backend is None:

@@ -67,7 +67,7 @@ class Channel:
         return self._broken is None and not self.fs.closed
 
     # ------------------------------------------------------------ requests
-    def request(self, body: bytes, buffers: list[Any], *, wait: bool = True,
+    def request(self, body: bytes, buffers: list[Any], *, wait: bool = True, flags: int = 0,
                 on_event: Callable[[bytes], None] | None = None) -> Any:
         """Send a request; return its decoded result (``wait``) or a Future of it."""
         future: Future | None = None if wait else Future()
@@ -83,7 +83,7 @@ class Channel:
             if future is not None:
                 self._async += 1
         try:
-            self.fs.send(w.REQUEST, rid, body, buffers)
+            self.fs.send(w.REQUEST, rid, body, buffers, flags)
         except CommunicationError as exc:
             self._fail(exc)
         if future is not None:

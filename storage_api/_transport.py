@@ -15,7 +15,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _wire as w
@@ -25,6 +25,7 @@ _RBUF = 256 * 1024  # receive buffer for small frames
 _SMALL = 64 * 1024  # below this, header, lengths and body go out in one send
 _IOV_MAX = 512
 _BIG = 1 << 20  # incoming buffers at least this large are mapped, not allocated
+_STREAM_MIN = 4 << 20  # STREAM buffers at least this large go to the backend's log as they arrive
 
 Buffer = Any  # bytes-like: bytes, bytearray, memoryview
 
@@ -47,6 +48,10 @@ class FrameSocket:
         self._rend = 0
         self.last_rx = time.monotonic()
         self.closed = False
+        # Backends set this: called with a buffer's length for STREAM frames, it returns an object
+        # with start(buffer), advance(received) and done(ok) that writes the buffer as it arrives.
+        self.stream_sink: Callable[[int], Any] | None = None
+        self.streams: list[Any] = []  # the sinks of the last frame received
 
     # ---------------------------------------------------------------- sending
     def send(self, kind: int, req_id: int, body: bytes, buffers: Sequence[Buffer] = (), flags: int = 0) -> None:
@@ -107,12 +112,25 @@ class FrameSocket:
             raise ProtocolError("frame failed authentication (bad MAC)")
         self._recv_seq += 1
         buffers: list[Any] = []
+        self.streams = []
         if nbuf:
             lengths = struct.unpack(f"<{nbuf}Q", lengths_raw)
             w.check_lengths(lengths)
+            sink = self.stream_sink if flags & w.FLAG_STREAM else None
             for n in lengths:
                 buf = _allocate(n)
-                self._read_into(memoryview(buf))
+                stream = sink(n) if sink is not None and n >= _STREAM_MIN else None
+                self.streams.append(stream)
+                if stream is None:
+                    self._read_into(memoryview(buf))
+                else:
+                    stream.start(buf)
+                    try:
+                        self._read_into(memoryview(buf), stream.advance)
+                    except BaseException:
+                        stream.done(ok=False)
+                        raise
+                    stream.done()
                 buffers.append(buf)
         return kind, flags, req_id, body, buffers
 
@@ -135,7 +153,7 @@ class FrameSocket:
         self._rpos = n
         return out
 
-    def _read_into(self, dest: memoryview) -> None:
+    def _read_into(self, dest: memoryview, progress: Callable[[int], None] | None = None) -> None:
         avail = self._rend - self._rpos
         take = min(avail, len(dest))
         if take:
@@ -144,6 +162,8 @@ class FrameSocket:
         got = take
         while got < len(dest):
             got += self._recv_some(dest[got:])
+            if progress is not None:
+                progress(got)
 
     def _recv_some(self, into: memoryview) -> int:
         try:

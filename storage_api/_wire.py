@@ -47,6 +47,8 @@ array data that is never interpreted as code. The channel is authenticated, not 
 over a trusted network or a tunnel when confidentiality matters.
 
 Kinds: ``REQUEST`` (1), ``REPLY`` (2), ``ERROR`` (3), ``PING`` (4), ``PONG`` (5), ``EVENT`` (6).
+Flags: bit 0, ``STREAM``: the buffers are the state of an object being made persistent; a backend
+may write them to its log while they arrive.
 ``req_id`` pairs a ``REPLY``/``ERROR`` with its ``REQUEST``; many requests may be in flight on one
 connection and replies come back in any order. ``PING`` is answered by ``PONG`` with the same
 ``req_id`` (liveness checks while a call runs). ``EVENT`` frames carry progress reports for a
@@ -83,6 +85,7 @@ ERROR: Final = 3
 PING: Final = 4
 PONG: Final = 5
 EVENT: Final = 6
+FLAG_STREAM: Final = 1
 KINDS: Final = frozenset({REQUEST, REPLY, ERROR, PING, PONG, EVENT})
 
 NONCE_BYTES: Final = 32

@@ -17,49 +17,59 @@ from ..errors import ClassNotFound, StoreError
 if TYPE_CHECKING:
     from ._runtime import LocalBackend
 
-Handler = Callable[["LocalBackend", tuple, list], Any]
+Handler = Callable[["LocalBackend", tuple, "Frame"], Any]
 
 
-def _call(b: LocalBackend, msg: tuple, _buffers: list) -> Any:
+class Frame:
+    """What a handler may need besides the message: the frame's buffers and their log streams."""
+
+    __slots__ = ("buffers", "streams")
+
+    def __init__(self, buffers: list, streams: list | None = None) -> None:
+        self.buffers = buffers
+        self.streams = streams
+
+
+def _call(b: LocalBackend, msg: tuple, frame: Frame) -> Any:
     _op, oid, name, args, kwargs = msg
     return b.call(oid, name, args, kwargs)
 
 
-def _getattr(b: LocalBackend, msg: tuple, _buffers: list) -> Any:
+def _getattr(b: LocalBackend, msg: tuple, frame: Frame) -> Any:
     _op, oid, name = msg
     return b.get_attr(oid, name)
 
 
-def _setattr(b: LocalBackend, msg: tuple, _buffers: list) -> None:
+def _setattr(b: LocalBackend, msg: tuple, frame: Frame) -> None:
     _op, oid, name, value = msg
     b.set_attr(oid, name, value)
 
 
-def _persist(b: LocalBackend, msg: tuple, buffers: list) -> None:
+def _persist(b: LocalBackend, msg: tuple, frame: Frame) -> None:
     _op, oid, path, alias, state_body = msg
-    b.persist_state(oid, path, alias, state_body, buffers)
+    b.persist_state(oid, path, alias, state_body, frame.buffers, frame.streams)
 
 
-def _new(b: LocalBackend, msg: tuple, _buffers: list) -> None:
+def _new(b: LocalBackend, msg: tuple, frame: Frame) -> None:
     _op, oid, path, alias, args, kwargs = msg
     b.construct(oid, path, alias, args, kwargs)
 
 
-def _delete(b: LocalBackend, msg: tuple, _buffers: list) -> None:
+def _delete(b: LocalBackend, msg: tuple, frame: Frame) -> None:
     _op, oid = msg
     b.delete(oid)
 
 
-def _load_class(b: LocalBackend, msg: tuple, _buffers: list) -> dict:
+def _load_class(b: LocalBackend, msg: tuple, frame: Frame) -> dict:
     _op, path = msg
     return b.class_metadata(path)
 
 
-def _stats(b: LocalBackend, msg: tuple, _buffers: list) -> dict:
+def _stats(b: LocalBackend, msg: tuple, frame: Frame) -> dict:
     return b.stats()
 
 
-def _ping(b: LocalBackend, msg: tuple, _buffers: list) -> str:
+def _ping(b: LocalBackend, msg: tuple, frame: Frame) -> str:
     return "pong"
 
 
@@ -91,7 +101,7 @@ def _decode(body: bytes, buffers: list) -> tuple:
     return msg
 
 
-def dispatch(backend: LocalBackend, body: bytes, buffers: list) -> tuple[int, bytes, list[Any]]:
+def dispatch(backend: LocalBackend, body: bytes, buffers: list, streams: list | None = None) -> tuple[int, bytes, list[Any]]:
     """Serve one request; return the reply frame's ``(kind, body, buffers)``."""
     try:
         msg = _decode(body, buffers)
@@ -101,7 +111,7 @@ def dispatch(backend: LocalBackend, body: bytes, buffers: list) -> tuple[int, by
         handler, arity = entry
         if len(msg) != arity:
             raise StoreError(f"malformed {msg[0]!r} request")
-        result = handler(backend, msg, buffers)
+        result = handler(backend, msg, Frame(buffers, streams))
         try:
             rbody, rbuffers = dumps(result)
         except Exception as exc:

@@ -129,12 +129,14 @@ class LocalBackend:
         body, buffers = dumps(state_of(obj))
         self._register_new(obj, oid, path, alias, body, buffers)
 
-    def persist_state(self, oid: str, path: str, alias: str | None, body: bytes, buffers: list[Any]) -> None:
-        """A client made an object persistent here: its state arrives pickled."""
+    def persist_state(self, oid: str, path: str, alias: str | None, body: bytes, buffers: list[Any],
+                      streams: list[Any] | None = None) -> None:
+        """A client made an object persistent here: its state arrives pickled (large buffers
+        possibly already written to the log while they arrived: ``streams``)."""
         cls = self.load_class(path)
         obj = cls.__new__(cls)
         obj.__dict__.update(loads(body, buffers))
-        self._register_new(obj, oid, path, alias, body, buffers)
+        self._register_new(obj, oid, path, alias, body, buffers, streams)
 
     def construct(self, oid: str, path: str, alias: str | None, args: tuple, kwargs: dict) -> None:
         """A stub client asked for a new object: run the constructor here."""
@@ -143,13 +145,13 @@ class LocalBackend:
         self.adopt(obj, oid, alias)
 
     def _register_new(self, obj: ActiveObject, oid: str, path: str, alias: str | None, body: bytes,
-                      buffers: list[Any]) -> None:
+                      buffers: list[Any], streams: list[Any] | None = None) -> None:
         if oid in self._entries or oid in self.store:
             raise StoreError(f"object {oid} already exists")
         if alias:
             self.meta.claim_alias(alias, oid)
         try:
-            lsn = self.store.put(oid, {"class": path, "alias": alias}, body, buffers)
+            lsn = self.store.put(oid, {"class": path, "alias": alias}, body, buffers, streams)
             self._make_resident(obj, oid)
             self._entries[oid] = Entry(oid, obj, alias, lsn)
             self.store.sync(lsn)

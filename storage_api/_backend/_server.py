@@ -132,6 +132,7 @@ class Connection:
         self._threads = 1
         self._closed = False
         self._inline = False  # the leader is serving a request and still holds the leadership
+        fs.stream_sink = server.backend.store.open_stream
         self._inline_since = 0.0
 
     def work(self) -> None:
@@ -153,7 +154,7 @@ class Connection:
                 self._lead.release()
                 return False
             try:
-                rid, body, buffers = self._next_request()
+                rid, body, buffers, streams = self._next_request()
             except Exception as exc:
                 if not self._closed:
                     quiet = isinstance(exc, CommunicationError) and not isinstance(exc, ProtocolError)
@@ -166,7 +167,7 @@ class Connection:
             server.last_busy = now
             if not server.busy.is_set():
                 server.busy.set()
-            self._serve(rid, body, buffers)
+            self._serve(rid, body, buffers, streams)
             with self._mutex:
                 if self._inline:  # still the leader: read the next request ourselves
                     self._inline = False
@@ -186,18 +187,18 @@ class Connection:
             threading.Thread(target=self.work, name="storage-api-worker", daemon=True).start()
         self._lead.release()
 
-    def _serve(self, rid: int, body: bytes, buffers: list) -> None:
-        kind, rbody, rbuffers = dispatch(self.server.backend, body, buffers)
+    def _serve(self, rid: int, body: bytes, buffers: list, streams: list) -> None:
+        kind, rbody, rbuffers = dispatch(self.server.backend, body, buffers, streams or None)
         try:
             self.fs.send(kind, rid, rbody, rbuffers)
         except CommunicationError:
             self.close()
 
-    def _next_request(self) -> tuple[int, bytes, list[bytearray]]:
+    def _next_request(self) -> tuple[int, bytes, list, list]:
         while True:
             kind, _flags, rid, body, buffers = self.fs.recv()
             if kind == w.REQUEST:
-                return rid, body, buffers
+                return rid, body, buffers, self.fs.streams
             if kind == w.PING:
                 self.fs.send(w.PONG, rid, b"")
             elif kind != w.PONG:

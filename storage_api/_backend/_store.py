@@ -7,14 +7,20 @@ Record (little-endian)::
 
     header (60 bytes): magic b"SAR1" | kind u8 | flags u8 | nbuf u16 | lsn u64 | oid 16 bytes
                        | meta_len u32 | body_len u64 | total_len u64 | crc u32 | hcrc u32
-    PUT / DEL then:    nbuf x descriptor (24 bytes: where u8 | pad 3 | segment u32 | offset u64
-                       | length u64) | meta (JSON) | body (pickle) | inline buffers
-    DATA then:         body_len raw bytes (one large buffer of a PUT)
+    PUT / DEL then:    nbuf x descriptor (24 bytes: where u8 | pad u8 | delta u16 | segment u32
+                       | offset u64 | length u64) | meta (JSON) | body (pickle) | inline buffers
+    DATA then:         padding (meta_len bytes) | body_len raw bytes (one large buffer of a PUT)
 
 ``hcrc`` covers the header, ``crc`` the rest of a PUT/DEL record. A descriptor places a buffer
-*inline* (``where`` 0, offset within the record's inline area) or in a DATA record (``where`` 1, at
-``offset`` in ``segment``). DATA records carry no checksum: they are written and fsynced *before*
-the PUT that references them, so a valid PUT implies durable data.
+*inline* (``where`` 0, offset within the record's inline area) or in a DATA record (``where`` 1, the
+record at ``offset`` in ``segment``, its data ``delta`` bytes after the record's start). DATA
+records carry no checksum: they are written and fsynced *before* the PUT that references them, so
+a valid PUT implies durable data.
+
+Streaming: a buffer arriving with a ``persist`` request is written to its DATA record *while it is
+received* (:class:`DataStream`): the record is reserved first, its data area padded to a 4 KiB
+boundary, and a writer thread writes each received chunk with ``O_DIRECT`` straight from the
+receive buffer, so the network transfer and the disk write overlap and no page cache is used.
 
 Writes append under a lock and return the record's LSN; :meth:`Store.sync` makes everything up to
 an LSN durable with one ``fdatasync`` shared by every writer waiting at that moment (group commit).
@@ -44,11 +50,14 @@ MAGIC = b"SAR1"
 PUT, DEL, DATA = 1, 2, 3
 HEADER = struct.Struct("<4sBBHQ16sIQQII")
 HSIGNED = HEADER.size - 4
-DESC = struct.Struct("<B3xIQQ")
+DESC = struct.Struct("<BxHIQQ")
 INLINE, EXTERNAL = 0, 1
 
 BIG_BUFFER = 1 << 20  # buffers this large go to DATA records (two-phase write)
+STREAM_BUFFER = 4 << 20  # buffers this large arriving with a persist are streamed to the log
 PREALLOC = 64 << 20
+ALIGN = 4096
+_CHUNK = 4 << 20
 
 
 @dataclass
@@ -168,26 +177,46 @@ class Store:
                 body_len: int = 0) -> tuple[int, int, int, int]:
         """Append one record; return ``(lsn, segment, offset, total)``. Caller holds no lock."""
         size = sum(len(p) for p in parts)
-        total = HEADER.size + size
         with self._append_lock:
-            seg = self._active
-            if seg.size and seg.size + total > self.segment_bytes:
-                self._roll()
-                seg = self._active
-            self._lsn += 1
-            lsn = self._lsn
-            crc = 0
-            if kind != DATA:
-                for p in parts:
-                    crc = zlib.crc32(p, crc)
-            head = HEADER.pack(MAGIC, kind, 0, nbuf, lsn, oid, meta_len, body_len if kind != DATA else size, total, crc, 0)
-            head = head[:HSIGNED] + struct.pack("<I", zlib.crc32(head[:HSIGNED]))
-            offset = seg.size
-            self._ensure_allocated(seg, offset + total)
+            lsn, seg, offset, head = self._reserve(kind, oid, HEADER.size + size, nbuf, meta_len,
+                                                   body_len if kind != DATA else size, parts)
             _pwritev_all(seg.fd, [head, *parts], offset)
-            seg.size = offset + total
-            self._total += total
-            return lsn, seg.seq, offset, total
+            return lsn, seg.seq, offset, HEADER.size + size
+
+    def _reserve(self, kind: int, oid: bytes, total: int, nbuf: int, meta_len: int, body_len: int,
+                 parts: list[Any]) -> tuple[int, _Segment, int, bytes]:
+        """Claim space for a record (append lock held); return its LSN, place and header."""
+        seg = self._active
+        if seg.size and seg.size + total > self.segment_bytes:
+            self._roll()
+            seg = self._active
+        self._lsn += 1
+        crc = 0
+        if kind != DATA:
+            for p in parts:
+                crc = zlib.crc32(p, crc)
+        head = HEADER.pack(MAGIC, kind, 0, nbuf, self._lsn, oid, meta_len, body_len, total, crc, 0)
+        head = head[:HSIGNED] + struct.pack("<I", zlib.crc32(head[:HSIGNED]))
+        offset = seg.size
+        self._ensure_allocated(seg, offset + total)
+        seg.size = offset + total
+        self._total += total
+        return self._lsn, seg, offset, head
+
+    def open_stream(self, length: int) -> DataStream:
+        """Reserve a DATA record for a buffer that is about to be received (see :class:`DataStream`)."""
+        key = bytes(16)  # the owner is not known yet; a DATA record's id is informational
+        with self._append_lock:
+            # the data must start on an ALIGN boundary of the file: pad after the header
+            start = self._active.size
+            if start and start + HEADER.size + ALIGN + length > self.segment_bytes:
+                self._roll()
+                start = 0
+            pad = -(start + HEADER.size) % ALIGN
+            total = HEADER.size + pad + length
+            lsn, seg, offset, head = self._reserve(DATA, key, total, 0, pad, length, [])
+            _pwritev_all(seg.fd, [head], offset)
+        return DataStream(self, seg, offset, lsn, HEADER.size + pad, length)
 
     def _ensure_allocated(self, seg: _Segment, end: int) -> None:
         if end <= seg.allocated:
@@ -208,8 +237,12 @@ class Store:
             self._synced = self._lsn
         self._active = self._new_segment()
 
-    def put(self, oid: str, meta: dict[str, Any], body: bytes, buffers: list[Any]) -> int:
-        """Write a new version of an object; return its LSN (durable after :meth:`sync`)."""
+    def put(self, oid: str, meta: dict[str, Any], body: bytes, buffers: list[Any],
+            streams: list[DataStream | None] | None = None) -> int:
+        """Write a new version of an object; return its LSN (durable after :meth:`sync`).
+
+        ``streams[i]``, when given, is the :class:`DataStream` that already wrote ``buffers[i]``.
+        """
         key = uuid.UUID(oid).bytes
         views = [memoryview(b).cast("B") for b in buffers]
         descs: list[bytes] = []
@@ -217,16 +250,27 @@ class Store:
         data: list[tuple[int, int, int]] = []
         inline_off = 0
         last_data_lsn = 0
-        for v in views:
-            if len(v) >= BIG_BUFFER:
+        for i, v in enumerate(views):
+            stream = streams[i] if streams else None
+            if stream is not None:
+                stream.wait()
+                last_data_lsn = max(last_data_lsn, stream.lsn)
+                descs.append(DESC.pack(EXTERNAL, stream.delta, stream.seg.seq, stream.offset, len(v)))
+                data.append((stream.seg.seq, stream.offset, stream.delta + len(v)))
+            elif len(v) >= BIG_BUFFER:
                 lsn, seg, off, total = self._append(DATA, key, [v])
                 last_data_lsn = lsn
-                descs.append(DESC.pack(EXTERNAL, seg, off, len(v)))
+                descs.append(DESC.pack(EXTERNAL, HEADER.size, seg, off, len(v)))
                 data.append((seg, off, total))
             else:
-                descs.append(DESC.pack(INLINE, 0, inline_off, len(v)))
+                descs.append(DESC.pack(INLINE, 0, 0, inline_off, len(v)))
                 inline.append(v)
                 inline_off += len(v)
+        if streams and any(streams) and self.fsync:
+            # Streamed records were reserved before their data was written, so a group commit
+            # since then may not cover them: sync their segments now.
+            for fd in {st.seg.fd for st in streams if st is not None}:
+                os.fdatasync(fd)
         if last_data_lsn:
             self.sync(last_data_lsn)  # data first, then the record that makes it reachable
             if self.fsync:
@@ -307,12 +351,12 @@ class Store:
         body = bytes(payload[at : at + body_len])
         inline_base = at + body_len
         buffers: list[bytearray] = []
-        for where, sseq, off, length in descs:
+        for where, delta, sseq, off, length in descs:
             buf = bytearray(length)
             if where == INLINE:
                 buf[:] = payload[inline_base + off : inline_base + off + length]
             else:
-                _preadv_all(fds[sseq], memoryview(buf), off + HEADER.size)
+                _preadv_all(fds[sseq], memoryview(buf), off + delta)
             buffers.append(buf)
         return loc.meta, body, buffers
 
@@ -398,9 +442,9 @@ class Store:
             _k, nbuf, *_ = _parse_header(bytes(raw[: HEADER.size]))
             for i in range(nbuf):
                 at = HEADER.size + i * DESC.size
-                where, sseq, off, length = DESC.unpack_from(raw, at)
+                where, delta, sseq, off, length = DESC.unpack_from(raw, at)
                 if where == EXTERNAL:
-                    DESC.pack_into(raw, at, EXTERNAL, out.seq, remap[(sseq, off)], length)
+                    DESC.pack_into(raw, at, EXTERNAL, delta, out.seq, remap[(sseq, off)], length)
             crc = zlib.crc32(memoryview(raw)[HEADER.size :])
             struct.pack_into("<I", raw, HSIGNED - 4, crc)
             struct.pack_into("<I", raw, HSIGNED, zlib.crc32(memoryview(raw)[:HSIGNED]))
@@ -436,9 +480,9 @@ def _parse_header(raw: bytes) -> tuple[int, int, int, bytes, int, int, int, int]
 def _parse_put(payload: bytes, nbuf: int, meta_len: int) -> tuple[dict[str, Any], list[tuple[int, int, int]]]:
     data = []
     for i in range(nbuf):
-        where, sseq, off, length = DESC.unpack_from(payload, i * DESC.size)
+        where, delta, sseq, off, length = DESC.unpack_from(payload, i * DESC.size)
         if where == EXTERNAL:
-            data.append((sseq, off, HEADER.size + length))
+            data.append((sseq, off, delta + length))
     at = nbuf * DESC.size
     meta = json.loads(payload[at : at + meta_len])
     return meta, data
@@ -473,3 +517,89 @@ def _copy_range(src: int, offset: int, length: int, dst: int, dst_offset: int) -
         if n == 0:
             raise CorruptRecord("log truncated during compaction")
         done += n
+
+
+class DataStream:
+    """Writes one incoming buffer into its reserved DATA record while the buffer is received.
+
+    The receiver calls :meth:`advance` as bytes land in ``buffer`` (page-aligned memory) and
+    :meth:`done` at the end; a writer thread writes every complete 4 KiB-aligned chunk with
+    ``O_DIRECT`` (falling back to ordinary writes where the file system refuses it).
+    :meth:`wait` returns when everything is written (not yet synced: ``Store.put`` syncs).
+    """
+
+    def __init__(self, store: Store, seg: _Segment, offset: int, lsn: int, delta: int, length: int) -> None:
+        self.store = store
+        self.seg = seg
+        self.offset = offset
+        self.lsn = lsn
+        self.delta = delta
+        self.length = length
+        self.buffer: Any = None
+        self._avail = 0
+        self._notified = 0
+        self._finished = False
+        self._failed: BaseException | None = None
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def start(self, buffer: Any) -> None:
+        self.buffer = memoryview(buffer).cast("B")
+        self._thread = threading.Thread(target=self._write, name="storage-api-stream", daemon=True)
+        self._thread.start()
+
+    def advance(self, received: int) -> None:
+        self._avail = received
+        if received - self._notified >= _CHUNK:  # wake the writer once per chunk, not per recv
+            self._notified = received
+            with self._cond:
+                self._cond.notify()
+
+    def done(self, ok: bool = True) -> None:
+        with self._cond:
+            self._finished = True
+            if not ok:
+                self._failed = self._failed or RuntimeError("transfer aborted")
+            self._cond.notify()
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+        if self._failed is not None:
+            raise OSError(f"streaming a buffer to the log failed: {self._failed}")
+
+    def _write(self) -> None:
+        base = self.offset + self.delta
+        try:
+            fd = os.open(self.seg.path, os.O_WRONLY | getattr(os, "O_DIRECT", 0))
+        except OSError:
+            fd = os.open(self.seg.path, os.O_WRONLY)
+        try:
+            written = 0
+            while written < self.length:
+                with self._cond:
+                    while not self._finished and self._avail - written < _CHUNK:
+                        self._cond.wait()
+                    if self._failed is not None:
+                        return
+                    avail, finished = self._avail, self._finished
+                upto = avail if finished else avail - avail % ALIGN
+                if finished and avail < self.length:
+                    return  # aborted: the record stays unreferenced garbage
+                aligned = upto - upto % ALIGN
+                if aligned > written:
+                    self._pwrite(fd, written, aligned, base)
+                    written = aligned
+                if finished and written < upto:  # the unaligned tail, through the page cache
+                    _pwritev_all(self.seg.fd, [self.buffer[written:upto]], base + written)
+                    written = upto
+        except BaseException as exc:
+            self._failed = exc
+        finally:
+            os.close(fd)
+
+    def _pwrite(self, fd: int, start: int, end: int, base: int) -> None:
+        try:
+            _pwritev_all(fd, [self.buffer[start:end]], base + start)
+        except OSError:  # O_DIRECT refused this buffer: write through the page cache instead
+            _pwritev_all(self.seg.fd, [self.buffer[start:end]], base + start)
