@@ -261,7 +261,9 @@ class Client:
             except CommunicationError as exc:
                 last = exc
                 continue
-            return Channel(fs, info.name, self.settings.liveness_timeout, self._decode)
+            ch = Channel(fs, info.name, self.settings.liveness_timeout, self._decode)
+            ch.spin = self.settings.spin_seconds(self.settings.spin_us)
+            return ch
         assert info is not None
         raise BackendUnavailable(f"backend {info.name} ({info.address}) is unreachable: {last}") from last
 

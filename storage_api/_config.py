@@ -39,6 +39,7 @@ class Settings:
     connect_timeout: float = _f(2.0, "seconds to connect and authenticate to a backend")
     liveness_timeout: float = _f(2.0, "seconds of silence from a backend with calls pending before they fail")
     import_classes: bool = _f(True, "build proxies from importable classes; when False always use stubs")
+    spin_us: float = _f(200.0, "microseconds a caller polls for its reply before sleeping (0: never)")
     # --- backend
     storage_dir: str = _f("", "backend: directory of the durable object log")
     name: str = _f("", "backend: human-readable name (default: host-pid)")
@@ -51,6 +52,7 @@ class Settings:
     fsync: bool = _f(True, "backend: fsync the log before acknowledging (turn off only for throwaway data)")
     max_workers: int = _f(64, "backend: most requests executed at once per connection")
     log_level: str = _f("INFO", "backend: logging level of the 'storage' loggers")
+    serve_spin_us: float = _f(100.0, "backend: microseconds a connection polls for the next request after one")
 
     def validate(self) -> Settings:
         for name in ("connect_timeout", "liveness_timeout", "heartbeat_interval", "heartbeat_ttl"):
@@ -60,11 +62,22 @@ class Settings:
             raise ConfigError("heartbeat_ttl must exceed heartbeat_interval")
         if not 0 <= self.port < 65536:
             raise ConfigError(f"port {self.port} is out of range")
+        if self.spin_us < 0 or self.serve_spin_us < 0:
+            raise ConfigError("spin_us and serve_spin_us cannot be negative")
         if self.max_workers < 1:
             raise ConfigError("max_workers must be at least 1")
         if not self.namespace or ":" in self.namespace:
             raise ConfigError("namespace must be non-empty and contain no ':'")
         return self
+
+    @staticmethod
+    def spin_seconds(us: float) -> float:
+        """A polling budget in seconds; none on a single CPU, where polling only delays the peer."""
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cpus = os.cpu_count() or 1
+        return us / 1e6 if cpus > 1 else 0.0
 
     def secret_bytes(self) -> bytes:
         """The deployment secret, from ``secret`` or ``secret_file``."""

@@ -60,6 +60,7 @@ class Channel:
         self._async = 0
         self._pump: threading.Thread | None = None
         self._abort: BaseException | None = None
+        self.spin = 0.0
         fs.sock.settimeout(None)
 
     @property
@@ -127,9 +128,13 @@ class Channel:
 
     # ------------------------------------------------------------- reading
     def _read_until(self, done: Callable[[], bool]) -> None:
+        fs = self.fs
         while not done():
+            # Poll before sleeping only when ours is the one call in flight: with several, replies
+            # keep coming anyway and the other callers need the interpreter to send theirs.
+            fs.spin = self.spin if len(self._pending) <= 1 else 0.0
             try:
-                kind, _flags, rid, body, buffers = self.fs.recv()
+                kind, _flags, rid, body, buffers = fs.recv()
             except BaseException as exc:  # the connection is unusable for everyone
                 self._fail(self._abort or (exc if isinstance(exc, StoreError) else CommunicationError(str(exc))))
                 return

@@ -76,7 +76,8 @@ class BackendProcess:
             except OSError as exc:  # another process with our id? keep TCP only
                 log.warning("no local socket: %s", exc)
                 local.close()
-        self.server = Server(self.backend, socks, self.secret, settings.max_workers)
+        self.server = Server(self.backend, socks, self.secret, settings.max_workers,
+                             spin=settings.spin_seconds(settings.serve_spin_us))
         self._stop = threading.Event()
 
     def info(self) -> dict[str, object]:

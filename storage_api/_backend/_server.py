@@ -38,8 +38,10 @@ PROMOTE_AFTER = 0.002  # a request running this long hands its connection's read
 class Server:
     """Accepts connections on its listening sockets (TCP, plus a local Unix socket on Linux)."""
 
-    def __init__(self, backend: LocalBackend, socks: list[socket.socket], secret: bytes, max_workers: int) -> None:
+    def __init__(self, backend: LocalBackend, socks: list[socket.socket], secret: bytes, max_workers: int,
+                 spin: float = 0.0) -> None:
         self.backend = backend
+        self.spin = spin  # seconds a leader polls for the next request before sleeping
         self.socks = socks
         self._secret = secret
         self.max_workers = max_workers
@@ -133,6 +135,7 @@ class Connection:
         self._closed = False
         self._inline = False  # the leader is serving a request and still holds the leadership
         fs.stream_sink = server.backend.store.open_stream
+        fs.spin = server.spin
         self._inline_since = 0.0
 
     def work(self) -> None:
