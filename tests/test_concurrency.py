@@ -58,3 +58,26 @@ def test_threads_with_their_own_objects(client):
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda c: [c.inc() for _ in range(100)], counters))
     assert [c.get() for c in counters] == [100] * 8
+
+
+def test_delete_while_calls_wait_does_not_resurrect(client):
+    import pytest
+
+    from storage_api._serial import dumps
+    from storage_api.errors import ObjectNotFound
+
+    c = Counter(0)
+    c.make_persistent(backend="b0")
+    oid, bid = c.getID(), c._sa_backend
+    slow = [c.sleep.submit(0.3) for _ in range(2)]  # read locks held for a while
+    writes = [c.inc.submit() for _ in range(5)]  # queued behind them
+    c.delete_persistent()  # queued as well
+    for f in writes:
+        try:
+            f.result(timeout=10)
+        except ObjectNotFound:
+            pass
+    assert all(f.result(timeout=10) == 0.3 for f in slow)
+    # ask the backend itself (not Redis): the object is neither in memory nor in its log
+    with pytest.raises(ObjectNotFound):
+        client._send(bid, *dumps(("call", oid, "get", (), {})))

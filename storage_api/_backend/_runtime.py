@@ -33,7 +33,7 @@ log = logging.getLogger("storage.backend")
 
 
 class Entry:
-    __slots__ = ("oid", "obj", "cls", "alias", "lock", "lsn")
+    __slots__ = ("oid", "obj", "cls", "alias", "lock", "lsn", "deleted")
 
     def __init__(self, oid: str, obj: ActiveObject, alias: str | None, lsn: int) -> None:
         self.oid = oid
@@ -42,6 +42,12 @@ class Entry:
         self.alias = alias
         self.lock = RWLock()
         self.lsn = lsn
+        self.deleted = False
+
+    def check(self) -> None:
+        """Raise if the object was deleted while the caller waited for its lock."""
+        if self.deleted:
+            raise ObjectNotFound(f"object {self.oid} was deleted")
 
 
 def _invoke(func: Any, args: tuple, kwargs: dict, what: str) -> Any:
@@ -178,6 +184,7 @@ class LocalBackend:
         if spec.readonly:
             lock.acquire_read()
             try:
+                entry.check()
                 result = _invoke(func, (entry.obj, *args), kwargs, what)
             finally:
                 lock.release_read()
@@ -185,6 +192,7 @@ class LocalBackend:
             return result
         lock.acquire_write()
         try:
+            entry.check()
             try:
                 result = _invoke(func, (entry.obj, *args), kwargs, what)
             finally:
@@ -200,6 +208,7 @@ class LocalBackend:
         entry = self.entry(oid)
         entry.lock.acquire_read()
         try:
+            entry.check()
             value = getattr(entry.obj, name)
         finally:
             entry.lock.release_read()
@@ -212,6 +221,7 @@ class LocalBackend:
         entry = self.entry(oid)
         entry.lock.acquire_write()
         try:
+            entry.check()
             setattr(entry.obj, name, value)
             lsn = self._save(entry)
         finally:
@@ -222,7 +232,9 @@ class LocalBackend:
         entry = self.entry(oid)
         entry.lock.acquire_write()
         try:
+            entry.check()
             self.store.sync(self.store.delete(oid))
+            entry.deleted = True
             self._entries.pop(oid, None)
             entry.obj.__dict__["_sa_state"] = State.DELETED
         finally:
