@@ -70,8 +70,9 @@ def test_delete_while_calls_wait_does_not_resurrect(client):
     c.make_persistent(backend="b0")
     oid, bid = c.getID(), c._sa_backend
     slow = [c.sleep.submit(0.3) for _ in range(2)]  # read locks held for a while
-    writes = [c.inc.submit() for _ in range(5)]  # queued behind them
-    c.delete_persistent()  # queued as well
+    deleting = client._send(bid, *dumps(("delete", oid)), wait=False)  # queued behind them
+    writes = [c.inc.submit() for _ in range(5)]  # queued after the delete
+    deleting.result(timeout=10)
     for f in writes:
         try:
             f.result(timeout=10)
