@@ -88,8 +88,8 @@ def own_cluster(tmp_path: Path) -> Iterator[Cluster]:
     _local.stop(c.dir)
 
 
-@pytest.fixture
-def client(cluster: Cluster) -> Iterator[Client]:
+def _installed(cluster: Cluster) -> Iterator[Client]:
+    """A client of ``cluster``, installed as the process's runtime while the test runs."""
     c = cluster.client()
     previous = _context.install(c)
     yield c
@@ -98,12 +98,13 @@ def client(cluster: Cluster) -> Iterator[Client]:
 
 
 @pytest.fixture
+def client(cluster: Cluster) -> Iterator[Client]:
+    yield from _installed(cluster)
+
+
+@pytest.fixture
 def own_client(own_cluster: Cluster) -> Iterator[Client]:
-    c = own_cluster.client()
-    previous = _context.install(c)
-    yield c
-    _context.install(previous)
-    c.close()
+    yield from _installed(own_cluster)
 
 
 def run_python(code: str, *, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
