@@ -48,7 +48,7 @@ class Client:
         self._locations: dict[str, str] = {}
         self._backends: dict[str, BackendInfo] = {}
         self._backends_at = 0.0
-        self._classes: dict[str, type] = {}
+        self._classes: dict[str, type[ActiveObject]] = {}
         self._closed = threading.Event()
         self._watchdog: threading.Thread | None = None
 
@@ -111,7 +111,7 @@ class Client:
         rec = self.meta.object(oid)
         return make_handle(self.resolve_class(rec.class_path, rec.backend), oid, rec.backend)
 
-    def get_by_alias(self, alias: str, cls: type) -> Any:
+    def get_by_alias(self, alias: str, cls: type[ActiveObject]) -> Any:
         oid = self.meta.alias(alias)
         obj = self.get_by_id(oid)
         if cls is not ActiveObject and not _same_class(type(obj), cls):
@@ -132,7 +132,7 @@ class Client:
             self._backends_at = time.monotonic()
         return list(self._backends.values())
 
-    def stub(self, path: str) -> type:
+    def stub(self, path: str) -> type[ActiveObject]:
         return stub_class(self.class_metadata(path))
 
     def class_metadata(self, path: str) -> dict[str, Any]:
@@ -145,7 +145,7 @@ class Client:
             raise BackendUnavailable("no backend is alive to load the class")
         return self._send(random.choice(alive).id, *dumps(("load_class", path)))
 
-    def resolve_class(self, path: str, backend: str | None = None) -> type:
+    def resolve_class(self, path: str, backend: str | None = None) -> type[ActiveObject]:
         cls = self._classes.get(path)
         if cls is not None:
             return cls

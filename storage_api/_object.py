@@ -188,7 +188,7 @@ class ActiveObject:
 StorageObject = ActiveObject
 
 
-def _new_transient(cls: type) -> Any:
+def _new_transient(cls: type[ActiveObject]) -> ActiveObject:
     return cls.__new__(cls)
 
 
@@ -288,7 +288,7 @@ _HANDLE_NS = {
 _handles: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
 
 
-def handle_class(cls: type) -> type:
+def handle_class(cls: type[ActiveObject]) -> type[ActiveObject]:
     """The generated handle class for a user's ActiveObject subclass (cached on the class)."""
     cached = cls.__dict__.get("_sa_handle_cls")
     if cached is not None:
@@ -301,12 +301,13 @@ def handle_class(cls: type) -> type:
         ns[name] = RemoteField(name)
     for name, spec in cls._sa_methods.items():
         ns[name] = RemoteMethod(name, spec.readonly, None, getattr(cls, name).__doc__)
-    handle = type(cls)(cls.__name__, (cls,), ns)
+    meta: Any = type(cls)  # the user's metaclass, usually ``type``
+    handle = meta(cls.__name__, (cls,), ns)
     type.__setattr__(cls, "_sa_handle_cls", handle)
     return handle
 
 
-def make_handle(cls: type, oid: str, backend: str | None) -> Any:
+def make_handle(cls: type[ActiveObject], oid: str, backend: str | None) -> Any:
     """A handle for ``oid``; the same handle while one is alive (identity is preserved)."""
     existing = _handles.get(oid)
     if existing is not None and existing._sa_state is State.PROXY:
@@ -333,7 +334,7 @@ def become_handle(obj: Any, oid: str, backend: str | None) -> None:
     _handles[oid] = obj
 
 
-def import_class(path: str) -> type:
+def import_class(path: str) -> type[ActiveObject]:
     """Import ``pkg.mod.Class`` (nested qualnames allowed); raise :class:`ClassNotFound`."""
     import importlib
 

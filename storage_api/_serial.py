@@ -49,6 +49,8 @@ class Broken:
     """
 
     __class_path__ = "?"
+    __args__: tuple
+    __state__: Any
 
     def __new__(cls, *args: Any, **kwargs: Any) -> Broken:
         self = object.__new__(cls)

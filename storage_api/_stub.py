@@ -15,7 +15,7 @@ from typing import Any
 from ._object import ActiveObject, MethodSpec, RemoteMethod, State, _handle_delattr, _handle_getattr, _handle_setattr
 from .errors import InvalidArguments, StoreError
 
-_stubs: dict[str, type] = {}
+_stubs: dict[str, type[ActiveObject]] = {}
 
 
 # ----------------------------------------------------------- metadata (backend side)
@@ -101,11 +101,11 @@ def _stub_getattr(self: Any, name: str) -> Any:
     return _handle_getattr(self, name)
 
 
-def stub_class(meta: dict[str, Any]) -> type:
+def stub_class(meta: dict[str, Any]) -> type[ActiveObject]:
     """Build (once per class path) the stub class described by ``meta``."""
     path = meta["class"]
     cached = _stubs.get(path)
-    if cached is not None and cached._sa_meta == meta:
+    if cached is not None and cached.__dict__.get("_sa_meta") == meta:
         return cached
     module, _, qualname = path.rpartition(".")
     methods = {name: MethodSpec(name, m["readonly"]) for name, m in meta["methods"].items()}

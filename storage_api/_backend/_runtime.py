@@ -68,11 +68,11 @@ class LocalBackend:
         self.meta = meta
         self._entries: dict[str, Entry] = {}
         self._load_lock = threading.RLock()
-        self._classes: dict[str, type] = {}
+        self._classes: dict[str, type[ActiveObject]] = {}
         self._class_lock = threading.Lock()
 
     # ------------------------------------------------------------- classes
-    def load_class(self, path: str) -> type:
+    def load_class(self, path: str) -> type[ActiveObject]:
         cls = self._classes.get(path)
         if cls is None:
             with self._class_lock:

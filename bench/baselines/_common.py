@@ -1,0 +1,181 @@
+"""Helpers shared by the baseline harnesses (``dataclay_calls.py`` and ``pyro5_calls.py``).
+
+Both run in their own virtual environment with only the system under test and numpy, so this
+module uses the standard library and numpy alone. The measuring loops mirror ``bench/calls.py``:
+latency = warm-up then one timed call at a time; throughput = N threads calling for a fixed time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+SIZES_MB = (1, 16, 128)
+MB = 2**20
+
+
+def parse_args(doc: str | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer calls and repeats (all sizes are kept)")
+    ap.add_argument("--threads", default="1,4,16", help="client thread counts for calls/s (default 1,4,16)")
+    return ap.parse_args()
+
+
+def claim_stdout() -> IO[str]:
+    """Keep the real stdout for the final JSON and send everything else (ours, libraries', children's) to stderr."""
+    sys.stdout.flush()
+    real = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return real
+
+
+def log(msg: str) -> None:
+    print(f"[baseline] {msg}", file=sys.stderr, flush=True)
+
+
+def exit_on_sigterm() -> None:
+    """Turn SIGTERM into SystemExit so that ``finally`` blocks stop the children."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[Any], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode} before listening on {port}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG: killed if the harness dies
+    except (OSError, AttributeError):
+        pass
+
+
+class Children:
+    """Subprocesses, each in its own process group, all stopped (group-wide) on ``stop()``."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[Any]] = []
+
+    def spawn(self, cmd: Sequence[str], env: dict[str, str], cwd: Path, **kw: Any) -> subprocess.Popen[Any]:
+        proc = subprocess.Popen(list(cmd), env=env, cwd=cwd, start_new_session=True,
+                                preexec_fn=_die_with_parent, **kw)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, grace: float = 10.0) -> None:
+        for proc in reversed(self.procs):  # last started first
+            self._signal(proc, signal.SIGTERM)
+            try:
+                proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                log(f"{proc.args[:3]!r} ignored SIGTERM; killing it")
+            self._signal(proc, signal.SIGKILL)  # the rest of its group, if any
+            proc.wait()
+        self.procs.clear()
+
+    @staticmethod
+    def _signal(proc: subprocess.Popen[Any], sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+
+
+def _percentiles_us(samples: list[float]) -> tuple[float, float]:
+    samples = sorted(samples)
+    return samples[len(samples) // 2] * 1e6, samples[int(len(samples) * 0.99)] * 1e6
+
+
+def latency(fn: Callable[[], Any], n: int) -> tuple[float, float]:
+    """p50 and p99 in microseconds of ``n`` sequential calls, after a warm-up."""
+    for _ in range(min(500, n)):
+        fn()
+    samples = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t)
+    return _percentiles_us(samples)
+
+
+def throughput(make_caller: Callable[[], Callable[[], Any]], threads: int, seconds: float) -> tuple[float | None, str | None]:
+    """Calls/s of ``threads`` threads calling for ``seconds``; or (None, "Type: message") if a call raised.
+
+    ``make_caller`` runs inside each thread before the clock starts and returns what it calls
+    (so a system can give each thread its own connection).
+    """
+    ready = threading.Barrier(threads + 1)
+    go = threading.Event()
+    counts = [0] * threads
+    errors: list[BaseException] = []
+    stop_at = 0.0
+
+    def work(i: int) -> None:
+        try:
+            call = make_caller()
+        except BaseException as e:  # noqa: BLE001 - reported, not hidden
+            errors.append(e)
+            ready.wait()
+            return
+        ready.wait()
+        go.wait()
+        n = 0
+        try:
+            while time.monotonic() < stop_at:
+                call()
+                n += 1
+        except BaseException as e:  # noqa: BLE001 - reported, not hidden
+            errors.append(e)
+        counts[i] = n
+
+    ts = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(threads)]
+    for t in ts:
+        t.start()
+    ready.wait()
+    start = time.monotonic()
+    stop_at = start + seconds
+    go.set()
+    for t in ts:
+        t.join(seconds + 60)
+    elapsed = time.monotonic() - start
+    if errors:
+        e = errors[0]
+        return None, f"{type(e).__name__}: {e}"[:500] + f" ({len(errors)} of {threads} threads failed)"
+    return sum(counts) / elapsed, None
+
+
+def summarize_MBps(mb: int, seconds: list[float]) -> tuple[float, float]:
+    """(median, best) MB/s of timed repeats."""
+    return mb / statistics.median(seconds), mb / min(seconds)
+
+
+def emit(out: IO[str], result: dict[str, Any]) -> None:
+    out.write(json.dumps(result) + "\n")
+    out.flush()
