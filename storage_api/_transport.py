@@ -135,6 +135,17 @@ class FrameSocket:
                 buffers.append(buf)
         return kind, flags, req_id, body, buffers
 
+    def pending(self) -> bool:
+        """Whether more bytes have arrived (in our buffer or in the socket's)."""
+        if self._rend > self._rpos:
+            return True
+        try:
+            return bool(self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True  # let the reader find out what is wrong
+
     def _read(self, n: int) -> bytes:
         avail = self._rend - self._rpos
         if avail >= n:

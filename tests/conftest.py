@@ -46,6 +46,10 @@ class Cluster:
         os.kill(b.pid, sig)
         if sig in (signal.SIGKILL, signal.SIGTERM):
             os.waitpid(b.pid, 0)
+        elif sig == signal.SIGSTOP:  # kill() returns before every thread has actually stopped
+            deadline = time.monotonic() + 5
+            while _state(b.pid) != "T" and time.monotonic() < deadline:
+                time.sleep(0.001)
 
     def restart(self, name: str) -> None:
         b = self.backend(name)
@@ -66,6 +70,12 @@ class Cluster:
             raise TimeoutError(f"backend {name} did not come back:\n{_local._tail(self.backend(name).log)}")
         finally:
             client.close()
+
+
+def _state(pid: int) -> str:
+    """The process state letter from /proc (R running, S sleeping, T stopped, Z zombie)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rpartition(")")[2].split()[0]
 
 
 def _start(tmp: Path, backends: int) -> Cluster:

@@ -1,7 +1,7 @@
 """Helpers shared by the baseline harnesses (``dataclay_calls.py`` and ``pyro5_calls.py``).
 
 Both run in their own virtual environment with only the system under test and numpy, so this
-module uses the standard library and numpy alone. The measuring loops mirror ``bench/calls.py``:
+module uses the standard library alone. The measuring loops mirror ``bench/calls.py``:
 latency = warm-up then one timed call at a time; throughput = N threads calling for a fixed time.
 """
 
@@ -11,6 +11,7 @@ import argparse
 import ctypes
 import json
 import os
+import re
 import signal
 import socket
 import statistics
@@ -22,8 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-SIZES_MB = (1, 16, 128)
-MB = 2**20
+SIZES_MB = (1, 16, 128)  # MB = 2**20 bytes
 
 
 def parse_args(doc: str | None) -> argparse.Namespace:
@@ -108,6 +108,11 @@ class Children:
             pass
 
 
+def describe(e: BaseException) -> str:
+    """``Type: message`` without memory addresses (they only make report cells longer)."""
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", f"{type(e).__name__}: {e}")[:500]
+
+
 def _percentiles_us(samples: list[float]) -> tuple[float, float]:
     samples = sorted(samples)
     return samples[len(samples) // 2] * 1e6, samples[int(len(samples) * 0.99)] * 1e6
@@ -129,8 +134,11 @@ def throughput(make_caller: Callable[[], Callable[[], Any]], threads: int, secon
     """Calls/s of ``threads`` threads calling for ``seconds``; or (None, "Type: message") if a call raised.
 
     ``make_caller`` runs inside each thread before the clock starts and returns what it calls
-    (so a system can give each thread its own connection).
+    (so a system can give each thread its own connection). One thread means the calling thread
+    itself, as a single-threaded client would run; more threads are all new ``threading.Thread`` s.
     """
+    if threads == 1:
+        return _throughput_here(make_caller, seconds)
     ready = threading.Barrier(threads + 1)
     go = threading.Event()
     counts = [0] * threads
@@ -140,7 +148,7 @@ def throughput(make_caller: Callable[[], Callable[[], Any]], threads: int, secon
     def work(i: int) -> None:
         try:
             call = make_caller()
-        except BaseException as e:  # noqa: BLE001 - reported, not hidden
+        except Exception as e:  # noqa: BLE001 - reported, not hidden
             errors.append(e)
             ready.wait()
             return
@@ -151,7 +159,7 @@ def throughput(make_caller: Callable[[], Callable[[], Any]], threads: int, secon
             while time.monotonic() < stop_at:
                 call()
                 n += 1
-        except BaseException as e:  # noqa: BLE001 - reported, not hidden
+        except Exception as e:  # noqa: BLE001 - reported, not hidden
             errors.append(e)
         counts[i] = n
 
@@ -166,9 +174,21 @@ def throughput(make_caller: Callable[[], Callable[[], Any]], threads: int, secon
         t.join(seconds + 60)
     elapsed = time.monotonic() - start
     if errors:
-        e = errors[0]
-        return None, f"{type(e).__name__}: {e}"[:500] + f" ({len(errors)} of {threads} threads failed)"
+        return None, f"{describe(errors[0])} ({len(errors)} of {threads} threads failed)"
     return sum(counts) / elapsed, None
+
+
+def _throughput_here(make_caller: Callable[[], Callable[[], Any]], seconds: float) -> tuple[float | None, str | None]:
+    try:
+        call = make_caller()
+        n, start = 0, time.monotonic()
+        stop_at = start + seconds
+        while time.monotonic() < stop_at:
+            call()
+            n += 1
+        return n / (time.monotonic() - start), None
+    except Exception as e:  # noqa: BLE001 - reported, not hidden
+        return None, describe(e)
 
 
 def summarize_MBps(mb: int, seconds: list[float]) -> tuple[float, float]:

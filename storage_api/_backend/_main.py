@@ -122,7 +122,8 @@ class BackendProcess:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: threading.Thread(target=self.stop, daemon=True).start())
         self.server.serve_forever()
-        self._stop.wait()
+        while not self._stop.wait(0.5):  # see Server.serve_forever: keep signal handlers running
+            pass
         return 0
 
     def stop(self) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from concurrent.futures import Future
+from collections.abc import Callable
 from typing import Any
 
 from .._metadata import Metadata
@@ -70,6 +71,9 @@ class LocalBackend:
         self._load_lock = threading.RLock()
         self._classes: dict[str, type[ActiveObject]] = {}
         self._class_lock = threading.Lock()
+        # Asked before a request blocks on durability: True if the server takes over the wait
+        # (it then sends the reply once the LSN is on disk; see _server.Committer).
+        self.defer_sync: Callable[[int], bool] = lambda lsn: False
 
     # ------------------------------------------------------------- classes
     def load_class(self, path: str) -> type[ActiveObject]:
@@ -188,7 +192,7 @@ class LocalBackend:
                 result = _invoke(func, (entry.obj, *args), kwargs, what)
             finally:
                 lock.release_read()
-            self.store.sync(entry.lsn)
+            self._durable(entry.lsn)
             return result
         lock.acquire_write()
         try:
@@ -199,8 +203,13 @@ class LocalBackend:
                 lsn = self._save(entry)
         finally:
             lock.release_write()
-        self.store.sync(lsn)
+        self._durable(lsn)
         return result
+
+    def _durable(self, lsn: int) -> None:
+        """Make the reply of the current request wait until ``lsn`` is on disk."""
+        if not self.store.is_synced(lsn) and not self.defer_sync(lsn):
+            self.store.sync(lsn)
 
     def get_attr(self, oid: str, name: str) -> Any:
         if name.startswith("_sa_"):
@@ -212,7 +221,7 @@ class LocalBackend:
             value = getattr(entry.obj, name)
         finally:
             entry.lock.release_read()
-        self.store.sync(entry.lsn)
+        self._durable(entry.lsn)
         return value
 
     def set_attr(self, oid: str, name: str, value: Any) -> None:
@@ -226,7 +235,7 @@ class LocalBackend:
             lsn = self._save(entry)
         finally:
             entry.lock.release_write()
-        self.store.sync(lsn)
+        self._durable(lsn)
 
     def delete(self, oid: str) -> None:
         entry = self.entry(oid)

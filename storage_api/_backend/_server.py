@@ -19,7 +19,7 @@ import logging
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .. import _wire as w
 from .._transport import FrameSocket, server_handshake
@@ -34,6 +34,47 @@ log = logging.getLogger("storage.server")
 HANDSHAKE_TIMEOUT = 5.0
 PROMOTE_AFTER = 0.002  # a request running this long hands its connection's reading to another thread
 
+_current = threading.local()  # what this thread is serving: .conn, and .lsn its reply waits for
+
+
+def defer_sync(lsn: int) -> bool:
+    """Let the committer make ``lsn`` durable for the current request, if that pays.
+
+    It pays when more requests are already waiting on the connection: the reading thread goes on
+    serving them instead of sleeping in fsync, and one fsync of the committer covers them all
+    (group commit without thread switches). Alone, a request syncs itself: no hand-off at all.
+    """
+    conn = getattr(_current, "conn", None)
+    if conn is None or not conn.fs.pending():
+        return False
+    _current.lsn = max(lsn, _current.lsn)
+    return True
+
+
+class Committer:
+    """Sends replies that wait for durability once their LSN is on disk, one fsync per batch."""
+
+    def __init__(self, store: Any) -> None:
+        self.store = store
+        self._cond = threading.Condition()
+        self._waiting: list[tuple[int, Connection, int, int, bytes, list]] = []
+        threading.Thread(target=self._run, name="storage-api-committer", daemon=True).start()
+
+    def add(self, lsn: int, conn: Connection, rid: int, kind: int, body: bytes, buffers: list) -> None:
+        with self._cond:
+            self._waiting.append((lsn, conn, rid, kind, body, buffers))
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting:
+                    self._cond.wait()
+                batch, self._waiting = self._waiting, []
+            self.store.sync(max(item[0] for item in batch))
+            for _lsn, conn, rid, kind, body, buffers in batch:
+                conn.send_reply(rid, kind, body, buffers)
+
 
 class Server:
     """Accepts connections on its listening sockets (TCP, plus a local Unix socket on Linux)."""
@@ -41,6 +82,8 @@ class Server:
     def __init__(self, backend: LocalBackend, socks: list[socket.socket], secret: bytes, max_workers: int,
                  spin: float = 0.0) -> None:
         self.backend = backend
+        self.committer = Committer(backend.store)
+        backend.defer_sync = defer_sync
         self.spin = spin  # seconds a leader polls for the next request before sleeping
         self.socks = socks
         self._secret = secret
@@ -56,13 +99,14 @@ class Server:
         return self.socks[0].getsockname()[1]
 
     def serve_forever(self) -> None:
+        """Serve until :meth:`stop` (accepting threads are daemons: a blocked accept never delays exit)."""
         threading.Thread(target=self._promoter, name="storage-api-promoter", daemon=True).start()
-        threads = [threading.Thread(target=self._accept, args=(s,), name="storage-api-accept", daemon=True)
-                   for s in self.socks]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        for s in self.socks:
+            threading.Thread(target=self._accept, args=(s,), name="storage-api-accept", daemon=True).start()
+        # Wake up now and then: a signal delivered to another thread only runs its Python handler
+        # when the main thread executes bytecode, and an untimed wait would never return.
+        while not self._stopping.wait(0.5):
+            pass
 
     def _accept(self, listener: socket.socket) -> None:
         while not self._stopping.is_set():
@@ -191,9 +235,19 @@ class Connection:
         self._lead.release()
 
     def _serve(self, rid: int, body: bytes, buffers: list, streams: list) -> None:
-        kind, rbody, rbuffers = dispatch(self.server.backend, body, buffers, streams or None)
+        _current.conn, _current.lsn = self, 0
         try:
-            self.fs.send(kind, rid, rbody, rbuffers)
+            kind, rbody, rbuffers = dispatch(self.server.backend, body, buffers, streams or None)
+        finally:
+            _current.conn = None
+        if _current.lsn and not self.server.backend.store.is_synced(_current.lsn):
+            self.server.committer.add(_current.lsn, self, rid, kind, rbody, rbuffers)
+        else:
+            self.send_reply(rid, kind, rbody, rbuffers)
+
+    def send_reply(self, rid: int, kind: int, body: bytes, buffers: list) -> None:
+        try:
+            self.fs.send(kind, rid, body, buffers)
         except CommunicationError:
             self.close()
 

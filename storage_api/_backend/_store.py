@@ -310,6 +310,9 @@ class Store:
         self._maybe_compact()
         return lsn
 
+    def is_synced(self, lsn: int) -> bool:
+        return not self.fsync or self._synced >= lsn
+
     def sync(self, lsn: int) -> None:
         """Return once every record up to ``lsn`` is on disk (one fdatasync for many writers)."""
         if not self.fsync or self._synced >= lsn:

@@ -107,16 +107,23 @@ def _free_port() -> int:
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` runs; a zombie counts as dead (ours is reaped; an orphan's parent may never)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    try:  # a zombie child counts as dead
+    try:
         done, _ = os.waitpid(pid, os.WNOHANG)
-        return done == 0
-    except ChildProcessError:
+        if done:
+            return False
+    except ChildProcessError:  # not our child (started by an earlier `storage-api up`)
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
         return True
 
 
