@@ -304,12 +304,18 @@ def report(ours: dict[str, Any], others: list[dict[str, Any]], floors: dict[str,
         for other in others:
             theirs = _get(other, key)
             if theirs is None or mine is None:
-                err = next((v for k, v in other.get("errors", {}).items() if key.split(".")[0] in k or key in k), None)
-                cells.append("failed: " + err[:60] if err else "-")
+                errors = other.get("errors", {})
+                err = errors.get(key) or next((v for k, v in errors.items() if k.startswith(key.split(".")[0] + ".")
+                                               and k.split(".")[-1] == key.split(".")[-1]), None)
+                cells.append("failed: " + err[:70] if err else "-")
                 continue
             ratio = (theirs / mine) if better == "lower" else (mine / theirs if theirs else float("inf"))
             cells.append(f"{theirs:,.1f} ({ratio:.1f}x better)" if ratio >= 1 else f"{theirs:,.1f} ({1/ratio:.1f}x worse)")
         lines.append(" | ".join(cells))
+    lines.append("")
+    for system in (ours, *others):
+        if system.get("notes"):
+            lines.append(f"{system['system']}: {system['notes']}")
     lines.append("")
     lines.append(f"reference (raw blocking socket echo between two processes, p50): TCP {floors['tcp']:.1f} us, "
                  f"Unix {floors['unix']:.1f} us; it sleeps in recv and pays the wake-ups our polling avoids, and "

@@ -24,7 +24,7 @@ from .errors import AuthenticationError, CommunicationError, ProtocolError
 _RBUF = 256 * 1024  # receive buffer for small frames
 _SMALL = 64 * 1024  # below this, header, lengths and body go out in one send
 _IOV_MAX = 512
-_BIG = 1 << 20  # incoming buffers at least this large are mapped, not allocated
+_BIG = 16 << 20  # incoming buffers at least this large are mapped, not allocated
 _STREAM_MIN = 4 << 20  # STREAM buffers at least this large go to the backend's log as they arrive
 
 Buffer = Any  # bytes-like: bytes, bytearray, memoryview
@@ -119,8 +119,8 @@ class FrameSocket:
             w.check_lengths(lengths)
             sink = self.stream_sink if flags & w.FLAG_STREAM else None
             for n in lengths:
-                buf = _allocate(n)
                 stream = sink(n) if sink is not None and n >= _STREAM_MIN else None
+                buf = _allocate(n, aligned=stream is not None)
                 self.streams.append(stream)
                 if stream is None:
                     self._read_into(memoryview(buf))
@@ -225,13 +225,15 @@ class FrameSocket:
         self.sock.close()
 
 
-def _allocate(n: int) -> Any:
+def _allocate(n: int, aligned: bool = False) -> Any:
     """Memory for an incoming buffer, which becomes the object's memory (e.g. a numpy array's).
 
-    Large buffers are anonymous mappings: page-aligned, not zero-filled by us (the kernel supplies
-    zero pages as they are first written, outside the GIL), and eligible for huge pages.
+    Large buffers, and those written to disk with O_DIRECT (``aligned``), are anonymous mappings:
+    page-aligned, not zero-filled by us (the kernel supplies zero pages as they are first written,
+    outside the GIL), and eligible for huge pages. Smaller ones come from the allocator, which
+    recycles memory between calls.
     """
-    if n < _BIG:
+    if n < _BIG and not aligned:
         return bytearray(n)
     m = mmap.mmap(-1, n)
     if hasattr(m, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
