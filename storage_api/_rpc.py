@@ -104,8 +104,7 @@ class Channel:
                 finally:
                     self._reader.release()
                     self._handoff()
-            else:
-                slot.gate.acquire(timeout=0.05)
+            elif slot.gate.acquire(timeout=0.05):  # woken: by our reply, or to take over reading
                 with self._mutex:
                     slot.signaled = False
 
@@ -136,7 +135,9 @@ class Channel:
             try:
                 kind, _flags, rid, body, buffers = fs.recv()
             except BaseException as exc:  # the connection is unusable for everyone
-                self._fail(self._abort or (exc if isinstance(exc, StoreError) else CommunicationError(str(exc))))
+                self._fail(self._abort or (exc if isinstance(exc, StoreError) else CommunicationError(repr(exc))))
+                if not isinstance(exc, Exception):  # KeyboardInterrupt and friends still propagate
+                    raise
                 return
             if kind == w.PONG:
                 self._ping_sent = None
