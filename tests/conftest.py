@@ -53,7 +53,7 @@ class Cluster:
 
     def restart(self, name: str) -> None:
         b = self.backend(name)
-        cmd = _local._backend_cmd(self.dep.redis_url, self.dir / "secret", Path(b.storage_dir), name, True, "INFO")
+        cmd = _local._backend_cmd(self.dep.config_path, Path(b.storage_dir), name, True, "INFO")
         proc = _local._spawn(cmd, Path(b.log))
         b.pid = proc.pid
         self.dep.save()

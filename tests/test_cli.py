@@ -59,6 +59,15 @@ def test_up_status_down(home_env):
     counts = {r["name"]: r["objects"] for r in json.loads(_cli("status", "--json", env=home_env).stdout)}
     assert counts["b2"] == 1
 
+    # no secret on any command line (other local users can read those)
+    home = home_env["STORAGE_API_HOME"]
+    secret = open(f"{home}/local/secret").read().strip()
+    password = open(f"{home}/local/client.toml").read().split("redis://:")[1].split("@")[0]
+    deployment = json.loads(open(f"{home}/local/deployment.json").read())
+    for pid in [r["pid"] for r in rows] + [deployment["redis"]["pid"]]:
+        cmdline = open(f"/proc/{pid}/cmdline").read()
+        assert secret not in cmdline and password not in cmdline
+
     pids = [r["pid"] for r in rows]
     down = _cli("down", env=home_env)
     assert down.returncode == 0, down.stderr

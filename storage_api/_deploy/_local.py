@@ -180,10 +180,10 @@ def _start_redis(directory: Path, logs: Path) -> tuple[Process, str]:
     raise DeploymentError(f"redis-server did not start:\n{last_error}")
 
 
-def _backend_cmd(url: str, secret_file: Path, storage: Path, name: str, fsync: bool, log_level: str) -> list[str]:
-    cmd = [sys.executable, "-m", "storage_api", "backend", "--redis", url, "--storage-dir", str(storage),
-           "--name", name, "--host", "127.0.0.1", "--port", "0", "--secret-file", str(secret_file),
-           "--log-level", log_level]
+def _backend_cmd(config: Path, storage: Path, name: str, fsync: bool, log_level: str) -> list[str]:
+    """The command of one backend; the Redis URL (it holds a password) stays in ``config``, out of ps."""
+    cmd = [sys.executable, "-m", "storage_api", "backend", "--config", str(config), "--storage-dir", str(storage),
+           "--name", name, "--host", "127.0.0.1", "--port", "0", "--log-level", log_level]
     if not fsync:
         cmd.append("--no-fsync")
     return cmd
@@ -210,15 +210,16 @@ def start(directory: str | os.PathLike[str], backends: int = 2, *, fsync: bool =
     dep.save()
     say(f"redis-server running (pid {redis_proc.pid})")
     try:
+        config = d / "client.toml"
+        config.touch(0o600)
+        config.write_text(to_toml({"redis_url": url, "secret_file": str(secret_file)}))
         for i in range(backends):
             name = f"b{i}"
             storage = d / "backends" / name
             log_path = logs / f"{name}.log"
-            proc = _spawn(_backend_cmd(url, secret_file, storage, name, fsync, log_level), log_path)
+            proc = _spawn(_backend_cmd(config, storage, name, fsync, log_level), log_path)
             dep.backends.append(Process(name, proc.pid, str(log_path), str(storage)))
         dep.save()
-        (d / "client.toml").write_text(to_toml({"redis_url": url, "secret_file": str(secret_file)}))
-        os.chmod(d / "client.toml", 0o600)
         _wait_for_backends(dep, say)
     except BaseException:
         stop(d)
