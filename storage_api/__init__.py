@@ -7,6 +7,7 @@ class). Metadata lives in Redis. See README.md for the tour.
 
 from . import errors
 from ._object import ActiveObject, State, StorageObject, activemethod
+from ._serial import Broken
 from .api import backends, connect, get_by_id, local_cluster, stub
 
 __all__ = [
@@ -20,5 +21,6 @@ __all__ = [
     "stub",
     "local_cluster",
     "errors",
+    "Broken",
 ]
 __version__ = "0.1.0"
