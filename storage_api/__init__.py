@@ -7,6 +7,7 @@ class). Metadata lives in Redis. See README.md for the tour.
 
 from . import errors
 from ._object import ActiveObject, State, StorageObject, activemethod
+from ._progress import on_progress, report_progress
 from ._serial import Broken
 from .api import backends, connect, get_by_id, local_cluster, stub
 
@@ -22,5 +23,7 @@ __all__ = [
     "local_cluster",
     "errors",
     "Broken",
+    "report_progress",
+    "on_progress",
 ]
 __version__ = "0.1.0"

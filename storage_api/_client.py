@@ -13,9 +13,10 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _transport, _wire
+from . import _progress, _transport, _wire
 from ._config import Settings
 from ._metadata import BackendInfo, Metadata
 from ._object import ActiveObject, RemoteMethod, State, become_handle, import_class, make_handle, state_of
@@ -85,7 +86,10 @@ class Client:
         return oid
 
     def call(self, obj: ActiveObject, method: RemoteMethod, args: tuple, kwargs: dict, *, wait: bool = True) -> Any:
-        return self._object_request(obj, ("call", obj._sa_id, method.name, args, kwargs), wait=wait)
+        listener = _progress.listener()
+        on_event = None if listener is None else (lambda body: listener(loads(body, placeholders=self._placeholders)))
+        return self._object_request(obj, ("call", obj._sa_id, method.name, args, kwargs), wait=wait,
+                                    on_event=on_event)
 
     def get_attr(self, obj: ActiveObject, name: str) -> Any:
         return self._object_request(obj, ("getattr", obj._sa_id, name))
@@ -168,7 +172,8 @@ class Client:
         self.redis.close()
 
     # ============================================================ routing
-    def _object_request(self, obj: ActiveObject, msg: tuple, *, wait: bool = True) -> Any:
+    def _object_request(self, obj: ActiveObject, msg: tuple, *, wait: bool = True,
+                        on_event: Callable[[bytes], None] | None = None) -> Any:
         state = obj._sa_state
         oid = obj._sa_id
         if state is State.DELETED:
@@ -179,7 +184,7 @@ class Client:
         bid = obj._sa_backend or self._locate(oid)
         body, buffers = dumps(msg)
         try:
-            return self._send(bid, body, buffers, wait=wait)
+            return self._send(bid, body, buffers, wait=wait, on_event=on_event)
         except ObjectNotFound:
             # Our idea of its location may be stale: ask Redis once, retry if it moved.
             self._locations.pop(oid, None)
@@ -187,7 +192,7 @@ class Client:
             if new == bid:
                 raise
             obj.__dict__["_sa_backend"] = new
-            return self._send(new, body, buffers, wait=wait)
+            return self._send(new, body, buffers, wait=wait, on_event=on_event)
 
     def _locate(self, oid: str) -> str:
         bid = self._locations.get(oid)
@@ -196,10 +201,11 @@ class Client:
             self._locations[oid] = bid
         return bid
 
-    def _send(self, bid: str, body: bytes, buffers: list[Any], *, wait: bool = True, flags: int = 0) -> Any:
+    def _send(self, bid: str, body: bytes, buffers: list[Any], *, wait: bool = True, flags: int = 0,
+              on_event: Callable[[bytes], None] | None = None) -> Any:
         if self.local is not None and bid == self.local.id:
             return self.local.dispatch_local(body, buffers, wait=wait)
-        return self._channel(bid).request(body, buffers, wait=wait, flags=flags)
+        return self._channel(bid).request(body, buffers, wait=wait, flags=flags, on_event=on_event)
 
     def _choose_backend(self, backend: Any) -> str:
         if backend is None:

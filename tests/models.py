@@ -122,3 +122,26 @@ class Node(ActiveObject):
             out.append(node.label)
             node = node.next
         return out
+
+
+class Trainer(ActiveObject):
+    """Reports progress while it works."""
+
+    epochs_done: int
+
+    def __init__(self) -> None:
+        self.epochs_done = 0
+
+    @activemethod
+    def train(self, epochs: int) -> int:
+        from storage_api import report_progress
+
+        for epoch in range(1, epochs + 1):
+            self.epochs_done += 1
+            report_progress({"epoch": epoch, "loss": 1.0 / epoch})
+        return self.epochs_done
+
+    @activemethod
+    def train_other(self, other: Any, epochs: int) -> int:
+        """Progress of a call to another backend reaches our own caller."""
+        return other.train(epochs)

@@ -16,11 +16,13 @@ Anything that is not a valid frame from an authenticated peer closes that connec
 from __future__ import annotations
 
 import logging
+import pickle
 import socket
 import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from .. import _progress
 from .. import _wire as w
 from .._transport import FrameSocket, server_handshake
 from ..errors import AuthenticationError, CommunicationError, ProtocolError, StoreError
@@ -237,13 +239,21 @@ class Connection:
     def _serve(self, rid: int, body: bytes, buffers: list, streams: list) -> None:
         _current.conn, _current.lsn = self, 0
         try:
-            kind, rbody, rbuffers = dispatch(self.server.backend, body, buffers, streams or None)
+            with _progress.serving(lambda value: self.send_event(rid, value)):
+                kind, rbody, rbuffers = dispatch(self.server.backend, body, buffers, streams or None)
         finally:
             _current.conn = None
         if _current.lsn and not self.server.backend.store.is_synced(_current.lsn):
             self.server.committer.add(_current.lsn, self, rid, kind, rbody, rbuffers)
         else:
             self.send_reply(rid, kind, rbody, rbuffers)
+
+    def send_event(self, rid: int, value: Any) -> None:
+        """A progress report for the request ``rid`` (lost, harmlessly, if the caller is gone)."""
+        try:
+            self.fs.send(w.EVENT, rid, pickle.dumps(value, protocol=5))
+        except CommunicationError:
+            self.close()
 
     def send_reply(self, rid: int, kind: int, body: bytes, buffers: list) -> None:
         try:
