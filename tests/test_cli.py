@@ -100,3 +100,38 @@ def test_backend_requires_storage_dir(home_env):
 def test_config_command_lists_settings(home_env):
     out = _cli("config", env={**home_env, "STORAGE_API_REDIS_URL": "redis://h:2/0"})
     assert out.returncode == 0 and "redis://h:2/0" in out.stdout and "liveness_timeout" in out.stdout
+
+
+def test_backend_command_as_cluster_scripts_use_it(tmp_path, home_env):
+    """`storage-api backend --redis URL --storage-dir DIR --compss-name NODE`, secret from the environment."""
+    import signal
+
+    from storage_api._deploy import _local
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    redis_proc, url = _local._start_redis(tmp_path, logs)
+    env = {**home_env, "STORAGE_API_SECRET": "cluster-secret"}
+    proc = subprocess.Popen([sys.executable, "-m", "storage_api", "backend", "--redis", url, "--storage-dir",
+                             str(tmp_path / "b"), "--name", "socket0", "--compss-name", "s01r1b42-ib0",
+                             "--host", "0.0.0.0", "--advertise-host", "127.0.0.1"],
+                            env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        code = (
+            "import storage_api, time\n"
+            "from tests.models import Counter\n"
+            "while not [b for b in storage_api.backends() if b.alive]: time.sleep(0.05)\n"
+            "(b,) = storage_api.backends()\n"
+            "c = Counter(1); c.make_persistent(backend=b)\n"
+            "print(b.name, b.compss_name, b.host, c.inc())\n"
+        )
+        out = run_python(code, env={**env, "STORAGE_API_REDIS_URL": url})
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.split() == ["socket0", "s01r1b42-ib0", "127.0.0.1", "2"]
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        os.kill(redis_proc.pid, signal.SIGTERM)
+        os.waitpid(redis_proc.pid, 0)
