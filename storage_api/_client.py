@@ -113,7 +113,7 @@ class Client:
             if live is not None:
                 return live
         rec = self.meta.object(oid)
-        return make_handle(self.resolve_class(rec.class_path, rec.backend), oid, rec.backend)
+        return make_handle(self.resolve_class(rec.class_path), oid, rec.backend)
 
     def get_by_alias(self, alias: str, cls: type[ActiveObject]) -> Any:
         oid = self.meta.alias(alias)
@@ -127,7 +127,7 @@ class Client:
             live = self.local.lookup(oid)
             if live is not None:
                 return live
-        return make_handle(self.resolve_class(path, backend), oid, backend)
+        return make_handle(self.resolve_class(path), oid, backend)
 
     def backends(self, *, refresh: bool = True) -> list[BackendInfo]:
         if refresh or time.monotonic() - self._backends_at > _BACKENDS_TTL:
@@ -149,7 +149,8 @@ class Client:
             raise BackendUnavailable("no backend is alive to load the class")
         return self._send(random.choice(alive).id, *dumps(("load_class", path)))
 
-    def resolve_class(self, path: str, backend: str | None = None) -> type[ActiveObject]:
+    def resolve_class(self, path: str) -> type[ActiveObject]:
+        """The class itself where it can be imported (and ``import_classes``), else its stub."""
         cls = self._classes.get(path)
         if cls is not None:
             return cls
