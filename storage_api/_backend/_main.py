@@ -79,6 +79,8 @@ class BackendProcess:
         self.server = Server(self.backend, socks, self.secret, settings.max_workers,
                              spin=settings.spin_seconds(settings.serve_spin_us))
         self._stop = threading.Event()
+        self._stopping = False
+        self._beat = threading.Lock()  # a heartbeat and the deregistration never interleave
 
     def info(self) -> dict[str, object]:
         s = self.settings
@@ -111,10 +113,13 @@ class BackendProcess:
     def _heartbeat(self) -> None:
         s = self.settings
         while not self._stop.wait(s.heartbeat_interval):
-            try:
-                self.meta.heartbeat(self.id, os.getpid(), s.heartbeat_ttl)
-            except CommunicationError as exc:
-                log.warning("heartbeat failed: %s", exc)
+            with self._beat:
+                if self._stopping:
+                    return
+                try:
+                    self.meta.heartbeat(self.id, os.getpid(), s.heartbeat_ttl)
+                except CommunicationError as exc:
+                    log.warning("heartbeat failed: %s", exc)
 
     def run(self) -> int:
         self.register()
@@ -127,8 +132,10 @@ class BackendProcess:
         return 0
 
     def stop(self) -> None:
-        if self._stop.is_set():
-            return
+        with self._beat:  # after this, no heartbeat can mark us alive again
+            if self._stopping:
+                return
+            self._stopping = True
         log.info("backend %s stopping", self.name)
         self.server.stop()
         try:

@@ -144,8 +144,8 @@ def _spawn(cmd: list[str], log_path: Path) -> subprocess.Popen:
                                 start_new_session=True, env=_clean_env(), cwd=os.getcwd())
 
 
-def _start_redis(directory: Path, logs: Path) -> tuple[Process, str]:
-    binary = redis_binary()
+def _start_redis(directory: Path, logs: Path, binary: str | None = None) -> tuple[Process, str]:
+    binary = binary or redis_binary()
     password = secrets.token_hex(24)
     (directory / "redis").mkdir(parents=True, exist_ok=True)
     conf = directory / "redis" / "redis.conf"
@@ -190,8 +190,11 @@ def _backend_cmd(config: Path, storage: Path, name: str, fsync: bool, log_level:
 
 
 def start(directory: str | os.PathLike[str], backends: int = 2, *, fsync: bool = True,
-          log_level: str = "INFO", progress: Any = None) -> Deployment:
-    """Start Redis and ``backends`` backends in ``directory``; wait until every one is serving."""
+          log_level: str = "INFO", progress: Any = None, redis_server: str | None = None) -> Deployment:
+    """Start Redis and ``backends`` backends in ``directory``; wait until every one is serving.
+
+    ``redis_server`` names the binary (default: :func:`redis_binary`).
+    """
     if backends < 1:
         raise ConfigError("a deployment needs at least one backend")
     d = Path(directory).resolve()
@@ -205,7 +208,7 @@ def start(directory: str | os.PathLike[str], backends: int = 2, *, fsync: bool =
     secret_file.write_text(secrets.token_hex(32))
     os.chmod(secret_file, 0o600)
     say = progress or (lambda msg: None)
-    redis_proc, url = _start_redis(d, logs)
+    redis_proc, url = _start_redis(d, logs, redis_server)
     dep = Deployment(str(d), url, redis_proc, [], time.time())
     dep.save()
     say(f"redis-server running (pid {redis_proc.pid})")
@@ -290,7 +293,7 @@ def local_dir() -> Path:
 
 @contextmanager
 def local_cluster(backends: int = 2, *, directory: str | os.PathLike[str] | None = None, fsync: bool = True,
-                  log_level: str = "WARNING") -> Iterator[Any]:
+                  log_level: str = "WARNING", redis_server: str | None = None) -> Iterator[Any]:
     """Start a private deployment for the duration of a ``with`` block; yield a connected client.
 
     The client is installed as the process's runtime while the block runs. Without ``directory``
@@ -300,7 +303,7 @@ def local_cluster(backends: int = 2, *, directory: str | os.PathLike[str] | None
 
     tmp = None if directory is not None else tempfile.mkdtemp(prefix="storage-api-")
     d = Path(directory or tmp)  # type: ignore[arg-type]
-    dep = start(d, backends, fsync=fsync, log_level=log_level)
+    dep = start(d, backends, fsync=fsync, log_level=log_level, redis_server=redis_server)
     client = Client(dep.settings())
     previous = _context.install(client)
     try:
