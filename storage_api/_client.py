@@ -21,7 +21,7 @@ from ._config import Settings
 from ._metadata import BackendInfo, Metadata
 from ._object import ActiveObject, RemoteMethod, State, become_handle, import_class, make_handle, state_of
 from ._redis import Redis
-from ._rpc import Channel, Frame
+from ._rpc import WATCH_FRACTION, Channel, Frame
 from ._serial import dumps, load_error, loads
 from ._stub import is_stub, stub_class
 from .errors import BackendUnavailable, ClassNotFound, CommunicationError, ObjectDeleted, ObjectNotFound, StoreError
@@ -245,7 +245,7 @@ class Client:
 
     def _watch(self) -> None:
         """Liveness of every channel with calls pending (see :mod:`storage_api._rpc`)."""
-        period = self.settings.liveness_timeout / 8
+        period = self.settings.liveness_timeout * WATCH_FRACTION
         while not self._closed.wait(period):
             now = time.monotonic()
             for ch in list(self._channels.values()):

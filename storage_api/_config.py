@@ -37,7 +37,7 @@ class Settings:
     secret_file: str = _f("", "file holding the deployment secret")
     namespace: str = _f("sa", "prefix of every Redis key, so several deployments can share one Redis")
     connect_timeout: float = _f(2.0, "seconds to connect and authenticate to a backend")
-    liveness_timeout: float = _f(2.0, "seconds of silence from a backend with calls pending before they fail")
+    liveness_timeout: float = _f(2.0, "calls to a backend that stays silent fail within this many seconds")
     import_classes: bool = _f(True, "build proxies from importable classes; when False always use stubs")
     spin_us: float = _f(200.0, "microseconds a caller polls for its reply before sleeping (0: never)")
     # --- backend

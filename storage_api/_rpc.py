@@ -9,8 +9,8 @@ a small pump thread that reads whenever such calls are outstanding.
 
 Liveness: sockets are blocking (a timeout would cost a ``poll`` per receive). A watchdog thread
 per client looks at channels with requests pending a few times per ``liveness_timeout``: it pings a
-silent backend, and one that stays silent for ``liveness_timeout`` seconds has its socket shut
-down, which fails every pending request with :class:`BackendUnavailable`. A call to a dead or
+silent backend, and gives up on one before it has been silent for ``liveness_timeout`` seconds:
+its socket is shut down, which fails every pending request with :class:`BackendUnavailable`. A call to a dead or
 frozen backend never hangs.
 """
 
@@ -27,6 +27,8 @@ from ._transport import FrameSocket
 from .errors import BackendUnavailable, CommunicationError, StoreError
 
 Frame = tuple[int, bytes, list[bytearray]]  # kind, body, buffers
+
+WATCH_FRACTION = 1 / 8  # the watchdog looks every liveness_timeout / 8: calls fail within the timeout
 
 
 class _Slot:
@@ -178,7 +180,7 @@ class Channel:
             if not self._pending or self._broken is not None:
                 return
         silence = now - self.fs.last_rx
-        if silence >= self._liveness:
+        if silence >= self._liveness * (1 - WATCH_FRACTION):  # the next check would be too late
             self._abort = BackendUnavailable(f"backend {self.name} did not answer for {silence:.1f}s")
             self.fs.shutdown()  # wakes the reader, which fails every pending request
             if not self._reader.acquire(blocking=False):
