@@ -152,10 +152,10 @@ class FrameSocket:
             out = bytes(self._rview[self._rpos : self._rpos + n])
             self._rpos += n
             return out
-        if n > _RBUF // 2:
+        if n > _RBUF // 2:  # a large body: receive it where it stays, no second copy
             buf = bytearray(n)
             self._read_into(memoryview(buf))
-            return bytes(buf)
+            return buf  # type: ignore[return-value]  # bytes-like is all callers need
         if self._rpos:  # compact
             self._rbuf[:avail] = self._rview[self._rpos : self._rend]
             self._rpos, self._rend = 0, avail

@@ -182,3 +182,12 @@ def test_transient_objects_run_locally(client):
     c = Counter(1)
     assert c.inc() == 2  # no store involved
     assert c.getID() is None
+
+
+def test_large_in_band_values(client):
+    """Values pickled in-band (no buffers) larger than the receive buffer, both ways."""
+    h = Holder()
+    h.make_persistent()
+    big = {"rows": [list(range(50)) for _ in range(20_000)], "text": "x" * 3_000_000}
+    h.put(big)
+    assert h.take() == big
