@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _progress
 from .. import _wire as w
+from .._serial import dump_error
 from .._transport import FrameSocket, server_handshake
 from ..errors import AuthenticationError, CommunicationError, ProtocolError, StoreError
 from ._handlers import dispatch
@@ -73,7 +74,12 @@ class Committer:
                 while not self._waiting:
                     self._cond.wait()
                 batch, self._waiting = self._waiting, []
-            self.store.sync(max(item[0] for item in batch))
+            try:
+                self.store.sync(max(item[0] for item in batch))
+            except Exception as exc:  # the disk failed us: say so rather than acknowledge
+                log.error("fsync failed: %s", exc)
+                error = dump_error(StoreError(f"the backend could not make the result durable: {exc}"))
+                batch = [(lsn, conn, rid, w.ERROR, error, []) for lsn, conn, rid, _k, _b, _bufs in batch]
             for _lsn, conn, rid, kind, body, buffers in batch:
                 conn.send_reply(rid, kind, body, buffers)
 
