@@ -7,10 +7,11 @@ Run from the repository root::
     python -m bench.calls --baselines     # ... plus dataClay and Pyro5, measured in the same run
 
 Everything runs on this machine against one local backend (fsync on, as deployed). The reference
-rows are raw socket moves between two Python processes: a blocking echo (no framing, no pickling,
-no authentication, but a sleep and a wake-up per message), a 128 MB transfer into fresh memory and
-a 128 MB write + fdatasync: the physical limits of the bulk rows. Ratios compare each system with
-storage_api measured in the same run. Results are also written to ``bench/results/calls.json``.
+rows are raw moves between two Python processes: a blocking Unix-socket echo (no framing, no
+pickling, no authentication, but a sleep and a wake-up per message) with both processes on one CPU
+and on two, a 128 MB socket transfer into fresh memory and a 128 MB write + fdatasync (the limits
+of the bulk rows). Ratios compare each system with storage_api measured in the same run; all
+systems are measured by the same loops (``bench/baselines/_common.py``). Results are also written to ``bench/results/calls.json``.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .baselines._common import latency, throughput  # the same loops measure every system
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES_MB = (1, 16, 128)
@@ -42,53 +44,19 @@ TARGETS = {  # from the issue, for this 2-core machine
 }
 
 
-def _percentiles(samples: list[float]) -> tuple[float, float]:
-    samples = sorted(samples)
-    return samples[len(samples) // 2] * 1e6, samples[int(len(samples) * 0.99)] * 1e6
-
-
-def _latency(fn: Any, n: int) -> tuple[float, float]:
-    for _ in range(min(500, n)):
-        fn()
-    samples = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - t)
-    return _percentiles(samples)
-
-
-def _throughput(fn: Any, threads: int, seconds: float) -> float:
-    stop = time.monotonic() + seconds
-    counts = [0] * threads
-
-    def work(i: int) -> None:
-        n = 0
-        while time.monotonic() < stop:
-            fn()
-            n += 1
-        counts[i] = n
-
-    ts = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
-    start = time.monotonic()
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    return sum(counts) / (time.monotonic() - start)
+def _rate(fn: Any, threads: int, seconds: float) -> float:
+    rate, error = throughput(lambda: fn, threads, seconds)
+    if rate is None:
+        raise RuntimeError(f"calls from {threads} threads failed: {error}")
+    return rate
 
 
 # ------------------------------------------------------------------ the floor
 _ECHO = r"""
 import socket, sys, os
-fam = sys.argv[1]
-if fam == "tcp":
-    s = socket.create_server(("127.0.0.1", 0)); print(s.getsockname()[1], flush=True)
-else:
-    s = socket.socket(socket.AF_UNIX); s.bind("\0bench-echo-%d" % os.getpid()); s.listen(); print(os.getpid(), flush=True)
+os.sched_setaffinity(0, {int(sys.argv[1])})
+s = socket.socket(socket.AF_UNIX); s.bind("\0bench-echo-%d" % os.getpid()); s.listen(); print(os.getpid(), flush=True)
 c, _ = s.accept()
-if fam == "tcp":
-    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 while True:
     d = c.recv(65536)
     if not d:
@@ -97,31 +65,43 @@ while True:
 """
 
 
-def floor(family: str, n: int) -> float:
+def echo_reference(n: int) -> dict[str, float]:
+    """p50 of a raw blocking Unix-socket echo between two processes, on one CPU and across two.
+
+    The scheduler decides where our client and backend run; these two bound what placement does
+    to a round trip on this machine (waking a process on another CPU is the costly part on a VM).
+    """
     import socket
 
-    proc = subprocess.Popen([sys.executable, "-c", _ECHO, family], stdout=subprocess.PIPE, text=True)
+    out: dict[str, float] = {}
+    cpus = sorted(os.sched_getaffinity(0))
+    placements = {"same_cpu": (cpus[0], cpus[0])}
+    if len(cpus) > 1:
+        placements["cross_cpu"] = (cpus[0], cpus[1])
+    mine = os.sched_getaffinity(0)
     try:
-        token = int(proc.stdout.readline())  # type: ignore[union-attr]
-        if family == "tcp":
-            sock = socket.create_connection(("127.0.0.1", token))
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        else:
-            sock = socket.socket(socket.AF_UNIX)
-            sock.connect(f"\0bench-echo-{token}")
-        msg = b"x" * 100
+        for name, (here, there) in placements.items():
+            os.sched_setaffinity(0, {here})
+            proc = subprocess.Popen([sys.executable, "-c", _ECHO, str(there)], stdout=subprocess.PIPE, text=True)
+            try:
+                token = int(proc.stdout.readline())  # type: ignore[union-attr]
+                sock = socket.socket(socket.AF_UNIX)
+                sock.connect(f"\0bench-echo-{token}")
+                msg = b"x" * 100
 
-        def once() -> None:
-            sock.sendall(msg)
-            got = 0
-            while got < len(msg):
-                got += len(sock.recv(65536))
+                def once() -> None:
+                    sock.sendall(msg)
+                    got = 0
+                    while got < len(msg):
+                        got += len(sock.recv(65536))
 
-        p50, _ = _latency(once, n)
-        sock.close()
-        return p50
+                out[name], _ = latency(once, n)
+                sock.close()
+            finally:
+                proc.wait(timeout=10)
     finally:
-        proc.wait(timeout=10)
+        os.sched_setaffinity(0, mine)
+    return out
 
 
 _BULK = r"""
@@ -182,9 +162,9 @@ def measure_ours(quick: bool, threads: list[int]) -> dict[str, Any]:
         with storage_api.local_cluster(backends=1, directory=tmp) as client:
             obj = Bench()
             obj.make_persistent()
-            out["noop_p50_us"], out["noop_p99_us"] = _latency(obj.noop, n)
-            out["inc_p50_us"], out["inc_p99_us"] = _latency(obj.inc, n // 2)
-            out["calls_per_s"] = {str(t): _throughput(obj.noop, t, 1.0 if quick else 2.0) for t in threads}
+            out["noop_p50_us"], out["noop_p99_us"] = latency(obj.noop, n)
+            out["inc_p50_us"], out["inc_p99_us"] = latency(obj.inc, n // 2)
+            out["calls_per_s"] = {str(t): _rate(obj.noop, t, 1.0 if quick else 2.0) for t in threads}
             out["persist_MBps"], out["fetch_MBps"] = {}, {}
             repeats = 3 if quick else 5
             for mb in SIZES_MB:
@@ -317,9 +297,9 @@ def report(ours: dict[str, Any], others: list[dict[str, Any]], floors: dict[str,
         if system.get("notes"):
             lines.append(f"{system['system']}: {system['notes']}")
     lines.append("")
-    lines.append(f"reference (raw blocking socket echo between two processes, p50): TCP {floors['tcp']:.1f} us, "
-                 f"Unix {floors['unix']:.1f} us; it sleeps in recv and pays the wake-ups our polling avoids, and "
-                 f"TCP looks fast when the scheduler puts both processes on one CPU")
+    lines.append(f"reference (raw blocking Unix-socket echo between two processes, p50): "
+                 f"{floors.get('same_cpu', 0):.1f} us on one CPU, {floors.get('cross_cpu', 0):.1f} us across two "
+                 f"(it sleeps in recv and pays the wake-ups our polling avoids)")
     lines.append(f"reference (raw 128 MB moves): Unix socket into fresh memory {floors['net_MBps']:,.0f} MB/s, "
                  f"write + fdatasync {floors['disk_MBps']:,.0f} MB/s")
     lines.append("")
@@ -342,7 +322,7 @@ def main() -> None:
     threads = [int(t) for t in args.threads.split(",")]
     n = 2000 if args.quick else 10000
     print("[bench] floor: raw socket echo", file=sys.stderr)
-    floors = {"tcp": floor("tcp", n), "unix": floor("unix", n)}
+    floors = echo_reference(n)
     bulk = bulk_floor(128, 3 if args.quick else 5)
     floors.update(net_MBps=bulk["net"], disk_MBps=bulk["disk"])
     print("[bench] storage_api ...", file=sys.stderr)
