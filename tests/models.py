@@ -72,6 +72,11 @@ class Holder(ActiveObject):
         return self.data
 
     @activemethod(readonly=True)
+    def data_borrows_memory(self) -> bool:
+        """True when the array sits in memory it does not own: the receive buffer, not a copy."""
+        return not self.data.flags.owndata
+
+    @activemethod(readonly=True)
     def total(self) -> float:
         return float(np.asarray(self.data).sum())
 

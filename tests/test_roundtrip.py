@@ -115,6 +115,8 @@ def test_numpy_arrays_travel_out_of_band_and_intact(client):
     back = h.take()
     assert isinstance(back, np.ndarray) and back.dtype == arr.dtype
     np.testing.assert_array_equal(back, arr)
+    # out of band both ways: each side's array lives in the buffer the bytes were received into
+    assert not back.flags.owndata and h.data_borrows_memory()
     h.put(arr * 2)
     np.testing.assert_array_equal(h.data, arr * 2)
 
