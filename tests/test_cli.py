@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.conftest import ROOT, SYSTEM_REDIS, _state, run_python
+from tests.conftest import ROOT, _state, run_python
 
 
 def _cli(*args, env):
@@ -110,7 +110,7 @@ def test_backend_command_as_cluster_scripts_use_it(tmp_path, home_env):
 
     logs = tmp_path / "logs"
     logs.mkdir()
-    redis_proc, url = _local._start_redis(tmp_path, logs, SYSTEM_REDIS)
+    redis_proc, url = _local._start_redis(tmp_path, logs)
     env = {**home_env, "STORAGE_API_SECRET": "cluster-secret"}
     proc = subprocess.Popen([sys.executable, "-m", "storage_api", "backend", "--redis", url, "--storage-dir",
                              str(tmp_path / "b"), "--name", "socket0", "--compss-name", "s01r1b42-ib0",

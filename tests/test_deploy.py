@@ -47,3 +47,16 @@ def test_a_backend_that_cannot_start_is_reported(tmp_path, monkeypatch):
     with pytest.raises(_local.DeploymentError, match="exited during start-up"):
         _local.start(tmp_path / "d", 1)
     assert _local.Deployment.load(tmp_path / "d") is None  # everything it started was stopped
+
+
+def test_a_system_redis_is_preferred_to_one_a_python_package_put_on_path(tmp_path, monkeypatch):
+    shims, system = tmp_path / "shims", tmp_path / "usr-bin"
+    for d in (shims, system):
+        d.mkdir()
+        exe = d / "redis-server"
+        exe.write_text("#!/bin/sh\n")
+        exe.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shims}{os.pathsep}{system}")
+    assert _local.redis_binary() == str(system / "redis-server")
+    monkeypatch.setenv("PATH", str(shims))
+    assert _local.redis_binary() == str(shims / "redis-server")

