@@ -152,7 +152,6 @@ def bulk_floor(mb: int, repeats: int) -> dict[str, float]:
 # --------------------------------------------------------------- storage_api
 def measure_ours(quick: bool, threads: list[int]) -> dict[str, Any]:
     import storage_api
-    from storage_api._deploy import _local
 
     from ._model import Bench
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 _local = threading.local()  # .listener: the caller's callback; .emit: the served request's sender
@@ -31,14 +31,19 @@ def report_progress(value: Any) -> None:
 
 
 @contextmanager
-def on_progress(callback: Callable[[Any], None]) -> Iterator[None]:
-    """Deliver the progress reports of the calls this thread makes in the block to ``callback``."""
-    previous = getattr(_local, "listener", None)
-    _local.listener = callback
+def _bound(name: str, value: Any) -> Iterator[None]:
+    """Set the thread-local ``name`` for the block, restoring what was there."""
+    previous = getattr(_local, name, None)
+    setattr(_local, name, value)
     try:
         yield
     finally:
-        _local.listener = previous
+        setattr(_local, name, previous)
+
+
+def on_progress(callback: Callable[[Any], None]) -> AbstractContextManager[None]:
+    """Deliver the progress reports of the calls this thread makes in the block to ``callback``."""
+    return _bound("listener", callback)
 
 
 def listener() -> Callable[[Any], None] | None:
@@ -46,12 +51,6 @@ def listener() -> Callable[[Any], None] | None:
     return getattr(_local, "listener", None) or getattr(_local, "emit", None)
 
 
-@contextmanager
-def serving(emit: Callable[[Any], None]) -> Iterator[None]:
+def serving(emit: Callable[[Any], None]) -> AbstractContextManager[None]:
     """Used by backends around a request: reports go to its caller through ``emit``."""
-    previous = getattr(_local, "emit", None)
-    _local.emit = emit
-    try:
-        yield
-    finally:
-        _local.emit = previous
+    return _bound("emit", emit)

@@ -196,6 +196,30 @@ def summarize_MBps(mb: int, seconds: list[float]) -> tuple[float, float]:
     return mb / statistics.median(seconds), mb / min(seconds)
 
 
+def timed_fetches(get: Callable[[], Any], expected: Any, repeats: int) -> list[float]:
+    """Durations of ``repeats`` calls of ``get`` after one warm-up, each result checked equal to ``expected``."""
+    import numpy as np  # only the harnesses' venvs call this, and they have numpy
+
+    times = []
+    for i in range(repeats + 1):
+        t0 = time.perf_counter()
+        back = get()
+        if i:
+            times.append(time.perf_counter() - t0)
+        if not np.array_equal(back, expected):
+            raise AssertionError(f"fetched array of {expected.nbytes} bytes differs from the original")
+        del back
+    return times
+
+
+def record_bulk(out: dict[str, Any], mb: int, persist: list[float], fetch: list[float]) -> None:
+    """Store the persist/fetch medians and bests of one size in ``out``."""
+    for name in ("persist_MBps", "persist_MBps_best", "fetch_MBps", "fetch_MBps_best"):
+        out.setdefault(name, {})
+    out["persist_MBps"][str(mb)], out["persist_MBps_best"][str(mb)] = summarize_MBps(mb, persist)
+    out["fetch_MBps"][str(mb)], out["fetch_MBps_best"][str(mb)] = summarize_MBps(mb, fetch)
+
+
 def emit(out: IO[str], result: dict[str, Any]) -> None:
     out.write(json.dumps(result) + "\n")
     out.flush()

@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from _common import (SIZES_MB, Children, claim_stdout, emit, exit_on_sigterm, free_port, latency, log,
-                     parse_args, summarize_MBps, throughput, wait_port)
+                     parse_args, record_bulk, throughput, timed_fetches, wait_port)
 
 HERE = Path(__file__).resolve().parent
 
@@ -125,8 +125,6 @@ def measure(quick: bool, threads: list[int]) -> dict[str, Any]:
         log(f"  {t} threads: {out['calls_per_s'][str(t)]} plain, {rate} with a context copy")
 
     repeats = 2 if quick else 3
-    for name in ("persist_MBps", "persist_MBps_best", "fetch_MBps", "fetch_MBps_best"):
-        out[name] = {}
     for mb in SIZES_MB:
         log(f"persist/fetch {mb} MB")
         arr = np.random.default_rng(mb).random(mb * 2**20 // 8)
@@ -139,18 +137,9 @@ def measure(quick: bool, threads: list[int]) -> dict[str, Any]:
                 persist.append(time.perf_counter() - t0)
             if i < repeats:
                 holder.put(None)  # dataClay 4.3.1 has no delete: free the backend's copy
-        fetch = []
-        for i in range(repeats + 1):
-            t0 = time.perf_counter()
-            back = holder.get()
-            if i:
-                fetch.append(time.perf_counter() - t0)
-            if not np.array_equal(back, arr):
-                raise AssertionError(f"fetched {mb} MB array differs from the original")
-            del back
+        fetch = timed_fetches(holder.get, arr, repeats)
         holder.put(None)
-        out["persist_MBps"][str(mb)], out["persist_MBps_best"][str(mb)] = summarize_MBps(mb, persist)
-        out["fetch_MBps"][str(mb)], out["fetch_MBps_best"][str(mb)] = summarize_MBps(mb, fetch)
+        record_bulk(out, mb, persist, fetch)
     out["notes"] = (
         "persist = make_persistent() of a new object holding the array (kept in the backend's memory, "
         "not on disk, when it returns); fetch = get() activemethod returning it; MBps = median of "

@@ -44,7 +44,7 @@ import Pyro5
 import Pyro5.api
 
 from _common import (SIZES_MB, Children, claim_stdout, emit, exit_on_sigterm, latency, log, parse_args,
-                     summarize_MBps, throughput)
+                     record_bulk, throughput, timed_fetches)
 
 Payload = tuple[bytes, str, list[int]]
 
@@ -125,28 +125,18 @@ def measure(uri: str, quick: bool, threads: list[int]) -> dict[str, Any]:
         log(f"  {t} threads: {rate}")
 
     repeats = 2 if quick else 3
-    for name in ("persist_MBps", "persist_MBps_best", "fetch_MBps", "fetch_MBps_best"):
-        out[name] = {}
     for mb in SIZES_MB:
         log(f"persist/fetch {mb} MB")
         arr = np.random.default_rng(mb).random(mb * 2**20 // 8)
-        persist, fetch = [], []
+        persist = []
         for i in range(repeats + 1):  # the first is a warm-up
             t0 = time.perf_counter()
             obj.put(pack(arr))
             if i:
                 persist.append(time.perf_counter() - t0)
-        for i in range(repeats + 1):
-            t0 = time.perf_counter()
-            back = unpack(obj.get())
-            if i:
-                fetch.append(time.perf_counter() - t0)
-            if not np.array_equal(back, arr):
-                raise AssertionError(f"fetched {mb} MB array differs from the original")
-            del back
+        fetch = timed_fetches(lambda: unpack(obj.get()), arr, repeats)
         obj.put(None)
-        out["persist_MBps"][str(mb)], out["persist_MBps_best"][str(mb)] = summarize_MBps(mb, persist)
-        out["fetch_MBps"][str(mb)], out["fetch_MBps_best"][str(mb)] = summarize_MBps(mb, fetch)
+        record_bulk(out, mb, persist, fetch)
     obj._pyroRelease()
     out["notes"] = (
         "serializer marshal, arrays sent as (tobytes(), dtype, shape) and rebuilt with np.frombuffer; "
