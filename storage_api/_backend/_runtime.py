@@ -206,6 +206,15 @@ class LocalBackend:
         self._durable(lsn)
         return result
 
+    def commit_mutation(self, oid: str) -> None:
+        """Persist an object that code other than an active method mutated in place (a shipped task).
+
+        The caller holds the entry's write lock while mutating and calling this; returns once the
+        new state is durable.
+        """
+        entry = self.entry(oid)
+        self._durable(self._save(entry))
+
     def _durable(self, lsn: int) -> None:
         """Make the reply of the current request wait until ``lsn`` is on disk."""
         if not self.store.is_synced(lsn) and not self.defer_sync(lsn):
