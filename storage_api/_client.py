@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from . import _progress, _transport, _wire
 from ._config import Settings
-from ._metadata import BackendInfo, Metadata
+from ._metadata import BackendInfo, Metadata, ObjectRecord
 from ._object import ActiveObject, RemoteMethod, State, become_handle, import_class, make_handle, state_of
 from ._redis import Redis
+from ._retry import Backoff, Retry
 from ._rpc import WATCH_FRACTION, Channel, Frame
 from ._serial import dumps, load_error, loads
 from ._stub import is_stub, stub_class
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from ._backend._runtime import LocalBackend
 
 _BACKENDS_TTL = 2.0  # seconds the client trusts its cached list of backends
+_REPLICAS_TTL = 2.0  # seconds it trusts an object's cached list of replicas (for reads)
 
 
 class Client:
@@ -47,6 +49,8 @@ class Client:
         self._channels: dict[str, Channel] = {}
         self._connecting: dict[str, threading.Lock] = {}
         self._locations: dict[str, str] = {}
+        self._replicas: dict[str, tuple[float, tuple[str, ...]]] = {}
+        self.retry = Retry(settings.retry_deadline, Backoff(settings.retry_backoff, 2.0, settings.retry_backoff_cap))
         self._backends: dict[str, BackendInfo] = {}
         self._backends_at = 0.0
         self._classes: dict[str, type[ActiveObject]] = {}
@@ -88,11 +92,12 @@ class Client:
     def call(self, obj: ActiveObject, method: RemoteMethod, args: tuple, kwargs: dict, *, wait: bool = True) -> Any:
         listener = _progress.listener()
         on_event = None if listener is None else (lambda body: listener(loads(body, placeholders=self._placeholders)))
-        return self._object_request(obj, ("call", obj._sa_id, method.name, args, kwargs), wait=wait,
-                                    on_event=on_event)
+        rid = None if method.readonly else uuid.uuid4().hex  # lets a retried call run once
+        return self._object_request(obj, ("call", obj._sa_id, method.name, args, kwargs, rid), wait=wait,
+                                    on_event=on_event, read=method.readonly)
 
     def get_attr(self, obj: ActiveObject, name: str) -> Any:
-        return self._object_request(obj, ("getattr", obj._sa_id, name))
+        return self._object_request(obj, ("getattr", obj._sa_id, name), read=True)
 
     def set_attr(self, obj: ActiveObject, name: str, value: Any) -> None:
         self._object_request(obj, ("setattr", obj._sa_id, name, value))
@@ -106,6 +111,43 @@ class Client:
             self._object_request(obj, ("delete", oid))
         obj.__dict__["_sa_state"] = State.DELETED
         self._locations.pop(oid, None)
+
+    # ------------------------------------------------------------ placement
+    def move(self, obj: ActiveObject, backend: Any, recursive: bool = False) -> list[str]:
+        """Make ``backend`` the object's primary; return the ids moved (with ``recursive``, the
+        persistent objects it references that were on the same backend follow it)."""
+        target = self._choose_backend(backend)
+        moved = self._object_request(obj, ("move", obj._sa_id, target, recursive))
+        for oid in moved:
+            self._locations[oid] = target
+            self._replicas.pop(oid, None)
+        if obj._sa_state is State.PROXY:
+            obj.__dict__["_sa_backend"] = target
+        return moved
+
+    def new_replica(self, obj: ActiveObject, backend: Any) -> None:
+        target = self._choose_backend(backend)
+        self._object_request(obj, ("replicate", obj._sa_id, target))
+        self._replicas.pop(obj._sa_id, None)  # type: ignore[arg-type]
+
+    def drop_replica(self, obj: ActiveObject, backend: Any) -> None:
+        target = self._choose_backend(backend)
+        self._object_request(obj, ("unreplicate", obj._sa_id, target))
+        self._replicas.pop(obj._sa_id, None)  # type: ignore[arg-type]
+
+    def placement(self, oid: str) -> ObjectRecord:
+        """The object's record: primary, replicas, epoch (read from Redis)."""
+        return self._refresh(None, oid)
+
+    def copy(self, oid: str, target: Any = None, new_id: str | None = None) -> str:
+        """Copy an object into a new, independent one (a COMPSs *new version*); return its id.
+
+        ``target`` is the backend (id, name or record) to hold the copy; default: the primary's.
+        """
+        rec = self._refresh(None, oid)
+        bid = rec.backend if target is None else self._choose_backend(target)
+        new_id = new_id or str(uuid.uuid4())
+        return self._request(oid, ("copy", oid, bid, new_id))
 
     def get_by_id(self, oid: str) -> ActiveObject:
         if self.local is not None:
@@ -174,26 +216,95 @@ class Client:
 
     # ============================================================ routing
     def _object_request(self, obj: ActiveObject, msg: tuple, *, wait: bool = True,
-                        on_event: Callable[[bytes], None] | None = None) -> Any:
+                        on_event: Callable[[bytes], None] | None = None, read: bool = False) -> Any:
         state = obj._sa_state
         oid = obj._sa_id
         if state is State.DELETED:
             raise ObjectDeleted(f"object {oid} was deleted")
-        if state not in (State.PROXY, State.RESIDENT):
+        if state not in (State.PROXY, State.RESIDENT, State.REPLICA):
             raise StoreError(f"object is {state.value}: make it persistent first")
         assert oid is not None
-        bid = obj._sa_backend or self._locate(oid)
+        return self._request(oid, msg, obj=obj, wait=wait, on_event=on_event, read=read)
+
+    def _request(self, oid: str, msg: tuple, *, obj: ActiveObject | None = None, wait: bool = True,
+                 on_event: Callable[[bytes], None] | None = None, read: bool = False) -> Any:
+        """Send a request about one object to its primary (or, for reads, any replica).
+
+        Follows moves (``ObjectNotFound`` from a backend that no longer holds it), and retries
+        transport faults under :attr:`retry`, promoting a replica when the primary is dead.
+        """
         body, buffers = dumps(msg)
+        if not wait:  # a future: one attempt, its failure is the future's
+            return self._send(self._target(obj, oid, read), body, buffers, wait=False, on_event=on_event)
+        last: Exception | None = None
+        for _attempt in self.retry.attempts():
+            bid = self._target(obj, oid, read)
+            try:
+                return self._send(bid, body, buffers, on_event=on_event)
+            except ObjectNotFound as exc:
+                # Our idea of its location may be stale (moved, failed over): ask Redis.
+                rec = self._refresh(obj, oid)
+                if rec.backend == bid:
+                    raise
+                last = exc
+            except CommunicationError as exc:
+                last = exc
+                if not self._failover(obj, oid, bid):
+                    raise
+        assert last is not None
+        raise last
+
+    def _target(self, obj: ActiveObject | None, oid: str, read: bool) -> str:
+        primary = (obj._sa_backend if obj is not None else None) or self._locate(oid)
+        if not read:
+            return primary
+        cached = self._replicas.get(oid)
+        if cached is None or cached[0] < time.monotonic():
+            replicas = self._refresh(obj, oid).replicas
+            primary = self._locations[oid]
+        else:
+            replicas = cached[1]
+        if not replicas:
+            return primary
+        choices = [primary, *replicas]
+        if self.local is not None and self.local.id in choices:
+            return self.local.id
+        return random.choice(choices)
+
+    def _refresh(self, obj: ActiveObject | None, oid: str) -> ObjectRecord:
+        """Re-read an object's record; update the caches and the handle."""
+        rec = self.meta.object(oid)
+        self._locations[oid] = rec.backend
+        self._replicas[oid] = (time.monotonic() + _REPLICAS_TTL, rec.replicas)
+        if obj is not None and obj._sa_state is State.PROXY:
+            obj.__dict__["_sa_backend"] = rec.backend
+        return rec
+
+    def _failover(self, obj: ActiveObject | None, oid: str, bid: str) -> bool:
+        """``bid`` failed us: find where to go next, promoting a replica if ``bid`` was a dead
+        primary. False when there is nowhere else to go: the object has no replica, so the
+        fault is the caller's at once (a restart of its backend is an operator's decision)."""
+        self._backends_at = 0.0
         try:
-            return self._send(bid, body, buffers, wait=wait, on_event=on_event)
-        except ObjectNotFound:
-            # Our idea of its location may be stale: ask Redis once, retry if it moved.
-            self._locations.pop(oid, None)
-            new = self.meta.object(oid).backend
-            if new == bid:
-                raise
-            obj.__dict__["_sa_backend"] = new
-            return self._send(new, body, buffers, wait=wait, on_event=on_event)
+            rec = self._refresh(obj, oid)
+        except CommunicationError:
+            return True  # Redis itself is unreachable: back off and try again
+        if rec.backend != bid:
+            return True  # moved or failed over meanwhile
+        if bid in rec.replicas:  # a read from a replica failed: read elsewhere for a while
+            self._replicas[oid] = (time.monotonic() + _REPLICAS_TTL, tuple(r for r in rec.replicas if r != bid))
+            return True
+        if not rec.replicas:
+            return False
+        # The promotion only happens once bid's heartbeat has expired in Redis; until then the
+        # retry loop backs off and asks again.
+        try:
+            answer = self.meta.promote(oid, bid)
+        except CommunicationError:
+            return True
+        if answer and not answer.startswith(("alive:", "none")):
+            self._refresh(obj, oid)
+        return answer != ""
 
     def _locate(self, oid: str) -> str:
         bid = self._locations.get(oid)

@@ -40,13 +40,19 @@ class Settings:
     liveness_timeout: float = _f(2.0, "calls to a backend that stays silent fail within this many seconds")
     import_classes: bool = _f(True, "build proxies from importable classes; when False always use stubs")
     spin_us: float = _f(200.0, "microseconds a caller polls for its reply before sleeping (0: never)")
+    retry_deadline: float = _f(10.0, "seconds a call keeps retrying a dead or failing-over backend (0: no retries)")
+    retry_backoff: float = _f(0.02, "first pause between retries, doubled each time up to retry_backoff_cap")
+    retry_backoff_cap: float = _f(0.5, "longest pause between retries")
     # --- backend
     storage_dir: str = _f("", "backend: directory of the durable object log")
     name: str = _f("", "backend: human-readable name (default: host-pid)")
     host: str = _f("127.0.0.1", "backend: interface to listen on")
     port: int = _f(0, "backend: TCP port (0 picks a free one)")
     advertise_host: str = _f("", "backend: address clients use to reach it (default: host, or the hostname)")
-    compss_name: str = _f("", "backend: the node name COMPSs knows this backend's node by")
+    compss_name: str = _f("", "backend: the node name COMPSs knows this backend's node by (default: hostname + network suffix)")
+    network: str = _f("ethernet", "backend: COMPSs network type (ethernet, infiniband, data or another word of network_suffixes)")
+    network_suffixes: str = _f("ethernet=,infiniband=-ib0,data=-data",
+                               "backend: suffix COMPSs appends to hostnames per network type, as word=suffix,...")
     heartbeat_interval: float = _f(1.0, "backend: seconds between heartbeats in Redis")
     heartbeat_ttl: float = _f(3.0, "backend: a backend silent for this long is reported dead")
     fsync: bool = _f(True, "backend: fsync the log before acknowledging (turn off only for throwaway data)")
@@ -62,13 +68,28 @@ class Settings:
             raise ConfigError("heartbeat_ttl must exceed heartbeat_interval")
         if not 0 <= self.port < 65536:
             raise ConfigError(f"port {self.port} is out of range")
+        if self.retry_deadline < 0 or self.retry_backoff <= 0 or self.retry_backoff_cap < self.retry_backoff:
+            raise ConfigError("retry_deadline >= 0 and 0 < retry_backoff <= retry_backoff_cap are required")
         if self.spin_us < 0 or self.serve_spin_us < 0:
             raise ConfigError("spin_us and serve_spin_us cannot be negative")
         if self.max_workers < 1:
             raise ConfigError("max_workers must be at least 1")
         if not self.namespace or ":" in self.namespace:
             raise ConfigError("namespace must be non-empty and contain no ':'")
+        network_suffix(self.network, self.network_suffixes)
         return self
+
+    def compss_node_name(self, hostname: str | None = None) -> str:
+        """The name COMPSs gives this node: ``compss_name``, else the hostname plus the network's suffix.
+
+        COMPSs' ``launch_compss`` names cluster workers ``<hostname><suffix>`` with the suffix of the
+        chosen network; ``getLocations`` must return exactly those names for locality to work.
+        """
+        if self.compss_name:
+            return self.compss_name
+        import socket
+
+        return (hostname or socket.gethostname()) + network_suffix(self.network, self.network_suffixes)
 
     @staticmethod
     def spin_seconds(us: float) -> float:
@@ -103,6 +124,22 @@ class Settings:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+def network_suffix(network: str, suffixes: str) -> str:
+    """The hostname suffix of ``network`` in a ``word=suffix,...`` table (``ConfigError`` if absent)."""
+    table: dict[str, str] = {}
+    for item in suffixes.split(","):
+        if not item.strip():
+            continue
+        word, sep, suffix = item.partition("=")
+        if not sep or not word.strip():
+            raise ConfigError(f"network_suffixes: {item!r} is not word=suffix")
+        table[word.strip()] = suffix.strip()
+    word = network.strip() or "ethernet"
+    if word not in table:
+        raise ConfigError(f"network {word!r} has no suffix in network_suffixes ({', '.join(sorted(table))})")
+    return table[word]
 
 
 def home() -> Path:

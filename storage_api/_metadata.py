@@ -5,13 +5,18 @@ Key layout (``ns`` is the configured namespace, ``sa`` by default)::
     ns:backends            SET   ids of every registered backend
     ns:backend:<bid>       HASH  id name host port compss_name pid storage_dir state started
     ns:alive:<bid>         STR   heartbeat; expires after heartbeat_ttl (alive = the key exists)
-    ns:obj:<oid>           HASH  class backend alias
-    ns:objs:<bid>          SET   ids of the objects a backend owns
+    ns:obj:<oid>           HASH  class backend alias replicas epoch
+    ns:objs:<bid>          SET   ids of the objects a backend owns (is the primary of)
+    ns:reps:<bid>          SET   ids of the objects a backend holds a replica of
     ns:alias:<alias>       STR   the id registered under an alias
     ns:class:<path>        STR   JSON class metadata (methods, signatures, docs) for stubs
 
 Backends own the entries of their objects: they write them after the object is on their disk, and
-write them again when they start (so Redis itself may be volatile). Clients only read.
+write them again when they start (so Redis itself may be volatile). ``backend`` is the primary;
+``replicas`` lists, comma-separated, the backends holding a copy that has every acknowledged write
+(a primary drops a replica from the list before acknowledging a write the replica missed).
+``epoch`` grows with every change of primary (move, failover). Changes of placement are Lua
+scripts, so each is atomic. Clients read, and write only to promote a replica of a dead primary.
 """
 
 from __future__ import annotations
@@ -31,6 +36,83 @@ _CLAIM = (
     "local v = redis.call('get', KEYS[1]) "
     "if v == false or v == ARGV[1] then redis.call('set', KEYS[1], ARGV[1]) return 1 end return 0"
 )
+
+# Placement scripts. KEYS[1] is the object's hash; ARGV[1] the namespace, used to build the other
+# keys (one Redis, not a cluster). Replica lists are comma-separated backend ids.
+_LUA_LIB = """
+local function split(s) local t = {} for x in string.gmatch(s or '', '[^,]+') do t[#t+1] = x end return t end
+local function without(t, v) local r = {} for _, x in ipairs(t) do if x ~= v then r[#r+1] = x end end return r end
+local function has(t, v) for _, x in ipairs(t) do if x == v then return true end end return false end
+"""
+# A backend (re)registering an object it holds: ARGV ns, bid, class, alias, its local role.
+# Returns 'primary', 'replica' or 'stale' (another backend is primary and we are no replica).
+_REGISTER = _LUA_LIB + """
+local ns, bid = ARGV[1], ARGV[2]
+local cur = redis.call('hget', KEYS[1], 'backend')
+if not cur and ARGV[5] == 'replica' then return 'stale' end  -- deleted while we were away
+if not cur then
+  redis.call('hset', KEYS[1], 'class', ARGV[3], 'backend', bid, 'alias', ARGV[4], 'replicas', '', 'epoch', '0')
+  redis.call('sadd', ns .. ':objs:' .. bid, KEYS[2])
+  return 'primary'
+end
+if cur == bid then redis.call('sadd', ns .. ':objs:' .. bid, KEYS[2]) return 'primary' end
+if has(split(redis.call('hget', KEYS[1], 'replicas')), bid) then
+  redis.call('sadd', ns .. ':reps:' .. bid, KEYS[2]) return 'replica'
+end
+return 'stale'
+"""
+# Move the primary: ARGV ns, oid, from, to. Returns the new epoch, or -1 if `from` is not primary.
+_MOVE = _LUA_LIB + """
+local ns, oid, src, dst = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if redis.call('hget', KEYS[1], 'backend') ~= src then return -1 end
+local reps = without(split(redis.call('hget', KEYS[1], 'replicas')), dst)
+redis.call('hset', KEYS[1], 'backend', dst, 'replicas', table.concat(reps, ','))
+redis.call('srem', ns .. ':objs:' .. src, oid)
+redis.call('sadd', ns .. ':objs:' .. dst, oid)
+redis.call('srem', ns .. ':reps:' .. dst, oid)
+return redis.call('hincrby', KEYS[1], 'epoch', 1)
+"""
+# Add a replica: ARGV ns, oid, primary, replica. 1 if added, 0 if `primary` no longer is.
+_ADD_REPLICA = _LUA_LIB + """
+local ns, oid, p, r = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+if redis.call('hget', KEYS[1], 'backend') ~= p then return 0 end
+local reps = split(redis.call('hget', KEYS[1], 'replicas'))
+if not has(reps, r) then reps[#reps+1] = r end
+redis.call('hset', KEYS[1], 'replicas', table.concat(reps, ','))
+redis.call('sadd', ns .. ':reps:' .. r, oid)
+return 1
+"""
+# Drop a replica: ARGV ns, oid, replica.
+_DROP_REPLICA = _LUA_LIB + """
+local ns, oid, r = ARGV[1], ARGV[2], ARGV[3]
+if redis.call('exists', KEYS[1]) == 0 then return 0 end
+local reps = split(redis.call('hget', KEYS[1], 'replicas'))
+redis.call('hset', KEYS[1], 'replicas', table.concat(without(reps, r), ','))
+redis.call('srem', ns .. ':reps:' .. r, oid)
+return 1
+"""
+# Fail over: ARGV ns, oid, dead primary. Promotes the first live replica if the primary's
+# heartbeat is gone. Returns the primary after the call ('' if the object is gone), or
+# 'alive:<bid>' while the primary still looks alive, or 'none' when no replica is alive.
+_PROMOTE = _LUA_LIB + """
+local ns, oid, old = ARGV[1], ARGV[2], ARGV[3]
+local cur = redis.call('hget', KEYS[1], 'backend')
+if not cur then return '' end
+if cur ~= old then return cur end
+if redis.call('exists', ns .. ':alive:' .. old) == 1 then return 'alive:' .. old end
+local reps = split(redis.call('hget', KEYS[1], 'replicas'))
+for _, r in ipairs(reps) do
+  if redis.call('exists', ns .. ':alive:' .. r) == 1 then
+    redis.call('hset', KEYS[1], 'backend', r, 'replicas', table.concat(without(reps, r), ','))
+    redis.call('hincrby', KEYS[1], 'epoch', 1)
+    redis.call('srem', ns .. ':objs:' .. old, oid)
+    redis.call('sadd', ns .. ':objs:' .. r, oid)
+    redis.call('srem', ns .. ':reps:' .. r, oid)
+    return r
+  end
+end
+return 'none'
+"""
 
 
 @dataclass(frozen=True)
@@ -57,8 +139,10 @@ class BackendInfo:
 class ObjectRecord:
     id: str
     class_path: str
-    backend: str
+    backend: str  # the primary
     alias: str | None
+    replicas: tuple[str, ...] = ()
+    epoch: int = 0
 
 
 class Metadata:
@@ -135,27 +219,36 @@ class Metadata:
     def release_alias(self, alias: str, oid: str) -> None:
         self.redis.execute("EVAL", _DEL_IF, 1, self.key("alias", alias), oid)
 
-    def register_objects(self, bid: str, records: list[tuple[str, str, str | None]]) -> list[str]:
-        """Register ``(oid, class_path, alias)`` entries owned by ``bid``; return alias conflicts."""
+    def register_objects(self, bid: str, records: list[tuple[str, str, str | None]],
+                         roles: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
+        """Register ``(oid, class_path, alias)`` entries held by ``bid``.
+
+        Returns the alias conflicts and each object's verdict: ``primary`` (registered as ours),
+        ``replica`` (we are listed as a replica) or ``stale`` (another backend took it over).
+        """
         conflicts: list[str] = []
+        verdicts: dict[str, str] = {}
         for start in range(0, len(records), 500):
             batch = records[start : start + 500]
             cmds: list[tuple] = []
             for oid, path, alias in batch:
-                fields = ["class", path, "backend", bid, "alias", alias or ""]
-                cmds.append(("HSET", self.key("obj", oid), *fields))
-                cmds.append(("SADD", self.key("objs", bid), oid))
+                role = (roles or {}).get(oid, "primary")
+                cmds.append(("EVAL", _REGISTER, 2, self.key("obj", oid), oid, self.ns, bid, path, alias or "", role))
                 if alias:
                     cmds.append(("EVAL", _CLAIM, 1, self.key("alias", alias), oid))
             for cmd, reply in zip(cmds, self.redis.pipeline(cmds)):
                 if isinstance(reply, RedisReplyError):
                     raise reply
-                if cmd[0] == "EVAL" and not reply:
-                    conflicts.append(cmd[3].split(":", 2)[2])
-        return conflicts
+                if cmd[1] is _CLAIM:
+                    if not reply:
+                        conflicts.append(cmd[3].split(":", 2)[2])
+                else:
+                    verdicts[cmd[4]] = reply
+        return conflicts, verdicts
 
-    def unregister_object(self, bid: str, oid: str, alias: str | None) -> None:
+    def unregister_object(self, bid: str, oid: str, alias: str | None, replicas: tuple[str, ...] = ()) -> None:
         cmds: list[tuple] = [("DEL", self.key("obj", oid)), ("SREM", self.key("objs", bid), oid)]
+        cmds += [("SREM", self.key("reps", r), oid) for r in replicas]
         if alias:
             cmds.append(("EVAL", _DEL_IF, 1, self.key("alias", alias), oid))
         self.redis.pipeline(cmds)
@@ -165,7 +258,53 @@ class Metadata:
         if not raw:
             raise ObjectNotFound(f"no object with id {oid}")
         h = dict(zip(raw[::2], raw[1::2]))
-        return ObjectRecord(oid, h["class"], h["backend"], h.get("alias") or None)
+        return ObjectRecord(oid, h["class"], h["backend"], h.get("alias") or None,
+                            tuple(x for x in h.get("replicas", "").split(",") if x), int(h.get("epoch") or 0))
+
+    def objects(self) -> list[ObjectRecord]:
+        """Every object record (a SCAN: for status displays, not for hot paths)."""
+        keys: list[str] = []
+        cursor = "0"
+        while True:
+            cursor, batch = self.redis.execute("SCAN", cursor, "MATCH", self.key("obj", "*"), "COUNT", 1000)
+            keys += batch
+            if cursor == "0":
+                break
+        out = []
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            for key, raw in zip(chunk, self.redis.pipeline([("HGETALL", k) for k in chunk])):
+                if raw and not isinstance(raw, RedisReplyError):
+                    h = dict(zip(raw[::2], raw[1::2]))
+                    out.append(ObjectRecord(key.rsplit(":", 1)[1], h.get("class", ""), h.get("backend", ""),
+                                            h.get("alias") or None,
+                                            tuple(x for x in h.get("replicas", "").split(",") if x),
+                                            int(h.get("epoch") or 0)))
+        return out
+
+    # ------------------------------------------------------------ placement
+    def _eval(self, script: str, oid: str, *args: str) -> Any:
+        return self.redis.execute("EVAL", script, 1, self.key("obj", oid), self.ns, oid, *args)
+
+    def move_primary(self, oid: str, src: str, dst: str) -> int:
+        """Make ``dst`` the primary if ``src`` still is; the new epoch, or -1."""
+        return int(self._eval(_MOVE, oid, src, dst))
+
+    def add_replica(self, oid: str, primary: str, replica: str) -> bool:
+        return bool(self._eval(_ADD_REPLICA, oid, primary, replica))
+
+    def drop_replica(self, oid: str, replica: str) -> None:
+        self._eval(_DROP_REPLICA, oid, replica)
+
+    def promote(self, oid: str, dead: str) -> str:
+        """Fail over from ``dead`` (see ``_PROMOTE`` for the answers)."""
+        return self._eval(_PROMOTE, oid, dead)
+
+    def alive(self, bid: str) -> bool:
+        return bool(self.redis.execute("EXISTS", self.key("alive", bid)))
+
+    def replica_count(self, bid: str) -> int:
+        return int(self.redis.execute("SCARD", self.key("reps", bid)) or 0)
 
     def alias(self, alias: str) -> str:
         oid = self.redis.execute("GET", self.key("alias", alias))

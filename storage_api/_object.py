@@ -6,11 +6,15 @@ Lifecycle (one enum, :class:`State`)::
     TRANSIENT --make_persistent()--> RESIDENT    (inside the backend that will own it)
     PENDING   --make_persistent()--> PROXY       (a stub instance: constructed on the backend)
     PROXY / RESIDENT --delete_persistent()--> DELETED
+    RESIDENT --move()--> PROXY elsewhere; a new primary's copy is RESIDENT
+    RESIDENT --new_replica()--> a REPLICA copy on another backend --failover--> RESIDENT
 
 * ``TRANSIENT``: a plain Python object; methods run locally; it is copied when passed around.
 * ``PENDING``: a stub instance built on a thin client; holds only constructor arguments.
 * ``RESIDENT``: the live object, in the memory of the backend that owns it.
 * ``PROXY``: a handle; attribute reads and writes and active method calls go to the backend.
+* ``REPLICA``: a copy on a backend that is not the primary; it serves read-only methods and
+  receives every write from the primary (see :mod:`storage_api._backend._placement`).
 * ``DELETED``: a handle whose object no longer exists.
 
 Attribute conventions: names starting with ``_sa_`` are the store's machinery; names starting with
@@ -49,6 +53,7 @@ class State(enum.Enum):
     PENDING = "pending"
     RESIDENT = "resident"
     PROXY = "proxy"
+    REPLICA = "replica"
     DELETED = "deleted"
 
 
@@ -160,6 +165,40 @@ class ActiveObject:
 
     deletePersistent = delete_persistent
     delete = delete_persistent
+
+    # ------------------------------------------------------------ placement
+    def move(self, backend: Any, recursive: bool = False) -> None:
+        """Move the object to ``backend`` (a record or a name); handles everywhere follow it.
+
+        With ``recursive=True`` the persistent objects it references that lived on the same
+        backend move with it.
+        """
+        self._sa_require()
+        _context.current().move(self, backend, recursive)
+
+    def new_replica(self, backend: Any) -> None:
+        """Keep a copy on ``backend`` that takes every write and can serve read-only methods."""
+        self._sa_require()
+        _context.current().new_replica(self, backend)
+
+    newReplica = new_replica
+
+    def drop_replica(self, backend: Any) -> None:
+        """Stop keeping a copy on ``backend``."""
+        self._sa_require()
+        _context.current().drop_replica(self, backend)
+
+    def replicas(self) -> list[Any]:
+        """The backends (records) holding replicas of this object, primary excluded."""
+        self._sa_require()
+        rt = _context.current()
+        rec = rt.placement(self._sa_id)  # type: ignore[arg-type]
+        infos = {b.id: b for b in rt.backends()}
+        return [infos[r] for r in rec.replicas if r in infos]
+
+    def _sa_require(self) -> None:
+        if self._sa_state not in (State.RESIDENT, State.PROXY, State.REPLICA):
+            raise StoreError(f"object is {self._sa_state.value}: make it persistent first")
 
     @classmethod
     def get_by_alias(cls: type[T], alias: str) -> T:

@@ -81,4 +81,4 @@ def test_delete_while_calls_wait_does_not_resurrect(client):
     assert all(f.result(timeout=10) == 0.3 for f in slow)
     # ask the backend itself (not Redis): the object is neither in memory nor in its log
     with pytest.raises(ObjectNotFound):
-        client._send(bid, *dumps(("call", oid, "get", (), {})))
+        client._send(bid, *dumps(("call", oid, "get", (), {}, None)))

@@ -31,8 +31,8 @@ class Frame:
 
 
 def _call(b: LocalBackend, msg: tuple, frame: Frame) -> Any:
-    _op, oid, name, args, kwargs = msg
-    return b.call(oid, name, args, kwargs)
+    _op, oid, name, args, kwargs, rid = msg
+    return b.call(oid, name, args, kwargs, rid)
 
 
 def _getattr(b: LocalBackend, msg: tuple, frame: Frame) -> Any:
@@ -65,6 +65,42 @@ def _load_class(b: LocalBackend, msg: tuple, frame: Frame) -> dict:
     return b.class_metadata(path)
 
 
+# ---------------------------------------------------------------- placement (see _placement)
+def _move(b: LocalBackend, msg: tuple, frame: Frame) -> list[str]:
+    _op, oid, target, recursive = msg
+    return b.move(oid, target, bool(recursive))
+
+
+def _replicate(b: LocalBackend, msg: tuple, frame: Frame) -> None:
+    _op, oid, target = msg
+    b.new_replica(oid, target)
+
+
+def _unreplicate(b: LocalBackend, msg: tuple, frame: Frame) -> None:
+    _op, oid, target = msg
+    b.drop_replica(oid, target)
+
+
+def _copy(b: LocalBackend, msg: tuple, frame: Frame) -> str:
+    _op, oid, target, new_id = msg
+    return b.copy(oid, target, new_id)
+
+
+def _install(b: LocalBackend, msg: tuple, frame: Frame) -> None:
+    _op, oid, path, alias, role, replicas, state_body, applied, register = msg
+    b.install(oid, path, alias, role, list(replicas), state_body, frame.buffers, list(applied), bool(register))
+
+
+def _replica_put(b: LocalBackend, msg: tuple, frame: Frame) -> None:
+    _op, oid, state_body, rid, result_blob = msg
+    b.replica_put(oid, state_body, frame.buffers, rid, result_blob)
+
+
+def _replica_drop(b: LocalBackend, msg: tuple, frame: Frame) -> None:
+    _op, oid = msg
+    b.replica_drop(oid)
+
+
 def _stats(b: LocalBackend, msg: tuple, frame: Frame) -> dict:
     return b.stats()
 
@@ -75,13 +111,20 @@ def _ping(b: LocalBackend, msg: tuple, frame: Frame) -> str:
 
 #: operation -> (handler, number of elements in the request tuple)
 HANDLERS: dict[str, tuple[Handler, int]] = {
-    "call": (_call, 5),
+    "call": (_call, 6),
     "getattr": (_getattr, 3),
     "setattr": (_setattr, 4),
     "persist": (_persist, 5),
     "new": (_new, 6),
     "delete": (_delete, 2),
     "load_class": (_load_class, 2),
+    "move": (_move, 4),
+    "replicate": (_replicate, 3),
+    "unreplicate": (_unreplicate, 3),
+    "copy": (_copy, 4),
+    "install": (_install, 9),
+    "replica_put": (_replica_put, 5),
+    "replica_drop": (_replica_drop, 2),
     "stats": (_stats, 1),
     "ping": (_ping, 1),
 }

@@ -32,6 +32,10 @@ from ._store import Store
 
 log = logging.getLogger("storage.backend")
 
+# Share of heartbeat_ttl during which a backend trusts that its heartbeat key is still in Redis
+# (the key was set after the renewal started, so it lives at least heartbeat_ttl from then).
+LEASE_FRACTION = 0.8
+
 
 def _identity(storage_dir: Path, name: str) -> tuple[str, str]:
     """The backend's id and name, kept in its storage directory across restarts."""
@@ -63,6 +67,7 @@ class BackendProcess:
         self.meta = Metadata(self.redis, settings.namespace)
         self.backend = LocalBackend(self.id, self.name, self.store, self.meta)
         self.client = Client(settings, local=self.backend)
+        self.backend.peer = self.client
         _context.install(self.client)
         socks = [socket.create_server((settings.host, settings.port), backlog=128)]
         self.unix = ""
@@ -90,7 +95,7 @@ class BackendProcess:
             "name": self.name,
             "host": host,
             "port": self.server.port,
-            "compss_name": s.compss_name or socket.gethostname(),
+            "compss_name": s.compss_node_name(),
             "pid": os.getpid(),
             "storage_dir": str(self.storage_dir),
             "unix": self.unix,
@@ -101,10 +106,13 @@ class BackendProcess:
     def register(self) -> None:
         s = self.settings
         self.meta.register_backend(self.info(), s.heartbeat_ttl)
+        t0 = time.monotonic()
         records = self.backend.registration_records()
-        conflicts = self.meta.register_objects(self.id, records)
+        conflicts, verdicts = self.meta.register_objects(self.id, records, self.backend.roles())
         for alias in conflicts:
             log.warning("alias %r is held by another object; this backend's claim was dropped", alias)
+        self.backend.apply_verdicts(verdicts)
+        self.backend.lease_until = t0 + s.heartbeat_ttl * LEASE_FRACTION
         stale = self.meta.owned_objects(self.id) - {oid for oid, _p, _a in records}
         for oid in stale:  # deleted while Redis was not told (e.g. a crash mid-delete)
             self.meta.unregister_object(self.id, oid, None)
@@ -116,14 +124,25 @@ class BackendProcess:
             with self._beat:
                 if self._stopping:
                     return
+                t0 = time.monotonic()
                 try:
                     self.meta.heartbeat(self.id, os.getpid(), s.heartbeat_ttl)
+                    if not self.backend.lease_ok():
+                        # We were silent long enough for clients to promote our replicas: check
+                        # every object before serving as its primary again.
+                        log.warning("heartbeat lease lapsed: re-checking which objects are still ours")
+                        records = self.backend.registration_records()
+                        self.backend.apply_verdicts(self.meta.register_objects(self.id, records, self.backend.roles())[1])
+                    self.backend.lease_until = t0 + s.heartbeat_ttl * LEASE_FRACTION
                 except CommunicationError as exc:
                     log.warning("heartbeat failed: %s", exc)
 
     def run(self) -> int:
         self.register()
         threading.Thread(target=self._heartbeat, name="storage-api-heartbeat", daemon=True).start()
+        from ._control import ControlLoop
+
+        ControlLoop(self).start()  # COMPSs' Java side (newVersion, ...) and storage_stop.sh talk through Redis
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: threading.Thread(target=self.stop, daemon=True).start())
         self.server.serve_forever()

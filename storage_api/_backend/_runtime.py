@@ -18,25 +18,30 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import OrderedDict
 from concurrent.futures import Future
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._metadata import Metadata
 from .._object import ActiveObject, State, import_class, state_of
 from .._serial import dumps, loads
 from .._stub import describe_class
 from ..errors import InvalidArguments, MethodNotFound, ObjectNotFound, StoreError
+from ._placement import Placement, remember
 from ._rwlock import RWLock
 from ._store import Store
+
+if TYPE_CHECKING:
+    from .._client import Client
 
 log = logging.getLogger("storage.backend")
 
 
 class Entry:
-    __slots__ = ("oid", "obj", "cls", "alias", "lock", "lsn", "deleted")
+    __slots__ = ("oid", "obj", "cls", "alias", "lock", "lsn", "deleted", "role", "replicas", "applied")
 
-    def __init__(self, oid: str, obj: ActiveObject, alias: str | None, lsn: int) -> None:
+    def __init__(self, oid: str, obj: ActiveObject, alias: str | None, lsn: int, role: str = "primary") -> None:
         self.oid = oid
         self.obj = obj
         self.cls = type(obj)
@@ -44,6 +49,9 @@ class Entry:
         self.lock = RWLock()
         self.lsn = lsn
         self.deleted = False
+        self.role = role  # "primary" or "replica" (see _placement)
+        self.replicas: list[str] = []  # on a primary: the backends that take its writes
+        self.applied: OrderedDict[str, Any] = OrderedDict()  # request id -> result
 
     def check(self) -> None:
         """Raise if the object was deleted while the caller waited for its lock."""
@@ -61,12 +69,15 @@ def _invoke(func: Any, args: tuple, kwargs: dict, what: str) -> Any:
         raise
 
 
-class LocalBackend:
+class LocalBackend(Placement):
     def __init__(self, bid: str, name: str, store: Store, meta: Metadata) -> None:
         self.id = bid
         self.name = name
         self.store = store
         self.meta = meta
+        self.peer: Client | None = None  # this process's client, to reach other backends
+        self.lease_until = 0.0  # monotonic time until which no replica can have been promoted
+        self.role_hints: dict[str, str] = {}  # roles Redis gave objects not yet loaded
         self._entries: dict[str, Entry] = {}
         self._load_lock = threading.RLock()
         self._classes: dict[str, type[ActiveObject]] = {}
@@ -94,11 +105,11 @@ class LocalBackend:
     def lookup(self, oid: str) -> ActiveObject | None:
         """The live object if this backend owns ``oid`` (loading it from the log on first use)."""
         entry = self._entries.get(oid)
-        if entry is not None:
-            return entry.obj
-        if oid not in self.store:
-            return None
-        return self._load(oid).obj
+        if entry is None:
+            if oid not in self.store:
+                return None
+            entry = self._load(oid)
+        return entry.obj if entry.role == "primary" else None
 
     def entry(self, oid: str) -> Entry:
         entry = self._entries.get(oid)
@@ -116,9 +127,8 @@ class LocalBackend:
             meta, body, buffers = self.store.load(oid)
             cls = self.load_class(meta["class"])
             obj = cls.__new__(cls)
-            self._make_resident(obj, oid)
-            entry = Entry(oid, obj, meta.get("alias"), 0)
-            self._entries[oid] = entry  # before its state: references back to it resolve to it
+            role = self.role_hints.pop(oid, None) or meta.get("role", "primary")
+            entry = self.new_entry(obj, oid, meta.get("alias"), role)
             try:
                 obj.__dict__.update(loads(body, buffers))
             except BaseException:
@@ -131,6 +141,22 @@ class LocalBackend:
         d["_sa_id"] = oid
         d["_sa_state"] = State.RESIDENT
         d["_sa_backend"] = self.id
+
+    def new_entry(self, obj: ActiveObject, oid: str, alias: str | None, role: str) -> Entry:
+        """Register a live object in memory (before its state: references back to it resolve)."""
+        entry = Entry(oid, obj, alias, 0)
+        obj.__dict__["_sa_id"] = oid
+        self._set_role(entry, role, [])
+        self._entries[oid] = entry
+        return entry
+
+    def _set_role(self, entry: Entry, role: str, replicas: list[str]) -> None:
+        entry.role = role
+        entry.replicas = [r for r in replicas if r != self.id] if role == "primary" else []
+        if role == "primary":
+            entry.obj.__dict__.update(_sa_state=State.RESIDENT, _sa_backend=self.id)
+        else:
+            entry.obj.__dict__.update(_sa_state=State.REPLICA, _sa_backend=None)
 
     def adopt(self, obj: ActiveObject, oid: str, alias: str | None) -> None:
         """Make a transient object resident here (durably) and register it."""
@@ -162,22 +188,28 @@ class LocalBackend:
             self.meta.claim_alias(alias, oid)
         try:
             lsn = self.store.put(oid, {"class": path, "alias": alias}, body, buffers, streams)
-            self._make_resident(obj, oid)
-            self._entries[oid] = Entry(oid, obj, alias, lsn)
+            self.new_entry(obj, oid, alias, "primary").lsn = lsn
             self.store.sync(lsn)
             self.meta.register_objects(self.id, [(oid, path, alias)])
         except BaseException:
+            self._entries.pop(oid, None)
             if alias:
                 self.meta.release_alias(alias, oid)
             raise
 
     def _save(self, entry: Entry) -> int:
+        return self._save_state(entry)[0]
+
+    def _save_state(self, entry: Entry) -> tuple[int, bytes, list[Any]]:
         body, buffers = dumps(state_of(entry.obj))
-        entry.lsn = self.store.put(entry.oid, {"class": entry.cls._sa_class_path, "alias": entry.alias}, body, buffers)
-        return entry.lsn
+        meta = {"class": entry.cls._sa_class_path, "alias": entry.alias}
+        if entry.role != "primary":
+            meta["role"] = entry.role
+        entry.lsn = self.store.put(entry.oid, meta, body, buffers)
+        return entry.lsn, body, buffers
 
     # ----------------------------------------------------------- execution
-    def call(self, oid: str, name: str, args: tuple, kwargs: dict) -> Any:
+    def call(self, oid: str, name: str, args: tuple, kwargs: dict, rid: str | None = None) -> Any:
         entry = self.entry(oid)
         spec = entry.cls._sa_methods.get(name)
         if spec is None:
@@ -186,6 +218,8 @@ class LocalBackend:
         what = f"{entry.cls.__name__}.{name}()"
         lock = entry.lock
         if spec.readonly:
+            if not self.lease_ok():
+                self.verify(entry)
             lock.acquire_read()
             try:
                 entry.check()
@@ -194,13 +228,20 @@ class LocalBackend:
                 lock.release_read()
             self._durable(entry.lsn)
             return result
+        if entry.role != "primary" or not self.lease_ok():
+            entry = self.primary_entry(oid)
         lock.acquire_write()
         try:
             entry.check()
+            if rid is not None and rid in entry.applied:
+                return entry.applied[rid]  # a retry of a call that was applied: do not run it twice
+            result: Any = None
             try:
                 result = _invoke(func, (entry.obj, *args), kwargs, what)
             finally:
-                lsn = self._save(entry)
+                lsn, body, buffers = self._save_state(entry)
+                remember(entry, rid, result)
+                self.replicate_write(entry, body, buffers, rid, result)
         finally:
             lock.release_write()
         self._durable(lsn)
@@ -212,8 +253,10 @@ class LocalBackend:
         The caller holds the entry's write lock while mutating and calling this; returns once the
         new state is durable.
         """
-        entry = self.entry(oid)
-        self._durable(self._save(entry))
+        entry = self.primary_entry(oid)
+        lsn, body, buffers = self._save_state(entry)
+        self.replicate_write(entry, body, buffers, None, None)
+        self._durable(lsn)
 
     def _durable(self, lsn: int) -> None:
         """Make the reply of the current request wait until ``lsn`` is on disk."""
@@ -223,7 +266,7 @@ class LocalBackend:
     def get_attr(self, oid: str, name: str) -> Any:
         if name.startswith("_sa_"):
             raise AttributeError(name)
-        entry = self.entry(oid)
+        entry = self.readable_entry(oid)
         entry.lock.acquire_read()
         try:
             entry.check()
@@ -236,18 +279,19 @@ class LocalBackend:
     def set_attr(self, oid: str, name: str, value: Any) -> None:
         if name.startswith("_sa_"):
             raise AttributeError(f"{name} is reserved")
-        entry = self.entry(oid)
+        entry = self.primary_entry(oid)
         entry.lock.acquire_write()
         try:
             entry.check()
             setattr(entry.obj, name, value)
-            lsn = self._save(entry)
+            lsn, body, buffers = self._save_state(entry)
+            self.replicate_write(entry, body, buffers, None, None)
         finally:
             entry.lock.release_write()
         self._durable(lsn)
 
     def delete(self, oid: str) -> None:
-        entry = self.entry(oid)
+        entry = self.primary_entry(oid)
         entry.lock.acquire_write()
         try:
             entry.check()
@@ -255,9 +299,12 @@ class LocalBackend:
             entry.deleted = True
             self._entries.pop(oid, None)
             entry.obj.__dict__["_sa_state"] = State.DELETED
+            replicas = tuple(entry.replicas)
         finally:
             entry.lock.release_write()
-        self.meta.unregister_object(self.id, oid, entry.alias)
+        self.meta.unregister_object(self.id, oid, entry.alias, replicas)
+        for r in replicas:
+            self._tell(r, ("replica_drop", oid))
 
     # -------------------------------------------------------------- misc
     def stats(self) -> dict[str, Any]:
@@ -265,6 +312,9 @@ class LocalBackend:
 
     def registration_records(self) -> list[tuple[str, str, str | None]]:
         return [(oid, m["class"], m.get("alias")) for oid, m in self.store.objects().items()]
+
+    def roles(self) -> dict[str, str]:
+        return {oid: m.get("role", "primary") for oid, m in self.store.objects().items()}
 
     def dispatch_local(self, body: bytes, buffers: list[Any], *, wait: bool = True) -> Any:
         """Serve a request addressed to this backend without a socket (same copy semantics)."""

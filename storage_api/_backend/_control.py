@@ -1,0 +1,192 @@
+"""The backend's control queue: requests from processes that cannot speak the wire protocol.
+
+COMPSs' Java side (``storage.StorageItf``) and ``storage_stop.sh`` talk to backends through Redis
+only: our wire protocol needs the deployment secret and BLAKE2b MACs, which a small jar should not
+reimplement. Each backend serves two lists::
+
+    ns:ctl:<bid>   requests addressed to this backend (the owner of the object concerned)
+    ns:ctl:any     requests any live backend may serve
+
+A request is one JSON object (never pickle: anyone who can write to Redis could send one)::
+
+    {"op": "new_version", "args": {"oid": ..., "preserve": true, "host": "node1-ib0"}, "reply": "<key>"}
+
+and its reply, pushed to the list named by ``reply`` (which expires after :data:`REPLY_TTL_MS`,
+so a requester that gave up leaves nothing behind), is ``{"ok": true, "result": ...}`` or
+``{"ok": false, "error": "<Type>: <message>"}``. The requester waits with ``BLPOP`` and a timeout.
+
+Operations (the handler table :data:`OPS`):
+
+* ``new_version`` (``oid``, ``preserve``, ``host``): copy the object to a fresh id on the backend
+  whose COMPSs name is ``host`` (else on the object's own backend); drop the source unless
+  ``preserve``; when preserved, remember ``ns:prev:<new> = <old>`` for ``consolidate``.
+* ``new_replica`` (``oid``, ``host``): replicate the object on ``host``'s backend.
+* ``consolidate`` (``oid``): delete the versions ``oid`` was derived from (best effort).
+* ``shutdown``: stop this backend gracefully (as SIGTERM does); ``storage_stop.sh`` uses it.
+* ``ping``: answer with this backend's id.
+"""
+
+from __future__ import annotations
+
+import copy as _copy
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from .._redis import Redis
+from ..errors import CommunicationError, ObjectNotFound, StoreError
+
+if TYPE_CHECKING:
+    from ._main import BackendProcess
+
+log = logging.getLogger("storage.backend.control")
+
+REPLY_TTL_MS = 60_000
+POLL_S = 1  # BLPOP timeout: how often the loop notices that the backend is stopping
+PREV_TTL_S = 7 * 24 * 3600  # version links outlive any COMPSs run
+
+
+class ControlLoop:
+    """Pops control requests for one backend and serves each in its own thread."""
+
+    def __init__(self, proc: BackendProcess) -> None:
+        self.proc = proc
+        self.meta = proc.meta
+        self.redis = Redis(proc.settings.require_redis(), timeout=POLL_S + 5.0, pool_size=1)
+        self.queues = (self.meta.key("ctl", proc.id), self.meta.key("ctl", "any"))
+
+    def start(self) -> None:
+        threading.Thread(target=self._loop, name="storage-api-control", daemon=True).start()
+
+    def _loop(self) -> None:
+        while not self.proc._stop.is_set() and not self.proc._stopping:
+            try:
+                popped = self.redis.execute("BLPOP", *self.queues, POLL_S)
+            except CommunicationError as exc:
+                log.warning("control queue unreachable: %s", exc)
+                if self.proc._stop.wait(POLL_S):
+                    break
+                continue
+            if popped is None:
+                continue
+            threading.Thread(target=self.serve, args=(popped[1],), name="storage-api-control-op", daemon=True).start()
+        self.redis.close()
+
+    def serve(self, raw: str) -> None:
+        try:
+            req = json.loads(raw)
+            op, args, reply = req["op"], req.get("args") or {}, req.get("reply")
+        except (ValueError, KeyError, TypeError):
+            log.warning("malformed control request dropped: %.200s", raw)
+            return
+        try:
+            handler = OPS[op]
+        except (KeyError, TypeError):
+            answer: dict[str, Any] = {"ok": False, "error": f"StoreError: unknown control operation {op!r}"}
+        else:
+            try:
+                answer = {"ok": True, "result": handler(self.proc, **args)}
+            except Exception as exc:  # every failure goes back to the requester
+                log.info("control %s %s failed: %s", op, args, exc)
+                answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        if reply:
+            try:
+                self.meta.redis.pipeline([("RPUSH", reply, json.dumps(answer)), ("PEXPIRE", reply, REPLY_TTL_MS)])
+            except CommunicationError as exc:
+                log.warning("control reply lost: %s", exc)
+        if op == "shutdown" and answer["ok"]:
+            self.proc.stop()
+
+
+# ------------------------------------------------------------------ operations
+def _backend_of_host(proc: BackendProcess, host: str) -> str | None:
+    """The live backend whose COMPSs name is ``host`` (this one first when it matches)."""
+    if not host:
+        return None
+    matches = [b.id for b in proc.client.backends() if b.alive and host in (b.compss_name, b.name, b.host)]
+    if proc.id in matches:
+        return proc.id
+    return matches[0] if matches else None
+
+
+def copy_object(proc: BackendProcess, oid: str, target: str | None) -> str:
+    """Copy object ``oid`` to backend ``target`` (None: its own backend) under a fresh id."""
+    client = proc.client
+    new_id = str(uuid.uuid4())
+    copy = getattr(client, "copy", None)
+    if copy is not None:
+        return copy(oid, target, new_id)
+    # Until Client.copy lands: the owner snapshots the state under the object's read lock and
+    # persists a deep copy (so arrays are not shared with the source) on the target.
+    entry = proc.backend.entry(oid)  # ObjectNotFound unless this backend owns it
+    entry.lock.acquire_read()
+    try:
+        entry.check()
+        state = _copy.deepcopy({k: v for k, v in entry.obj.__dict__.items() if not k.startswith(("_sa_", "_v_"))})
+    finally:
+        entry.lock.release_read()
+    obj = entry.cls.__new__(entry.cls)
+    obj.__dict__.update(state)
+    return client.persist(obj, alias=None, backend=target)
+
+
+def new_version(proc: BackendProcess, oid: str, preserve: bool = True, host: str = "") -> str:
+    new_id = copy_object(proc, oid, _backend_of_host(proc, host))
+    if preserve:
+        proc.meta.redis.execute("SET", proc.meta.key("prev", new_id), oid, "EX", PREV_TTL_S)
+    else:
+        _delete(proc, oid)
+    return new_id
+
+
+def new_replica(proc: BackendProcess, oid: str, host: str) -> str:
+    target = _backend_of_host(proc, host)
+    if target is None:
+        raise StoreError(f"no live backend runs on COMPSs node {host!r}")
+    replicate = getattr(proc.client, "new_replica", None)
+    if replicate is None:
+        raise StoreError("this store version cannot replicate objects yet")
+    replicate(oid, target)
+    return target
+
+
+def consolidate(proc: BackendProcess, oid: str) -> list[str]:
+    """Delete every earlier version ``oid`` derives from; return their ids."""
+    dropped: list[str] = []
+    current = oid
+    for _ in range(10_000):  # a chain, never a cycle; bounded anyway
+        prev = proc.meta.redis.execute("GET", proc.meta.key("prev", current))
+        if prev is None:
+            break
+        proc.meta.redis.execute("DEL", proc.meta.key("prev", current))
+        _delete(proc, prev)
+        dropped.append(prev)
+        current = prev
+    return dropped
+
+
+def _delete(proc: BackendProcess, oid: str) -> None:
+    try:
+        proc.client.get_by_id(oid).delete_persistent()
+    except ObjectNotFound:
+        pass
+
+
+def shutdown(proc: BackendProcess) -> str:
+    return proc.id
+
+
+def ping(proc: BackendProcess) -> str:
+    return proc.id
+
+
+OPS: dict[str, Callable[..., Any]] = {
+    "new_version": new_version,
+    "new_replica": new_replica,
+    "consolidate": consolidate,
+    "shutdown": shutdown,
+    "ping": ping,
+}

@@ -1,0 +1,318 @@
+"""Where an object lives: move, copy, replicas and the primary's authority over them.
+
+Consistency model (primary-backup, synchronous):
+
+* Each object has one **primary** (``backend`` in its Redis record) and any number of
+  **replicas**. Mutating calls and attribute writes run on the primary only. Before the reply
+  leaves, the primary ships the object's new state to every replica, which applies it and writes
+  it to its own log; a replica that fails to take it is removed from the record (atomically, in
+  Redis) before the reply. So every backend listed as a replica holds every acknowledged write.
+* Read-only methods (``@activemethod(readonly=True)``) and attribute reads may be served by any
+  replica. Since writes reach the replicas before they are acknowledged, a read that starts after
+  a write's reply sees that write, wherever it is served.
+* State is shipped, not operations: replicas never re-run user code, so methods need not be
+  deterministic. The price is one state transfer per write, proportional to the object's size:
+  replicate objects that are read much more than written.
+* Mutating calls carry a request id. The primary remembers the ids (and results) of recent calls
+  and ships them with the state, so a call retried after a failover or a move that had in fact
+  been applied returns its first result instead of running twice.
+
+Authority: a backend may act as primary while its heartbeat *lease* holds (the heartbeat key in
+Redis cannot have expired, so no client can have promoted a replica). When the lease lapsed (the
+process was frozen, Redis unreachable), it checks the object's record in Redis before serving, and
+drops copies that another backend took over. A restarted backend does the same for every object
+in its log before it serves, so an old primary never serves stale state.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from .._object import ActiveObject, State, state_of
+from .._serial import dumps, loads
+from ..errors import CommunicationError, ObjectNotFound, StoreError
+
+if TYPE_CHECKING:
+    from .._client import Client
+    from ._runtime import Entry, LocalBackend
+
+log = logging.getLogger("storage.backend")
+
+APPLIED_KEPT = 1024  # request ids remembered per object (for exactly-once retries)
+
+
+class NotPrimary(ObjectNotFound):
+    """This backend holds the object, but not as its primary: ask Redis where the primary is."""
+
+
+def remember(entry: Entry, rid: str | None, result: Any) -> None:
+    if rid is None:
+        return
+    entry.applied[rid] = result
+    while len(entry.applied) > APPLIED_KEPT:
+        entry.applied.popitem(last=False)
+
+
+def references(obj: ActiveObject, depth: int = 3) -> list[ActiveObject]:
+    """Persistent objects referenced by ``obj``'s state (through lists, tuples, sets, dicts)."""
+    found: list[ActiveObject] = []
+
+    def walk(v: Any, d: int) -> None:
+        if isinstance(v, ActiveObject):
+            if v._sa_id is not None and v is not obj:
+                found.append(v)
+        elif d > 0 and isinstance(v, (list, tuple, set, frozenset)):
+            for x in v:
+                walk(x, d - 1)
+        elif d > 0 and isinstance(v, dict):
+            for x in v.values():
+                walk(x, d - 1)
+
+    for k, v in obj.__dict__.items():
+        if not k.startswith(("_sa_", "_v_")):
+            walk(v, depth)
+    return found
+
+
+class Placement:
+    """The placement operations of :class:`~._runtime.LocalBackend` (a mixin)."""
+
+    # ---------------------------------------------------------- authority
+    def lease_ok(self: LocalBackend) -> bool:
+        return time.monotonic() < self.lease_until
+
+    def primary_entry(self: LocalBackend, oid: str) -> Entry:
+        """The entry of an object this backend is the primary of, or :class:`NotPrimary`."""
+        entry = self.entry(oid)
+        if entry.role != "primary" or not self.lease_ok():
+            self.verify(entry)
+            if entry.role != "primary":
+                raise NotPrimary(f"backend {self.name} holds a replica of {oid}, not its primary")
+        return entry
+
+    def readable_entry(self: LocalBackend, oid: str) -> Entry:
+        entry = self.entry(oid)
+        if not self.lease_ok():
+            self.verify(entry)
+        return entry
+
+    def verify(self: LocalBackend, entry: Entry) -> None:
+        """Align an entry's role with its Redis record; drop it if another backend took it over."""
+        try:
+            rec = self.meta.object(entry.oid)
+        except ObjectNotFound:
+            rec = None
+        if rec is not None and rec.backend == self.id:
+            entry.role, entry.replicas = "primary", [r for r in rec.replicas if r != self.id]
+            entry.obj.__dict__.update(_sa_state=State.RESIDENT, _sa_backend=self.id)
+        elif rec is not None and self.id in rec.replicas:
+            entry.role, entry.replicas = "replica", []
+            entry.obj.__dict__.update(_sa_state=State.REPLICA, _sa_backend=None)
+        else:
+            self.drop_local(entry.oid)
+            raise ObjectNotFound(f"object {entry.oid} is no longer on backend {self.name}")
+
+    def apply_verdicts(self: LocalBackend, verdicts: dict[str, str]) -> int:
+        """Act on the answers of a (re-)registration; return how many stale copies were dropped."""
+        dropped = 0
+        for oid, verdict in verdicts.items():
+            entry = self._entries.get(oid)
+            self.role_hints[oid] = verdict
+            if verdict == "stale":
+                log.warning("object %s was taken over by another backend: dropping the stale copy", oid)
+                self.drop_local(oid)
+                dropped += 1
+            elif entry is not None:
+                self.verify(entry)
+        return dropped
+
+    def drop_local(self: LocalBackend, oid: str) -> None:
+        """Forget a copy without touching Redis (it belongs to another backend now)."""
+        entry = self._entries.pop(oid, None)
+        if entry is not None:
+            entry.deleted = True
+            entry.obj.__dict__["_sa_state"] = State.DELETED
+        if oid in self.store:
+            self.store.sync(self.store.delete(oid))
+
+    # ---------------------------------------------------------- shipping
+    def _peer(self: LocalBackend) -> Client:
+        if self.peer is None:
+            raise StoreError("this backend has no client to reach its peers")
+        return self.peer
+
+    def _ship(self: LocalBackend, target: str, entry: Entry, oid: str, role: str, replicas: list[str],
+              register: bool) -> None:
+        """Send an entry's current state to ``target`` to install as ``oid`` (caller holds a lock)."""
+        state_body, buffers = dumps(state_of(entry.obj))
+        applied = list(entry.applied.items()) if role != "copy" else []
+        msg = ("install", oid, entry.cls._sa_class_path, entry.alias if register is False else None,
+               role, replicas, state_body, applied, register)
+        self._peer()._send(target, pickle.dumps(msg, protocol=5), buffers)
+
+    def replicate_write(self: LocalBackend, entry: Entry, state_body: bytes, buffers: list[Any],
+                        rid: str | None, result: Any) -> None:
+        """Apply a write to every replica before it is acknowledged (caller holds the write lock)."""
+        if not entry.replicas:
+            return
+        try:
+            result_blob = pickle.dumps(result, protocol=5)
+        except Exception:
+            result_blob = None
+        body = pickle.dumps(("replica_put", entry.oid, state_body, rid, result_blob), protocol=5)
+        peer = self._peer()
+        pending = []
+        for r in list(entry.replicas):
+            try:
+                pending.append((r, peer._send(r, body, buffers, wait=False)))
+            except Exception as exc:
+                pending.append((r, exc))
+        for r, fut in pending:
+            try:
+                if isinstance(fut, BaseException):
+                    raise fut
+                fut.result()
+            except Exception as exc:
+                log.warning("replica %s of %s missed a write (%s): removing it", r, entry.oid, exc)
+                self.meta.drop_replica(entry.oid, r)
+                entry.replicas.remove(r)
+                self._tell(r, ("replica_drop", entry.oid))
+
+    def _tell(self: LocalBackend, target: str, msg: tuple) -> None:
+        """Best effort: a peer that cannot be told will find out from Redis when it checks."""
+        try:
+            self._peer()._send(target, pickle.dumps(msg, protocol=5), [], wait=False)
+        except (CommunicationError, StoreError):
+            pass
+
+    # ------------------------------------------------------------ receive
+    def install(self: LocalBackend, oid: str, path: str, alias: str | None, role: str, replicas: list[str],
+                state_body: bytes, buffers: list[Any], applied: list, register: bool) -> None:
+        """Take a copy shipped by another backend: a moved primary, a new replica or a new version."""
+        cls = self.load_class(path)
+        state = loads(state_body, buffers)
+        existing = self._entries.get(oid)
+        if existing is not None or oid in self.store:
+            entry = self.entry(oid)
+            if register:
+                raise StoreError(f"object {oid} already exists")
+            entry.lock.acquire_write()
+            try:
+                _replace_state(entry.obj, state)
+                entry.alias = alias
+                self._set_role(entry, role, replicas)
+                entry.applied = OrderedDict(applied)
+                self.store.sync(self._save(entry))
+            finally:
+                entry.lock.release_write()
+            return
+        obj = cls.__new__(cls)
+        obj.__dict__.update(state)
+        if register:
+            self.adopt(obj, oid, alias)
+            return
+        entry = self.new_entry(obj, oid, alias, role)
+        entry.replicas = [r for r in replicas if r != self.id]
+        entry.applied = OrderedDict(applied)
+        self.store.sync(self._save(entry))
+
+    def replica_put(self: LocalBackend, oid: str, state_body: bytes, buffers: list[Any], rid: str | None,
+                    result_blob: bytes | None) -> None:
+        entry = self.entry(oid)
+        entry.lock.acquire_write()
+        try:
+            entry.check()
+            if entry.role != "replica":
+                raise StoreError(f"backend {self.name} is not a replica of {oid}")
+            _replace_state(entry.obj, loads(state_body, buffers))
+            if rid is not None:
+                remember(entry, rid, pickle.loads(result_blob) if result_blob is not None else None)
+            lsn = self._save(entry)
+        finally:
+            entry.lock.release_write()
+        self.store.sync(lsn)
+
+    def replica_drop(self: LocalBackend, oid: str) -> None:
+        entry = self._entries.get(oid)
+        if (entry is not None and entry.role == "replica") or (entry is None and oid in self.store):
+            self.drop_local(oid)
+
+    # ------------------------------------------------------------ actions
+    def move(self: LocalBackend, oid: str, target: str, recursive: bool) -> list[str]:
+        """Make ``target`` the primary (and drop this copy); return the ids moved."""
+        entry = self.primary_entry(oid)
+        if target == self.id:
+            return []
+        moved = [oid]
+        entry.lock.acquire_write()
+        try:
+            entry.check()
+            children = references(entry.obj) if recursive else []
+            self._ship(target, entry, oid, "primary", [r for r in entry.replicas if r != target], False)
+            if self.meta.move_primary(oid, self.id, target) < 0:
+                raise StoreError(f"object {oid} changed primary during the move")
+            self.drop_local(oid)  # waiting calls fail with ObjectNotFound and find it on target
+        finally:
+            entry.lock.release_write()
+        for child in children:
+            cid = child._sa_id
+            if cid is not None and cid not in moved and child._sa_state is State.RESIDENT:
+                try:
+                    moved += self.move(cid, target, True)
+                except ObjectNotFound:
+                    pass  # deleted or moved meanwhile
+        return moved
+
+    def new_replica(self: LocalBackend, oid: str, target: str) -> None:
+        entry = self.primary_entry(oid)
+        if target == self.id or target in entry.replicas:
+            return
+        entry.lock.acquire_write()  # no write may slip between the copy and the listing
+        try:
+            entry.check()
+            self._ship(target, entry, oid, "replica", [], False)
+            if not self.meta.add_replica(oid, self.id, target):
+                self._tell(target, ("replica_drop", oid))
+                raise StoreError(f"object {oid} changed primary while being replicated")
+            entry.replicas.append(target)
+        finally:
+            entry.lock.release_write()
+
+    def drop_replica(self: LocalBackend, oid: str, target: str) -> None:
+        entry = self.primary_entry(oid)
+        entry.lock.acquire_write()
+        try:
+            self.meta.drop_replica(oid, target)
+            if target in entry.replicas:
+                entry.replicas.remove(target)
+        finally:
+            entry.lock.release_write()
+        self._tell(target, ("replica_drop", oid))
+
+    def copy(self: LocalBackend, oid: str, target: str, new_id: str) -> str:
+        """A new, independent object with this one's class and current state (a new version)."""
+        entry = self.readable_entry(oid)
+        entry.lock.acquire_read()
+        try:
+            entry.check()
+            if target == self.id:
+                cls = entry.cls
+                obj = cls.__new__(cls)
+                obj.__dict__.update(loads(*dumps(state_of(entry.obj))))
+                self.adopt(obj, new_id, None)
+            else:
+                self._ship(target, entry, new_id, "primary", [], True)
+        finally:
+            entry.lock.release_read()
+        return new_id
+
+
+def _replace_state(obj: ActiveObject, state: dict[str, Any]) -> None:
+    d = obj.__dict__
+    for k in [k for k in d if not k.startswith("_sa_")]:
+        del d[k]
+    d.update(state)
