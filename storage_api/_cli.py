@@ -40,21 +40,53 @@ def _cmd_status(args: argparse.Namespace) -> int:
     client = Client(_config.load(args.config))
     try:
         infos = client.backends()
+        objects = client.meta.objects()
     finally:
         client.close()
     if args.json:
-        print(json.dumps([_asdict(b) for b in infos], indent=2))
-        return 0
+        print(json.dumps({"backends": [_asdict(b) for b in infos], "objects": [_asdict(o) for o in objects]},
+                         indent=2))
+        return 0 if infos else 1
     if not infos:
         print("no backends registered")
         return 1
-    rows = [("NAME", "ADDRESS", "COMPSS NAME", "PID", "OBJECTS", "ALIVE", "ID")]
-    rows += [(b.name, b.address, b.compss_name, str(b.pid), str(b.objects), "yes" if b.alive else "DEAD", b.id)
-             for b in infos]
+    _table([("NAME", "ADDRESS", "COMPSS NAME", "PID", "PRIMARIES", "REPLICAS", "ALIVE", "ID")]
+           + [(b.name, b.address, b.compss_name, str(b.pid), str(b.objects), str(b.replicas),
+               "yes" if b.alive else "DEAD", b.id) for b in infos])
+    _print_objects(objects, {b.id: b.name for b in infos}, args.objects)
+    return 0 if all(b.alive for b in infos) else 1
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
-    return 0 if all(b.alive for b in infos) else 1
+
+
+def _print_objects(objects: list[Any], names: dict[str, str], limit: int) -> None:
+    """Primary and replicas of each object; a summary when there are more than ``limit``."""
+    from collections import Counter
+
+    print()
+    if not objects:
+        print("no objects")
+        return
+    if len(objects) <= limit:
+        _table([("OBJECT", "CLASS", "ALIAS", "PRIMARY", "REPLICAS")]
+               + [(o.id, o.class_path, o.alias or "-", names.get(o.backend, o.backend),
+                   ",".join(names.get(r, r) for r in o.replicas) or "-")
+                  for o in sorted(objects, key=lambda o: (o.class_path, o.id))])
+        return
+    by_copies = Counter(len(o.replicas) for o in objects)
+    print(f"{len(objects)} objects (more than {limit}: summarised; --objects N lists up to N)")
+    print("  replicas per object: " + ", ".join(f"{k}: {by_copies[k]}" for k in sorted(by_copies)))
+    by_class = Counter(o.class_path for o in objects)
+    for path, n in by_class.most_common(10):
+        print(f"  {n:>8}  {path}")
+    placement = Counter((names.get(o.backend, o.backend), tuple(names.get(r, r) for r in o.replicas)) for o in objects)
+    print("  primary -> replicas:")
+    for (primary, reps), n in placement.most_common(10):
+        print(f"  {n:>8}  {primary} -> {','.join(reps) or '-'}")
 
 
 def _asdict(obj: Any) -> dict[str, Any]:
@@ -107,6 +139,8 @@ def parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="list backends: name, address, COMPSs name, objects, liveness")
     status.add_argument("--config", help="settings file (default: STORAGE_API_CONFIG or the local deployment)")
     status.add_argument("--json", action="store_true")
+    status.add_argument("--objects", type=int, default=20, metavar="N",
+                        help="list each object's primary and replicas when there are at most N (default 20)")
     status.set_defaults(func=_cmd_status)
 
     be = sub.add_parser("backend", help="run one backend in the foreground")

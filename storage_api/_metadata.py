@@ -127,7 +127,8 @@ class BackendInfo:
     pid: int
     alive: bool
     storage_dir: str = ""
-    objects: int = 0
+    objects: int = 0  # objects it is the primary of
+    replicas: int = 0  # objects it holds a replica of
     unix: str = ""  # abstract Unix socket name (without the leading NUL), for same-host clients
 
     @property
@@ -180,11 +181,12 @@ class Metadata:
             return []
         cmds: list[tuple] = []
         for bid in ids:
-            cmds += [("HGETALL", self.key("backend", bid)), ("EXISTS", self.key("alive", bid)), ("SCARD", self.key("objs", bid))]
+            cmds += [("HGETALL", self.key("backend", bid)), ("EXISTS", self.key("alive", bid)),
+                     ("SCARD", self.key("objs", bid)), ("SCARD", self.key("reps", bid))]
         replies = self.redis.pipeline(cmds)
         out = []
         for i, bid in enumerate(ids):
-            raw, alive, count = replies[3 * i : 3 * i + 3]
+            raw, alive, count, reps = replies[4 * i : 4 * i + 4]
             if not raw:
                 continue
             h = dict(zip(raw[::2], raw[1::2]))
@@ -199,6 +201,7 @@ class Metadata:
                     alive=bool(alive),
                     storage_dir=h.get("storage_dir", ""),
                     objects=int(count or 0),
+                    replicas=int(reps or 0),
                     unix=h.get("unix", ""),
                 )
             )

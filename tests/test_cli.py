@@ -41,7 +41,7 @@ def test_up_status_down(home_env):
 
     status = _cli("status", "--json", env=home_env)
     assert status.returncode == 0, status.stderr
-    rows = json.loads(status.stdout)
+    rows = json.loads(status.stdout)["backends"]
     assert sorted(r["name"] for r in rows) == ["b0", "b1", "b2"]
     assert all(r["alive"] and r["port"] > 0 and r["compss_name"] for r in rows)
 
@@ -50,14 +50,22 @@ def test_up_status_down(home_env):
         "from tests.models import Counter\n"
         "storage_api.connect()\n"  # finds the file `up` wrote
         "c = Counter(1); c.make_persistent(alias='cli-counter', backend='b2'); print(c.inc())\n"
+        "c.new_replica('b0'); c.new_replica('b1')\n"
     )
     out = run_python(code, env=home_env)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "2"
     table = _cli("status", env=home_env)
     assert "b2" in table.stdout and "ALIVE" in table.stdout
-    counts = {r["name"]: r["objects"] for r in json.loads(_cli("status", "--json", env=home_env).stdout)}
-    assert counts["b2"] == 1
+    assert "cli-counter" in table.stdout and "b0,b1" in table.stdout  # the object: primary, replicas
+    listing = json.loads(_cli("status", "--json", env=home_env).stdout)
+    assert {r["name"]: (r["objects"], r["replicas"]) for r in listing["backends"]} == {
+        "b0": (0, 1), "b1": (0, 1), "b2": (1, 0)}
+    [obj] = listing["objects"]
+    names = {r["id"]: r["name"] for r in listing["backends"]}
+    assert names[obj["backend"]] == "b2" and sorted(names[r] for r in obj["replicas"]) == ["b0", "b1"]
+    summary = _cli("status", "--objects", "0", env=home_env)
+    assert "1 objects" in summary.stdout and "b2 -> b0,b1" in summary.stdout
 
     # no secret on any command line (other local users can read those)
     home = home_env["STORAGE_API_HOME"]
