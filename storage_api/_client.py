@@ -300,6 +300,10 @@ class Client:
         # retry loop backs off and asks again.
         try:
             answer = self.meta.promote(oid, bid)
+            if answer.startswith("alive:") and 0 <= int(answer[6:]) <= 1000 * self.settings.retry_deadline:
+                # Wait out the dead primary's heartbeat, then promote at once.
+                self.retry.sleep(int(answer[6:]) / 1000 + 0.002)
+                answer = self.meta.promote(oid, bid)
         except CommunicationError:
             return True
         if answer and not answer.startswith(("alive:", "none")):

@@ -93,13 +93,15 @@ return 1
 """
 # Fail over: ARGV ns, oid, dead primary. Promotes the first live replica if the primary's
 # heartbeat is gone. Returns the primary after the call ('' if the object is gone), or
-# 'alive:<bid>' while the primary still looks alive, or 'none' when no replica is alive.
+# 'alive:<ms>' while the primary's heartbeat key lives (ms: its remaining time to live, -1 if it
+# has none), or 'none' when no replica is alive.
 _PROMOTE = _LUA_LIB + """
 local ns, oid, old = ARGV[1], ARGV[2], ARGV[3]
 local cur = redis.call('hget', KEYS[1], 'backend')
 if not cur then return '' end
 if cur ~= old then return cur end
-if redis.call('exists', ns .. ':alive:' .. old) == 1 then return 'alive:' .. old end
+local ttl = redis.call('pttl', ns .. ':alive:' .. old)
+if ttl ~= -2 then return 'alive:' .. ttl end
 local reps = split(redis.call('hget', KEYS[1], 'replicas'))
 for _, r in ipairs(reps) do
   if redis.call('exists', ns .. ':alive:' .. r) == 1 then

@@ -202,10 +202,12 @@ def _backend_cmd(config: Path, storage: Path, name: str, fsync: bool, log_level:
 
 
 def start(directory: str | os.PathLike[str], backends: int = 2, *, fsync: bool = True,
-          log_level: str = "INFO", progress: Any = None, redis_server: str | None = None) -> Deployment:
+          log_level: str = "INFO", progress: Any = None, redis_server: str | None = None,
+          settings: dict[str, Any] | None = None) -> Deployment:
     """Start Redis and ``backends`` backends in ``directory``; wait until every one is serving.
 
-    ``redis_server`` names the binary (default: :func:`redis_binary`).
+    ``redis_server`` names the binary (default: :func:`redis_binary`). ``settings`` go into the
+    deployment's settings file, which its backends and clients read (e.g. heartbeat periods).
     """
     if backends < 1:
         raise ConfigError("a deployment needs at least one backend")
@@ -227,7 +229,7 @@ def start(directory: str | os.PathLike[str], backends: int = 2, *, fsync: bool =
     try:
         config = d / "client.toml"
         config.touch(0o600)
-        config.write_text(to_toml({"redis_url": url, "secret_file": str(secret_file)}))
+        config.write_text(to_toml({"redis_url": url, "secret_file": str(secret_file), **(settings or {})}))
         for i in range(backends):
             name = f"b{i}"
             storage = d / "backends" / name
