@@ -1,4 +1,5 @@
-"""The ``storage-api`` command: ``up``, ``down``, ``status``, ``backend`` and ``config``."""
+"""The ``storage-api`` command: ``up``, ``down``, ``status``, ``backend``, ``config``, ``compss-bundle``
+and ``run`` (PyCOMPSs apps without COMPSs)."""
 
 from __future__ import annotations
 
@@ -114,6 +115,15 @@ def _cmd_backend(args: argparse.Namespace) -> int:
     return backend_main(settings)
 
 
+def _cmd_compss_bundle(args: argparse.Namespace) -> int:
+    from ._compss._bundle import JAR_NAME, make_bundle
+
+    dest = make_bundle(args.dest)
+    print(f"COMPSs bundle in {dest}: {JAR_NAME}, python/storage, scripts/storage_init.sh, scripts/storage_stop.sh")
+    print("link it as $COMPSS_HOME/Tools/storage/<name> for runcompss --storage_impl=<name> --storage_conf=<file>")
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     print(_config.describe(_config.load(args.config)))
     return 0
@@ -156,6 +166,10 @@ def parser() -> argparse.ArgumentParser:
     be.add_argument("--no-fsync", action="store_true")
     be.add_argument("--log-level")
     be.set_defaults(func=_cmd_backend)
+
+    cb = sub.add_parser("compss-bundle", help="assemble the COMPSs storage bundle (jar, python/storage, scripts) in DEST")
+    cb.add_argument("dest", metavar="DEST", help="bundle directory, e.g. $COMPSS_HOME/Tools/storage/storage_api")
+    cb.set_defaults(func=_cmd_compss_bundle)
 
     cfg = sub.add_parser("config", help="print every setting with its value and documentation")
     cfg.add_argument("--config", help="settings file")

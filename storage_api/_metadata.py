@@ -10,6 +10,10 @@ Key layout (``ns`` is the configured namespace, ``sa`` by default)::
     ns:reps:<bid>          SET   ids of the objects a backend holds a replica of
     ns:alias:<alias>       STR   the id registered under an alias
     ns:class:<path>        STR   JSON class metadata (methods, signatures, docs) for stubs
+    ns:ctl:<bid>, ns:ctl:any  LIST  JSON control requests for backends (COMPSs' Java side, storage_stop.sh)
+    ns:ctl:reply:<uuid>    LIST  the reply to one control request (expires after 60 s)
+    ns:prev:<oid>          STR   the previous version of a COMPSs new version (expires after 7 days)
+    ns:compss:expect:<n>   STR   how many backends the node helper of COMPSs node <n> starts
 
 Backends own the entries of their objects: they write them after the object is on their disk, and
 write them again when they start (so Redis itself may be volatile). ``backend`` is the primary;

@@ -28,7 +28,6 @@ Operations (the handler table :data:`OPS`):
 
 from __future__ import annotations
 
-import copy as _copy
 import json
 import logging
 import threading
@@ -112,29 +111,8 @@ def _backend_of_host(proc: BackendProcess, host: str) -> str | None:
     return matches[0] if matches else None
 
 
-def copy_object(proc: BackendProcess, oid: str, target: str | None) -> str:
-    """Copy object ``oid`` to backend ``target`` (None: its own backend) under a fresh id."""
-    client = proc.client
-    new_id = str(uuid.uuid4())
-    copy = getattr(client, "copy", None)
-    if copy is not None:
-        return copy(oid, target, new_id)
-    # Until Client.copy lands: the owner snapshots the state under the object's read lock and
-    # persists a deep copy (so arrays are not shared with the source) on the target.
-    entry = proc.backend.entry(oid)  # ObjectNotFound unless this backend owns it
-    entry.lock.acquire_read()
-    try:
-        entry.check()
-        state = _copy.deepcopy({k: v for k, v in entry.obj.__dict__.items() if not k.startswith(("_sa_", "_v_"))})
-    finally:
-        entry.lock.release_read()
-    obj = entry.cls.__new__(entry.cls)
-    obj.__dict__.update(state)
-    return client.persist(obj, alias=None, backend=target)
-
-
 def new_version(proc: BackendProcess, oid: str, preserve: bool = True, host: str = "") -> str:
-    new_id = copy_object(proc, oid, _backend_of_host(proc, host))
+    new_id = proc.client.copy(oid, _backend_of_host(proc, host), str(uuid.uuid4()))
     if preserve:
         proc.meta.redis.execute("SET", proc.meta.key("prev", new_id), oid, "EX", PREV_TTL_S)
     else:
@@ -146,10 +124,7 @@ def new_replica(proc: BackendProcess, oid: str, host: str) -> str:
     target = _backend_of_host(proc, host)
     if target is None:
         raise StoreError(f"no live backend runs on COMPSs node {host!r}")
-    replicate = getattr(proc.client, "new_replica", None)
-    if replicate is None:
-        raise StoreError("this store version cannot replicate objects yet")
-    replicate(oid, target)
+    proc.client.new_replica(proc.client.get_by_id(oid), target)
     return target
 
 

@@ -1,0 +1,150 @@
+"""The COMPSs bundle: the ``storage.StorageItf`` jar, built with plain ``javac``/``jar``, plus the layout
+``runcompss --storage_impl=<name>`` expects under ``$COMPSS_HOME/Tools/storage/<name>/``::
+
+    storage-api-compss.jar        storage/StorageItf, storage/StorageException, storageapi/* only
+    python/storage/               storage.api (PyCOMPSs' entry point)
+    python/storage_api/           the store itself, so --pythonpath=DEST/python is self-contained
+    scripts/storage_init.sh       enqueue_compss --storage_home=DEST
+    scripts/storage_stop.sh
+    scripts/bundle.env            the Python interpreter that built the bundle (the scripts use it)
+    storage_props.example         every storage conf / props key with its default
+
+Bytecode targets Java 8 (``--release 8``): COMPSs 3.3 runs on Java 8 and later, and Java 8 class
+files load in every newer JVM (dataClay's StorageItf jar does the same). The other COMPSs
+``storage.*`` classes the jar compiles against (``CallbackHandler``, ``CallbackEvent``, ...) are
+test-only stand-ins: at run time COMPSs' own come from ``compss-engine.jar``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from ..errors import StoreError
+
+JAVA_DIR = Path(__file__).resolve().parent / "java"
+SCRIPTS_DIR = Path(__file__).resolve().parent / "scripts"
+JAR_NAME = "storage-api-compss.jar"
+RELEASE = "8"
+JUNIT_JARS = ("junit4.jar", "hamcrest-core.jar")
+JAVA_LIBS = Path("/usr/share/java")
+STAND_INS = ("StubItf", "StorageObject", "CallbackHandler", "CallbackEvent")
+
+
+class BuildError(StoreError):
+    """The Java side could not be built (no JDK, a compile error, missing JUnit)."""
+
+
+def default_build_dir() -> Path:
+    """``build/java`` in a source checkout (gitignored), else a per-user cache directory."""
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").exists() and os.access(root, os.W_OK):
+        return root / "build" / "java"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "storage-api" / "java"
+
+
+def _sources(*parts: str) -> list[Path]:
+    return sorted(JAVA_DIR.joinpath(*parts).rglob("*.java"))
+
+
+def _stand_ins() -> list[Path]:
+    return [JAVA_DIR / "test" / "storage" / f"{name}.java" for name in STAND_INS]
+
+
+def _run(cmd: list[str]) -> None:
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    except FileNotFoundError as exc:
+        raise BuildError(f"{cmd[0]} not found: install a JDK (apt install openjdk-17-jdk-headless)") from exc
+    if proc.returncode:
+        raise BuildError(f"{' '.join(cmd[:3])} ... failed:\n{proc.stdout}{proc.stderr}")
+
+
+def _javac(out: Path, classpath: list[Path], sources: list[Path]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = ["javac", "--release", RELEASE, "-Xlint:-options", "-encoding", "UTF-8", "-d", str(out)]
+    if classpath:
+        cmd += ["-cp", os.pathsep.join(map(str, classpath))]
+    _run(cmd + [str(s) for s in sources])
+
+
+def _stale(target: Path, sources: list[Path]) -> bool:
+    return not target.exists() or any(s.stat().st_mtime > target.stat().st_mtime for s in sources)
+
+
+def build_jar(build_dir: Path | None = None) -> Path:
+    """Compile the main sources against the stand-ins and jar only our classes; return the jar.
+
+    Rebuilt only when a source is newer than the jar; the jar is replaced atomically, so concurrent
+    builders never see half a file.
+    """
+    build = Path(build_dir or default_build_dir())
+    jar = build / JAR_NAME
+    if not _stale(jar, _sources("main") + _stand_ins()):
+        return jar
+    build.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=build) as tmp:
+        t = Path(tmp)
+        _javac(t / "stand-ins", [], _stand_ins())
+        _javac(t / "classes", [t / "stand-ins"], _sources("main"))
+        _run(["jar", "cf", str(t / JAR_NAME), "-C", str(t / "classes"), "."])
+        os.replace(t / JAR_NAME, jar)
+    return jar
+
+
+def junit_classpath() -> list[Path]:
+    jars = [JAVA_LIBS / name for name in JUNIT_JARS]
+    missing = [str(j) for j in jars if not j.exists()]
+    if missing:
+        raise BuildError(f"JUnit 4 not found ({', '.join(missing)}): apt install junit4")
+    return jars
+
+
+def build_tests(build_dir: Path | None = None) -> list[Path]:
+    """Compile the JUnit tests (and the stand-ins); return the classpath that runs them."""
+    build = Path(build_dir or default_build_dir())
+    jar = build_jar(build)
+    out = build / "test-classes"
+    sources = _sources("test")
+    stamp = out / ".built"
+    if _stale(stamp, sources + [jar]):
+        shutil.rmtree(out, ignore_errors=True)
+        _javac(out, [jar, *junit_classpath()], sources)
+        stamp.touch()
+    return [out, jar, *junit_classpath()]
+
+
+def make_bundle(dest: str | os.PathLike[str], build_dir: Path | None = None) -> Path:
+    """Assemble the bundle in ``dest`` (created; existing bundle files are replaced)."""
+    from ._conf import CONF_KEYS, PROPS_KEYS
+
+    d = Path(dest).resolve()
+    d.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(build_jar(build_dir), d / JAR_NAME)
+    pkg_root = Path(__file__).resolve().parents[2]
+    python = d / "python"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "java")
+    for name in ("storage", "storage_api"):
+        src = pkg_root / name
+        if not (src / "__init__.py").exists():
+            raise BuildError(f"package {name} not found next to storage_api ({src})")
+        shutil.rmtree(python / name, ignore_errors=True)
+        shutil.copytree(src, python / name, ignore=ignore)
+    scripts = d / "scripts"
+    scripts.mkdir(exist_ok=True)
+    for script in ("storage_init.sh", "storage_stop.sh"):
+        shutil.copy2(SCRIPTS_DIR / script, scripts / script)
+        os.chmod(scripts / script, 0o755)
+    (scripts / "bundle.env").write_text(f"SA_BUNDLE_PYTHON={sys.executable}\n")
+    lines = ["# storage_api: storage conf (runcompss --storage_conf) and props (enqueue_compss --storage_props).",
+             "# Every key is optional (an empty file works); unknown keys are errors, and props-only keys",
+             "# are unknown in a conf. Defaults shown.", "", "# --- conf and props"]
+    lines += [f"# {k}={v}    # {doc}" for k, (v, doc) in CONF_KEYS.items()]
+    lines += ["", "# --- props only (storage_init.sh)"]
+    lines += [f"# {k}={v}    # {doc}" for k, (v, doc) in PROPS_KEYS.items()]
+    (d / "storage_props.example").write_text("\n".join(lines) + "\n")
+    return d

@@ -1,0 +1,447 @@
+"""What the bundle's ``storage_init.sh`` and ``storage_stop.sh`` do (``python -m storage_api._compss``).
+
+``enqueue_compss`` runs the scripts on the master node of a job (reference §4.3)::
+
+    storage_init.sh JOB MASTER STORAGE_MASTER "WORKER ..." NETWORK PROPS [VARS [IMAGE [AFFINITY]]]
+    storage_stop.sh JOB MASTER STORAGE_MASTER "WORKER ..." NETWORK PROPS
+
+``init`` starts a password-protected ``redis-server`` on the storage master node and, on every
+worker node (the master when the list is empty), a *node helper* (``node`` below) that starts one
+backend per socket, pinned with ``numactl`` when it is available (or one per group of the CPU
+affinity map ``0-8/9-17``), and waits on them. A node that is this host is started directly;
+others through ``srun`` inside a SLURM allocation, ``ssh`` otherwise; every process inherits the
+caller's environment and working directory (``PYTHONPATH`` included). Each backend registers the
+COMPSs name of its node (hostname + the network's suffix); each node helper first records in Redis
+how many backends it starts (``ns:compss:expect:<compss name>``), so ``init`` knows when a node is
+complete and returns once every backend is registered, having written, in
+``$HOME/.COMPSs/JOB/storage/``::
+
+    cfgfiles/storage.properties   the storage conf every COMPSs process gets (redis_url, secret_file, ...)
+    cfgfiles/client.toml          the same for plain storage_api clients (exported as STORAGE_API_CONFIG)
+    cfgfiles/backend.toml         the backends' settings
+    secret                        the deployment secret (mode 0600)
+    state.json                    what was started, for ``stop``
+    logs/                         redis.log and one log per node
+
+``stop`` asks every backend to stop through its control queue (each flushes its log and
+deregisters, as on SIGTERM), waits for the node helpers to exit, then shuts Redis down; what does
+not exit in time is terminated. Errors are printed and make the scripts exit non-zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from .._config import Settings, network_suffix, read_file, to_toml
+from .._metadata import Metadata
+from .._redis import Redis
+from ..errors import CommunicationError, StoreError
+from . import _conf
+
+STOP_TIMEOUT = 60.0
+
+
+class UsageError(StoreError):
+    """The scripts were called with bad arguments."""
+
+
+# ------------------------------------------------------------------ helpers
+def _this_host(node: str) -> bool:
+    names = {"localhost", "127.0.0.1", "::1", socket.gethostname(), socket.getfqdn(), socket.gethostname().split(".")[0]}
+    return node in names or node.split(".")[0] in names
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0]:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def _wait_gone(pids: list[int], timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    left = [p for p in pids if _alive(p)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [p for p in left if _alive(p)]
+    return left
+
+
+def _terminate(pids: list[int], timeout: float) -> None:
+    """SIGTERM, then SIGKILL what is left after ``timeout`` (each pid is one we started)."""
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        left = [p for p in pids if _alive(p)]
+        for p in left:
+            try:
+                os.kill(p, sig)
+            except ProcessLookupError:
+                pass
+        if not _wait_gone(left, wait):
+            return
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def job_dir(job: str) -> Path:
+    return Path.home() / ".COMPSs" / job / "storage"
+
+
+def _check_job(job: str) -> str:
+    if not job or "/" in job or job in (".", "..") or any(c.isspace() for c in job):
+        raise UsageError(f"bad job id {job!r}")
+    return job
+
+
+def _launcher(node: str, kind: str) -> list[str]:
+    """The command prefix that runs a command on ``node`` (empty: this host)."""
+    if _this_host(node):
+        return []
+    if kind == "auto":
+        kind = "srun" if os.environ.get("SLURM_JOB_ID") and shutil.which("srun") else "ssh"
+    if kind == "srun":
+        return ["srun", "--nodes=1", "--ntasks=1", f"--nodelist={node}", "--overlap", "--export=ALL"]
+    if kind == "ssh":
+        return ["ssh", "-o", "BatchMode=yes", node]
+    raise UsageError(f"launcher must be auto, srun or ssh, not {kind!r}")
+
+
+def _remote(prefix: list[str], cmd: list[str]) -> list[str]:
+    if not prefix or prefix[0] != "ssh":
+        return prefix + cmd
+    # ssh does not carry the environment: pass what decides imports, and the working directory.
+    env = " ".join(f"{k}={shlex.quote(v)}" for k, v in os.environ.items()
+                   if k in ("PATH", "PYTHONPATH", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "HOME"))
+    return prefix + [f"cd {shlex.quote(os.getcwd())} && exec env {env} {shlex.join(cmd)}"]
+
+
+def _spawn(cmd: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "ab") as fh:
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, cwd=os.getcwd())
+
+
+def _affinity_groups(text: str) -> list[str]:
+    if text in ("", "disabled", "false"):
+        return []
+    groups = [g.strip() for g in text.split("/")]
+    for g in groups:
+        if not re.fullmatch(r"\d+(-\d+)?(,\d+(-\d+)?)*", g):
+            raise UsageError(f"bad CPU affinity {text!r}: expected groups of CPU lists like 0-8/9,10,11/12-14")
+    return groups
+
+
+# ------------------------------------------------------------------ init
+def init(argv: list[str]) -> int:
+    if not 6 <= len(argv) <= 9:
+        raise UsageError(f"expected 6 to 9 arguments, got {len(argv)}")
+    job, master, storage_master, workers_text, network, props_path, *rest = argv
+    variables = rest[0] if len(rest) > 0 else ""
+    image = rest[1] if len(rest) > 1 else "false"
+    affinity = _affinity_groups(rest[2] if len(rest) > 2 else "disabled")
+    _check_job(job)
+    if not master.strip():
+        raise UsageError("the master node is empty")
+    storage_master = storage_master.strip() or master
+    if image.lower() not in ("", "false", "none", "null"):
+        raise UsageError(f"storage container images are not supported (got {image!r}; pass false)")
+    if not props_path or not Path(props_path).is_file():
+        raise UsageError(f"storage props file {props_path!r} does not exist (an empty file is fine)")
+    props = _conf.read_props(props_path)
+    suffix = network_suffix(network, props["network_suffixes"])
+    workers = workers_text.split() or [master]
+    if props["launcher"] not in ("auto", "srun", "ssh") or props["numactl"] not in ("auto", "yes", "no"):
+        raise UsageError("launcher must be auto|srun|ssh and numactl auto|yes|no")
+    try:
+        per_node = int(props["backends_per_node"])
+        start_timeout = float(props["start_timeout"])
+        port = int(props["redis_port"])
+    except ValueError as exc:
+        raise UsageError(f"storage props: {exc}") from None
+    if variables:
+        with open(variables, "a"):  # must be writable; fail before starting anything
+            pass
+
+    d = job_dir(job)
+    state_path = d / "state.json"
+    if state_path.exists():
+        old = json.loads(state_path.read_text())
+        if any(_alive(p) for p in old.get("pids", [])):
+            raise UsageError(f"storage of job {job} is already running (see {d})")
+    cfg = d / "cfgfiles"
+    logs = d / "logs"
+    for p in (d, cfg, logs):
+        p.mkdir(parents=True, exist_ok=True)
+    os.chmod(d, 0o700)
+    local_only = all(_this_host(n) for n in [storage_master, *workers])
+    python = props["python"] or sys.executable
+    state: dict[str, Any] = {"job": job, "dir": str(d), "pids": [], "redis_pid": 0, "nodes": []}
+
+    def save() -> None:
+        state_path.write_text(json.dumps(state, indent=2))
+
+    try:
+        url = _start_redis(props, storage_master, port, local_only, d, logs, state)
+        save()
+        secret = d / "secret"
+        secret.touch(0o600)
+        secret.write_text(secrets.token_hex(32))
+        common = {"redis_url": url, "secret_file": str(secret), "namespace": props["namespace"]}
+        backend_cfg = cfg / "backend.toml"
+        _write_toml(backend_cfg, {**common, "network": network, "network_suffixes": props["network_suffixes"],
+                                  "fsync": props["fsync"].lower() in ("1", "true", "yes", "on"),
+                                  "log_level": props["log_level"]})
+        storage_dir = props["storage_dir"].replace("$USER", os.environ.get("USER", "user")).replace("$JOB", job)
+        launcher = props["launcher"]
+        for node in workers:
+            cname = node + suffix
+            cmd = [python, "-m", "storage_api._compss", "node", "--config", str(backend_cfg),
+                   "--storage-dir", str(Path(storage_dir) / node), "--name-prefix", node, "--compss-name", cname,
+                   "--per-node", str(per_node), "--numactl", props["numactl"],
+                   "--affinity", "/".join(affinity), "--host", "127.0.0.1" if local_only else "0.0.0.0"]
+            proc = _spawn(_remote(_launcher(node, launcher), cmd), logs / f"{node}.log")
+            state["nodes"].append({"node": node, "compss_name": cname, "pid": proc.pid})
+            state["pids"].append(proc.pid)
+            save()
+        _wait_registered(url, props["namespace"], state, logs, start_timeout)
+        save()
+        conf = {k: props[k] for k in _conf.CONF_KEYS}
+        conf.update(common, network=network)
+        _conf.write(cfg / "storage.properties", conf, f"storage_api storage conf of COMPSs job {job} (storage_init.sh)")
+        _write_toml(cfg / "client.toml", common)
+        if variables:
+            with open(variables, "a") as fh:
+                fh.write(f"export STORAGE_API_CONFIG={shlex.quote(str(cfg / 'client.toml'))}\n")
+    except BaseException:
+        _stop_state(state, None)
+        state_path.unlink(missing_ok=True)
+        raise
+    n = sum(len(x.get("backends", [])) for x in state["nodes"])
+    print(f"storage_init: Redis on {storage_master}, {n} backends on {len(workers)} nodes; "
+          f"storage conf {cfg / 'storage.properties'}")
+    return 0
+
+
+def _write_toml(path: Path, values: dict[str, Any]) -> None:
+    path.touch(0o600)
+    os.chmod(path, 0o600)
+    path.write_text(to_toml(values))
+
+
+def _start_redis(props: dict[str, str], node: str, port: int, local_only: bool, d: Path, logs: Path,
+                 state: dict[str, Any]) -> str:
+    from .._deploy._local import redis_binary
+
+    here = _this_host(node)
+    binary = props["redis_server"] or (redis_binary() if here else "redis-server")
+    port = port or (_free_port() if here else 6379)
+    password = secrets.token_hex(24)
+    conf = d / "redis.conf"
+    conf.touch(0o600)
+    bind = "127.0.0.1" if local_only else "0.0.0.0"
+    (d / "redis").mkdir(exist_ok=True)
+    conf.write_text(f"port {port}\nbind {bind}\nprotected-mode no\nrequirepass {password}\ndir {d / 'redis'}\n"
+                    f"appendonly no\nsave \"\"\ndaemonize no\nlogfile \"\"\n")
+    proc = _spawn(_remote(_launcher(node, props["launcher"]), [binary, str(conf)]), logs / "redis.log")
+    state["redis_pid"] = proc.pid
+    state["pids"].append(proc.pid)
+    url = f"redis://:{password}@{'127.0.0.1' if local_only else node}:{port}/0"
+    client = Redis(url, timeout=1.0)
+    deadline = time.monotonic() + 20
+    try:
+        while True:
+            try:
+                if client.execute("PING") == "PONG":
+                    return url
+            except CommunicationError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise StoreError(f"redis-server did not start on {node}:\n{_tail(logs / 'redis.log')}")
+            time.sleep(0.05)
+    finally:
+        client.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _wait_registered(url: str, ns: str, state: dict[str, Any], logs: Path, timeout: float) -> None:
+    """Until every node's helper has said how many backends it starts and all of them are alive."""
+    meta = Metadata(Redis(url), ns)
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            alive = [b for b in meta.backends() if b.alive]
+            pending = []
+            for node in state["nodes"]:
+                expect = meta.redis.execute("GET", meta.key("compss", "expect", node["compss_name"]))
+                mine = [b for b in alive if b.compss_name == node["compss_name"]]
+                node["backends"] = [{"id": b.id, "name": b.name, "pid": b.pid} for b in mine]
+                if expect is None or len(mine) < int(expect):
+                    pending.append(node)
+            if not pending:
+                return
+            for node in pending:
+                if not _alive(node["pid"]):
+                    raise StoreError(f"the backends of node {node['node']} exited during start-up:\n"
+                                     f"{_tail(logs / (node['node'] + '.log'))}")
+            if time.monotonic() > deadline:
+                raise StoreError(f"backends of {[n['node'] for n in pending]} not registered after {timeout:.0f} s "
+                                 f"(logs in {logs})")
+            time.sleep(0.1)
+    finally:
+        meta.redis.close()
+
+
+# ------------------------------------------------------------------ stop
+def stop(argv: list[str]) -> int:
+    if len(argv) != 6:
+        raise UsageError(f"expected 6 arguments, got {len(argv)}")
+    job = _check_job(argv[0])
+    d = job_dir(job)
+    state_path = d / "state.json"
+    if not state_path.exists():
+        raise UsageError(f"no storage was started for job {job} ({state_path} is missing)")
+    state = json.loads(state_path.read_text())
+    conf_path = d / "cfgfiles" / "storage.properties"
+    conf = _conf.read_conf(conf_path) if conf_path.exists() else None
+    stopped = _stop_state(state, conf)
+    state_path.unlink(missing_ok=True)
+    print(f"storage_stop: job {job}: {stopped} backends stopped, Redis shut down")
+    return 0
+
+
+def _stop_state(state: dict[str, Any], conf: dict[str, str] | None) -> int:
+    """Stop what ``state`` records: backends through their control queues, then Redis."""
+    node_pids = [n["pid"] for n in state.get("nodes", [])]
+    stopped = 0
+    redis = None
+    if conf is not None:
+        redis = Redis(conf["redis_url"], timeout=5.0)
+        meta = Metadata(redis, conf["namespace"])
+        try:
+            replies = []
+            for b in meta.backends():
+                if b.alive:
+                    reply = meta.key("ctl", "reply", str(uuid.uuid4()))
+                    redis.execute("RPUSH", meta.key("ctl", b.id), json.dumps({"op": "shutdown", "reply": reply}))
+                    replies.append(reply)
+            for reply in replies:
+                if redis.execute("BLPOP", reply, 2) is not None:  # Redis timeout 5 s > 2 s
+                    stopped += 1
+        except (CommunicationError, StoreError) as exc:
+            print(f"storage_stop: warning: {exc}", file=sys.stderr)
+    left = _wait_gone(node_pids, STOP_TIMEOUT if conf is not None else 0.0)
+    _terminate(left, 10.0)  # the node helpers pass SIGTERM on to their backends
+    if redis is not None:
+        try:
+            redis.execute("SHUTDOWN", "NOSAVE")
+        except (CommunicationError, StoreError):
+            pass  # the connection closes as Redis exits
+        redis.close()
+    if state.get("redis_pid"):
+        _terminate(_wait_gone([state["redis_pid"]], 10.0), 5.0)
+    return stopped
+
+
+# ------------------------------------------------------------------ node helper
+def _sockets() -> int:
+    try:
+        return max(1, len([p for p in Path("/sys/devices/system/node").glob("node[0-9]*")]))
+    except OSError:
+        return 1
+
+
+def node(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="storage_api._compss node")
+    p.add_argument("--config", required=True)
+    p.add_argument("--storage-dir", required=True)
+    p.add_argument("--name-prefix", required=True)
+    p.add_argument("--compss-name", required=True)
+    p.add_argument("--per-node", type=int, default=0)
+    p.add_argument("--numactl", default="auto")
+    p.add_argument("--affinity", default="")
+    p.add_argument("--host", default="0.0.0.0")
+    a = p.parse_args(argv)
+    groups = _affinity_groups(a.affinity)
+    count = len(groups) or a.per_node or _sockets()
+    numactl = shutil.which("numactl")
+    if a.numactl == "yes" and not numactl:
+        raise UsageError("numactl=yes but numactl is not installed on this node")
+    pin = a.numactl != "no" and numactl is not None and (count > 1 or bool(groups))
+    settings = Settings(**read_file(a.config)).validate()
+    meta = Metadata(Redis(settings.require_redis()), settings.namespace)
+    meta.redis.execute("SET", meta.key("compss", "expect", a.compss_name), count)
+    meta.redis.close()
+    procs: list[subprocess.Popen] = []
+    for i in range(count):
+        name = f"{a.name_prefix}-{i}"
+        prefix: list[str] = []
+        if groups:
+            prefix = [numactl, f"--physcpubind={groups[i]}"] if pin else (["taskset", "-c", groups[i]]
+                                                                         if shutil.which("taskset") else [])
+        elif pin:
+            prefix = [numactl, f"--cpunodebind={i % _sockets()}", f"--membind={i % _sockets()}"]
+        cmd = [*prefix, sys.executable, "-m", "storage_api", "backend", "--config", a.config, "--storage-dir",
+               str(Path(a.storage_dir) / name), "--name", name, "--host", a.host, "--compss-name", a.compss_name]
+        procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL))
+
+    def forward(sig: int, _frame: Any) -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(sig)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    codes = [proc.wait() for proc in procs]
+    return 0 if all(c in (0, -signal.SIGTERM) for c in codes) else 1
+
+
+# ------------------------------------------------------------------ entry point
+def main(argv: list[str]) -> int:
+    commands = {"init": init, "stop": stop, "node": node}
+    if not argv or argv[0] not in commands:
+        print("usage: python -m storage_api._compss init|stop|node ARGS...", file=sys.stderr)
+        return 2
+    name = {"init": "storage_init.sh", "stop": "storage_stop.sh", "node": "storage_api node"}[argv[0]]
+    try:
+        return commands[argv[0]](argv[1:])
+    except UsageError as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return 2
+    except StoreError as exc:
+        print(f"{name}: error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1

@@ -1,0 +1,11 @@
+package storage;
+
+/** Test-only stand-in of COMPSs' storage.CallbackHandler (exact COMPSs 3.3 API). */
+public abstract class CallbackHandler {
+
+    public CallbackHandler() {
+    }
+
+    protected void eventListener(CallbackEvent e) {
+    }
+}

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# storage_api's storage_init.sh for COMPSs (enqueue_compss --storage_home=<bundle>).
+# Starts Redis on the storage master node and the backends on the worker nodes of a job, writes
+# $HOME/.COMPSs/<jobId>/storage/cfgfiles/storage.properties and returns once every backend is registered.
+#
+# Arguments (COMPSs 3.3; the last three are optional):
+#   jobId masterNode storageMasterNode "workerNodes" network storageProps
+#   [variablesToBeSourced [storageContainerImage [storageCPUAffinity]]]
+# The work is done by `python -m storage_api._compss init` (storage_api/_compss/_deploy.py).
+set -euo pipefail
+
+usage='jobId masterNode storageMasterNode "workerNodes" network storageProps [variablesToBeSourced [storageContainerImage [storageCPUAffinity]]]'
+if [ "$#" -lt 6 ] || [ "$#" -gt 9 ]; then
+    echo "storage_init.sh: error: expected 6 to 9 arguments ($usage), got $#" >&2
+    exit 2
+fi
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+bundle="$(dirname "$here")"
+python="${SA_BUNDLE_PYTHON:-}"
+if [ -z "$python" ] && [ -f "$here/bundle.env" ]; then
+    python="$(sed -n 's/^SA_BUNDLE_PYTHON=//p' "$here/bundle.env")"
+fi
+python="${python:-python3}"
+if [ -d "$bundle/python/storage_api" ]; then
+    export PYTHONPATH="$bundle/python${PYTHONPATH:+:$PYTHONPATH}"
+fi
+exec "$python" -m storage_api._compss init "$@"
