@@ -249,3 +249,17 @@ def test_retry_jitter_stays_within_its_bounds():
     b = Backoff(base=1.0, factor=1.0, cap=1.0, jitter=0.2)
     assert b.delay(0, 0.0) == pytest.approx(0.8) and b.delay(0, 1.0) == pytest.approx(1.2)
     assert list(Retry(deadline=0.0, clock=FakeClock(), sleep=lambda s: None).attempts()) == [0]
+
+
+def test_a_retried_call_is_answered_from_its_first_run(cluster, client):
+    c = Counter(0)
+    oid = c.make_persistent(backend="b0")
+    c.new_replica("b1")
+    assert _direct(client, "b0", oid, "inc", 5, rid="same-request") == 5
+    assert _direct(client, "b0", oid, "inc", 5, rid="same-request") == 5  # not applied twice
+    for _ in range(2):
+        with pytest.raises(ValueError, match="boom"):
+            _direct(client, "b0", oid, "fail", "boom", rid="failing-request")
+    assert c.get() == -1
+    assert _direct(client, "b0", oid, "inc", 1, rid="another") == 0
+    assert _direct(client, "b1", oid, "get") == 0  # the replica took each write once

@@ -49,6 +49,18 @@ class NotPrimary(ObjectNotFound):
     """This backend holds the object, but not as its primary: ask Redis where the primary is."""
 
 
+class Failed:
+    """The outcome of an applied call that raised (a retry raises the same error again)."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+    def __reduce__(self) -> Any:
+        return (Failed, (self.error,))
+
+
 def remember(entry: Entry, rid: str | None, result: Any) -> None:
     if rid is None:
         return

@@ -28,7 +28,7 @@ from .._object import ActiveObject, State, import_class, state_of
 from .._serial import dumps, loads
 from .._stub import describe_class
 from ..errors import InvalidArguments, MethodNotFound, ObjectNotFound, StoreError
-from ._placement import Placement, remember
+from ._placement import Failed, Placement, remember
 from ._rwlock import RWLock
 from ._store import Store
 
@@ -234,14 +234,21 @@ class LocalBackend(Placement):
         try:
             entry.check()
             if rid is not None and rid in entry.applied:
-                return entry.applied[rid]  # a retry of a call that was applied: do not run it twice
-            result: Any = None
+                # A retry of a call that was applied: answer as the first time, do not run it twice.
+                prior = entry.applied[rid]
+                if isinstance(prior, Failed):
+                    raise prior.error
+                return prior
+            outcome: Any = None
             try:
-                result = _invoke(func, (entry.obj, *args), kwargs, what)
+                outcome = result = _invoke(func, (entry.obj, *args), kwargs, what)
+            except Exception as exc:
+                outcome = Failed(exc)
+                raise
             finally:
                 lsn, body, buffers = self._save_state(entry)
-                remember(entry, rid, result)
-                self.replicate_write(entry, body, buffers, rid, result)
+                remember(entry, rid, outcome)
+                self.replicate_write(entry, body, buffers, rid, outcome)
         finally:
             lock.release_write()
         self._durable(lsn)
