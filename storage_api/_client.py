@@ -284,6 +284,7 @@ class Client:
         """``bid`` failed us: find where to go next, promoting a replica if ``bid`` was a dead
         primary. False when there is nowhere else to go: the object has no replica, so the
         fault is the caller's at once (a restart of its backend is an operator's decision)."""
+        known = self._backends.get(bid)
         self._backends_at = 0.0
         try:
             rec = self._refresh(obj, oid)
@@ -295,7 +296,14 @@ class Client:
             self._replicas[oid] = (time.monotonic() + _REPLICAS_TTL, tuple(r for r in rec.replicas if r != bid))
             return True
         if not rec.replicas:
-            return False
+            # Nowhere else to go; but if the backend restarted since we connected, a new
+            # connection may work (our old one died with the old process).
+            try:
+                now = {b.id: b for b in self.backends()}.get(bid)
+            except CommunicationError:
+                return False
+            return (known is not None and now is not None and now.alive
+                    and (now.pid, now.port) != (known.pid, known.port))
         # The promotion only happens once bid's heartbeat has expired in Redis; until then the
         # retry loop backs off and asks again.
         try:

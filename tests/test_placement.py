@@ -263,3 +263,12 @@ def test_a_retried_call_is_answered_from_its_first_run(cluster, client):
     assert c.get() == -1
     assert _direct(client, "b0", oid, "inc", 1, rid="another") == 0
     assert _direct(client, "b1", oid, "get") == 0  # the replica took each write once
+
+
+def test_a_client_reconnects_to_a_restarted_backend(own_cluster, own_client):
+    c = Counter(0)
+    c.make_persistent(backend="b0")
+    assert c.inc() == 1
+    own_cluster.kill("b0", signal.SIGKILL)
+    own_cluster.restart("b0")
+    assert c.inc() == 2  # the old connection died with the old process: the same client goes on
