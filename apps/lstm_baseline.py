@@ -1,0 +1,61 @@
+"""The LSTM baseline: the same trainer class, used locally (no store), as the paper's ``model_train.py``.
+
+    python -m apps.lstm_baseline [--csv PATH] [--seed 0] [--epochs 100] [--passes 2] [--json]
+
+Reports what Table 1 reports: memory (mean RSS of this process during the sampled training pass,
+MiB), train time (the timed pass), eval time, and total = train + eval; plus this script's wall
+time and the test metrics. ``--json`` prints one JSON line instead (used by ``apps.lstm_report``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+if not __package__:  # run as a file: make the repository's packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--csv", help="a timestamp,CPU,MEM file (default: the seeded generator)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the generated series (without --csv)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (torch, numpy, random)")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--passes", type=int, choices=(1, 2), default=2,
+                   help="2 (default): train twice like the paper's code; 1: a single pass")
+    p.add_argument("--json", action="store_true", help="print one JSON line")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    start = time.perf_counter()
+    args = parse_args(argv)
+    from workflows import datasets
+    from workflows.trainer import LSTMTrainer
+
+    csv_text = datasets.read_text(args.csv) if args.csv else None
+    trainer = LSTMTrainer(csv_text, data_seed=args.data_seed, epochs=args.epochs, passes=args.passes)
+    result = trainer.train(args.seed)
+    result["wall_time"] = time.perf_counter() - start
+    result["total_time"] = result["train_time"] + result["eval_time"]
+    result.pop("train_loss")
+    if args.json:
+        print(json.dumps({"mode": "baseline", **result}))
+        return 0
+    m = result["metrics"]
+    print(f"baseline ({result['device']}, {args.epochs} epochs x {args.passes} pass(es), seed {args.seed})")
+    print(f"  memory (mean RSS while training) {result['memory_mb']:.2f} MiB")
+    print(f"  train {result['train_time']:.3f} s   eval {result['eval_time']:.3f} s   "
+          f"total (train+eval) {result['total_time']:.3f} s   wall {result['wall_time']:.3f} s")
+    for var in ("cpu", "mem"):
+        print(f"  {var.upper():3s} MSE {m[var]['mse']:.3f}  MAE {m[var]['mae']:.2f}  "
+              f"SMAPE {m[var]['smape']:.2f}  RMSE {m[var]['rmse']:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

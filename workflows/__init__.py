@@ -1,0 +1,1 @@
+"""Reusable pieces the apps are made of: models for the backends, data generators."""
