@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from typing import Any
 
@@ -124,6 +125,12 @@ def _cmd_compss_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from workflows.executor._launch import main as run_main
+
+    return run_main(["--workers", str(args.workers), "--backend-slots", str(args.backend_slots), args.app, *args.args])
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     print(_config.describe(_config.load(args.config)))
     return 0
@@ -170,6 +177,14 @@ def parser() -> argparse.ArgumentParser:
     cb = sub.add_parser("compss-bundle", help="assemble the COMPSs storage bundle (jar, python/storage, scripts) in DEST")
     cb.add_argument("dest", metavar="DEST", help="bundle directory, e.g. $COMPSS_HOME/Tools/storage/storage_api")
     cb.set_defaults(func=_cmd_compss_bundle)
+
+    run = sub.add_parser("run", help="run a PyCOMPSs app without COMPSs (development executor; see README)")
+    run.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                     help="local worker processes (default: cores)")
+    run.add_argument("--backend-slots", type=int, default=1, help="tasks one backend runs at a time (default 1)")
+    run.add_argument("app", help="the PyCOMPSs application script")
+    run.add_argument("args", nargs=argparse.REMAINDER, help="the app's arguments")
+    run.set_defaults(func=_cmd_run)
 
     cfg = sub.add_parser("config", help="print every setting with its value and documentation")
     cfg.add_argument("--config", help="settings file")

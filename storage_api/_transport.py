@@ -29,6 +29,26 @@ _STREAM_MIN = 4 << 20  # STREAM buffers at least this large go to the backend's 
 
 Buffer = Any  # bytes-like: bytes, bytearray, memoryview
 
+# Bytes this process wrote to / read from its frame sockets (headers, MACs, bodies and buffers;
+# not the handshake), per kind of connection: "client" (opened with the client role), "peer"
+# (opened by a backend to another backend), "served_client" / "served_peer" (accepted by a backend).
+# workflows.executor reads them to report the bytes its runs moved between processes.
+_traffic: dict[str, list[int]] = {}
+_traffic_lock = threading.Lock()
+
+
+def _count(label: str, sent: int, received: int) -> None:
+    with _traffic_lock:
+        slot = _traffic.setdefault(label, [0, 0])
+        slot[0] += sent
+        slot[1] += received
+
+
+def traffic() -> dict[str, tuple[int, int]]:
+    """``label -> (bytes sent, bytes received)`` over this process's frame sockets so far."""
+    with _traffic_lock:
+        return {k: (v[0], v[1]) for k, v in _traffic.items()}
+
 
 class FrameSocket:
     """One authenticated connection carrying frames in both directions."""
@@ -53,6 +73,7 @@ class FrameSocket:
         self.stream_sink: Callable[[int], Any] | None = None
         self.streams: list[Any] = []  # the sinks of the last frame received
         self.spin = 0.0  # seconds to poll before blocking in recv (see _spin_recv)
+        self.label = "other"  # which traffic counter its bytes go to (see traffic())
 
     # ---------------------------------------------------------------- sending
     def send(self, kind: int, req_id: int, body: bytes, buffers: Sequence[Buffer] = (), flags: int = 0) -> None:
@@ -89,6 +110,7 @@ class FrameSocket:
                     else:
                         parts += [head + mac, lengths, body]
                     parts += views
+                _count(self.label, sum(len(p) if isinstance(p, (bytes, bytearray)) else p.nbytes for p in parts), 0)
                 if len(parts) == 1:
                     self.sock.sendall(parts[0])
                 else:
@@ -133,6 +155,7 @@ class FrameSocket:
                         raise
                     stream.done()
                 buffers.append(buf)
+        _count(self.label, 0, len(head) + len(lengths_raw) + body_len + sum(len(b) for b in buffers))
         return kind, flags, req_id, body, buffers
 
     def pending(self) -> bool:
@@ -296,7 +319,9 @@ def client_handshake(sock: socket.socket, secret: bytes, role: int, timeout: flo
         raise AuthenticationError("backend failed to prove it knows the deployment secret")
     c2s, s2c = w.session_keys(secret, server_nonce, client_nonce)
     sock.settimeout(None)
-    return FrameSocket(sock, c2s, s2c)
+    fs = FrameSocket(sock, c2s, s2c)
+    fs.label = "client" if role == w.ROLE_CLIENT else "peer"
+    return fs
 
 
 def server_handshake(sock: socket.socket, secret: bytes, timeout: float) -> tuple[FrameSocket, int]:
@@ -322,7 +347,9 @@ def server_handshake(sock: socket.socket, secret: bytes, timeout: float) -> tupl
         raise ProtocolError("malformed handshake") from exc
     c2s, s2c = w.session_keys(secret, server_nonce, client_nonce)
     sock.settimeout(None)
-    return FrameSocket(sock, s2c, c2s), role
+    fs = FrameSocket(sock, s2c, c2s)
+    fs.label = "served_client" if role == w.ROLE_CLIENT else "served_peer"
+    return fs, role
 
 
 def local_socket_name(backend_id: str) -> str:

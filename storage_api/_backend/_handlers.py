@@ -14,6 +14,8 @@ from .. import _wire
 from .._serial import dump_error, dumps
 from ..errors import ClassNotFound, StoreError
 
+from ._tasks import TASK_HANDLERS
+
 if TYPE_CHECKING:
     from ._runtime import LocalBackend
 
@@ -102,7 +104,9 @@ def _replica_drop(b: LocalBackend, msg: tuple, frame: Frame) -> None:
 
 
 def _stats(b: LocalBackend, msg: tuple, frame: Frame) -> dict:
-    return b.stats()
+    from .._transport import traffic
+
+    return {**b.stats(), "traffic": traffic()}
 
 
 def _ping(b: LocalBackend, msg: tuple, frame: Frame) -> str:
@@ -127,6 +131,7 @@ HANDLERS: dict[str, tuple[Handler, int]] = {
     "replica_drop": (_replica_drop, 2),
     "stats": (_stats, 1),
     "ping": (_ping, 1),
+    **TASK_HANDLERS,  # shipped PyCOMPSs tasks (workflows.executor): see _tasks
 }
 
 

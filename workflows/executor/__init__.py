@@ -1,0 +1,62 @@
+"""Run unchanged PyCOMPSs/dislib apps on one machine, without COMPSs: storage-api's development mode.
+
+This is not a distributed engine and does not try to be one: clusters use real COMPSs
+(``runcompss``/``enqueue_compss`` with the storage bundle). It exists because COMPSs cannot be
+installed from the package registries while dislib imports ``pycompss.api``. The launcher
+(``storage-api run APP.py [args]`` or ``python -m workflows.executor APP.py [args]``) puts a small
+``pycompss`` shim on ``sys.path`` (only when the real one is not importable) and runs the app as
+``__main__`` with an engine that implements the ``pycompss.api`` subset dislib 1.0 uses:
+``@task`` (``returns=`` as an int, a type, a tuple of types or a parameter name; directions IN,
+OUT, INOUT, COMMUTATIVE, CONCURRENT, IN_DELETE, FILE_*, COLLECTION_* and ``{Type: ..., Depth: ...}``;
+``target_direction`` for methods), ``@constraint`` (recorded), ``@on_failure``, ``@reduction``
+(one call on the whole collection), ``compss_wait_on`` (futures, nested lists), ``compss_delete_object``,
+``compss_barrier`` and the rest of ``pycompss.api.api`` in its sequential form.
+
+Tasks return futures and run asynchronously in dependency order. A task whose arguments include a
+persistent object runs on the backend holding the first one; a task whose inputs a backend keeps
+runs there; the others run in a pool of local worker processes (see :mod:`._engine`). Errors
+surface at ``compss_wait_on`` (or ``compss_barrier``) with their original type and traceback.
+
+Known limits (dev mode): no retries, no task groups, no nesting (tasks called inside tasks run as
+plain calls, as PyCOMPSs without agents), arguments are snapshotted structurally at submission but
+arrays inside them are not copied, objects of classes defined in the app's ``__main__`` cannot be
+sent to backends (functions can), and results kept on backends are freed when the run ends, not
+at ``compss_delete_object``.
+"""
+
+from __future__ import annotations
+
+from ._engine import Future, TaskCancelled, current
+
+__all__ = ["main", "bytes_moved", "Future", "TaskCancelled", "current"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m workflows.executor [--workers N] APP.py [args...]``."""
+    from ._launch import main as _main
+
+    return _main(argv)
+
+
+def bytes_moved() -> dict[str, int] | None:
+    """Bytes moved between processes so far in this run, or ``None`` outside the executor.
+
+    ``workers``: task payloads pickled to local workers and their pickled answers, plus what the
+    workers exchanged with backends; ``client``: frame bytes the app's process sent to and received
+    from backends (tasks, results, active calls, persistence); ``backends``: frame bytes the
+    backends exchanged with each other (on connections they opened). Redis traffic and the
+    connection handshakes are not counted. ``total`` is their sum.
+    """
+    engine = current()
+    if engine is None:
+        return None
+    from storage_api import _context, _transport
+
+    client = sum(s + r for label, (s, r) in _transport.traffic().items() if label == "client")
+    backends = 0
+    if _context.peek() is not None:
+        for traffic in engine.remote.backend_traffic().values():
+            backends += sum(s + r for label, (s, r) in traffic.items() if label == "peer")
+    out = {"workers": engine.worker_bytes, "client": client, "backends": backends}
+    out["total"] = sum(out.values())
+    return out

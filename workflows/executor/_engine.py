@@ -1,0 +1,483 @@
+"""The task engine: futures, data dependencies, and where each task runs.
+
+A call of a ``@task`` function becomes a :class:`Task` whose results are :class:`Future` objects.
+Dependencies come from the arguments: a future (or a collection holding futures) waits for the
+task that makes it; an object passed INOUT gets a new version (later uses read it); a persistent
+object or a file orders its writers against its readers. One dispatcher thread starts tasks whose
+inputs are ready, so the app's thread only records them.
+
+Placement, first match wins:
+1. an argument is a persistent object (``getID()`` not ``None``): the backend holding the first one;
+2. an input is a result kept on a backend: the backend keeping the first one, unless it is much
+   busier than another backend keeping an input (results of backend tasks stay where they were
+   made, as COMPSs leaves outputs on the worker that wrote them);
+3. otherwise a local worker process (``--workers``), which gets the function by reference and its
+   arguments pickled, and sends its results back pickled.
+A value made locally and sent to a backend is kept there (:class:`~storage_api._backend._tasks.Stash`)
+and named, not re-sent, the next time.
+"""
+
+from __future__ import annotations
+
+import collections
+import inspect
+import itertools
+import pickle
+import queue
+import threading
+import uuid
+from typing import Any
+
+from ._decorators import Param, TaskSpec
+
+_current: Engine | None = None
+
+
+def current() -> Engine | None:
+    """The engine of this process's run, or ``None`` (tasks then run as plain calls)."""
+    return _current
+
+
+def install(engine: Engine | None) -> None:
+    global _current
+    _current = engine
+
+
+class TaskCancelled(RuntimeError):
+    """A task was not run because a task it depends on failed under ``CANCEL_SUCCESSORS``."""
+
+
+class Future:
+    """A value a task will produce: element ``path`` of the task's answer."""
+
+    __slots__ = ("task", "path", "__weakref__")
+
+    def __init__(self, task: Task, path: tuple) -> None:
+        self.task = task
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"<Future of {self.task.spec.name} #{self.task.n}{list(self.path)}>"
+
+
+class Task:
+    __slots__ = ("n", "spec", "args", "kwargs", "outputs", "writes", "pending", "dependents", "deps",
+                 "finished", "error", "answer", "where", "key", "done", "cache", "stashed", "force_local")
+
+    def __init__(self, n: int, spec: TaskSpec) -> None:
+        self.n = n
+        self.spec = spec
+        self.args: list = []
+        self.kwargs: dict = {}
+        self.outputs: list[tuple] = []  # paths into (args, kwargs) whose values after the call are results
+        self.writes: list[str] = []  # persistent ids the task may mutate
+        self.pending = 0
+        self.dependents: list[Task] = []
+        self.deps: list[Task] = []
+        self.finished = False
+        self.error: BaseException | None = None
+        self.answer: list | None = None  # local answer: [return value, *outputs]
+        self.where: str | None = None  # backend id keeping the answer
+        self.key = uuid.uuid4().hex
+        self.done = threading.Event()
+        self.cache: dict[tuple, Any] = {}  # remote values fetched to this process
+        self.stashed: dict[tuple, set[str]] = {}  # local values already kept on these backends
+        self.force_local = False
+
+
+def _get(answer: Any, path: tuple) -> Any:
+    for step in path:
+        answer = answer[step]
+    return answer
+
+
+def _rebuild(value: Any, leaf: Any, swap: Any = None) -> Any:
+    """A copy of the list/tuple/dict structure of ``value`` with every leaf passed through ``leaf``.
+
+    ``swap`` first replaces any node (a list too) that has a newer version (an INOUT result).
+    """
+    if swap is not None:
+        value = swap(value)
+        if type(value) is list:
+            return [_rebuild(v, leaf, swap) for v in value]
+        if type(value) is tuple:
+            return tuple(_rebuild(v, leaf, swap) for v in value)
+        if type(value) is dict:
+            return {k: _rebuild(v, leaf, swap) for k, v in value.items()}
+        return leaf(value)
+    t = type(value)
+    if t is list:
+        return [_rebuild(v, leaf) for v in value]
+    if t is tuple:
+        return tuple(_rebuild(v, leaf) for v in value)
+    if t is dict:
+        return {k: _rebuild(v, leaf) for k, v in value.items()}
+    return leaf(value)
+
+
+def _leaf_paths(value: Any, depth: int) -> list[tuple]:
+    if depth <= 0 or type(value) not in (list, tuple):
+        return [()]
+    return [(i, *p) for i, v in enumerate(value) for p in _leaf_paths(v, depth - 1)]
+
+
+def _set_path(container: Any, path: tuple, new: Any) -> None:
+    for step in path[:-1]:
+        container = container[step]
+    if type(container) is list:
+        container[path[-1]] = new
+
+
+def _is_psco(v: Any) -> bool:
+    get = getattr(type(v), "getID", None)
+    if get is None or isinstance(v, type):
+        return False
+    try:
+        return v.getID() not in (None, "None")
+    except TypeError:
+        return False
+
+
+class Engine:
+    """One run's tasks. ``workers``: size of the local process pool."""
+
+    def __init__(self, workers: int, *, paths: list[str] | None = None, script: str | None = None,
+                 backend_slots: int = 1) -> None:
+        self.workers = max(1, workers)
+        self.paths = list(paths or [])  # sys.path entries backends need to import the app's functions
+        self.script = script
+        self._lock = threading.RLock()
+        self._idle = threading.Condition(self._lock)
+        self._active = 0
+        self._count = itertools.count(1)
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._versions: dict[int, tuple[Any, Future]] = {}  # id(obj) -> (obj, its latest version)
+        self._writer: dict[Any, Task] = {}
+        self._readers: dict[Any, list[Task]] = {}
+        self._failures: list[BaseException] = []
+        self._pool: Any = None
+        self._pool_lock = threading.Lock()
+        self._remote: Any = None
+        self._kept: dict[str, list[str]] = {}  # backend id -> keys kept there
+        self.backend_slots = max(1, backend_slots)  # tasks running at once on one backend
+        self._inflight: dict[str, int] = {}
+        self._queued: dict[str, collections.deque] = {}
+        self.worker_bytes = 0  # bytes pickled to and from local workers (see README)
+        self.tasks_local = 0
+        self.tasks_remote = 0
+        self._thread = threading.Thread(target=self._dispatch_loop, name="executor-dispatch", daemon=True)
+        self._thread.start()
+
+    # ================================================================= submission (app thread)
+    def submit(self, spec: TaskSpec, args: tuple, kwargs: dict) -> Any:
+        bound = spec.signature.bind(*args, **kwargs)
+        task = Task(next(self._count), spec)
+        deps: list[Task] = []
+        positional = [n for n, p in spec.signature.parameters.items()
+                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        n_positional = len(bound.args)
+        registrations: list[Any] = []
+        with self._lock:
+            for name, value in list(bound.arguments.items()):
+                param = spec.direction(name)
+                kind = spec.signature.parameters[name].kind
+                if kind is inspect.Parameter.VAR_POSITIONAL:
+                    param = Param("COLLECTION_IN", 1) if param.direction == "IN" else param
+                base: tuple = (positional.index(name),) if name in positional and positional.index(name) < n_positional else (name,)
+                if kind is inspect.Parameter.VAR_KEYWORD:
+                    base = ()
+                bound.arguments[name] = self._track(task, value, param, deps, base, registrations)
+            task.args = list(bound.args)
+            task.kwargs = dict(bound.kwargs)
+            for d in deps:
+                if d is task or d in task.deps:
+                    continue
+                task.deps.append(d)
+                if not d.finished:
+                    d.dependents.append(task)
+                    task.pending += 1
+            self._active += 1
+            ready = task.pending == 0
+        for register in registrations:
+            register()
+        if ready:
+            self._events.put(("ready", task, None))
+        n = spec.n_returns(bound)
+        if n == 0:
+            return None
+        if n == 1:
+            return Future(task, (0,))
+        return tuple(Future(task, (0, i)) for i in range(n))
+
+    def _track(self, task: Task, value: Any, param: Param, deps: list[Task], base: tuple,
+               registrations: list) -> Any:
+        """Record the dependencies of one argument; return what the task will get (a snapshot)."""
+        writes = param.writes
+
+        def leaf(v: Any) -> Any:
+            if isinstance(v, Future):
+                deps.append(v.task)
+                return v
+            if _is_psco(v):
+                self._order(task, ("psco", v.getID()), writes, deps)
+                if writes:
+                    task.writes.append(v.getID())
+                return v
+            if param.is_file and isinstance(v, str):
+                task.force_local = True
+                self._order(task, ("file", v), writes, deps)
+            return v
+
+        snapshot = (_rebuild(value, leaf, self._latest) if param.collection or param.direction == "IN"
+                    else leaf(self._latest(value)))
+        if not base and param.direction != "IN":
+            return snapshot
+        if param.collection and param.writes:
+            for lp in _leaf_paths(value, param.depth):
+                index = len(task.outputs)
+                task.outputs.append(base + lp)
+                fut = Future(task, (1 + index,))
+                registrations.append(lambda lp=lp, fut=fut: _set_path(value, lp, fut))
+        elif param.direction in ("INOUT", "OUT", "CONCURRENT", "COMMUTATIVE") and not _is_psco(value):
+            index = len(task.outputs)
+            task.outputs.append(base)
+            fut = Future(task, (1 + index,))
+            self._versions[id(value)] = (value, fut)
+        return snapshot
+
+    def _latest(self, v: Any) -> Any:
+        version = self._versions.get(id(v))
+        return version[1] if version is not None and version[0] is v else v
+
+    def _order(self, task: Task, key: Any, writes: bool, deps: list[Task]) -> None:
+        last = self._writer.get(key)
+        if writes:
+            deps.extend(self._readers.pop(key, []))
+            if last is not None:
+                deps.append(last)
+            self._writer[key] = task
+        else:
+            if last is not None:
+                deps.append(last)
+            self._readers.setdefault(key, []).append(task)
+
+    # ================================================================= dispatch (one thread)
+    def _dispatch_loop(self) -> None:
+        while True:
+            kind, task, payload = self._events.get()
+            if kind == "stop":
+                return
+            try:
+                if kind == "ready":
+                    self._launch(task)
+                else:
+                    self._finish(task, payload)
+            except BaseException as exc:  # noqa: BLE001 - a task's failure, never the loop's
+                if task.finished:
+                    continue
+                self._finish(task, ("error", exc))
+
+    def _launch(self, task: Task) -> None:
+        for d in task.deps:
+            if d.error is not None:
+                policy = (d.spec.on_failure or {}).get("management")
+                err = TaskCancelled(f"{d.spec.name} failed: {d.error!r}") if policy == "CANCEL_SUCCESSORS" else d.error
+                self._finish(task, ("error", err))
+                return
+        target = None if task.force_local else self._placement(task)
+        if target is None:
+            self.tasks_local += 1
+            args = _rebuild(task.args, self._local_value)
+            kwargs = _rebuild(task.kwargs, self._local_value)
+            payload = pickle.dumps((task.spec.wrapper, args, kwargs, task.outputs), protocol=5)
+            self.worker_bytes += len(payload)
+            from ._worker import run
+
+            fut = self.start_pool().submit(run, payload)
+            fut.add_done_callback(lambda f: self._events.put(("done", task, ("local", f))))
+        elif self._inflight.get(target, 0) >= self.backend_slots:
+            self._queued.setdefault(target, collections.deque()).append(task)
+        else:
+            self._send_remote(task, target)
+
+    def _send_remote(self, task: Task, target: str) -> None:
+        """Ship the task to ``target`` (at most ``backend_slots`` in flight there: the others queue)."""
+        stashes: list[tuple[Task, tuple]] = []
+        try:
+            args = _rebuild(task.args, lambda v: self._remote_value(v, target, stashes))
+            kwargs = _rebuild(task.kwargs, lambda v: self._remote_value(v, target, stashes))
+            fut = self.remote.submit(target, task, args, kwargs)
+        except BaseException as exc:  # noqa: BLE001 - e.g. an argument that cannot be pickled
+            self._finish(task, ("error", exc))
+            return
+        self._inflight[target] = self._inflight.get(target, 0) + 1
+        self.tasks_remote += 1
+        self._kept.setdefault(target, []).append(task.key)
+        fut.add_done_callback(lambda f: self._events.put(("done", task, ("remote", f, target, stashes))))
+
+    def _placement(self, task: Task) -> str | None:
+        """The backend of the first persistent argument; else the backend keeping the task's first
+        remote input, unless it has more than ``2 x backend_slots`` tasks more to do than another
+        backend keeping an input (then that one: locality first, but no pile-up); else ``None``
+        (a local worker)."""
+        pscos: list[str] = []
+        holders: list[str] = []
+
+        def leaf(v: Any) -> None:
+            if pscos:
+                return
+            if _is_psco(v):
+                pscos.append(self.remote.backend_of(v))
+            elif isinstance(v, Future) and v.task.where is not None and v.task.where not in holders:
+                holders.append(v.task.where)
+
+        _rebuild(task.args, leaf)
+        _rebuild(task.kwargs, leaf)
+        if pscos:
+            return pscos[0]
+        if not holders:
+            return None
+        load = {b: self._inflight.get(b, 0) + len(self._queued.get(b, ())) for b in holders}
+        best = min(holders, key=lambda b: (load[b], holders.index(b)))
+        return best if load[holders[0]] - load[best] > 2 * self.backend_slots else holders[0]
+
+    def _local_value(self, v: Any) -> Any:
+        return self.value(v) if isinstance(v, Future) else v
+
+    def _remote_value(self, v: Any, target: str, stashes: list) -> Any:
+        if not isinstance(v, Future):
+            return v
+        from storage_api._backend._tasks import Remote, Stash
+
+        t = v.task
+        if t.where is not None:
+            return Remote(t.where, t.key, v.path)
+        if target in t.stashed.get(v.path, ()):
+            return Remote(target, f"{t.key}/{v.path}", (0,))
+        stashes.append((t, v.path))
+        return Stash(f"{t.key}/{v.path}", _get(t.answer, v.path))
+
+    def _finish(self, task: Task, outcome: tuple) -> None:
+        if outcome[0] == "local":
+            f = outcome[1]
+            try:
+                body = f.result()
+                self.worker_bytes += len(body)
+                answer, worker_traffic = pickle.loads(body)
+                self.worker_bytes += worker_traffic
+                task.answer = answer
+            except BaseException as exc:  # noqa: BLE001
+                task.error = exc
+        elif outcome[0] == "remote":
+            f, target, stashes = outcome[1], outcome[2], outcome[3]
+            self._inflight[target] -= 1
+            waiting = self._queued.get(target)
+            if waiting:
+                self._send_remote(waiting.popleft(), target)
+            try:
+                f.result()
+                task.where = target
+                for t, path in stashes:
+                    t.stashed.setdefault(path, set()).add(target)
+                    self._kept.setdefault(target, []).append(f"{t.key}/{path}")
+            except BaseException as exc:  # noqa: BLE001
+                task.error = exc
+        else:
+            task.error = outcome[1]
+        if task.error is not None and task.spec.on_failure and \
+                task.spec.on_failure.get("management") in ("IGNORE", "CANCEL_SUCCESSORS"):
+            default = task.spec.on_failure.get("returns")
+            task.answer = [default, *([None] * len(task.outputs))]
+            if task.spec.on_failure["management"] == "IGNORE":
+                task.error = None
+        elif task.error is not None:
+            self._failures.append(task.error)
+        with self._lock:
+            task.finished = True
+            dependents, task.dependents = task.dependents, []
+            task.args = task.kwargs = None  # type: ignore[assignment]
+            for d in dependents:
+                d.pending -= 1
+                if d.pending == 0:
+                    self._events.put(("ready", d, None))
+            self._active -= 1
+            self._idle.notify_all()
+        task.done.set()
+
+    # ================================================================= values (any thread)
+    def value(self, fut: Future) -> Any:
+        """The value of a future (waiting for its task; fetched once if a backend keeps it)."""
+        t = fut.task
+        t.done.wait()
+        if t.error is not None and t.answer is None:
+            with self._lock:  # seen by the app: the final barrier does not raise it again
+                self._failures = [f for f in self._failures if f is not t.error]
+            raise t.error
+        if t.where is None:
+            return _get(t.answer, fut.path)
+        if fut.path not in t.cache:
+            t.cache[fut.path] = self.remote.fetch(t.where, t.key, fut.path)
+        return t.cache[fut.path]
+
+    def wait_on(self, obj: Any) -> Any:
+        def leaf(v: Any) -> Any:
+            if isinstance(v, Future):
+                return self.value(v)
+            if _is_psco(v):
+                writer = self._writer.get(("psco", v.getID()))
+                if writer is not None:
+                    writer.done.wait()
+                    if writer.error is not None:
+                        raise writer.error
+            return v
+
+        return _rebuild(obj, leaf, self._latest)
+
+    def forget(self, obj: Any) -> None:
+        """``compss_delete_object``: stop tracking versions of ``obj`` (persistent objects stay)."""
+        with self._lock:
+            self._versions.pop(id(obj), None)
+
+    def barrier(self) -> None:
+        """Wait until every submitted task finished; raise the first failure since the last barrier."""
+        with self._idle:
+            while self._active:
+                self._idle.wait()
+            failures, self._failures = self._failures, []
+        if failures:
+            raise failures[0]
+
+    # ================================================================= machinery
+    @property
+    def remote(self) -> Any:
+        if self._remote is None:
+            from ._remote import Remote
+
+            self._remote = Remote(self)
+        return self._remote
+
+    def start_pool(self) -> Any:
+        """Start the local workers (spawned, not forked: the app's process has client threads and
+        sockets). Call it while ``sys.modules["__main__"]`` is the app: workers import it as
+        ``__mp_main__`` so the app's functions resolve there."""
+        with self._pool_lock:
+            if self._pool is None:
+                import multiprocessing
+                from concurrent.futures import ProcessPoolExecutor
+
+                from ._worker import ready
+
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+                for _ in range(self.workers):  # one submission per worker starts them all now
+                    self._pool.submit(ready)
+            return self._pool
+
+    def close(self) -> None:
+        try:
+            self.barrier()
+        finally:
+            self._events.put(("stop", None, None))
+            if self._pool is not None:
+                self._pool.shutdown(wait=True)
+            if self._remote is not None:
+                self._remote.drop(self._kept)

@@ -1,0 +1,82 @@
+"""The launcher: defer to real COMPSs when it is there, else run the app with the engine."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+import types
+from pathlib import Path
+
+SHIM = str(Path(__file__).resolve().parent / "shim")
+
+
+def real_pycompss() -> str | None:
+    """Where the real ``pycompss`` is, if it can be imported (our shim does not count)."""
+    spec = importlib.util.find_spec("pycompss")
+    if spec is None or spec.origin is None:
+        return None
+    return None if spec.origin.startswith(SHIM) else spec.origin
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m workflows.executor",
+                                description="Run a PyCOMPSs app without COMPSs (storage-api's development executor).")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                   help="local worker processes for tasks that do not run on a backend (default: cores)")
+    p.add_argument("--backend-slots", type=int, default=1,
+                   help="tasks one backend runs at a time (default 1: one core per backend)")
+    p.add_argument("app", help="the PyCOMPSs application script")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="the app's own arguments")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    opts = parser().parse_args(argv)
+    real = real_pycompss()
+    if real is not None:
+        print(f"PyCOMPSs is installed ({real}): run the app with COMPSs instead, e.g.\n"
+              f"  runcompss --storage_impl=storage_api --storage_conf=<conf> {opts.app} {' '.join(opts.args)}\n"
+              "(storage-api compss-bundle DEST assembles the storage bundle)", file=sys.stderr)
+        return 3
+    return run(opts.app, opts.args, workers=opts.workers, backend_slots=opts.backend_slots)
+
+
+def run(app: str, args: list[str], *, workers: int, backend_slots: int = 1) -> int:
+    from . import _engine
+
+    app_path = str(Path(app).resolve())
+    app_dir = str(Path(app_path).parent)
+    for p in (app_dir, SHIM):
+        if p not in sys.path:
+            sys.path.insert(0, p)
+    engine = _engine.Engine(workers, paths=[SHIM, app_dir], script=app_path, backend_slots=backend_slots)
+    _engine.install(engine)
+    saved_argv, saved_main = sys.argv, sys.modules["__main__"]
+    sys.argv = [app_path, *args]
+    # The app runs as __main__ in a module of ours that stays __main__ until its last task ran:
+    # local workers (spawned: they import it as __mp_main__) and backends find its functions by
+    # reference, also for tasks still pending when the script's last line returns.
+    app = types.ModuleType("__main__")
+    app.__file__ = app_path
+    app.__spec__ = None
+    app.__builtins__ = __builtins__
+    sys.modules["__main__"] = app
+    code = 0
+    try:
+        engine.start_pool()  # the workers' start-up overlaps the app's
+        source = Path(app_path).read_text()
+        exec(compile(source, app_path, "exec"), app.__dict__)
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        if not isinstance(exc.code, int) and exc.code is not None:
+            print(exc.code, file=sys.stderr)
+    finally:
+        try:
+            engine.close()
+        finally:
+            _engine.install(None)
+            sys.argv = saved_argv
+            sys.modules["__main__"] = saved_main
+    return code

@@ -1,0 +1,66 @@
+"""Sending tasks to backends, with the store's own client internals.
+
+The function travels by reference: ``("module", name, qualname)``, or ``("file", path, qualname)``
+for functions of the app script (which runs as ``__main__``: the backend imports the file under a
+synthetic name). Arguments are pickled with the store's serializer, so persistent objects travel as
+references (the live object on its owner, a handle elsewhere). See
+:mod:`storage_api._backend._tasks` for the backend side.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections import defaultdict
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+from storage_api import _context
+from storage_api._serial import dumps
+
+if TYPE_CHECKING:
+    from ._engine import Engine, Task
+
+
+def function_ref(func: Any) -> tuple:
+    module = func.__module__
+    if module in ("__main__", "__mp_main__"):
+        path = getattr(sys.modules.get("__main__"), "__file__", None)
+        if path is None:
+            raise RuntimeError(f"{func.__qualname__} is defined in __main__ without a file: backends cannot import it")
+        return ("file", path, func.__qualname__)
+    return ("module", module, func.__qualname__)
+
+
+class Remote:
+    """The engine's link to the backends (through the process's storage_api client)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.client = _context.current()
+
+    def backend_of(self, obj: Any) -> str:
+        return getattr(obj, "_sa_backend", None) or self.client._locate(obj.getID())
+
+    def submit(self, bid: str, task: Task, args: list, kwargs: dict) -> Future:
+        ref = function_ref(task.spec.wrapper)
+        msg = ("task", ref, self.engine.paths, args, kwargs, list(task.writes), task.outputs, task.key)
+        body, buffers = dumps(msg)
+        return self.client._send(bid, body, buffers, wait=False)
+
+    def fetch(self, bid: str, key: str, path: tuple) -> Any:
+        return self.client._send(bid, *dumps(("task_result", key, path)))
+
+    def drop(self, kept: dict[str, list[str]]) -> None:
+        for bid, keys in kept.items():
+            try:
+                self.client._send(bid, *dumps(("task_drop", keys)))
+            except Exception:  # noqa: BLE001 - cleanup of a dead backend's results: nothing to free
+                pass
+
+    def backend_traffic(self) -> dict[str, dict[str, tuple[int, int]]]:
+        """Each backend's transport counters (its ``stats``), by backend name."""
+        out: dict[str, Any] = defaultdict(dict)
+        for b in self.client.backends():
+            if b.alive:
+                out[b.name] = self.client._send(b.id, *dumps(("stats",)))["traffic"]
+        return dict(out)
