@@ -8,6 +8,7 @@ another. Every operation is written once: it builds a request and hands it to a
 
 from __future__ import annotations
 
+import os
 import pickle
 import random
 import threading
@@ -92,7 +93,7 @@ class Client:
     def call(self, obj: ActiveObject, method: RemoteMethod, args: tuple, kwargs: dict, *, wait: bool = True) -> Any:
         listener = _progress.listener()
         on_event = None if listener is None else (lambda body: listener(loads(body, placeholders=self._placeholders)))
-        rid = None if method.readonly else uuid.uuid4().hex  # lets a retried call run once
+        rid = None if method.readonly else os.urandom(16).hex()  # lets a retried call run once
         return self._object_request(obj, ("call", obj._sa_id, method.name, args, kwargs, rid), wait=wait,
                                     on_event=on_event, read=method.readonly)
 
@@ -234,25 +235,31 @@ class Client:
         transport faults under :attr:`retry`, promoting a replica when the primary is dead.
         """
         body, buffers = dumps(msg)
+        bid = self._target(obj, oid, read) if read or obj is None else (obj._sa_backend or self._locate(oid))
         if not wait:  # a future: one attempt, its failure is the future's
-            return self._send(self._target(obj, oid, read), body, buffers, wait=False, on_event=on_event)
-        last: Exception | None = None
-        for _attempt in self.retry.attempts():
+            return self._send(bid, body, buffers, wait=False, on_event=on_event)
+        try:  # the common case, outside the retry machinery
+            return self._send(bid, body, buffers, on_event=on_event)
+        except (ObjectNotFound, CommunicationError) as exc:
+            self._recover(exc, obj, oid, bid)
+            last: Exception = exc
+        for _retry in self.retry.attempts():  # the first retry at once, then after pauses
             bid = self._target(obj, oid, read)
             try:
                 return self._send(bid, body, buffers, on_event=on_event)
-            except ObjectNotFound as exc:
-                # Our idea of its location may be stale (moved, failed over): ask Redis.
-                rec = self._refresh(obj, oid)
-                if rec.backend == bid:
-                    raise
+            except (ObjectNotFound, CommunicationError) as exc:
+                self._recover(exc, obj, oid, bid)
                 last = exc
-            except CommunicationError as exc:
-                last = exc
-                if not self._failover(obj, oid, bid):
-                    raise
-        assert last is not None
         raise last
+
+    def _recover(self, exc: Exception, obj: ActiveObject | None, oid: str, bid: str) -> None:
+        """Prepare the next attempt after ``bid`` failed us, or re-raise ``exc`` if there is none."""
+        if isinstance(exc, ObjectNotFound):
+            # Our idea of its location may be stale (moved, failed over): ask Redis.
+            if self._refresh(obj, oid).backend == bid:
+                raise exc
+        elif not self._failover(obj, oid, bid):
+            raise exc
 
     def _target(self, obj: ActiveObject | None, oid: str, read: bool) -> str:
         primary = (obj._sa_backend if obj is not None else None) or self._locate(oid)

@@ -14,6 +14,7 @@ import os
 import socket
 import struct
 import threading
+import weakref
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -33,21 +34,22 @@ Buffer = Any  # bytes-like: bytes, bytearray, memoryview
 # not the handshake), per kind of connection: "client" (opened with the client role), "peer"
 # (opened by a backend to another backend), "served_client" / "served_peer" (accepted by a backend).
 # workflows.executor reads them to report the bytes its runs moved between processes.
-_traffic: dict[str, list[int]] = {}
+# Each socket counts its own bytes (no lock on the hot path: one thread sends at a time, one
+# reads); closed sockets fold their counts into _closed.
+_closed: dict[str, list[int]] = {}
+_live: weakref.WeakSet[FrameSocket] = weakref.WeakSet()
 _traffic_lock = threading.Lock()
-
-
-def _count(label: str, sent: int, received: int) -> None:
-    with _traffic_lock:
-        slot = _traffic.setdefault(label, [0, 0])
-        slot[0] += sent
-        slot[1] += received
 
 
 def traffic() -> dict[str, tuple[int, int]]:
     """``label -> (bytes sent, bytes received)`` over this process's frame sockets so far."""
     with _traffic_lock:
-        return {k: (v[0], v[1]) for k, v in _traffic.items()}
+        out = {k: [v[0], v[1]] for k, v in _closed.items()}
+        for fs in list(_live):
+            slot = out.setdefault(fs.label, [0, 0])
+            slot[0] += fs.sent
+            slot[1] += fs.received
+    return {k: (v[0], v[1]) for k, v in out.items()}
 
 
 class FrameSocket:
@@ -74,6 +76,10 @@ class FrameSocket:
         self.streams: list[Any] = []  # the sinks of the last frame received
         self.spin = 0.0  # seconds to poll before blocking in recv (see _spin_recv)
         self.label = "other"  # which traffic counter its bytes go to (see traffic())
+        self.sent = 0
+        self.received = 0
+        with _traffic_lock:
+            _live.add(self)
 
     # ---------------------------------------------------------------- sending
     def send(self, kind: int, req_id: int, body: bytes, buffers: Sequence[Buffer] = (), flags: int = 0) -> None:
@@ -102,6 +108,7 @@ class FrameSocket:
                         self._sending = False
                         return
                 parts: list[Any] = []
+                nbytes = 0
                 for head, lengths, body, views in batch:
                     mac = w.frame_mac(self._send_key, self._send_seq, head, lengths, body)
                     self._send_seq += 1
@@ -109,8 +116,11 @@ class FrameSocket:
                         parts.append(b"".join((head, mac, lengths, body)))
                     else:
                         parts += [head + mac, lengths, body]
-                    parts += views
-                _count(self.label, sum(len(p) if isinstance(p, (bytes, bytearray)) else p.nbytes for p in parts), 0)
+                    nbytes += len(head) + len(mac) + len(lengths) + len(body)
+                    if views:
+                        parts += views
+                        nbytes += sum(len(v) if isinstance(v, (bytes, bytearray)) else v.nbytes for v in views)
+                self.sent += nbytes
                 if len(parts) == 1:
                     self.sock.sendall(parts[0])
                 else:
@@ -155,7 +165,7 @@ class FrameSocket:
                         raise
                     stream.done()
                 buffers.append(buf)
-        _count(self.label, 0, len(head) + len(lengths_raw) + body_len + sum(len(b) for b in buffers))
+        self.received += len(head) + len(lengths_raw) + body_len + (sum(len(b) for b in buffers) if nbuf else 0)
         return kind, flags, req_id, body, buffers
 
     def pending(self) -> bool:
@@ -241,6 +251,12 @@ class FrameSocket:
 
     def close(self) -> None:
         self.closed = True
+        with _traffic_lock:
+            if self in _live:
+                _live.discard(self)
+                slot = _closed.setdefault(self.label, [0, 0])
+                slot[0] += self.sent
+                slot[1] += self.received
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:

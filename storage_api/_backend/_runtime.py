@@ -247,8 +247,10 @@ class LocalBackend(Placement):
                 raise
             finally:
                 lsn, body, buffers = self._save_state(entry)
-                remember(entry, rid, outcome)
-                self.replicate_write(entry, body, buffers, rid, outcome)
+                if rid is not None:
+                    remember(entry, rid, outcome)
+                if entry.replicas:
+                    self.replicate_write(entry, body, buffers, rid, outcome)
         finally:
             lock.release_write()
         self._durable(lsn)
