@@ -17,16 +17,16 @@ from pathlib import Path
 
 if not __package__:  # run as a file: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # apps/ itself (also under runpy)
+    from _lstm_cli import add_training_args, print_metrics
+else:
+    from apps._lstm_cli import add_training_args, print_metrics
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--csv", help="a timestamp,CPU,MEM file (default: the seeded generator)")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the generated series (without --csv)")
-    p.add_argument("--seed", type=int, default=0, help="training seed (torch, numpy, random)")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--passes", type=int, choices=(1, 2), default=2,
-                   help="2 (default): train twice like the paper's code; 1: a single pass")
+    add_training_args(p, csv_help="a timestamp,CPU,MEM file (default: the seeded generator)",
+                      seed_help="training seed (torch, numpy, random)")
     p.add_argument("--json", action="store_true", help="print one JSON line")
     return p.parse_args(argv)
 
@@ -51,9 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  memory (mean RSS while training) {result['memory_mb']:.2f} MiB")
     print(f"  train {result['train_time']:.3f} s   eval {result['eval_time']:.3f} s   "
           f"total (train+eval) {result['total_time']:.3f} s   wall {result['wall_time']:.3f} s")
-    for var in ("cpu", "mem"):
-        print(f"  {var.upper():3s} MSE {m[var]['mse']:.3f}  MAE {m[var]['mae']:.2f}  "
-              f"SMAPE {m[var]['smape']:.2f}  RMSE {m[var]['rmse']:.3f}")
+    print_metrics(m)
     return 0
 
 

@@ -37,6 +37,10 @@ if not __package__:  # run as a file from a checkout where storage_api is not in
 
     if importlib.util.find_spec("storage_api") is None:
         sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # apps/ itself (also under runpy)
+    from _lstm_cli import add_training_args, print_metrics
+else:
+    from apps._lstm_cli import add_training_args, print_metrics
 
 
 def rss_mib(field: str = "VmRSS") -> float:
@@ -50,12 +54,8 @@ def rss_mib(field: str = "VmRSS") -> float:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--csv", help="a timestamp,CPU,MEM file, read here and shipped (default: generated on the backend)")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the generated series (without --csv)")
-    p.add_argument("--seed", type=int, default=0, help="training seed")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--passes", type=int, choices=(1, 2), default=2,
-                   help="2 (default): train twice like the paper's code; 1: a single pass")
+    add_training_args(p, csv_help="a timestamp,CPU,MEM file, read here and shipped (default: generated on the backend)",
+                      seed_help="training seed")
     p.add_argument("--backend", help="the backend (name) to train on (default: any live one)")
     p.add_argument("--alias", help="keep the trained object under this alias (default: delete it at the end)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -153,9 +153,7 @@ def main(argv: list[str] | None = None) -> int:
           f"eval {out['eval_time']:.3f} s, whole call {out['server_time']:.3f} s")
     print(f"  overhead: client total - (train + eval) = {out['overhead']:.3f} s; "
           f"train call - server time = {out['call_overhead'] * 1000:.1f} ms")
-    for var in ("cpu", "mem"):
-        print(f"  {var.upper():3s} MSE {m[var]['mse']:.3f}  MAE {m[var]['mae']:.2f}  "
-              f"SMAPE {m[var]['smape']:.2f}  RMSE {m[var]['rmse']:.3f}")
+    print_metrics(m)
     return 0
 
 

@@ -235,7 +235,7 @@ class Client:
         transport faults under :attr:`retry`, promoting a replica when the primary is dead.
         """
         body, buffers = dumps(msg)
-        bid = self._target(obj, oid, read) if read or obj is None else (obj._sa_backend or self._locate(oid))
+        bid = self._target(obj, oid, read)
         if not wait:  # a future: one attempt, its failure is the future's
             return self._send(bid, body, buffers, wait=False, on_event=on_event)
         try:  # the common case, outside the retry machinery

@@ -309,12 +309,6 @@ class Metadata:
         """Fail over from ``dead`` (see ``_PROMOTE`` for the answers)."""
         return self._eval(_PROMOTE, oid, dead)
 
-    def alive(self, bid: str) -> bool:
-        return bool(self.redis.execute("EXISTS", self.key("alive", bid)))
-
-    def replica_count(self, bid: str) -> int:
-        return int(self.redis.execute("SCARD", self.key("reps", bid)) or 0)
-
     def alias(self, alias: str) -> str:
         oid = self.redis.execute("GET", self.key("alias", alias))
         if oid is None:

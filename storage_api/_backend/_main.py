@@ -107,16 +107,21 @@ class BackendProcess:
         s = self.settings
         self.meta.register_backend(self.info(), s.heartbeat_ttl)
         t0 = time.monotonic()
-        records = self.backend.registration_records()
-        conflicts, verdicts = self.meta.register_objects(self.id, records, self.backend.roles())
-        for alias in conflicts:
-            log.warning("alias %r is held by another object; this backend's claim was dropped", alias)
-        self.backend.apply_verdicts(verdicts)
+        records = self._reconcile()
         self.backend.lease_until = t0 + s.heartbeat_ttl * LEASE_FRACTION
         stale = self.meta.owned_objects(self.id) - {oid for oid, _p, _a in records}
         for oid in stale:  # deleted while Redis was not told (e.g. a crash mid-delete)
             self.meta.unregister_object(self.id, oid, None)
         log.info("backend %s (%s) serving %d objects on port %d", self.name, self.id, len(records), self.server.port)
+
+    def _reconcile(self) -> list[tuple[str, str, str | None]]:
+        """(Re-)register every object in the log; drop the copies another backend took over."""
+        records = self.backend.registration_records()
+        conflicts, verdicts = self.meta.register_objects(self.id, records, self.backend.roles())
+        for alias in conflicts:
+            log.warning("alias %r is held by another object; this backend's claim was dropped", alias)
+        self.backend.apply_verdicts(verdicts)
+        return records
 
     def _heartbeat(self) -> None:
         s = self.settings
@@ -131,8 +136,7 @@ class BackendProcess:
                         # We were silent long enough for clients to promote our replicas: check
                         # every object before serving as its primary again.
                         log.warning("heartbeat lease lapsed: re-checking which objects are still ours")
-                        records = self.backend.registration_records()
-                        self.backend.apply_verdicts(self.meta.register_objects(self.id, records, self.backend.roles())[1])
+                        self._reconcile()
                     self.backend.lease_until = t0 + s.heartbeat_ttl * LEASE_FRACTION
                 except CommunicationError as exc:
                     log.warning("heartbeat failed: %s", exc)

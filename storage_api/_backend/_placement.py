@@ -57,9 +57,6 @@ class Failed:
     def __init__(self, error: BaseException) -> None:
         self.error = error
 
-    def __reduce__(self) -> Any:
-        return (Failed, (self.error,))
-
 
 def remember(entry: Entry, rid: str | None, result: Any) -> None:
     if rid is None:
@@ -100,17 +97,24 @@ class Placement:
     def primary_entry(self: LocalBackend, oid: str) -> Entry:
         """The entry of an object this backend is the primary of, or :class:`NotPrimary`."""
         entry = self.entry(oid)
+        self.check_primary(entry)
+        return entry
+
+    def check_primary(self: LocalBackend, entry: Entry) -> None:
         if entry.role != "primary" or not self.lease_ok():
             self.verify(entry)
             if entry.role != "primary":
-                raise NotPrimary(f"backend {self.name} holds a replica of {oid}, not its primary")
-        return entry
+                raise NotPrimary(f"backend {self.name} holds a replica of {entry.oid}, not its primary")
 
     def readable_entry(self: LocalBackend, oid: str) -> Entry:
+        """The entry of an object this backend may serve reads of (primary or replica)."""
         entry = self.entry(oid)
+        self.check_readable(entry)
+        return entry
+
+    def check_readable(self: LocalBackend, entry: Entry) -> None:
         if not self.lease_ok():
             self.verify(entry)
-        return entry
 
     def verify(self: LocalBackend, entry: Entry) -> None:
         """Align an entry's role with its Redis record; drop it if another backend took it over."""
@@ -128,19 +132,16 @@ class Placement:
             self.drop_local(entry.oid)
             raise ObjectNotFound(f"object {entry.oid} is no longer on backend {self.name}")
 
-    def apply_verdicts(self: LocalBackend, verdicts: dict[str, str]) -> int:
-        """Act on the answers of a (re-)registration; return how many stale copies were dropped."""
-        dropped = 0
+    def apply_verdicts(self: LocalBackend, verdicts: dict[str, str]) -> None:
+        """Act on the answers of a (re-)registration (see ``Metadata.register_objects``)."""
         for oid, verdict in verdicts.items():
             entry = self._entries.get(oid)
             self.role_hints[oid] = verdict
             if verdict == "stale":
                 log.warning("object %s was taken over by another backend: dropping the stale copy", oid)
                 self.drop_local(oid)
-                dropped += 1
             elif entry is not None:
                 self.verify(entry)
-        return dropped
 
     def drop_local(self: LocalBackend, oid: str) -> None:
         """Forget a copy without touching Redis (it belongs to another backend now)."""
@@ -162,8 +163,8 @@ class Placement:
         """Send an entry's current state to ``target`` to install as ``oid`` (caller holds a lock)."""
         state_body, buffers = dumps(state_of(entry.obj))
         applied = list(entry.applied.items()) if role != "copy" else []
-        msg = ("install", oid, entry.cls._sa_class_path, entry.alias if register is False else None,
-               role, replicas, state_body, applied, register)
+        alias = None if register else entry.alias  # a new version is a new object: no alias
+        msg = ("install", oid, entry.cls._sa_class_path, alias, role, replicas, state_body, applied, register)
         self._peer()._send(target, pickle.dumps(msg, protocol=5), buffers)
 
     def replicate_write(self: LocalBackend, entry: Entry, state_body: bytes, buffers: list[Any],

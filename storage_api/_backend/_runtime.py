@@ -218,8 +218,7 @@ class LocalBackend(Placement):
         what = f"{entry.cls.__name__}.{name}()"
         lock = entry.lock
         if spec.readonly:
-            if not self.lease_ok():
-                self.verify(entry)
+            self.check_readable(entry)
             lock.acquire_read()
             try:
                 entry.check()
@@ -228,8 +227,7 @@ class LocalBackend(Placement):
                 lock.release_read()
             self._durable(entry.lsn)
             return result
-        if entry.role != "primary" or not self.lease_ok():
-            entry = self.primary_entry(oid)
+        self.check_primary(entry)
         lock.acquire_write()
         try:
             entry.check()

@@ -6,6 +6,7 @@
     python/storage_api/           the store itself, so --pythonpath=DEST/python is self-contained
     scripts/storage_init.sh       enqueue_compss --storage_home=DEST
     scripts/storage_stop.sh
+    scripts/_run.sh               what both scripts run (sourced)
     scripts/bundle.env            the Python interpreter that built the bundle (the scripts use it)
     storage_props.example         every storage conf / props key with its default
 
@@ -136,7 +137,7 @@ def make_bundle(dest: str | os.PathLike[str], build_dir: Path | None = None) -> 
         shutil.copytree(src, python / name, ignore=ignore)
     scripts = d / "scripts"
     scripts.mkdir(exist_ok=True)
-    for script in ("storage_init.sh", "storage_stop.sh"):
+    for script in ("storage_init.sh", "storage_stop.sh", "_run.sh"):
         shutil.copy2(SCRIPTS_DIR / script, scripts / script)
         os.chmod(scripts / script, 0o755)
     (scripts / "bundle.env").write_text(f"SA_BUNDLE_PYTHON={sys.executable}\n")

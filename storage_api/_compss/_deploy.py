@@ -51,6 +51,7 @@ from .._metadata import Metadata
 from .._redis import Redis
 from ..errors import CommunicationError, StoreError
 from . import _conf
+from .._deploy._procs import alive as _alive, tail as _tail, terminate as _terminate, wait_gone as _wait_gone
 
 STOP_TIMEOUT = 60.0
 
@@ -63,54 +64,6 @@ class UsageError(StoreError):
 def _this_host(node: str) -> bool:
     names = {"localhost", "127.0.0.1", "::1", socket.gethostname(), socket.getfqdn(), socket.gethostname().split(".")[0]}
     return node in names or node.split(".")[0] in names
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        if os.waitpid(pid, os.WNOHANG)[0]:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def _wait_gone(pids: list[int], timeout: float) -> list[int]:
-    deadline = time.monotonic() + timeout
-    left = [p for p in pids if _alive(p)]
-    while left and time.monotonic() < deadline:
-        time.sleep(0.05)
-        left = [p for p in left if _alive(p)]
-    return left
-
-
-def _terminate(pids: list[int], timeout: float) -> None:
-    """SIGTERM, then SIGKILL what is left after ``timeout`` (each pid is one we started)."""
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        left = [p for p in pids if _alive(p)]
-        for p in left:
-            try:
-                os.kill(p, sig)
-            except ProcessLookupError:
-                pass
-        if not _wait_gone(left, wait):
-            return
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def job_dir(job: str) -> Path:
@@ -286,7 +239,7 @@ def _start_redis(props: dict[str, str], node: str, port: int, local_only: bool, 
             except CommunicationError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                raise StoreError(f"redis-server did not start on {node}:\n{_tail(logs / 'redis.log')}")
+                raise StoreError(f"redis-server did not start on {node}:\n{_tail(logs / 'redis.log', 20)}")
             time.sleep(0.05)
     finally:
         client.close()
@@ -317,7 +270,7 @@ def _wait_registered(url: str, ns: str, state: dict[str, Any], logs: Path, timeo
             for node in pending:
                 if not _alive(node["pid"]):
                     raise StoreError(f"the backends of node {node['node']} exited during start-up:\n"
-                                     f"{_tail(logs / (node['node'] + '.log'))}")
+                                     f"{_tail(logs / (node['node'] + '.log'), 20)}")
             if time.monotonic() > deadline:
                 raise StoreError(f"backends of {[n['node'] for n in pending]} not registered after {timeout:.0f} s "
                                  f"(logs in {logs})")

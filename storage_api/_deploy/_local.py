@@ -22,7 +22,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _context
+from ._procs import alive as _alive, tail as _tail, terminate as _terminate
 from .._config import Settings, home as default_home, read_file, to_toml
 from .._metadata import Metadata
 from .._redis import Redis
@@ -116,34 +116,6 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs; a zombie counts as dead (ours is reaped; an orphan's parent may never)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return False
-    except ChildProcessError:  # not our child (started by an earlier `storage-api up`)
-        pass
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return True
-
-
-def _tail(path: str, lines: int = 15) -> str:
-    try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
 
 
 def _clean_env() -> dict[str, str]:
@@ -262,28 +234,6 @@ def _wait_for_backends(dep: Deployment, say: Any) -> None:
             time.sleep(0.05)
     finally:
         meta.redis.close()
-
-
-def _terminate(pids: list[int], timeout: float) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
-        time.sleep(0.05)
-    for pid in pids:
-        if _alive(pid):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    for pid in pids:
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
 
 
 def stop(directory: str | os.PathLike[str], *, purge: bool = False) -> bool:

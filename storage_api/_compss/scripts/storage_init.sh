@@ -15,14 +15,5 @@ if [ "$#" -lt 6 ] || [ "$#" -gt 9 ]; then
     exit 2
 fi
 
-here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-bundle="$(dirname "$here")"
-python="${SA_BUNDLE_PYTHON:-}"
-if [ -z "$python" ] && [ -f "$here/bundle.env" ]; then
-    python="$(sed -n 's/^SA_BUNDLE_PYTHON=//p' "$here/bundle.env")"
-fi
-python="${python:-python3}"
-if [ -d "$bundle/python/storage_api" ]; then
-    export PYTHONPATH="$bundle/python${PYTHONPATH:+:$PYTHONPATH}"
-fi
-exec "$python" -m storage_api._compss init "$@"
+source "$(dirname "${BASH_SOURCE[0]}")/_run.sh"
+run_storage_api_compss init "$@"

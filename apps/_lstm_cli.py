@@ -1,0 +1,24 @@
+"""What the LSTM apps share on their command line: the training options and the metrics printout.
+
+Standard library only: the thin client (``lstm_offload.py``) imports it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_training_args(p: argparse.ArgumentParser, *, csv_help: str, seed_help: str) -> None:
+    p.add_argument("--csv", help=csv_help)
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the generated series (without --csv)")
+    p.add_argument("--seed", type=int, default=0, help=seed_help)
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--passes", type=int, choices=(1, 2), default=2,
+                   help="2 (default): train twice like the paper's code; 1: a single pass")
+
+
+def print_metrics(m: dict) -> None:
+    """One line per variable: the paper's MSE, MAE, SMAPE and RMSE."""
+    for var in ("cpu", "mem"):
+        print(f"  {var.upper():3s} MSE {m[var]['mse']:.3f}  MAE {m[var]['mae']:.2f}  "
+              f"SMAPE {m[var]['smape']:.2f}  RMSE {m[var]['rmse']:.3f}")
