@@ -145,6 +145,8 @@ def init(argv: list[str]) -> int:
         with open(variables, "a"):  # must be writable; fail before starting anything
             pass
 
+    # SIGTERM (scancel, a job script's clean-up trap) must not skip the clean-up below.
+    signal.signal(signal.SIGTERM, _raise_exit)
     d = job_dir(job)
     state_path = d / "state.json"
     if state_path.exists():
@@ -203,6 +205,10 @@ def init(argv: list[str]) -> int:
     print(f"storage_init: Redis on {storage_master}, {n} backends on {len(workers)} nodes; "
           f"storage conf {cfg / 'storage.properties'}")
     return 0
+
+
+def _raise_exit(sig: int, _frame: Any) -> None:
+    raise SystemExit(128 + sig)
 
 
 def _write_toml(path: Path, values: dict[str, Any]) -> None:
@@ -354,7 +360,8 @@ def node(argv: list[str]) -> int:
     numactl = shutil.which("numactl")
     if a.numactl == "yes" and not numactl:
         raise UsageError("numactl=yes but numactl is not installed on this node")
-    pin = a.numactl != "no" and numactl is not None and (count > 1 or bool(groups))
+    # auto: pin when there is something to pin to (several NUMA nodes, or an affinity map)
+    pin = numactl is not None and (a.numactl == "yes" or (a.numactl == "auto" and (bool(groups) or _sockets() > 1)))
     settings = Settings(**read_file(a.config)).validate()
     meta = Metadata(Redis(settings.require_redis()), settings.namespace)
     meta.redis.execute("SET", meta.key("compss", "expect", a.compss_name), count)

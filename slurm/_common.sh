@@ -1,0 +1,186 @@
+# Shared by the sbatch scripts of this directory (sourced, never run). Parameter checks, the node
+# list, starting and stopping the store through the COMPSs storage scripts (storage_init.sh and
+# storage_stop.sh, so a job deploys exactly what enqueue_compss would), running steps so that a
+# signal reaches the script at once, and the clean-up trap.
+#
+# A script sets SA_NAME, sources this file, checks its parameters, calls sa_begin, then runs.
+# What it started is stopped on exit, on an error, on the timeout signal (#SBATCH --signal=B:USR1@N)
+# and on scancel (SIGTERM), in that order: the running step, a storage_init.sh still starting, the
+# deployment; then the script's own sa_finish hook, if it defines one, writes what results exist.
+
+SA_NAME="${SA_NAME:-$(basename "$0")}"
+SA_APP_PID=""      # the step running now (its own process group)
+SA_INIT_PID=""     # a storage_init.sh that has not returned yet
+SA_DEPLOYED=()     # storage_stop.sh arguments of the running deployment
+SA_CLEANED=0
+
+sa_die() {  # a bad parameter or environment: nothing has been started yet
+    echo "$SA_NAME: error: $*" >&2
+    exit 2
+}
+
+sa_log() { echo "[$(date +%H:%M:%S)] $SA_NAME: $*"; }
+
+# ------------------------------------------------------------------ parameter checks
+sa_positive() {  # NAME: a positive integer
+    local name=$1 value=${!1}
+    [[ "$value" =~ ^[1-9][0-9]*$ ]] || sa_die "$name must be a positive integer, got '$value'"
+}
+
+sa_positive_list() {  # NAME: a non-empty space-separated list of positive integers
+    local name=$1 value=${!1} v
+    [ -n "${value// /}" ] || sa_die "$name must list at least one positive integer"
+    for v in $value; do
+        [[ "$v" =~ ^[1-9][0-9]*$ ]] || sa_die "$name must list positive integers, got '$v' in '$value'"
+    done
+}
+
+sa_choice() {  # NAME CHOICE...: the value is one of the choices
+    local name=$1 value=${!1} c
+    shift
+    for c in "$@"; do [ "$value" = "$c" ] && return 0; done
+    sa_die "$name must be one of: $*; got '$value'"
+}
+
+sa_load_modules() {  # MODULES="COMPSs/3.3 python/3.12 ...": environment modules to load first
+    [ -n "${MODULES:-}" ] || return 0
+    if ! type module >/dev/null 2>&1; then
+        local init
+        for init in /etc/profile.d/lmod.sh /etc/profile.d/modules.sh /usr/share/lmod/lmod/init/bash \
+                    /usr/share/modules/init/bash; do
+            # shellcheck disable=SC1090
+            [ -f "$init" ] && { set +u; source "$init"; set -u; break; }
+        done
+    fi
+    type module >/dev/null 2>&1 || sa_die "MODULES='$MODULES' is set but this system has no 'module' command"
+    set +u
+    # shellcheck disable=SC2086
+    module load $MODULES || { set -u; sa_die "module load $MODULES failed"; }
+    set -u
+}
+
+sa_check_python() {  # INTERPRETER MODULE...: the interpreter runs and can find the modules
+    local python=$1
+    shift
+    command -v "$python" >/dev/null 2>&1 || sa_die "Python interpreter '$python' not found (set PYTHON)"
+    local mod
+    for mod in "$@"; do  # found, not imported: dislib imports pycompss, which only the launcher provides
+        "$python" -c "import importlib.util as u, sys; sys.exit(u.find_spec('$mod') is None)" 2>/dev/null ||
+            sa_die "'$python' has no module $mod (install storage-api with its extras, or set PYTHON)"
+    done
+}
+
+sa_results_dir() {  # RESULTS_DIR must be creatable and writable
+    mkdir -p "$RESULTS_DIR" 2>/dev/null && [ -w "$RESULTS_DIR" ] ||
+        sa_die "RESULTS_DIR '$RESULTS_DIR' cannot be created or written"
+    RESULTS_DIR="$(cd "$RESULTS_DIR" && pwd)"
+}
+
+# ------------------------------------------------------------------ the allocation
+sa_nodes() {  # SA_NODES: the allocation's hosts (this host outside SLURM); SA_JOB: the job id
+    if [ -n "${SLURM_JOB_NODELIST:-}" ]; then
+        mapfile -t SA_NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
+    else
+        SA_NODES=("$(hostname -s)")
+    fi
+    [ "${#SA_NODES[@]}" -ge 1 ] || sa_die "cannot list the nodes of the allocation"
+    SA_JOB="${SLURM_JOB_ID:-local-$$}"
+}
+
+sa_cpus_here() {  # the CPUs this job may use on this node
+    echo "${SLURM_CPUS_ON_NODE:-$(nproc)}"
+}
+
+# ------------------------------------------------------------------ running steps
+sa_run() {  # CMD...: run a step in its own process group and wait; a signal interrupts the wait
+    setsid "$@" &
+    SA_APP_PID=$!
+    local rc=0
+    wait "$SA_APP_PID" || rc=$?
+    SA_APP_PID=""
+    return "$rc"
+}
+
+sa_kill_group() {  # PID: TERM its process group, then KILL what is left after 10 s
+    local pid=$1 i
+    kill -TERM -- "-$pid" "$pid" 2>/dev/null || return 0
+    for i in $(seq 1 100); do
+        kill -0 -- "-$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+}
+
+# ------------------------------------------------------------------ the store
+# sa_store_up ID MASTER "WORKERS" PROPS VARS: storage_init.sh of STORAGE_HOME (default: this
+# checkout's scripts), then the client configuration it wrote is exported.
+sa_store_up() {
+    local id=$1 master=$2 workers=$3 props=$4 vars=$5 rc=0
+    : > "$vars"
+    sa_log "starting the store: deployment $id, Redis on $master, backends on: $workers"
+    SA_BUNDLE_PYTHON="$PYTHON" "$STORAGE_HOME/scripts/storage_init.sh" "$id" "$master" "$master" "$workers" \
+        "$NETWORK" "$props" "$vars" false "${STORAGE_CPU_AFFINITY:-disabled}" &
+    SA_INIT_PID=$!
+    wait "$SA_INIT_PID" || rc=$?
+    SA_INIT_PID=""
+    [ "$rc" -eq 0 ] || { echo "$SA_NAME: storage_init.sh failed (exit $rc)" >&2; return "$rc"; }
+    SA_DEPLOYED=("$id" "$master" "$master" "$workers" "$NETWORK" "$props")
+    # shellcheck disable=SC1090
+    source "$vars"
+    export STORAGE_API_CONFIG
+    SA_STORAGE_CONF="$HOME/.COMPSs/$id/storage/cfgfiles/storage.properties"
+}
+
+sa_store_down() {
+    [ "${#SA_DEPLOYED[@]}" -gt 0 ] || return 0
+    local args=("${SA_DEPLOYED[@]}")
+    SA_DEPLOYED=()
+    sa_log "stopping the store: deployment ${args[0]}"
+    SA_BUNDLE_PYTHON="$PYTHON" "$STORAGE_HOME/scripts/storage_stop.sh" "${args[@]}" || true
+    unset STORAGE_API_CONFIG
+}
+
+# sa_props FILE BACKENDS_PER_NODE: the storage props of one deployment (STORAGE_PROPS, if given,
+# then the backends per node; a later key wins)
+sa_props() {
+    local file=$1 per_node=$2
+    { [ -n "${STORAGE_PROPS:-}" ] && cat "$STORAGE_PROPS"; echo; echo "backends_per_node=$per_node"; } > "$file"
+}
+
+# ------------------------------------------------------------------ clean-up
+sa_cleanup() {
+    local rc=$?
+    [ "$SA_CLEANED" -eq 0 ] || return 0
+    SA_CLEANED=1
+    trap - EXIT TERM INT HUP USR1
+    set +e
+    if [ -n "$SA_APP_PID" ]; then
+        sa_log "clean-up: stopping the running step (pid $SA_APP_PID)"
+        sa_kill_group "$SA_APP_PID"
+    fi
+    if [ -n "$SA_INIT_PID" ] && kill -0 "$SA_INIT_PID" 2>/dev/null; then
+        sa_log "clean-up: interrupting storage_init.sh (it stops what it started)"
+        kill -TERM "$SA_INIT_PID"
+        wait "$SA_INIT_PID" 2>/dev/null
+    fi
+    sa_store_down
+    if type sa_finish >/dev/null 2>&1; then
+        sa_finish
+    fi
+    sa_log "clean-up done (exit $rc)"
+    exit "$rc"
+}
+
+sa_signal() {  # the trap of one signal: say so, and exit through the EXIT trap
+    local sig=$1 code=$2
+    echo "$SA_NAME: received SIG$sig${3:+ ($3)}: cleaning up" >&2
+    exit "$code"
+}
+
+sa_begin() {  # install the traps; from here on everything started is stopped on the way out
+    trap sa_cleanup EXIT
+    trap 'sa_signal TERM 143 "scancel or the end of the time limit"' TERM
+    trap 'sa_signal INT 130' INT
+    trap 'sa_signal HUP 129' HUP
+    trap 'sa_signal USR1 138 "the time limit is near: #SBATCH --signal"' USR1
+}

@@ -1,0 +1,226 @@
+#!/usr/bin/env bash
+#SBATCH --job-name=sa-weak-scaling
+#SBATCH --nodes=17
+#SBATCH --ntasks-per-node=2
+#SBATCH --cpus-per-task=24
+#SBATCH --exclusive
+#SBATCH --time=04:00:00
+#SBATCH --signal=B:USR1@300
+#SBATCH --output=weak_scaling-%j.out
+#
+# Weak-scaling Cascade SVM with and without the store (the paper's Figures 11-12), in one job.
+#
+#   sbatch slurm/weak_scaling.sh                                    # MareNostrum 4: 1 master + 16 nodes
+#   PROCESSORS="2 4" POINTS_PER_BLOCK=128 BLOCKS_PER_CORE=8 sbatch --nodes=3 slurm/weak_scaling.sh
+#
+# Inside its allocation the job, for every processor count P of PROCESSORS:
+#   * with the store (STORAGE has "on"): starts Redis on the first node and one backend per socket on
+#     the first ceil(P / SOCKETS_PER_NODE) worker nodes (numactl --cpunodebind/--membind when numactl
+#     is installed and a node has several NUMA nodes; other nodes through srun), using the COMPSs
+#     scripts storage_init.sh / storage_stop.sh, so the store is deployed exactly as enqueue_compss
+#     deploys it; waits until every backend is registered; runs apps/csvm.py --storage for every block
+#     size; stops the store;
+#   * without it (STORAGE has "off"): runs apps/csvm.py --no-storage for every block size.
+# The worker nodes are every node but the first (the master) when there are several, else the one node.
+#
+# Launcher: with COMPSs (LAUNCHER=compss, or auto when launch_compss is on PATH) each run is a
+# launch_compss on the master and the worker nodes, with the store's storage conf, the bundle's jar on
+# the classpath and its python/ on the pythonpath. Without it (LAUNCHER=executor) each run is
+# `python -m workflows.executor`, the project's local PyCOMPSs executor: with the store the tasks run
+# inside the backends that hold their blocks, on the worker nodes; without the store every task runs in
+# the master's worker pool (the executor does not spread tasks over nodes).
+#
+# Results, in RESULTS_DIR: runs/*.json (one per run), results.csv (one row per run: processors, block
+# size, storage on/off, points, initialization and execution time, bytes moved between processes,
+# score, ...), weak_scaling.png, and logs/. They are written after every run, so a job that dies keeps
+# what it measured. Everything the job starts is stopped by a trap on exit, error, the time-limit
+# signal (--signal=B:USR1@300) and scancel.
+#
+# Parameters (environment variables; sbatch passes the submitting environment):
+#   MODULES             environment modules loaded first, e.g. "COMPSs/3.3 python/3.12" (default: none)
+#   PYTHON              interpreter with storage-api[compss] installed (default: python3)
+#   STORAGE_API_HOME    the storage-api checkout (default: the directory above this script)
+#   SOCKETS_PER_NODE    sockets (= backends = processors) per node (default: 2)
+#   CORES_PER_SOCKET    cores per socket (default: 24)
+#   PROCESSORS          processor counts to run, each 1..SOCKETS_PER_NODE or a multiple of it
+#                       (default: "2 4 8 16 32")
+#   POINTS_PER_BLOCK    block sizes in points (default: "128 1024")
+#   BLOCKS_PER_CORE     blocks per core, one per block size (default: "8 1": the same points per core)
+#   STORAGE             "on", "off" or "on off" (default: "on off")
+#   ARITY               cascade arity (default: 48)        ITERATIONS   CSVM iterations (default: 5)
+#   PLACEMENT           blocks over backends: contiguous or round-robin (default: contiguous)
+#   LAUNCHER            auto, compss or executor (default: auto)
+#   EXECUTOR_WORKERS    executor mode: local worker processes (default: min(P x CORES_PER_SOCKET, CPUs))
+#   BACKEND_SLOTS       executor mode: tasks one backend runs at once (default: CORES_PER_SOCKET)
+#   COMPSS_FLAGS        compss mode: extra launch_compss options (default: none)
+#   STORAGE_HOME        the storage bundle (default: this checkout's scripts; in compss mode a bundle
+#                       built into RESULTS_DIR/bundle with `storage-api compss-bundle`)
+#   STORAGE_PROPS       a storage props file whose keys apply to every deployment (default: none)
+#   NETWORK             ethernet, infiniband or data: the COMPSs node names' suffix (default: ethernet)
+#   STORAGE_CPU_AFFINITY  COMPSs' map of the backends' CPUs, e.g. 0-23/24-47 (default: disabled)
+#   RESULTS_DIR         where results go (default: $SLURM_SUBMIT_DIR/results/weak_scaling-$SLURM_JOB_ID)
+# A bad parameter stops the job before anything is started, with a message naming it (exit 2).
+set -euo pipefail
+
+SA_NAME=weak_scaling.sh
+if [ -z "${STORAGE_API_HOME:-}" ]; then  # sbatch runs a copy of the script: ask SLURM for the original
+    _self=""
+    [ -n "${SLURM_JOB_ID:-}" ] && _self=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')
+    STORAGE_API_HOME="$(cd "$(dirname "${_self:-${BASH_SOURCE[0]}}")/.." && pwd)"
+fi
+[ -f "$STORAGE_API_HOME/slurm/_common.sh" ] ||
+    { echo "$SA_NAME: error: STORAGE_API_HOME='$STORAGE_API_HOME' is not a storage-api checkout" >&2; exit 2; }
+# shellcheck source=slurm/_common.sh
+source "$STORAGE_API_HOME/slurm/_common.sh"
+
+# ------------------------------------------------------------------ parameters
+MODULES="${MODULES:-}"
+PYTHON="${PYTHON:-python3}"
+SOCKETS_PER_NODE="${SOCKETS_PER_NODE:-2}"
+CORES_PER_SOCKET="${CORES_PER_SOCKET:-24}"
+PROCESSORS="${PROCESSORS:-2 4 8 16 32}"
+POINTS_PER_BLOCK="${POINTS_PER_BLOCK:-128 1024}"
+BLOCKS_PER_CORE="${BLOCKS_PER_CORE:-8 1}"
+STORAGE="${STORAGE:-on off}"
+ARITY="${ARITY:-48}"
+ITERATIONS="${ITERATIONS:-5}"
+PLACEMENT="${PLACEMENT:-contiguous}"
+LAUNCHER="${LAUNCHER:-auto}"
+EXECUTOR_WORKERS="${EXECUTOR_WORKERS:-}"
+BACKEND_SLOTS="${BACKEND_SLOTS:-$CORES_PER_SOCKET}"
+COMPSS_FLAGS="${COMPSS_FLAGS:-}"
+STORAGE_PROPS="${STORAGE_PROPS:-}"
+NETWORK="${NETWORK:-ethernet}"
+STORAGE_CPU_AFFINITY="${STORAGE_CPU_AFFINITY:-disabled}"
+sa_nodes
+RESULTS_DIR="${RESULTS_DIR:-${SLURM_SUBMIT_DIR:-$PWD}/results/weak_scaling-$SA_JOB}"
+
+sa_positive SOCKETS_PER_NODE
+sa_positive CORES_PER_SOCKET
+sa_positive ARITY
+sa_positive ITERATIONS
+sa_positive BACKEND_SLOTS
+[ -z "$EXECUTOR_WORKERS" ] || sa_positive EXECUTOR_WORKERS
+sa_positive_list PROCESSORS
+sa_positive_list POINTS_PER_BLOCK
+sa_positive_list BLOCKS_PER_CORE
+read -r -a SIZES <<< "$POINTS_PER_BLOCK"
+read -r -a PER_CORE <<< "$BLOCKS_PER_CORE"
+[ "${#SIZES[@]}" -eq "${#PER_CORE[@]}" ] ||
+    sa_die "BLOCKS_PER_CORE ('$BLOCKS_PER_CORE') needs one value per POINTS_PER_BLOCK ('$POINTS_PER_BLOCK')"
+[ -n "${STORAGE// /}" ] || sa_die "STORAGE must be on, off or 'on off'"
+for mode in $STORAGE; do
+    [ "$mode" = on ] || [ "$mode" = off ] || sa_die "STORAGE must list on and/or off, got '$mode'"
+done
+sa_choice PLACEMENT contiguous round-robin
+sa_choice LAUNCHER auto compss executor
+sa_choice NETWORK ethernet infiniband data
+[ -z "$STORAGE_PROPS" ] || [ -f "$STORAGE_PROPS" ] || sa_die "STORAGE_PROPS '$STORAGE_PROPS' does not exist"
+
+MASTER="${SA_NODES[0]}"
+if [ "${#SA_NODES[@]}" -gt 1 ]; then WORKERS=("${SA_NODES[@]:1}"); else WORKERS=("$MASTER"); fi
+for p in $PROCESSORS; do
+    if [ "$p" -gt "$SOCKETS_PER_NODE" ] && [ $((p % SOCKETS_PER_NODE)) -ne 0 ]; then
+        sa_die "PROCESSORS: $p is neither at most SOCKETS_PER_NODE ($SOCKETS_PER_NODE) nor a multiple of it"
+    fi
+    if [ "$p" -gt $((SOCKETS_PER_NODE * ${#WORKERS[@]})) ]; then
+        sa_die "PROCESSORS: $p needs $(( (p + SOCKETS_PER_NODE - 1) / SOCKETS_PER_NODE )) worker nodes; the job has" \
+               "${#WORKERS[@]} (${SA_NODES[*]}; the first node is the master when there are several)"
+    fi
+done
+
+sa_load_modules
+APP="$STORAGE_API_HOME/apps/csvm.py"
+[ -f "$APP" ] || sa_die "$APP not found (STORAGE_API_HOME='$STORAGE_API_HOME')"
+if [ "$LAUNCHER" = auto ]; then
+    if command -v launch_compss >/dev/null 2>&1; then LAUNCHER=compss; else LAUNCHER=executor; fi
+fi
+if [ "$LAUNCHER" = compss ]; then
+    command -v launch_compss >/dev/null 2>&1 || sa_die "LAUNCHER=compss but launch_compss is not on PATH (MODULES?)"
+    sa_check_python "$PYTHON" storage_api dislib
+else
+    sa_check_python "$PYTHON" storage_api dislib workflows.executor
+fi
+sa_results_dir
+mkdir -p "$RESULTS_DIR/runs" "$RESULTS_DIR/logs"
+if [ -z "${STORAGE_HOME:-}" ]; then
+    if [ "$LAUNCHER" = compss ]; then
+        STORAGE_HOME="$RESULTS_DIR/bundle"
+        "$PYTHON" -m storage_api compss-bundle "$STORAGE_HOME" >/dev/null ||
+            sa_die "building the storage bundle in $STORAGE_HOME failed (javac?)"
+    else
+        STORAGE_HOME="$STORAGE_API_HOME/storage_api/_compss"
+    fi
+fi
+[ -x "$STORAGE_HOME/scripts/storage_init.sh" ] || sa_die "STORAGE_HOME '$STORAGE_HOME' has no scripts/storage_init.sh"
+[ -z "$STORAGE_PROPS" ] || STORAGE_PROPS="$(cd "$(dirname "$STORAGE_PROPS")" && pwd)/$(basename "$STORAGE_PROPS")"
+CPUS_HERE="$(sa_cpus_here)"
+cd "$STORAGE_API_HOME"
+
+# ------------------------------------------------------------------ the sweep
+FAILED=0
+RUNS=0
+
+sa_finish() {
+    "$PYTHON" "$STORAGE_API_HOME/apps/slurm_results.py" csvm "$RESULTS_DIR" --plot ||
+        echo "$SA_NAME: warning: could not write the results table or plot" >&2
+}
+
+# run_csvm P NODES... : one run of apps/csvm.py (STORAGE_MODE and the block size from the caller)
+run_csvm() {
+    local p=$1 mode=$2 ppb=$3 bpc=$4 workers=$5
+    local tag="p${p}-ppb${ppb}-storage-${mode}"
+    local args=(--processors "$p" --cores-per-processor "$CORES_PER_SOCKET" --blocks-per-core "$bpc"
+                --points-per-block "$ppb" --arity "$ARITY" --iterations "$ITERATIONS" --placement "$PLACEMENT"
+                --json "$RESULTS_DIR/runs/$tag.json")
+    if [ "$mode" = on ]; then args+=(--storage); else args+=(--no-storage); fi
+    local cmd
+    if [ "$LAUNCHER" = compss ]; then
+        cmd=(launch_compss --master_node="$MASTER" --worker_nodes="$workers" --lang=python
+             --pythonpath="$STORAGE_API_HOME:$STORAGE_HOME/python")
+        if [ "$mode" = on ]; then
+            cmd+=(--storage_conf="$SA_STORAGE_CONF" --env_script="$VARS" --classpath="$STORAGE_HOME/storage_api.jar")
+        fi
+        # shellcheck disable=SC2206
+        cmd+=($COMPSS_FLAGS "$APP" "${args[@]}")
+    else
+        local w="${EXECUTOR_WORKERS:-$(( p * CORES_PER_SOCKET < CPUS_HERE ? p * CORES_PER_SOCKET : CPUS_HERE ))}"
+        cmd=("$PYTHON" -m workflows.executor --workers "$w" --backend-slots "$BACKEND_SLOTS" "$APP" "${args[@]}")
+    fi
+    RUNS=$((RUNS + 1))
+    sa_log "run $tag: ${cmd[*]}"
+    if sa_run "${cmd[@]}" > "$RESULTS_DIR/logs/$tag.log" 2>&1; then
+        grep -E "^(csvm:|initialization time|execution time|bytes moved|score)" "$RESULTS_DIR/logs/$tag.log" |
+            sed 's/^/    /' || true
+        "$PYTHON" "$STORAGE_API_HOME/apps/slurm_results.py" csvm "$RESULTS_DIR" >/dev/null
+    else
+        FAILED=$((FAILED + 1))
+        echo "$SA_NAME: run $tag failed; its log ($RESULTS_DIR/logs/$tag.log) ends with:" >&2
+        tail -n 20 "$RESULTS_DIR/logs/$tag.log" >&2
+    fi
+}
+
+sa_begin
+sa_log "job $SA_JOB: master $MASTER, worker nodes ${WORKERS[*]}; launcher $LAUNCHER; results in $RESULTS_DIR"
+VARS="$RESULTS_DIR/logs/storage_env.sh"
+for p in $PROCESSORS; do
+    n_nodes=$(( (p + SOCKETS_PER_NODE - 1) / SOCKETS_PER_NODE ))
+    per_node=$(( p < SOCKETS_PER_NODE ? p : SOCKETS_PER_NODE ))
+    workers="${WORKERS[*]:0:$n_nodes}"
+    for mode in $STORAGE; do
+        if [ "$mode" = on ]; then
+            props="$RESULTS_DIR/logs/storage-p$p.props"
+            sa_props "$props" "$per_node"
+            if ! sa_store_up "$SA_JOB.p$p" "$MASTER" "$workers" "$props" "$VARS"; then
+                FAILED=$((FAILED + 1))
+                continue
+            fi
+        fi
+        for i in "${!SIZES[@]}"; do
+            run_csvm "$p" "$mode" "${SIZES[$i]}" "${PER_CORE[$i]}" "$workers"
+        done
+        [ "$mode" = off ] || sa_store_down
+    done
+done
+sa_log "$RUNS runs, $FAILED failed; results: $RESULTS_DIR/results.csv"
+[ "$FAILED" -eq 0 ]
