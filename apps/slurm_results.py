@@ -98,8 +98,11 @@ def plot_csvm(rows: list[dict[str, Any]], path: Path) -> None:
     times.set(xlabel="processors (backends)", ylabel="execution time (s)", title="Cascade SVM, weak scaling")
     moved.set(xlabel="processors (backends)", ylabel="bytes moved between processes during fit", yscale="log",
               title="data movement")
+    processors = sorted({r["processors"] for r in rows})
     for ax in (times, moved):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(processors, [str(n) for n in processors])
+        ax.minorticks_off()
         ax.grid(alpha=0.3)
         if ax.has_data():
             ax.legend(fontsize=7)

@@ -92,8 +92,23 @@ sa_cpus_here() {  # the CPUs this job may use on this node
 }
 
 # ------------------------------------------------------------------ running steps
-sa_run() {  # CMD...: run a step in its own process group and wait; a signal interrupts the wait
-    setsid "$@" &
+# sa_run OUT ERR CMD...: run a step in its own process group, stdout to the file OUT and stderr to
+# ERR ("-": the job's own, shared, not reopened), and wait for it. The redirections stay on the
+# step: the traps, which may run during the wait, write to the job's output.
+sa_run() {
+    local out=$1 err=$2
+    shift 2
+    if [ "$out" = - ] && [ "$err" = - ]; then
+        setsid "$@" &
+    elif [ "$err" = - ]; then
+        setsid "$@" > "$out" &
+    elif [ "$out" = - ]; then
+        setsid "$@" 2> "$err" &
+    elif [ "$err" = "$out" ]; then
+        setsid "$@" > "$out" 2>&1 &
+    else
+        setsid "$@" > "$out" 2> "$err" &
+    fi
     SA_APP_PID=$!
     local rc=0
     wait "$SA_APP_PID" || rc=$?

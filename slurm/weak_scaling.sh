@@ -179,7 +179,7 @@ run_csvm() {
         cmd=(launch_compss --master_node="$MASTER" --worker_nodes="$workers" --lang=python
              --pythonpath="$STORAGE_API_HOME:$STORAGE_HOME/python")
         if [ "$mode" = on ]; then
-            cmd+=(--storage_conf="$SA_STORAGE_CONF" --env_script="$VARS" --classpath="$STORAGE_HOME/storage_api.jar")
+            cmd+=(--storage_conf="$SA_STORAGE_CONF" --env_script="$VARS" --classpath="$STORAGE_HOME/storage-api-compss.jar")
         fi
         # shellcheck disable=SC2206
         cmd+=($COMPSS_FLAGS "$APP" "${args[@]}")
@@ -189,7 +189,7 @@ run_csvm() {
     fi
     RUNS=$((RUNS + 1))
     sa_log "run $tag: ${cmd[*]}"
-    if sa_run "${cmd[@]}" > "$RESULTS_DIR/logs/$tag.log" 2>&1; then
+    if sa_run "$RESULTS_DIR/logs/$tag.log" "$RESULTS_DIR/logs/$tag.log" "${cmd[@]}"; then
         grep -E "^(csvm:|initialization time|execution time|bytes moved|score)" "$RESULTS_DIR/logs/$tag.log" |
             sed 's/^/    /' || true
         "$PYTHON" "$STORAGE_API_HOME/apps/slurm_results.py" csvm "$RESULTS_DIR" >/dev/null

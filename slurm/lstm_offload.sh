@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+#SBATCH --job-name=sa-lstm-offload
+#SBATCH --nodes=2
+#SBATCH --ntasks-per-node=1
+#SBATCH --cpus-per-task=48
+#SBATCH --time=01:00:00
+#SBATCH --signal=B:USR1@120
+#SBATCH --output=lstm_offload-%j.out
+#
+# The paper's first experiment on a cluster: a backend node serves, a client step offloads the LSTM
+# training to it through a stub (apps/lstm_offload.py, the thin client: no torch, numpy or pandas).
+#
+#   sbatch slurm/lstm_offload.sh
+#   RUNS=20 EPOCHS=100 CSV=$PWD/data/node_3_utilisation_sample_dataset.csv sbatch slurm/lstm_offload.sh
+#
+# The first node runs Redis and one backend (storage_init.sh, as enqueue_compss would); the client
+# runs as a job step (srun) on the second node, or on the first when the job has one node. Each run
+# trains on the backend with a live progress bar (in the job's output) and leaves its figures in
+# RESULTS_DIR/runs/run-N.json; results.csv has one row per run (metrics, train/eval/server time,
+# backend memory, the client's wall time, overhead and RSS). A trap stops everything the job started
+# on exit, error, the time-limit signal (--signal=B:USR1@120) and scancel.
+#
+# Parameters (environment variables; sbatch passes the submitting environment):
+#   MODULES            environment modules loaded first (default: none)
+#   PYTHON             the backend's interpreter, with storage-api[ml] installed (default: python3)
+#   CLIENT_PYTHON      the client's interpreter: storage-api without extras is enough (default: PYTHON)
+#   STORAGE_API_HOME   the storage-api checkout (default: the directory above this script)
+#   RUNS               training runs, seeds SEED, SEED+1, ... (default: 1)
+#   SEED               the first run's seed (default: 0)
+#   EPOCHS             epochs per pass (default: 100)       PASSES   1 or 2 (default: 2, as the paper)
+#   CSV                a timestamp,CPU,MEM file read by the client and shipped (default: a series
+#                      generated on the backend)
+#   BACKEND_CPUS       CPUs the backend's torch may use, 0 for all of the node's (default: 0)
+#   STORAGE_PROPS      a storage props file for the deployment (default: none)
+#   NETWORK            ethernet, infiniband or data (default: ethernet)
+#   RESULTS_DIR        where results go (default: $SLURM_SUBMIT_DIR/results/lstm_offload-$SLURM_JOB_ID)
+# A bad parameter stops the job before anything is started, with a message naming it (exit 2).
+set -euo pipefail
+
+SA_NAME=lstm_offload.sh
+if [ -z "${STORAGE_API_HOME:-}" ]; then  # sbatch runs a copy of the script: ask SLURM for the original
+    _self=""
+    [ -n "${SLURM_JOB_ID:-}" ] && _self=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')
+    STORAGE_API_HOME="$(cd "$(dirname "${_self:-${BASH_SOURCE[0]}}")/.." && pwd)"
+fi
+[ -f "$STORAGE_API_HOME/slurm/_common.sh" ] ||
+    { echo "$SA_NAME: error: STORAGE_API_HOME='$STORAGE_API_HOME' is not a storage-api checkout" >&2; exit 2; }
+# shellcheck source=slurm/_common.sh
+source "$STORAGE_API_HOME/slurm/_common.sh"
+
+# ------------------------------------------------------------------ parameters
+MODULES="${MODULES:-}"
+PYTHON="${PYTHON:-python3}"
+CLIENT_PYTHON="${CLIENT_PYTHON:-$PYTHON}"
+RUNS="${RUNS:-1}"
+SEED="${SEED:-0}"
+EPOCHS="${EPOCHS:-100}"
+PASSES="${PASSES:-2}"
+CSV="${CSV:-}"
+BACKEND_CPUS="${BACKEND_CPUS:-0}"
+STORAGE_PROPS="${STORAGE_PROPS:-}"
+NETWORK="${NETWORK:-ethernet}"
+sa_nodes
+RESULTS_DIR="${RESULTS_DIR:-${SLURM_SUBMIT_DIR:-$PWD}/results/lstm_offload-$SA_JOB}"
+
+sa_positive RUNS
+sa_positive EPOCHS
+sa_choice PASSES 1 2
+[[ "$SEED" =~ ^[0-9]+$ ]] || sa_die "SEED must be a non-negative integer, got '$SEED'"
+[[ "$BACKEND_CPUS" =~ ^[0-9]+$ ]] || sa_die "BACKEND_CPUS must be a non-negative integer, got '$BACKEND_CPUS'"
+sa_choice NETWORK ethernet infiniband data
+[ -z "$CSV" ] || [ -r "$CSV" ] || sa_die "CSV '$CSV' cannot be read"
+[ -z "$STORAGE_PROPS" ] || [ -f "$STORAGE_PROPS" ] || sa_die "STORAGE_PROPS '$STORAGE_PROPS' does not exist"
+sa_load_modules
+sa_check_python "$PYTHON" storage_api workflows.trainer torch
+sa_check_python "$CLIENT_PYTHON" storage_api tqdm
+APP="$STORAGE_API_HOME/apps/lstm_offload.py"
+[ -f "$APP" ] || sa_die "$APP not found (STORAGE_API_HOME='$STORAGE_API_HOME')"
+sa_results_dir
+mkdir -p "$RESULTS_DIR/runs" "$RESULTS_DIR/logs"
+[ -z "$CSV" ] || CSV="$(cd "$(dirname "$CSV")" && pwd)/$(basename "$CSV")"
+[ -z "$STORAGE_PROPS" ] || STORAGE_PROPS="$(cd "$(dirname "$STORAGE_PROPS")" && pwd)/$(basename "$STORAGE_PROPS")"
+STORAGE_HOME="${STORAGE_HOME:-$STORAGE_API_HOME/storage_api/_compss}"
+[ -x "$STORAGE_HOME/scripts/storage_init.sh" ] || sa_die "STORAGE_HOME '$STORAGE_HOME' has no scripts/storage_init.sh"
+SERVER="${SA_NODES[0]}"
+CLIENT="${SA_NODES[1]:-$SERVER}"
+cd "$STORAGE_API_HOME"
+
+# ------------------------------------------------------------------ the job
+sa_finish() {
+    "$PYTHON" "$STORAGE_API_HOME/apps/slurm_results.py" lstm "$RESULTS_DIR" ||
+        echo "$SA_NAME: warning: could not write the results table" >&2
+}
+
+STEP=()  # the client runs as a job step on the client node (directly outside SLURM)
+[ -z "${SLURM_JOB_ID:-}" ] || STEP=(srun --nodes=1 --ntasks=1 --nodelist="$CLIENT" --overlap --export=ALL)
+
+sa_begin
+sa_log "job $SA_JOB: backend on $SERVER, client on $CLIENT; results in $RESULTS_DIR"
+if [ "$BACKEND_CPUS" -gt 0 ]; then export OMP_NUM_THREADS="$BACKEND_CPUS"; fi
+props="$RESULTS_DIR/logs/storage.props"
+sa_props "$props" 1
+sa_store_up "$SA_JOB.lstm" "$SERVER" "$SERVER" "$props" "$RESULTS_DIR/logs/storage_env.sh"
+FAILED=0
+for i in $(seq 0 $((RUNS - 1))); do
+    seed=$((SEED + i))
+    args=(--seed "$seed" --epochs "$EPOCHS" --passes "$PASSES" --json)
+    [ -z "$CSV" ] || args+=(--csv "$CSV")
+    sa_log "run $i: training on the backend (seed $seed, $EPOCHS epochs x $PASSES passes)"
+    out="$RESULTS_DIR/runs/run-$(printf %03d "$i").json"
+    if sa_run "$out.part" - "${STEP[@]}" "$CLIENT_PYTHON" "$APP" "${args[@]}"; then
+        mv "$out.part" "$out"
+        "$PYTHON" - "$out" <<'EOF'
+import json, sys
+f = json.load(open(sys.argv[1]))
+m = f["metrics"]
+print(f"    CPU MSE {m['cpu']['mse']:.3f}  MEM MSE {m['mem']['mse']:.3f}; train {f['train_time']:.2f} s, "
+      f"eval {f['eval_time']:.3f} s on {f['device']}; client RSS {f['client_rss_mb']:.1f} MiB, "
+      f"overhead {f['overhead'] * 1000:.0f} ms")
+EOF
+        sa_finish >/dev/null
+    else
+        FAILED=$((FAILED + 1))
+        rm -f "$out.part"
+        echo "$SA_NAME: run $i failed" >&2
+    fi
+done
+sa_store_down
+sa_log "$RUNS runs, $FAILED failed; results: $RESULTS_DIR/results.csv"
+[ "$FAILED" -eq 0 ]

@@ -1,0 +1,307 @@
+"""The sbatch scripts of ``slurm/`` on a real SLURM cluster (``python -m pytest -m slurm``).
+
+``.ci/run`` starts a single-node cluster (``slurm/local_cluster.sh start``) and sets
+``STORAGE_API_REQUIRE_SLURM=1``, so there a missing cluster fails these tests instead of skipping
+them. Jobs run tiny sweeps; each test checks the results the job wrote, that the job's own trap
+stopped what it started (the store's logs say it was shut down, not killed), and that no process of
+the job is left once it has ended, also after ``scancel`` in the middle of a run.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SLURM = ROOT / "slurm"
+pytestmark = [pytest.mark.slurm, pytest.mark.timeout(600)]
+CPUS = str(min(2, os.cpu_count() or 1))
+TINY_CSVM = {"PROCESSORS": "1 2", "SOCKETS_PER_NODE": "2", "CORES_PER_SOCKET": "1", "POINTS_PER_BLOCK": "128 256",
+             "BLOCKS_PER_CORE": "2 1", "ARITY": "2", "ITERATIONS": "2", "STORAGE": "on off"}
+
+
+def _cluster_problem() -> str | None:
+    if not shutil.which("sbatch"):
+        return "sbatch is not installed (apt-get install slurm-wlm munge; bash slurm/local_cluster.sh start)"
+    try:
+        states = subprocess.run(["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20).stdout.split()
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"sinfo failed: {exc}"
+    if not any(s.rstrip("*~#") in ("idle", "mix", "alloc", "comp") for s in states):
+        return f"no SLURM node takes jobs (sinfo states: {states}); bash slurm/local_cluster.sh start"
+    return None
+
+
+@pytest.fixture(scope="module")
+def slurm() -> None:
+    problem = _cluster_problem()
+    if problem:
+        if os.environ.get("STORAGE_API_REQUIRE_SLURM") == "1":
+            pytest.fail(problem)
+        pytest.skip(problem)
+
+
+def _env(**values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "STORAGE_API_"))}
+    env["PYTHON"] = sys.executable
+    env.update(values)
+    return env
+
+
+def sbatch(script: str, tmp: Path, env: dict[str, str], *, wait: bool = True) -> tuple[int, str]:
+    """Submit ``slurm/<script>`` at test scale; returns (exit code, job id)."""
+    cmd = ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=1", f"--cpus-per-task={CPUS}", "--time=10",
+           f"--output={tmp}/job-%j.out"] + (["--wait"] if wait else []) + [str(SLURM / script)]
+    proc = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True, timeout=540)
+    job = proc.stdout.strip().split(";")[0].splitlines()[0] if proc.stdout.strip() else ""
+    assert job.isdigit(), f"sbatch printed no job id: {proc.stdout!r} {proc.stderr!r}"
+    return proc.returncode, job
+
+
+def job_output(tmp: Path, job: str) -> str:
+    return (tmp / f"job-{job}.out").read_text()
+
+
+def wait_finished(job: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True).stdout
+        if not out.strip():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"job {job} still in the queue after {timeout} s")
+
+
+def survivors(job: str, timeout: float = 15) -> list[str]:
+    """Processes of ``job`` still alive ``timeout`` s after it ended: its SLURM_JOB_ID in their
+    environment (everything the scripts start inherits it) or its deployments in their command line."""
+    marker = f"SLURM_JOB_ID={job}\0".encode()
+    names = (f".COMPSs/{job}.", f"/{job}.p", f"/{job}.lstm")
+    deadline = time.monotonic() + timeout
+    while True:
+        found = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit() or int(proc.name) == os.getpid():
+                continue
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                try:
+                    env = (proc / "environ").read_bytes()
+                except PermissionError:
+                    env = b""
+            except OSError:
+                continue
+            if (b"\0" + marker) in (b"\0" + env) or any(n in cmdline for n in names):
+                found.append(f"{proc.name}: {cmdline[:200]}")
+        if not found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.3)
+
+
+def assert_stopped_by_trap(deployment: str) -> None:
+    """The job's trap ran storage_stop.sh: state gone, Redis shut down by command, backends stopped."""
+    d = Path.home() / ".COMPSs" / deployment / "storage"
+    assert d.is_dir(), f"no deployment {deployment} was started"
+    assert not (d / "state.json").exists(), "storage_stop.sh did not run (state.json is still there)"
+    redis_log = (d / "logs" / "redis.log").read_text()
+    assert "User requested shutdown" in redis_log, redis_log[-2000:]
+    assert "stopping" in "".join(p.read_text() for p in (d / "logs").glob("*.log") if p.name != "redis.log")
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def wait_for(path_glob: tuple[Path, str], text: str, timeout: float = 120) -> None:
+    folder, pattern = path_glob
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for p in folder.glob(pattern):
+            try:
+                if text in p.read_text(errors="replace"):
+                    return
+            except OSError:
+                pass
+        time.sleep(0.2)
+    raise AssertionError(f"{text!r} never appeared in {folder}/{pattern}")
+
+
+# ------------------------------------------------------------------ weak_scaling.sh
+def test_weak_scaling_sweep_writes_results_and_leaves_nothing(slurm, tmp_path):
+    results = tmp_path / "results"
+    rc, job = sbatch("weak_scaling.sh", tmp_path, _env(RESULTS_DIR=str(results), **TINY_CSVM))
+    out = job_output(tmp_path, job)
+    assert rc == 0, out
+    rows = read_rows(results / "results.csv")
+    assert sorted((r["processors"], r["points_per_block"], r["storage"]) for r in rows) == sorted(
+        (p, s, m) for p in ("1", "2") for s in ("128", "256") for m in ("on", "off"))
+    per_core = {"128": 2, "256": 1}
+    for r in rows:
+        p, ppb = int(r["processors"]), int(r["points_per_block"])
+        assert int(r["blocks"]) == p * per_core[r["points_per_block"]]
+        assert int(r["points"]) == int(r["blocks"]) * ppb
+        assert int(r["points_per_processor"]) == ppb * per_core[r["points_per_block"]]
+        assert 0 < float(r["initialization_time"]) < 120 and 0 < float(r["execution_time"]) < 120
+        assert 0.9 <= float(r["score"]) <= 1.0
+        assert int(r["bytes_moved"]) > 0
+        assert r["placement"] == ("contiguous" if r["storage"] == "on" else "")
+    for p in ("1", "2"):
+        for ppb in ("128", "256"):
+            on, off = (next(r for r in rows if (r["processors"], r["points_per_block"], r["storage"]) == (p, ppb, m))
+                       for m in ("on", "off"))
+            assert int(on["bytes_moved"]) < int(off["bytes_moved"]), (on, off)
+            assert on["score"] == off["score"]  # the same model with and without the store
+    assert (results / "weak_scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(list((results / "runs").glob("*.json"))) == 8
+    # one deployment per processor count, each with its number of backends, each stopped by the trap
+    assert "1 backends on 1 nodes" in out and "2 backends on 1 nodes" in out
+    for p in (1, 2):
+        assert_stopped_by_trap(f"{job}.p{p}")
+    assert "clean-up done (exit 0)" in out
+    assert survivors(job) == []
+
+
+def test_weak_scaling_scancel_mid_run_leaves_nothing(slurm, tmp_path):
+    results = tmp_path / "results"
+    env = _env(RESULTS_DIR=str(results), PROCESSORS="2", SOCKETS_PER_NODE="2", CORES_PER_SOCKET="2",
+               POINTS_PER_BLOCK="128", BLOCKS_PER_CORE="64", ARITY="2", ITERATIONS="5", STORAGE="on")
+    _rc, job = sbatch("weak_scaling.sh", tmp_path, env, wait=False)
+    try:
+        wait_for((results / "logs", "*.log"), "csvm:")  # the app is running against the store
+    except BaseException:
+        subprocess.run(["scancel", job])
+        raise
+    subprocess.run(["scancel", job], check=True)
+    wait_finished(job)
+    assert survivors(job) == []
+    out = job_output(tmp_path, job)
+    assert "received SIGTERM" in out and "stopping the running step" in out, out
+    assert "clean-up done (exit 143)" in out, out
+    assert_stopped_by_trap(f"{job}.p2")
+    assert not (results / "runs" / "p2-ppb128-storage-on.json").exists()
+
+
+def test_weak_scaling_bad_parameter_fails_in_the_job_before_starting_anything(slurm, tmp_path):
+    results = tmp_path / "results"
+    # 4 processors need 2 worker nodes; the job has 1
+    rc, job = sbatch("weak_scaling.sh", tmp_path, _env(RESULTS_DIR=str(results), PROCESSORS="2 4"))
+    out = job_output(tmp_path, job)
+    assert rc == 2, out
+    assert "PROCESSORS: 4 needs 2 worker nodes; the job has 1" in out
+    assert not list((Path.home() / ".COMPSs").glob(f"{job}.*")), "a deployment was started"
+    assert not results.exists()
+    assert survivors(job, timeout=0) == []
+
+
+@pytest.mark.parametrize("script,values,message", [
+    ("weak_scaling.sh", {"PROCESSORS": "2 x"}, "PROCESSORS must list positive integers, got 'x'"),
+    ("weak_scaling.sh", {"PROCESSORS": "3"}, "PROCESSORS: 3 is neither at most SOCKETS_PER_NODE (2) nor a multiple"),
+    ("weak_scaling.sh", {"SOCKETS_PER_NODE": "0"}, "SOCKETS_PER_NODE must be a positive integer, got '0'"),
+    ("weak_scaling.sh", {"POINTS_PER_BLOCK": "128 1024", "BLOCKS_PER_CORE": "8"},
+     "BLOCKS_PER_CORE ('8') needs one value per POINTS_PER_BLOCK"),
+    ("weak_scaling.sh", {"STORAGE": "maybe"}, "STORAGE must list on and/or off, got 'maybe'"),
+    ("weak_scaling.sh", {"PLACEMENT": "random"}, "PLACEMENT must be one of: contiguous round-robin"),
+    ("weak_scaling.sh", {"LAUNCHER": "compss"}, "LAUNCHER=compss but launch_compss is not on PATH"),
+    ("weak_scaling.sh", {"PYTHON": "/nonexistent/python"}, "Python interpreter '/nonexistent/python' not found"),
+    ("weak_scaling.sh", {"MODULES": "COMPSs/3.3"}, "has no 'module' command"),
+    ("weak_scaling.sh", {"STORAGE_PROPS": "/nonexistent.props"}, "STORAGE_PROPS '/nonexistent.props' does not exist"),
+    ("weak_scaling.sh", {"RESULTS_DIR": "/proc/no/such/dir"}, "RESULTS_DIR '/proc/no/such/dir' cannot be created"),
+    ("lstm_offload.sh", {"EPOCHS": "ten"}, "EPOCHS must be a positive integer, got 'ten'"),
+    ("lstm_offload.sh", {"PASSES": "3"}, "PASSES must be one of: 1 2; got '3'"),
+    ("lstm_offload.sh", {"CSV": "/nonexistent.csv"}, "CSV '/nonexistent.csv' cannot be read"),
+    ("enqueue_weak_scaling.sh", {"DRY_RUN": "yes"}, "DRY_RUN must be one of: 0 1"),
+    ("enqueue_weak_scaling.sh", {}, "enqueue_compss is not on PATH"),
+])
+def test_bad_parameters_are_named_and_nothing_starts(script, values, message, tmp_path):
+    """Outside SLURM the scripts run on this host: the same checks, before anything starts."""
+    env = _env(**values)
+    env.setdefault("RESULTS_DIR", str(tmp_path / "results"))
+    env.setdefault("PROCESSORS", "2")  # what one host can run: each case fails on its own parameter
+    before = set((Path.home() / ".COMPSs").glob("local-*")) if (Path.home() / ".COMPSs").exists() else set()
+    proc = subprocess.run(["bash", str(SLURM / script)], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"{script}: error: " in proc.stderr and message in proc.stderr, proc.stderr
+    after = set((Path.home() / ".COMPSs").glob("local-*")) if (Path.home() / ".COMPSs").exists() else set()
+    assert after == before, "a deployment was started"
+    assert "starting the store" not in proc.stdout
+
+
+# ------------------------------------------------------------------ lstm_offload.sh
+def test_lstm_offload_job_trains_on_the_backend_and_leaves_nothing(slurm, tmp_path):
+    results = tmp_path / "results"
+    rc, job = sbatch("lstm_offload.sh", tmp_path, _env(RESULTS_DIR=str(results), EPOCHS="3", RUNS="2", SEED="5"))
+    out = job_output(tmp_path, job)
+    assert rc == 0, out
+    rows = read_rows(results / "results.csv")
+    assert [r["seed"] for r in rows] == ["5", "6"] and {r["epochs"] for r in rows} == {"3"}
+    for r in rows:
+        for key in ("cpu_mse", "cpu_rmse", "mem_mse", "mem_rmse", "train_time", "eval_time", "memory_mb"):
+            assert math.isfinite(float(r[key])) and float(r[key]) > 0, (key, r[key])
+        assert math.isclose(float(r["cpu_rmse"]) ** 2, float(r["cpu_mse"]), rel_tol=1e-9)
+        assert float(r["client_rss_mb"]) < 100  # the thin client: no torch
+    assert rows[0]["cpu_mse"] != rows[1]["cpu_mse"]  # two seeds, two trainings
+    first = json.loads((results / "runs" / "run-000.json").read_text())
+    assert first["deployment"] == "configured" and first["heavy_modules"] == []
+    assert first["progress_events"] == 3 * 2 and "training on the backend" in out
+    assert_stopped_by_trap(f"{job}.lstm")
+    assert "clean-up done (exit 0)" in out
+    assert survivors(job) == []
+
+
+def test_lstm_offload_scancel_during_training_leaves_nothing(slurm, tmp_path):
+    results = tmp_path / "results"
+    _rc, job = sbatch("lstm_offload.sh", tmp_path, _env(RESULTS_DIR=str(results), EPOCHS="5000", PASSES="1"),
+                      wait=False)
+    try:
+        wait_for((tmp_path, f"job-{job}.out"), "loss=")  # the progress bar: an epoch has been trained
+    except BaseException:
+        subprocess.run(["scancel", job])
+        raise
+    subprocess.run(["scancel", job], check=True)
+    wait_finished(job)
+    assert survivors(job) == []
+    out = job_output(tmp_path, job)
+    assert "received SIGTERM" in out and "clean-up done (exit 143)" in out, out
+    assert_stopped_by_trap(f"{job}.lstm")
+    assert read_rows(results / "results.csv") == []
+
+
+# ------------------------------------------------------------------ enqueue_weak_scaling.sh
+def test_enqueue_dry_run_prints_the_compss_submissions(tmp_path):
+    results = tmp_path / "results"
+    env = _env(RESULTS_DIR=str(results), DRY_RUN="1", PROCESSORS="1 4", POINTS_PER_BLOCK="128",
+               BLOCKS_PER_CORE="8", ENQUEUE_FLAGS="--qos=debug")
+    proc = subprocess.run(["bash", str(SLURM / "enqueue_weak_scaling.sh")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("enqueue_compss ")]
+    assert len(lines) == 4  # 2 processor counts x 1 block size x 2 storage modes
+    bundle = results / "bundle"
+    assert (bundle / "storage-api-compss.jar").is_file() and (bundle / "scripts" / "storage_init.sh").is_file()
+    with_store = [ln for ln in lines if ln.endswith("--storage ")]
+    assert len(with_store) == 2
+    for ln in with_store:
+        for flag in (f"--storage_home={bundle} ", f"--classpath={bundle}/storage-api-compss.jar ",
+                     f"--pythonpath={bundle}/python:{ROOT} ", "--worker_in_master_cpus=0 ", "--qos=debug "):
+            assert flag in ln, (flag, ln)
+    p4 = next(ln for ln in with_store if "--processors 4 " in ln)
+    assert "--num_nodes=3 " in p4 and "--exec_time=40 " in p4  # master + 2 nodes of 2 sockets
+    props = (results / "props" / "storage-p4.props").read_text()
+    assert "backends_per_node=2" in props and f"--storage_props={results}/props/storage-p4.props " in p4
+    assert "backends_per_node=1" in (results / "props" / "storage-p1.props").read_text()
+    without = [ln for ln in lines if ln.endswith("--no-storage ")]
+    assert all("--storage_home" not in ln for ln in without)
+    report = next(ln for ln in proc.stderr.splitlines() if ln.startswith("sbatch "))
+    assert "--dependency=afterany:DRYRUN1:DRYRUN2:DRYRUN3:DRYRUN4 " in report and "slurm_results.py" in report
+    assert len((results / "jobs.txt").read_text().splitlines()) == 5
