@@ -1,7 +1,7 @@
 """The sbatch scripts of ``slurm/`` on a real SLURM cluster (``python -m pytest -m slurm``).
 
 ``.ci/run`` starts a single-node cluster (``slurm/local_cluster.sh start``) and sets
-``STORAGE_API_REQUIRE_SLURM=1``, so there a missing cluster fails these tests instead of skipping
+``SA_TEST_REQUIRE_SLURM=1``, so there a missing cluster fails these tests instead of skipping
 them. Jobs run tiny sweeps; each test checks the results the job wrote, that the job's own trap
 stopped what it started (the store's logs say it was shut down, not killed), and that no process of
 the job is left once it has ended, also after ``scancel`` in the middle of a run.
@@ -45,7 +45,7 @@ def _cluster_problem() -> str | None:
 def slurm() -> None:
     problem = _cluster_problem()
     if problem:
-        if os.environ.get("STORAGE_API_REQUIRE_SLURM") == "1":
+        if os.environ.get("SA_TEST_REQUIRE_SLURM") == "1":
             pytest.fail(problem)
         pytest.skip(problem)
 
@@ -57,10 +57,11 @@ def _env(**values: str) -> dict[str, str]:
     return env
 
 
-def sbatch(script: str, tmp: Path, env: dict[str, str], *, wait: bool = True) -> tuple[int, str]:
+def sbatch(script: str, tmp: Path, env: dict[str, str], *, wait: bool = True,
+           extra: list[str] | None = None) -> tuple[int, str]:
     """Submit ``slurm/<script>`` at test scale; returns (exit code, job id)."""
     cmd = ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=1", f"--cpus-per-task={CPUS}", "--time=10",
-           f"--output={tmp}/job-%j.out"] + (["--wait"] if wait else []) + [str(SLURM / script)]
+           f"--output={tmp}/job-%j.out", *(extra or [])] + (["--wait"] if wait else []) + [str(SLURM / script)]
     proc = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True, timeout=540)
     job = proc.stdout.strip().split(";")[0].splitlines()[0] if proc.stdout.strip() else ""
     assert job.isdigit(), f"sbatch printed no job id: {proc.stdout!r} {proc.stderr!r}"
@@ -189,6 +190,19 @@ def test_weak_scaling_scancel_mid_run_leaves_nothing(slurm, tmp_path):
     assert "clean-up done (exit 143)" in out, out
     assert_stopped_by_trap(f"{job}.p2")
     assert not (results / "runs" / "p2-ppb128-storage-on.json").exists()
+
+
+def test_weak_scaling_time_limit_signal_cleans_up(slurm, tmp_path):
+    """#SBATCH --signal=B:USR1@N: the script cleans up before SLURM's time limit kills the job."""
+    results = tmp_path / "results"
+    env = _env(RESULTS_DIR=str(results), PROCESSORS="2", SOCKETS_PER_NODE="2", CORES_PER_SOCKET="2",
+               POINTS_PER_BLOCK="128", BLOCKS_PER_CORE="400", ARITY="2", STORAGE="on")
+    rc, job = sbatch("weak_scaling.sh", tmp_path, env, extra=["--time=1", "--signal=B:USR1@50"])
+    out = job_output(tmp_path, job)
+    assert rc == 138, out  # 128 + SIGUSR1: ended by the script, not killed at the limit
+    assert "received SIGUSR1 (the time limit is near" in out and "clean-up done (exit 138)" in out, out
+    assert_stopped_by_trap(f"{job}.p2")
+    assert survivors(job) == []
 
 
 def test_weak_scaling_bad_parameter_fails_in_the_job_before_starting_anything(slurm, tmp_path):
