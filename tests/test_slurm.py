@@ -23,6 +23,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SLURM = ROOT / "slurm"
+STANDINS = Path(__file__).resolve().parent / "standins" / "compss"  # launch_compss, enqueue_compss
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(600)]
 CPUS = str(min(2, os.cpu_count() or 1))
 TINY_CSVM = {"PROCESSORS": "1 2", "SOCKETS_PER_NODE": "2", "CORES_PER_SOCKET": "1", "POINTS_PER_BLOCK": "128 256",
@@ -108,8 +109,9 @@ def survivors(job: str, timeout: float = 15) -> list[str]:
         time.sleep(0.3)
 
 
-def assert_stopped_by_trap(deployment: str) -> None:
-    """The job's trap ran storage_stop.sh: state gone, Redis shut down by command, backends stopped."""
+def assert_stopped(deployment: str) -> None:
+    """storage_stop.sh ran (the job's trap, or the COMPSs job script): state gone, Redis shut down by
+    command, backends stopped."""
     d = Path.home() / ".COMPSs" / deployment / "storage"
     assert d.is_dir(), f"no deployment {deployment} was started"
     assert not (d / "state.json").exists(), "storage_stop.sh did not run (state.json is still there)"
@@ -167,7 +169,7 @@ def test_weak_scaling_sweep_writes_results_and_leaves_nothing(slurm, tmp_path):
     # one deployment per processor count, each with its number of backends, each stopped by the trap
     assert "1 backends on 1 nodes" in out and "2 backends on 1 nodes" in out
     for p in (1, 2):
-        assert_stopped_by_trap(f"{job}.p{p}")
+        assert_stopped(f"{job}.p{p}")
     assert "clean-up done (exit 0)" in out
     assert survivors(job) == []
 
@@ -188,7 +190,7 @@ def test_weak_scaling_scancel_mid_run_leaves_nothing(slurm, tmp_path):
     out = job_output(tmp_path, job)
     assert "received SIGTERM" in out and "stopping the running step" in out, out
     assert "clean-up done (exit 143)" in out, out
-    assert_stopped_by_trap(f"{job}.p2")
+    assert_stopped(f"{job}.p2")
     assert not (results / "runs" / "p2-ppb128-storage-on.json").exists()
 
 
@@ -201,7 +203,7 @@ def test_weak_scaling_time_limit_signal_cleans_up(slurm, tmp_path):
     out = job_output(tmp_path, job)
     assert rc == 138, out  # 128 + SIGUSR1: ended by the script, not killed at the limit
     assert "received SIGUSR1 (the time limit is near" in out and "clean-up done (exit 138)" in out, out
-    assert_stopped_by_trap(f"{job}.p2")
+    assert_stopped(f"{job}.p2")
     assert survivors(job) == []
 
 
@@ -268,7 +270,7 @@ def test_lstm_offload_job_trains_on_the_backend_and_leaves_nothing(slurm, tmp_pa
     first = json.loads((results / "runs" / "run-000.json").read_text())
     assert first["deployment"] == "configured" and first["heavy_modules"] == []
     assert first["progress_events"] == 3 * 2 and "training on the backend" in out
-    assert_stopped_by_trap(f"{job}.lstm")
+    assert_stopped(f"{job}.lstm")
     assert "clean-up done (exit 0)" in out
     assert survivors(job) == []
 
@@ -287,7 +289,7 @@ def test_lstm_offload_scancel_during_training_leaves_nothing(slurm, tmp_path):
     assert survivors(job) == []
     out = job_output(tmp_path, job)
     assert "received SIGTERM" in out and "clean-up done (exit 143)" in out, out
-    assert_stopped_by_trap(f"{job}.lstm")
+    assert_stopped(f"{job}.lstm")
     assert read_rows(results / "results.csv") == []
 
 
@@ -319,3 +321,58 @@ def test_enqueue_dry_run_prints_the_compss_submissions(tmp_path):
     report = next(ln for ln in proc.stderr.splitlines() if ln.startswith("sbatch "))
     assert "--dependency=afterany:DRYRUN1:DRYRUN2:DRYRUN3:DRYRUN4 " in report and "slurm_results.py" in report
     assert len((results / "jobs.txt").read_text().splitlines()) == 5
+
+
+# ------------------------------------------------------------------ with COMPSs' commands (stand-ins)
+# COMPSs cannot be installed here: tests/standins/compss/ has test stand-ins for launch_compss and
+# enqueue_compss that check what they are given against the COMPSs contract, do what COMPSs' job
+# script does with the storage scripts, and run the app with storage-api's executor.
+def _compss_env(tmp_path: Path, **values: str) -> dict[str, str]:
+    return _env(PATH=f"{STANDINS}:{os.environ['PATH']}", COMPSS_STANDIN_LOG=str(tmp_path / "compss.log"), **values)
+
+
+def test_weak_scaling_runs_through_launch_compss_when_compss_is_there(slurm, tmp_path):
+    results = tmp_path / "results"
+    env = _compss_env(tmp_path, RESULTS_DIR=str(results), PROCESSORS="2", SOCKETS_PER_NODE="2", CORES_PER_SOCKET="1",
+                      POINTS_PER_BLOCK="128", BLOCKS_PER_CORE="2", ARITY="2", ITERATIONS="2")
+    rc, job = sbatch("weak_scaling.sh", tmp_path, env)
+    out = job_output(tmp_path, job)
+    assert rc == 0, out
+    assert "launcher compss" in out
+    assert (results / "bundle" / "storage-api-compss.jar").is_file()
+    calls = (tmp_path / "compss.log").read_text().splitlines()
+    conf = Path.home() / ".COMPSs" / f"{job}.p2" / "storage" / "cfgfiles" / "storage.properties"
+    assert [c.split(" conf=")[1].split(" ")[0] for c in calls] == [str(conf), "none"], calls
+    rows = read_rows(results / "results.csv")
+    assert sorted(r["storage"] for r in rows) == ["off", "on"]
+    on, off = sorted(rows, key=lambda r: r["storage"] != "on")
+    assert on["score"] == off["score"] and int(on["bytes_moved"]) < int(off["bytes_moved"])
+    assert_stopped(f"{job}.p2")
+    assert survivors(job) == []
+
+
+def test_enqueue_weak_scaling_submits_one_compss_job_per_run_and_a_report(slurm, tmp_path):
+    results = tmp_path / "results"
+    env = _compss_env(tmp_path, RESULTS_DIR=str(results), PROCESSORS="1 2", CORES_PER_SOCKET="1",
+                      POINTS_PER_BLOCK="128", BLOCKS_PER_CORE="2", ARITY="2", ITERATIONS="2",
+                      COMPSS_STANDIN_CPUS=CPUS, COMPSS_STANDIN_OUTPUT=f"{tmp_path}/compss-%j.out")
+    proc = subprocess.run(["bash", str(SLURM / "enqueue_weak_scaling.sh")], env=env, cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    jobs = dict(reversed(line.split()) for line in (results / "jobs.txt").read_text().splitlines())
+    assert sorted(jobs.values()) == sorted(["report", "p1-ppb128-storage-on", "p1-ppb128-storage-off",
+                                            "p2-ppb128-storage-on", "p2-ppb128-storage-off"])
+    for job in jobs:
+        wait_finished(job, timeout=300)
+    for job, tag in jobs.items():
+        out = (tmp_path / f"compss-{job}.out").read_text() if tag != "report" else ""
+        if tag.endswith("storage-on"):
+            assert "storage_init: Redis on" in out and "storage_stop: job" in out, out
+            assert_stopped(job)
+        assert survivors(job) == []
+    rows = read_rows(results / "results.csv")
+    assert sorted((r["processors"], r["storage"]) for r in rows) == [("1", "off"), ("1", "on"), ("2", "off"), ("2", "on")]
+    assert all(0.9 <= float(r["score"]) <= 1.0 for r in rows)
+    assert (results / "weak_scaling.png").read_bytes()[:4] == b"\x89PNG"
+    calls = (tmp_path / "compss.log").read_text()
+    assert calls.count("conf=none") == 2 and calls.count("storage.properties") == 2
