@@ -76,6 +76,52 @@ sa_results_dir() {  # RESULTS_DIR must be creatable and writable
     RESULTS_DIR="$(cd "$RESULTS_DIR" && pwd)"
 }
 
+sa_abspath() {  # PATH: made absolute (the scripts change directory)
+    echo "$(cd "$(dirname "$1")" && pwd)/$(basename "$1")"
+}
+
+# The CSVM sweep's parameters, shared by weak_scaling.sh and enqueue_weak_scaling.sh (documented
+# there): defaults, checks, and SIZES / PER_CORE, the block sizes and their blocks per core.
+sa_sweep_params() {
+    MODULES="${MODULES:-}"
+    PYTHON="${PYTHON:-python3}"
+    SOCKETS_PER_NODE="${SOCKETS_PER_NODE:-2}"
+    CORES_PER_SOCKET="${CORES_PER_SOCKET:-24}"
+    PROCESSORS="${PROCESSORS:-2 4 8 16 32}"
+    POINTS_PER_BLOCK="${POINTS_PER_BLOCK:-128 1024}"
+    BLOCKS_PER_CORE="${BLOCKS_PER_CORE:-8 1}"
+    STORAGE="${STORAGE:-on off}"
+    ARITY="${ARITY:-48}"
+    ITERATIONS="${ITERATIONS:-5}"
+    PLACEMENT="${PLACEMENT:-contiguous}"
+    STORAGE_PROPS="${STORAGE_PROPS:-}"
+    NETWORK="${NETWORK:-ethernet}"
+    sa_positive SOCKETS_PER_NODE
+    sa_positive CORES_PER_SOCKET
+    sa_positive ARITY
+    sa_positive ITERATIONS
+    sa_positive_list PROCESSORS
+    sa_positive_list POINTS_PER_BLOCK
+    sa_positive_list BLOCKS_PER_CORE
+    read -r -a SIZES <<< "$POINTS_PER_BLOCK"
+    read -r -a PER_CORE <<< "$BLOCKS_PER_CORE"
+    [ "${#SIZES[@]}" -eq "${#PER_CORE[@]}" ] ||
+        sa_die "BLOCKS_PER_CORE ('$BLOCKS_PER_CORE') needs one value per POINTS_PER_BLOCK ('$POINTS_PER_BLOCK')"
+    [ -n "${STORAGE// /}" ] || sa_die "STORAGE must be on, off or 'on off'"
+    local mode p
+    for mode in $STORAGE; do
+        [ "$mode" = on ] || [ "$mode" = off ] || sa_die "STORAGE must list on and/or off, got '$mode'"
+    done
+    for p in $PROCESSORS; do
+        if [ "$p" -gt "$SOCKETS_PER_NODE" ] && [ $((p % SOCKETS_PER_NODE)) -ne 0 ]; then
+            sa_die "PROCESSORS: $p is neither at most SOCKETS_PER_NODE ($SOCKETS_PER_NODE) nor a multiple of it"
+        fi
+    done
+    sa_choice PLACEMENT contiguous round-robin
+    sa_choice NETWORK ethernet infiniband data
+    [ -z "$STORAGE_PROPS" ] || [ -f "$STORAGE_PROPS" ] || sa_die "STORAGE_PROPS '$STORAGE_PROPS' does not exist"
+}
+
 # ------------------------------------------------------------------ the allocation
 sa_nodes() {  # SA_NODES: the allocation's hosts (this host outside SLURM); SA_JOB: the job id
     if [ -n "${SLURM_JOB_NODELIST:-}" ]; then

@@ -32,49 +32,13 @@ STORAGE_API_HOME="${STORAGE_API_HOME:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." &
 # shellcheck source=slurm/_common.sh
 source "$STORAGE_API_HOME/slurm/_common.sh"
 
-MODULES="${MODULES:-}"
-PYTHON="${PYTHON:-python3}"
-SOCKETS_PER_NODE="${SOCKETS_PER_NODE:-2}"
-CORES_PER_SOCKET="${CORES_PER_SOCKET:-24}"
-PROCESSORS="${PROCESSORS:-2 4 8 16 32}"
-POINTS_PER_BLOCK="${POINTS_PER_BLOCK:-128 1024}"
-BLOCKS_PER_CORE="${BLOCKS_PER_CORE:-8 1}"
-STORAGE="${STORAGE:-on off}"
-ARITY="${ARITY:-48}"
-ITERATIONS="${ITERATIONS:-5}"
-PLACEMENT="${PLACEMENT:-contiguous}"
-STORAGE_PROPS="${STORAGE_PROPS:-}"
-NETWORK="${NETWORK:-ethernet}"
+sa_sweep_params
 EXEC_TIME="${EXEC_TIME:-}"
 ENQUEUE_FLAGS="${ENQUEUE_FLAGS:-}"
 DRY_RUN="${DRY_RUN:-0}"
 RESULTS_DIR="${RESULTS_DIR:-$PWD/results/enqueue_weak_scaling-$(date +%Y%m%d-%H%M%S)}"
-
-sa_positive SOCKETS_PER_NODE
-sa_positive CORES_PER_SOCKET
-sa_positive ARITY
-sa_positive ITERATIONS
 [ -z "$EXEC_TIME" ] || sa_positive EXEC_TIME
-sa_positive_list PROCESSORS
-sa_positive_list POINTS_PER_BLOCK
-sa_positive_list BLOCKS_PER_CORE
-read -r -a SIZES <<< "$POINTS_PER_BLOCK"
-read -r -a PER_CORE <<< "$BLOCKS_PER_CORE"
-[ "${#SIZES[@]}" -eq "${#PER_CORE[@]}" ] ||
-    sa_die "BLOCKS_PER_CORE ('$BLOCKS_PER_CORE') needs one value per POINTS_PER_BLOCK ('$POINTS_PER_BLOCK')"
-[ -n "${STORAGE// /}" ] || sa_die "STORAGE must be on, off or 'on off'"
-for mode in $STORAGE; do
-    [ "$mode" = on ] || [ "$mode" = off ] || sa_die "STORAGE must list on and/or off, got '$mode'"
-done
-for p in $PROCESSORS; do
-    if [ "$p" -gt "$SOCKETS_PER_NODE" ] && [ $((p % SOCKETS_PER_NODE)) -ne 0 ]; then
-        sa_die "PROCESSORS: $p is neither at most SOCKETS_PER_NODE ($SOCKETS_PER_NODE) nor a multiple of it"
-    fi
-done
-sa_choice PLACEMENT contiguous round-robin
-sa_choice NETWORK ethernet infiniband data
 sa_choice DRY_RUN 0 1
-[ -z "$STORAGE_PROPS" ] || [ -f "$STORAGE_PROPS" ] || sa_die "STORAGE_PROPS '$STORAGE_PROPS' does not exist"
 [ -n "${SLURM_JOB_ID:-}" ] && [ "$DRY_RUN" = 0 ] &&
     sa_die "run this on a login node (bash $0), not inside a job: each configuration becomes its own job"
 sa_load_modules
@@ -87,7 +51,7 @@ APP="$STORAGE_API_HOME/apps/csvm.py"
 [ -f "$APP" ] || sa_die "$APP not found (STORAGE_API_HOME='$STORAGE_API_HOME')"
 sa_results_dir
 mkdir -p "$RESULTS_DIR/runs" "$RESULTS_DIR/props"
-[ -z "$STORAGE_PROPS" ] || STORAGE_PROPS="$(cd "$(dirname "$STORAGE_PROPS")" && pwd)/$(basename "$STORAGE_PROPS")"
+[ -z "$STORAGE_PROPS" ] || STORAGE_PROPS="$(sa_abspath "$STORAGE_PROPS")"
 if [ -z "${STORAGE_HOME:-}" ]; then
     STORAGE_HOME="$RESULTS_DIR/bundle"
     "$PYTHON" -m storage_api compss-bundle "$STORAGE_HOME" >/dev/null ||

@@ -74,55 +74,21 @@ fi
 source "$STORAGE_API_HOME/slurm/_common.sh"
 
 # ------------------------------------------------------------------ parameters
-MODULES="${MODULES:-}"
-PYTHON="${PYTHON:-python3}"
-SOCKETS_PER_NODE="${SOCKETS_PER_NODE:-2}"
-CORES_PER_SOCKET="${CORES_PER_SOCKET:-24}"
-PROCESSORS="${PROCESSORS:-2 4 8 16 32}"
-POINTS_PER_BLOCK="${POINTS_PER_BLOCK:-128 1024}"
-BLOCKS_PER_CORE="${BLOCKS_PER_CORE:-8 1}"
-STORAGE="${STORAGE:-on off}"
-ARITY="${ARITY:-48}"
-ITERATIONS="${ITERATIONS:-5}"
-PLACEMENT="${PLACEMENT:-contiguous}"
+sa_sweep_params
 LAUNCHER="${LAUNCHER:-auto}"
 EXECUTOR_WORKERS="${EXECUTOR_WORKERS:-}"
 BACKEND_SLOTS="${BACKEND_SLOTS:-$CORES_PER_SOCKET}"
 COMPSS_FLAGS="${COMPSS_FLAGS:-}"
-STORAGE_PROPS="${STORAGE_PROPS:-}"
-NETWORK="${NETWORK:-ethernet}"
 STORAGE_CPU_AFFINITY="${STORAGE_CPU_AFFINITY:-disabled}"
 sa_nodes
 RESULTS_DIR="${RESULTS_DIR:-${SLURM_SUBMIT_DIR:-$PWD}/results/weak_scaling-$SA_JOB}"
-
-sa_positive SOCKETS_PER_NODE
-sa_positive CORES_PER_SOCKET
-sa_positive ARITY
-sa_positive ITERATIONS
 sa_positive BACKEND_SLOTS
 [ -z "$EXECUTOR_WORKERS" ] || sa_positive EXECUTOR_WORKERS
-sa_positive_list PROCESSORS
-sa_positive_list POINTS_PER_BLOCK
-sa_positive_list BLOCKS_PER_CORE
-read -r -a SIZES <<< "$POINTS_PER_BLOCK"
-read -r -a PER_CORE <<< "$BLOCKS_PER_CORE"
-[ "${#SIZES[@]}" -eq "${#PER_CORE[@]}" ] ||
-    sa_die "BLOCKS_PER_CORE ('$BLOCKS_PER_CORE') needs one value per POINTS_PER_BLOCK ('$POINTS_PER_BLOCK')"
-[ -n "${STORAGE// /}" ] || sa_die "STORAGE must be on, off or 'on off'"
-for mode in $STORAGE; do
-    [ "$mode" = on ] || [ "$mode" = off ] || sa_die "STORAGE must list on and/or off, got '$mode'"
-done
-sa_choice PLACEMENT contiguous round-robin
 sa_choice LAUNCHER auto compss executor
-sa_choice NETWORK ethernet infiniband data
-[ -z "$STORAGE_PROPS" ] || [ -f "$STORAGE_PROPS" ] || sa_die "STORAGE_PROPS '$STORAGE_PROPS' does not exist"
 
 MASTER="${SA_NODES[0]}"
 if [ "${#SA_NODES[@]}" -gt 1 ]; then WORKERS=("${SA_NODES[@]:1}"); else WORKERS=("$MASTER"); fi
 for p in $PROCESSORS; do
-    if [ "$p" -gt "$SOCKETS_PER_NODE" ] && [ $((p % SOCKETS_PER_NODE)) -ne 0 ]; then
-        sa_die "PROCESSORS: $p is neither at most SOCKETS_PER_NODE ($SOCKETS_PER_NODE) nor a multiple of it"
-    fi
     if [ "$p" -gt $((SOCKETS_PER_NODE * ${#WORKERS[@]})) ]; then
         sa_die "PROCESSORS: $p needs $(( (p + SOCKETS_PER_NODE - 1) / SOCKETS_PER_NODE )) worker nodes; the job has" \
                "${#WORKERS[@]} (${SA_NODES[*]}; the first node is the master when there are several)"
@@ -153,7 +119,7 @@ if [ -z "${STORAGE_HOME:-}" ]; then
     fi
 fi
 [ -x "$STORAGE_HOME/scripts/storage_init.sh" ] || sa_die "STORAGE_HOME '$STORAGE_HOME' has no scripts/storage_init.sh"
-[ -z "$STORAGE_PROPS" ] || STORAGE_PROPS="$(cd "$(dirname "$STORAGE_PROPS")" && pwd)/$(basename "$STORAGE_PROPS")"
+[ -z "$STORAGE_PROPS" ] || STORAGE_PROPS="$(sa_abspath "$STORAGE_PROPS")"
 CPUS_HERE="$(sa_cpus_here)"
 cd "$STORAGE_API_HOME"
 
