@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Shared by the sbatch scripts of this directory (sourced, never run). Parameter checks, the node
 # list, starting and stopping the store through the COMPSs storage scripts (storage_init.sh and
 # storage_stop.sh, so a job deploys exactly what enqueue_compss would), running steps so that a
@@ -130,6 +131,7 @@ sa_nodes() {  # SA_NODES: the allocation's hosts (this host outside SLURM); SA_J
         SA_NODES=("$(hostname -s)")
     fi
     [ "${#SA_NODES[@]}" -ge 1 ] || sa_die "cannot list the nodes of the allocation"
+    # shellcheck disable=SC2034  # used by the scripts
     SA_JOB="${SLURM_JOB_ID:-local-$$}"
 }
 
@@ -163,9 +165,9 @@ sa_run() {
 }
 
 sa_kill_group() {  # PID: TERM its process group, then KILL what is left after 10 s
-    local pid=$1 i
+    local pid=$1
     kill -TERM -- "-$pid" "$pid" 2>/dev/null || return 0
-    for i in $(seq 1 100); do
+    for _ in $(seq 1 100); do
         kill -0 -- "-$pid" 2>/dev/null || return 0
         sleep 0.1
     done
@@ -189,6 +191,7 @@ sa_store_up() {
     # shellcheck disable=SC1090
     source "$vars"
     export STORAGE_API_CONFIG
+    # shellcheck disable=SC2034  # used by the scripts
     SA_STORAGE_CONF="$HOME/.COMPSs/$id/storage/cfgfiles/storage.properties"
 }
 

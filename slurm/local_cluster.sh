@@ -69,8 +69,8 @@ CONF
     running /run/slurmctld.pid || slurmctld
     running /run/slurmd.pid || slurmd
     # wait until the node takes jobs
-    local i
-    for i in $(seq 1 60); do
+
+    for _ in $(seq 1 60); do
         if sinfo -h -o '%t' 2>/dev/null | grep -qE '^(idle|mix|alloc)'; then
             sinfo
             return 0

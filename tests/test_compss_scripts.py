@@ -188,3 +188,21 @@ def test_unknown_network_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="network 'omnipath' has no suffix"):
         load(use_default_file=False, network="omnipath")
+
+
+@pytest.mark.parametrize("groups,mode,numactl,taskset,sockets,expected", [
+    # one backend per socket, pinned only where there is a choice of NUMA node
+    ([], "auto", "/usr/bin/numactl", None, 2, ["/usr/bin/numactl", "--cpunodebind=1", "--membind=1"]),
+    ([], "auto", "/usr/bin/numactl", None, 1, []),
+    ([], "yes", "/usr/bin/numactl", None, 1, ["/usr/bin/numactl", "--cpunodebind=0", "--membind=0"]),
+    ([], "no", "/usr/bin/numactl", None, 2, []),
+    ([], "auto", None, "/usr/bin/taskset", 2, []),
+    # COMPSs' CPU affinity map: numactl, else taskset, else nothing
+    (["0-3", "4-7"], "auto", "/usr/bin/numactl", "/usr/bin/taskset", 1, ["/usr/bin/numactl", "--physcpubind=4-7"]),
+    (["0-3", "4-7"], "no", "/usr/bin/numactl", "/usr/bin/taskset", 1, ["/usr/bin/taskset", "-c", "4-7"]),
+    (["0-3", "4-7"], "auto", None, None, 2, []),
+])
+def test_backend_pinning(groups, mode, numactl, taskset, sockets, expected) -> None:
+    from storage_api._compss._deploy import pin_prefix
+
+    assert pin_prefix(1, groups, mode, numactl, taskset, sockets) == expected

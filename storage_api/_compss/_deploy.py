@@ -344,6 +344,24 @@ def _sockets() -> int:
         return 1
 
 
+def pin_prefix(i: int, groups: list[str], mode: str, numactl: str | None, taskset: str | None,
+               sockets: int) -> list[str]:
+    """The command prefix that pins backend ``i`` of a node.
+
+    With an affinity map (``groups``), to its CPU group: ``numactl --physcpubind`` unless
+    ``mode`` is ``no``, else ``taskset -c``. Without one, to NUMA node ``i % sockets`` with
+    ``numactl --cpunodebind --membind``: always with ``mode`` ``yes``, with ``auto`` only when
+    there are several NUMA nodes (on one there is nothing to choose). Nothing without the tools.
+    """
+    if groups:
+        if numactl and mode != "no":
+            return [numactl, f"--physcpubind={groups[i]}"]
+        return [taskset, "-c", groups[i]] if taskset else []
+    if numactl and (mode == "yes" or (mode == "auto" and sockets > 1)):
+        return [numactl, f"--cpunodebind={i % sockets}", f"--membind={i % sockets}"]
+    return []
+
+
 def node(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="storage_api._compss node")
     p.add_argument("--config", required=True)
@@ -360,8 +378,6 @@ def node(argv: list[str]) -> int:
     numactl = shutil.which("numactl")
     if a.numactl == "yes" and not numactl:
         raise UsageError("numactl=yes but numactl is not installed on this node")
-    # auto: pin when there is something to pin to (several NUMA nodes, or an affinity map)
-    pin = numactl is not None and (a.numactl == "yes" or (a.numactl == "auto" and (bool(groups) or _sockets() > 1)))
     settings = Settings(**read_file(a.config)).validate()
     meta = Metadata(Redis(settings.require_redis()), settings.namespace)
     meta.redis.execute("SET", meta.key("compss", "expect", a.compss_name), count)
@@ -369,12 +385,7 @@ def node(argv: list[str]) -> int:
     procs: list[subprocess.Popen] = []
     for i in range(count):
         name = f"{a.name_prefix}-{i}"
-        prefix: list[str] = []
-        if groups:
-            prefix = [numactl, f"--physcpubind={groups[i]}"] if pin else (["taskset", "-c", groups[i]]
-                                                                         if shutil.which("taskset") else [])
-        elif pin:
-            prefix = [numactl, f"--cpunodebind={i % _sockets()}", f"--membind={i % _sockets()}"]
+        prefix = pin_prefix(i, groups, a.numactl, numactl, shutil.which("taskset"), _sockets())
         cmd = [*prefix, sys.executable, "-m", "storage_api", "backend", "--config", a.config, "--storage-dir",
                str(Path(a.storage_dir) / name), "--name", name, "--host", a.host, "--compss-name", a.compss_name]
         procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL))

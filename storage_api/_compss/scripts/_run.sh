@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by storage_init.sh and storage_stop.sh: run `python -m storage_api._compss <command>` with
 # the interpreter that built the bundle (scripts/bundle.env, or SA_BUNDLE_PYTHON) and the bundle's
 # own python/ directory first on PYTHONPATH.
