@@ -51,6 +51,18 @@ def slurm() -> None:
         pytest.skip(problem)
 
 
+@pytest.fixture(scope="module")
+def three_nodes(slurm) -> None:
+    """A cluster of at least 3 nodes (``slurm/local_cluster.sh start 3`` makes one on one machine)."""
+    nodes = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], capture_output=True, text=True).stdout.split("\n")
+    usable = [n for n in nodes if n.split(" ")[-1].rstrip("*~#") in ("idle", "mix", "alloc")]
+    if len(usable) < 3:
+        problem = f"these tests need 3 SLURM nodes, the cluster has {nodes} (bash slurm/local_cluster.sh start 3)"
+        if os.environ.get("SA_TEST_REQUIRE_SLURM") == "1":
+            pytest.fail(problem)
+        pytest.skip(problem)
+
+
 def _env(**values: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "STORAGE_API_"))}
     env["PYTHON"] = sys.executable
@@ -58,15 +70,25 @@ def _env(**values: str) -> dict[str, str]:
     return env
 
 
-def sbatch(script: str, tmp: Path, env: dict[str, str], *, wait: bool = True,
+def sbatch(script: str, tmp: Path, env: dict[str, str], *, wait: bool = True, nodes: int = 1,
            extra: list[str] | None = None) -> tuple[int, str]:
     """Submit ``slurm/<script>`` at test scale; returns (exit code, job id)."""
-    cmd = ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=1", f"--cpus-per-task={CPUS}", "--time=10",
-           f"--output={tmp}/job-%j.out", *(extra or [])] + (["--wait"] if wait else []) + [str(SLURM / script)]
-    proc = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True, timeout=540)
-    job = proc.stdout.strip().split(";")[0].splitlines()[0] if proc.stdout.strip() else ""
-    assert job.isdigit(), f"sbatch printed no job id: {proc.stdout!r} {proc.stderr!r}"
-    return proc.returncode, job
+    cmd = ["sbatch", "--parsable", f"--nodes={nodes}", "--ntasks-per-node=1", f"--cpus-per-task={CPUS}", "--time=10",
+           f"--output={tmp}/job-%j.out", *(extra or []), str(SLURM / script)]
+    proc = subprocess.run(cmd, env=env, cwd=tmp, capture_output=True, text=True, timeout=60)
+    job = proc.stdout.strip().split(";")[0]
+    assert proc.returncode == 0 and job.isdigit(), f"sbatch failed: {proc.stdout!r} {proc.stderr!r}"
+    if not wait:
+        return -1, job
+    wait_finished(job, timeout=540)  # as sbatch --wait, without its polling intervals of up to 10 s
+    return exit_code(job), job
+
+
+def exit_code(job: str) -> int:
+    """The exit code of a finished job (slurmctld keeps the record MinJobAge seconds)."""
+    text = subprocess.run(["scontrol", "show", "job", "-o", job], capture_output=True, text=True).stdout
+    code, _, signal_ = text.split(" ExitCode=")[1].split()[0].partition(":")
+    return int(code) if int(code) or not int(signal_) else 128 + int(signal_)
 
 
 def job_output(tmp: Path, job: str) -> str:
@@ -174,11 +196,46 @@ def test_weak_scaling_sweep_writes_results_and_leaves_nothing(slurm, tmp_path):
     assert survivors(job) == []
 
 
-def test_weak_scaling_scancel_mid_run_leaves_nothing(slurm, tmp_path):
+def test_weak_scaling_on_three_nodes_puts_backends_on_the_workers(three_nodes, tmp_path):
+    """A master and two worker nodes: Redis on the master, backends started by srun on the first
+    ceil(P / 2) workers, one deployment per processor count."""
     results = tmp_path / "results"
-    env = _env(RESULTS_DIR=str(results), PROCESSORS="2", SOCKETS_PER_NODE="2", CORES_PER_SOCKET="2",
+    env = _env(RESULTS_DIR=str(results), PROCESSORS="2 4", SOCKETS_PER_NODE="2", CORES_PER_SOCKET="1",
+               POINTS_PER_BLOCK="128", BLOCKS_PER_CORE="2", ARITY="2", ITERATIONS="2", STORAGE="on off")
+    rc, job = sbatch("weak_scaling.sh", tmp_path, env, nodes=3)
+    out = job_output(tmp_path, job)
+    assert rc == 0, out
+    nodes = subprocess.run(["scontrol", "show", "hostnames", _job_nodes(job)], capture_output=True,
+                           text=True).stdout.split()
+    master, workers = nodes[0], nodes[1:]
+    assert f"master {master}, worker nodes {' '.join(workers)}" in out
+    assert f"Redis on {master}, 2 backends on 1 nodes" in out and f"Redis on {master}, 4 backends on 2 nodes" in out
+    for deployment, hosts in ((f"{job}.p2", workers[:1]), (f"{job}.p4", workers)):
+        logs = Path.home() / ".COMPSs" / deployment / "storage" / "logs"
+        assert sorted(p.stem for p in logs.glob("*.log")) == sorted(["redis", *hosts])
+        assert_stopped(deployment)
+    rows = read_rows(results / "results.csv")
+    assert sorted((r["processors"], r["storage"]) for r in rows) == [("2", "off"), ("2", "on"), ("4", "off"), ("4", "on")]
+    for p in ("2", "4"):
+        on, off = (next(r for r in rows if (r["processors"], r["storage"]) == (p, m)) for m in ("on", "off"))
+        assert on["score"] == off["score"] and int(on["bytes_moved"]) < int(off["bytes_moved"])
+    assert survivors(job) == []
+
+
+def _job_nodes(job: str) -> str:
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job, "-o", "NodeList"], capture_output=True, text=True).stdout
+    if out.strip():
+        return out.split()[0]
+    text = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+    return text.split(" NodeList=")[1].split()[0]
+
+
+def test_weak_scaling_scancel_mid_run_leaves_nothing(three_nodes, tmp_path):
+    """scancel while the app runs against backends on two worker nodes (srun steps)."""
+    results = tmp_path / "results"
+    env = _env(RESULTS_DIR=str(results), PROCESSORS="4", SOCKETS_PER_NODE="2", CORES_PER_SOCKET="1",
                POINTS_PER_BLOCK="128", BLOCKS_PER_CORE="64", ARITY="2", ITERATIONS="5", STORAGE="on")
-    _rc, job = sbatch("weak_scaling.sh", tmp_path, env, wait=False)
+    _rc, job = sbatch("weak_scaling.sh", tmp_path, env, wait=False, nodes=3)
     try:
         wait_for((results / "logs", "*.log"), "csvm:")  # the app is running against the store
     except BaseException:
@@ -190,8 +247,8 @@ def test_weak_scaling_scancel_mid_run_leaves_nothing(slurm, tmp_path):
     out = job_output(tmp_path, job)
     assert "received SIGTERM" in out and "stopping the running step" in out, out
     assert "clean-up done (exit 143)" in out, out
-    assert_stopped(f"{job}.p2")
-    assert not (results / "runs" / "p2-ppb128-storage-on.json").exists()
+    assert_stopped(f"{job}.p4")
+    assert not (results / "runs" / "p4-ppb128-storage-on.json").exists()
 
 
 def test_weak_scaling_time_limit_signal_cleans_up(slurm, tmp_path):
@@ -254,11 +311,16 @@ def test_bad_parameters_are_named_and_nothing_starts(script, values, message, tm
 
 
 # ------------------------------------------------------------------ lstm_offload.sh
-def test_lstm_offload_job_trains_on_the_backend_and_leaves_nothing(slurm, tmp_path):
+def test_lstm_offload_job_trains_on_the_backend_and_leaves_nothing(three_nodes, tmp_path):
+    """Two nodes: the backend on the first, the client as a job step on the second."""
     results = tmp_path / "results"
-    rc, job = sbatch("lstm_offload.sh", tmp_path, _env(RESULTS_DIR=str(results), EPOCHS="3", RUNS="2", SEED="5"))
+    rc, job = sbatch("lstm_offload.sh", tmp_path, _env(RESULTS_DIR=str(results), EPOCHS="3", RUNS="2", SEED="5"),
+                     nodes=2)
     out = job_output(tmp_path, job)
     assert rc == 0, out
+    server, client = subprocess.run(["scontrol", "show", "hostnames", _job_nodes(job)], capture_output=True,
+                                    text=True).stdout.split()
+    assert f"backend on {server}, client on {client}" in out
     rows = read_rows(results / "results.csv")
     assert [r["seed"] for r in rows] == ["5", "6"] and {r["epochs"] for r in rows} == {"3"}
     for r in rows:

@@ -63,6 +63,8 @@ class UsageError(StoreError):
 # ------------------------------------------------------------------ helpers
 def _this_host(node: str) -> bool:
     names = {"localhost", "127.0.0.1", "::1", socket.gethostname(), socket.getfqdn(), socket.gethostname().split(".")[0]}
+    if os.environ.get("SLURMD_NODENAME"):  # SLURM's name of this node, which may differ from its hostname
+        names.add(os.environ["SLURMD_NODENAME"])
     return node in names or node.split(".")[0] in names
 
 
