@@ -92,6 +92,30 @@ def test_sigterm_deregisters_at_once(own_cluster, own_client):
     assert not status["b1"].alive and status["b0"].alive
 
 
+def test_sigterm_right_after_registering_still_deregisters(own_cluster, own_client):
+    """A backend is alive in Redis from the first step of its registration: a SIGTERM from then on
+    (a job script cleaning up, scancel) must deregister it, never leave it 'alive' until its TTL."""
+    import os
+    from pathlib import Path
+
+    from storage_api._deploy import _local
+
+    b = own_cluster.backend("b1")
+    for _ in range(3):
+        own_cluster.kill("b1", signal.SIGKILL)
+        proc = _local._spawn(_local._backend_cmd(own_cluster.dep.config_path, Path(b.storage_dir), "b1", False,
+                                                 "WARNING"), Path(b.log))
+        deadline = time.monotonic() + 20
+        while not any(i.name == "b1" and i.alive and i.pid == proc.pid for i in own_client.backends()):
+            assert time.monotonic() < deadline, "b1 did not register"
+            time.sleep(0.001)
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+        assert not {i.name: i for i in own_client.backends()}["b1"].alive
+        b.pid = proc.pid
+        own_cluster.restart("b1")
+
+
 def test_dead_backend_is_reported_dead_within_seconds(own_cluster, own_client):
     start = time.monotonic()
     own_cluster.kill("b0", signal.SIGKILL)

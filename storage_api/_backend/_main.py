@@ -142,14 +142,17 @@ class BackendProcess:
                     log.warning("heartbeat failed: %s", exc)
 
     def run(self) -> int:
-        self.register()
+        # The handlers come first: a SIGTERM that arrives while we register (we are alive in Redis
+        # from its first step) must still deregister; stop() waits for the registration (_beat).
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: threading.Thread(target=self.stop, daemon=True).start())
+        with self._beat:
+            self.register()
         threading.Thread(target=self._heartbeat, name="storage-api-heartbeat", daemon=True).start()
         from ._control import ControlLoop
 
         ControlLoop(self).start()  # COMPSs' Java side (newVersion, ...) and storage_stop.sh talk through Redis
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: threading.Thread(target=self.stop, daemon=True).start())
-        self.server.serve_forever()
+        self.server.serve_forever()  # returns at once if stop() already ran
         while not self._stop.wait(0.5):  # see Server.serve_forever: keep signal handlers running
             pass
         return 0
