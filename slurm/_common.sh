@@ -71,10 +71,17 @@ sa_check_python() {  # INTERPRETER MODULE...: the interpreter runs and can find 
     done
 }
 
-sa_results_dir() {  # RESULTS_DIR must be creatable and writable
+sa_results_dir() {  # SUBDIR...: RESULTS_DIR and these folders in it, made absolute
     mkdir -p "$RESULTS_DIR" 2>/dev/null && [ -w "$RESULTS_DIR" ] ||
         sa_die "RESULTS_DIR '$RESULTS_DIR' cannot be created or written"
     RESULTS_DIR="$(cd "$RESULTS_DIR" && pwd)"
+    local sub
+    for sub in "$@"; do mkdir -p "$RESULTS_DIR/$sub"; done
+}
+
+sa_app() {  # PATH: APP, the app of the checkout the job runs
+    APP="$STORAGE_API_HOME/$1"
+    [ -f "$APP" ] || sa_die "$APP not found (STORAGE_API_HOME='$STORAGE_API_HOME')"
 }
 
 sa_abspath() {  # PATH: made absolute (the scripts change directory)

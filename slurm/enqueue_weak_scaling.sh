@@ -47,10 +47,8 @@ if [ "$DRY_RUN" = 0 ]; then
     command -v sbatch >/dev/null 2>&1 || sa_die "sbatch is not on PATH"
 fi
 sa_check_python "$PYTHON" storage_api dislib
-APP="$STORAGE_API_HOME/apps/csvm.py"
-[ -f "$APP" ] || sa_die "$APP not found (STORAGE_API_HOME='$STORAGE_API_HOME')"
-sa_results_dir
-mkdir -p "$RESULTS_DIR/runs" "$RESULTS_DIR/props"
+sa_app apps/csvm.py
+sa_results_dir runs props
 [ -z "$STORAGE_PROPS" ] || STORAGE_PROPS="$(sa_abspath "$STORAGE_PROPS")"
 if [ -z "${STORAGE_HOME:-}" ]; then
     STORAGE_HOME="$RESULTS_DIR/bundle"

@@ -74,10 +74,8 @@ sa_choice NETWORK ethernet infiniband data
 sa_load_modules
 sa_check_python "$PYTHON" storage_api workflows.trainer torch
 sa_check_python "$CLIENT_PYTHON" storage_api tqdm
-APP="$STORAGE_API_HOME/apps/lstm_offload.py"
-[ -f "$APP" ] || sa_die "$APP not found (STORAGE_API_HOME='$STORAGE_API_HOME')"
-sa_results_dir
-mkdir -p "$RESULTS_DIR/runs" "$RESULTS_DIR/logs"
+sa_app apps/lstm_offload.py
+sa_results_dir runs logs
 [ -z "$CSV" ] || CSV="$(sa_abspath "$CSV")"
 [ -z "$STORAGE_PROPS" ] || STORAGE_PROPS="$(sa_abspath "$STORAGE_PROPS")"
 STORAGE_HOME="${STORAGE_HOME:-$STORAGE_API_HOME/storage_api/_compss}"

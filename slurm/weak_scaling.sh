@@ -96,8 +96,7 @@ for p in $PROCESSORS; do
 done
 
 sa_load_modules
-APP="$STORAGE_API_HOME/apps/csvm.py"
-[ -f "$APP" ] || sa_die "$APP not found (STORAGE_API_HOME='$STORAGE_API_HOME')"
+sa_app apps/csvm.py
 if [ "$LAUNCHER" = auto ]; then
     if command -v launch_compss >/dev/null 2>&1; then LAUNCHER=compss; else LAUNCHER=executor; fi
 fi
@@ -107,8 +106,7 @@ if [ "$LAUNCHER" = compss ]; then
 else
     sa_check_python "$PYTHON" storage_api dislib workflows.executor
 fi
-sa_results_dir
-mkdir -p "$RESULTS_DIR/runs" "$RESULTS_DIR/logs"
+sa_results_dir runs logs
 if [ -z "${STORAGE_HOME:-}" ]; then
     if [ "$LAUNCHER" = compss ]; then
         STORAGE_HOME="$RESULTS_DIR/bundle"

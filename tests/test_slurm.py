@@ -161,6 +161,15 @@ def wait_for(path_glob: tuple[Path, str], text: str, timeout: float = 120) -> No
     raise AssertionError(f"{text!r} never appeared in {folder}/{pattern}")
 
 
+def cancel_when(job: str, where: tuple[Path, str], text: str) -> None:
+    """scancel ``job`` once ``text`` appears in ``where`` (or when it never does), and wait for its end."""
+    try:
+        wait_for(where, text)
+    finally:
+        subprocess.run(["scancel", job], check=True)
+        wait_finished(job)
+
+
 # ------------------------------------------------------------------ weak_scaling.sh
 def test_weak_scaling_sweep_writes_results_and_leaves_nothing(slurm, tmp_path):
     results = tmp_path / "results"
@@ -236,13 +245,7 @@ def test_weak_scaling_scancel_mid_run_leaves_nothing(three_nodes, tmp_path):
     env = _env(RESULTS_DIR=str(results), PROCESSORS="4", SOCKETS_PER_NODE="2", CORES_PER_SOCKET="1",
                POINTS_PER_BLOCK="128", BLOCKS_PER_CORE="64", ARITY="2", ITERATIONS="5", STORAGE="on")
     _rc, job = sbatch("weak_scaling.sh", tmp_path, env, wait=False, nodes=3)
-    try:
-        wait_for((results / "logs", "*.log"), "csvm:")  # the app is running against the store
-    except BaseException:
-        subprocess.run(["scancel", job])
-        raise
-    subprocess.run(["scancel", job], check=True)
-    wait_finished(job)
+    cancel_when(job, (results / "logs", "*.log"), "csvm:")  # the app is running against the store
     assert survivors(job) == []
     out = job_output(tmp_path, job)
     assert "received SIGTERM" in out and "stopping the running step" in out, out
@@ -341,13 +344,7 @@ def test_lstm_offload_scancel_during_training_leaves_nothing(slurm, tmp_path):
     results = tmp_path / "results"
     _rc, job = sbatch("lstm_offload.sh", tmp_path, _env(RESULTS_DIR=str(results), EPOCHS="5000", PASSES="1"),
                       wait=False)
-    try:
-        wait_for((tmp_path, f"job-{job}.out"), "loss=")  # the progress bar: an epoch has been trained
-    except BaseException:
-        subprocess.run(["scancel", job])
-        raise
-    subprocess.run(["scancel", job], check=True)
-    wait_finished(job)
+    cancel_when(job, (tmp_path, f"job-{job}.out"), "loss=")  # the progress bar: an epoch has been trained
     assert survivors(job) == []
     out = job_output(tmp_path, job)
     assert "received SIGTERM" in out and "clean-up done (exit 143)" in out, out
