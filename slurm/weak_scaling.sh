@@ -130,7 +130,7 @@ sa_finish() {
         echo "$SA_NAME: warning: could not write the results table or plot" >&2
 }
 
-# run_csvm P NODES... : one run of apps/csvm.py (STORAGE_MODE and the block size from the caller)
+# run_csvm P MODE POINTS_PER_BLOCK BLOCKS_PER_CORE "WORKERS": one run of apps/csvm.py, its log in logs/
 run_csvm() {
     local p=$1 mode=$2 ppb=$3 bpc=$4 workers=$5
     local tag="p${p}-ppb${ppb}-storage-${mode}"
