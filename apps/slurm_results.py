@@ -1,7 +1,7 @@
 """Results tables (and the weak-scaling plot) of the sbatch scripts in ``slurm/``.
 
     python apps/slurm_results.py csvm RESULTS_DIR [--plot]   # weak_scaling.sh
-    python apps/slurm_results.py lstm RESULTS_DIR            # lstm_offload.sh
+    python apps/slurm_results.py lstm RESULTS_DIR [--show RUN.json]   # lstm_offload.sh
 
 Each reads the per-run JSON files the scripts leave in ``RESULTS_DIR/runs/`` (``apps/csvm.py
 --json`` and ``apps/lstm_offload.py --json``) and rewrites ``RESULTS_DIR/results.csv`` with one row
@@ -66,6 +66,14 @@ def lstm_rows(results: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def lstm_summary(f: dict[str, Any]) -> str:
+    """One line of a run's figures for the job's output."""
+    m = f["metrics"]
+    return (f"    CPU MSE {m['cpu']['mse']:.3f}  MEM MSE {m['mem']['mse']:.3f}; train {f['train_time']:.2f} s, "
+            f"eval {f['eval_time']:.3f} s on {f['device']}; client RSS {f['client_rss_mb']:.1f} MiB, "
+            f"overhead {f['overhead'] * 1000:.0f} ms")
+
+
 def write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", newline="") as fh:
@@ -116,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("kind", choices=("csvm", "lstm"))
     p.add_argument("results", type=Path, help="the RESULTS_DIR of the job")
     p.add_argument("--plot", action="store_true", help="csvm: also draw weak_scaling.png")
+    p.add_argument("--show", type=Path, help="lstm: print a summary line of this run's JSON file")
     a = p.parse_args(argv)
     if a.kind == "csvm":
         rows = csvm_rows(a.results)
@@ -125,6 +134,9 @@ def main(argv: list[str] | None = None) -> int:
     else:
         rows = lstm_rows(a.results)
         write_csv(a.results / "results.csv", LSTM_COLUMNS, rows)
+        if a.show:
+            print(lstm_summary(json.loads(a.show.read_text())))
+            return 0
     print(f"{len(rows)} runs in {a.results / 'results.csv'}")
     return 0
 

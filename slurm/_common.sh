@@ -64,11 +64,10 @@ sa_check_python() {  # INTERPRETER MODULE...: the interpreter runs and can find 
     local python=$1
     shift
     command -v "$python" >/dev/null 2>&1 || sa_die "Python interpreter '$python' not found (set PYTHON)"
-    local mod
-    for mod in "$@"; do  # found, not imported: dislib imports pycompss, which only the launcher provides
-        "$python" -c "import importlib.util as u, sys; sys.exit(u.find_spec('$mod') is None)" 2>/dev/null ||
-            sa_die "'$python' has no module $mod (install storage-api with its extras, or set PYTHON)"
-    done
+    local missing  # found, not imported: dislib imports pycompss, which only the launcher provides
+    missing=$("$python" -c "import importlib.util as u, sys; print(*[m for m in sys.argv[1:] if u.find_spec(m) is None])" \
+              "$@" 2>&1) || sa_die "'$python' does not run: $missing"
+    [ -z "$missing" ] || sa_die "'$python' has no module $missing (install storage-api with its extras, or set PYTHON)"
 }
 
 sa_results_dir() {  # SUBDIR...: RESULTS_DIR and these folders in it, made absolute

@@ -108,15 +108,8 @@ for i in $(seq 0 $((RUNS - 1))); do
     out="$RESULTS_DIR/runs/run-$(printf %03d "$i").json"
     if sa_run "$out.part" - "${STEP[@]}" "$CLIENT_PYTHON" "$APP" "${args[@]}"; then
         mv "$out.part" "$out"
-        "$PYTHON" - "$out" <<'EOF'
-import json, sys
-f = json.load(open(sys.argv[1]))
-m = f["metrics"]
-print(f"    CPU MSE {m['cpu']['mse']:.3f}  MEM MSE {m['mem']['mse']:.3f}; train {f['train_time']:.2f} s, "
-      f"eval {f['eval_time']:.3f} s on {f['device']}; client RSS {f['client_rss_mb']:.1f} MiB, "
-      f"overhead {f['overhead'] * 1000:.0f} ms")
-EOF
-        sa_finish >/dev/null
+        "$PYTHON" "$STORAGE_API_HOME/apps/slurm_results.py" lstm "$RESULTS_DIR" --show "$out" ||
+            echo "$SA_NAME: warning: could not write the results table" >&2
     else
         FAILED=$((FAILED + 1))
         rm -f "$out.part"

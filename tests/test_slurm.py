@@ -232,9 +232,7 @@ def test_weak_scaling_on_three_nodes_puts_backends_on_the_workers(three_nodes, t
 
 
 def _job_nodes(job: str) -> str:
-    out = subprocess.run(["sacct", "-n", "-X", "-P", "-j", job, "-o", "NodeList"], capture_output=True, text=True).stdout
-    if out.strip():
-        return out.split()[0]
+    """The node list of a job that has just ended (slurmctld keeps its record MinJobAge seconds)."""
     text = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
     return text.split(" NodeList=")[1].split()[0]
 
