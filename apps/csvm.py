@@ -14,7 +14,7 @@ processor", but its own block arithmetic (8 blocks of 128 points per core, 24 co
 gives 24,576, which is what the reference scripts ran: we keep the block arithmetic and print the
 figure it implies.
 
-``--storage``: blocks are ``workflows.blocks.PersistentBlock`` objects created over the backends in
+``--storage``: blocks are ``workflows.models.blocks.PersistentBlock`` objects created over the backends in
 turns and filled there (a generation task that runs on the block's backend). ``--placement``:
 ``contiguous`` (default) gives each backend runs of consecutive blocks, so the cascade's first
 merges combine blocks of one backend; ``round-robin`` (the reference code's ``cycle``) interleaves
@@ -47,7 +47,7 @@ CENTERS = 15
 @task(returns=2)
 def generate_points(n_points, seed):
     """A numpy block and its labels (no storage)."""
-    from workflows.blocks import make_points
+    from workflows.models.blocks import make_points
 
     return make_points(n_points, seed, CENTERS, FEATURES)
 
@@ -83,7 +83,7 @@ def main(argv=None):
     p.add_argument("--storage", action=argparse.BooleanOptionalAction, default=False,
                    help="blocks as persistent objects on the backends (default: --no-storage)")
     p.add_argument("--placement", choices=("contiguous", "round-robin"), default="contiguous",
-                   help="how blocks are spread over the backends, in turns (see workflows.blocks.spread)")
+                   help="how blocks are spread over the backends, in turns (see workflows.models.blocks.spread)")
     p.add_argument("--json", help="write the figures to this JSON file")
     p.add_argument("--csv", help="append the figures as a row to this CSV file")
     p.add_argument("--model", help="save support vectors, their labels and the score to this .npz")
@@ -100,7 +100,7 @@ def main(argv=None):
     x_blocks, y_blocks = [], []
     if args.storage:
         import storage_api
-        from workflows.blocks import PersistentBlock, spread
+        from workflows.models.blocks import PersistentBlock, spread
 
         backends = sorted((b for b in storage_api.backends() if b.alive), key=lambda b: b.name)
         for i, backend in enumerate(spread(n_blocks, backends, args.placement)):

@@ -34,8 +34,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     args = parse_args(argv)
-    from workflows import datasets
-    from workflows.trainer import LSTMTrainer
+    from workflows.models import datasets
+    from workflows.models.trainer import LSTMTrainer
 
     csv_text = datasets.read_text(args.csv) if args.csv else None
     trainer = LSTMTrainer(csv_text, data_seed=args.data_seed, epochs=args.epochs, passes=args.passes)

@@ -29,7 +29,7 @@ import sys
 import time
 from typing import Any
 
-CLASS = "workflows.trainer.LSTMTrainer"
+CLASS = "workflows.models.trainer.LSTMTrainer"
 
 if not __package__:  # run as a file from a checkout where storage_api is not installed
     import importlib.util
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     with deployment() as (kind, boot_time, started):
         try:
             out = offload(args, started)
-        except ValueError as exc:  # a bad CSV (workflows.datasets.DatasetError) or bad option, found by the backend
+        except ValueError as exc:  # a bad CSV (a datasets.DatasetError) or bad option, found by the backend
             print(f"lstm_offload: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 2
     out.update(mode="offload", deployment=kind, deployment_start=boot_time,

@@ -32,7 +32,7 @@ if not __package__:
 from apps import lstm_envs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-CLASS = "workflows.trainer.LSTMTrainer"
+CLASS = "workflows.models.trainer.LSTMTrainer"
 PAPER_T5 = {"cpu": (7.651, 0.539, 2.115, 0.107, 6.168, 0.329, 2.764, 0.097),
             "mem": (0.871, 0.353, 0.733, 0.197, 0.835, 0.224, 0.914, 0.192)}
 PAPER_T6_GB = {"baseline": 2.1048, "thin client": 0.4283, "backend": 7.0048}

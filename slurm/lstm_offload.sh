@@ -72,7 +72,7 @@ sa_choice NETWORK ethernet infiniband data
 [ -z "$CSV" ] || [ -r "$CSV" ] || sa_die "CSV '$CSV' cannot be read"
 [ -z "$STORAGE_PROPS" ] || [ -f "$STORAGE_PROPS" ] || sa_die "STORAGE_PROPS '$STORAGE_PROPS' does not exist"
 sa_load_modules
-sa_check_python "$PYTHON" storage_api workflows.trainer torch
+sa_check_python "$PYTHON" storage_api workflows.models.trainer torch
 sa_check_python "$CLIENT_PYTHON" storage_api tqdm
 sa_app apps/lstm_offload.py
 sa_results_dir runs logs

@@ -1,11 +1,16 @@
-"""The ``storage-api`` command: ``up``, ``down``, ``status``, ``backend``, ``config``, ``compss-bundle``
-and ``run`` (PyCOMPSs apps without COMPSs)."""
+"""The ``storage-api`` command: ``up``, ``down``, ``status``, ``backend``, ``config``, ``compss-bundle``,
+and the commands plugins add.
+
+A plugin is an entry point in the group :data:`PLUGIN_GROUP`: its name is the subcommand, its
+object a function ``command(argv, prog) -> int`` that parses its own arguments. It is loaded only
+when its subcommand runs, so the store depends on no plugin: ``run`` (PyCOMPSs apps without
+COMPSs) comes from the executor of the ``workflows`` package this way (see pyproject.toml).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
@@ -125,15 +130,40 @@ def _cmd_compss_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from workflows.executor._launch import main as run_main
+PLUGIN_GROUP = "storage_api.commands"
 
-    return run_main(["--workers", str(args.workers), "--backend-slots", str(args.backend_slots), args.app, *args.args])
+# Where the plugin commands this project documents come from, for the error when one is missing.
+_PLUGIN_ORIGINS = {"run": "the PyCOMPSs executor of the workflows package (python -m workflows.executor)"}
+
+
+def _plugins() -> dict[str, Any]:
+    """Subcommand name -> entry point, for every installed plugin command."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
+
+
+def _run_plugin(name: str, argv: list[str]) -> int:
+    ep = _plugins().get(name)
+    if ep is None:
+        print(f"storage-api: {name}: no installed plugin provides this command (entry point group {PLUGIN_GROUP}); "
+              f"it comes from {_PLUGIN_ORIGINS[name]}: install storage-api with it (pip install -e .)", file=sys.stderr)
+        return 2
+    try:
+        command = ep.load()
+    except Exception as exc:  # a broken or partial installation: say which plugin and why
+        print(f"storage-api: {name}: its plugin {ep.value} cannot be loaded: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        return 2
+    return int(command(argv, f"storage-api {name}") or 0)
 
 
 def _cmd_config(args: argparse.Namespace) -> int:
     print(_config.describe(_config.load(args.config)))
     return 0
+
+
+_BUILTIN = ("up", "down", "status", "backend", "compss-bundle", "config")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -178,23 +208,22 @@ def parser() -> argparse.ArgumentParser:
     cb.add_argument("dest", metavar="DEST", help="bundle directory, e.g. $COMPSS_HOME/Tools/storage/storage_api")
     cb.set_defaults(func=_cmd_compss_bundle)
 
-    run = sub.add_parser("run", help="run a PyCOMPSs app without COMPSs (development executor; see README)")
-    run.add_argument("--workers", type=int, default=os.cpu_count() or 1,
-                     help="local worker processes (default: cores)")
-    run.add_argument("--backend-slots", type=int, default=1, help="tasks one backend runs at a time (default 1)")
-    run.add_argument("app", help="the PyCOMPSs application script")
-    run.add_argument("args", nargs=argparse.REMAINDER, help="the app's arguments")
-    run.set_defaults(func=_cmd_run)
-
     cfg = sub.add_parser("config", help="print every setting with its value and documentation")
     cfg.add_argument("--config", help="settings file")
     cfg.set_defaults(func=_cmd_config)
+    for name, ep in sorted(_plugins().items()):  # listed for --help; main() runs them before parsing
+        if name not in sub.choices:
+            sub.add_parser(name, help=f"a plugin command ({ep.value}): storage-api {name} --help")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    plugin = bool(argv) and argv[0] not in _BUILTIN and (argv[0] in _PLUGIN_ORIGINS or argv[0] in _plugins())
+    args = None if plugin else parser().parse_args(argv)
     try:
+        if args is None:
+            return _run_plugin(argv[0], argv[1:])
         return int(args.func(args) or 0)
     except StoreError as exc:
         print(f"storage-api: {type(exc).__name__}: {exc}", file=sys.stderr)

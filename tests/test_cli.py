@@ -143,3 +143,40 @@ def test_backend_command_as_cluster_scripts_use_it(tmp_path, home_env):
             proc.kill()
         os.kill(redis_proc.pid, signal.SIGTERM)
         os.waitpid(redis_proc.pid, 0)
+
+
+_TASK_APP = '''
+from pycompss.api.task import task
+from pycompss.api.api import compss_wait_on
+
+@task(returns=1)
+def square(x):
+    return x * x
+
+print("squares", compss_wait_on([square(i) for i in range(4)]))
+'''
+
+
+def test_run_comes_from_the_executor_plugin(tmp_path, home_env):
+    """`storage-api run` is the executor's entry point: the app's tasks run and their results return."""
+    app = tmp_path / "app.py"
+    app.write_text(_TASK_APP)
+    out = _cli("run", "--workers", "1", str(app), env=home_env)
+    assert out.returncode == 0, out.stderr
+    assert "squares [0, 1, 4, 9]" in out.stdout
+    helped = _cli("run", "--help", env=home_env)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: storage-api run")
+
+
+def test_run_without_its_plugin_is_a_clear_error(tmp_path, home_env):
+    """An installation whose metadata lacks the plugin: `run` says where the command comes from."""
+    dist = tmp_path / "meta" / "storage_api-0.1.0.dist-info"  # found first, so it is the distribution
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: storage-api\nVersion: 0.1.0\n")
+    (dist / "entry_points.txt").write_text("[console_scripts]\nstorage-api = storage_api._cli:main\n")
+    env = {**home_env, "PYTHONPATH": os.pathsep.join([str(tmp_path / "meta"), str(ROOT)])}
+    out = subprocess.run([sys.executable, "-m", "storage_api", "run", "app.py"], capture_output=True, text=True,
+                         env=env, cwd=tmp_path, timeout=120)  # not the checkout's directory: its metadata
+    assert out.returncode == 2
+    assert "no installed plugin provides this command" in out.stderr and "workflows" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -30,7 +30,7 @@ import os, json
 import storage_api
 from pycompss.api.task import task
 from pycompss.api.api import compss_wait_on
-from workflows.blocks import PersistentBlock
+from workflows.models.blocks import PersistentBlock
 
 @task(returns=1)
 def where(block):
@@ -61,7 +61,7 @@ import storage_api
 from pycompss.api.task import task
 from pycompss.api.parameter import INOUT
 from pycompss.api.api import compss_wait_on, compss_barrier
-from workflows.blocks import PersistentBlock
+from workflows.models.blocks import PersistentBlock
 
 @task(block=INOUT)
 def scale(block, k):
@@ -111,7 +111,7 @@ def _sequential_cascade(n_blocks: int, ppb: int, arity: int, iterations: int) ->
     """The same cascade with plain sklearn SVC in one process (the non-distributed reference)."""
     from sklearn.svm import SVC
 
-    from workflows.blocks import make_points
+    from workflows.models.blocks import make_points
 
     blocks = [make_points(ppb, 42 + i) for i in range(n_blocks)]
     ids = [np.arange(i * ppb, (i + 1) * ppb).reshape(-1, 1) for i in range(n_blocks)]

@@ -14,10 +14,10 @@ import storage_api
 from storage_api import _context
 from tests.conftest import run_python
 from tests.test_stub import BLOCKER
-from workflows import datasets, lstm
-from workflows.trainer import LSTMTrainer
+from workflows.models import datasets, lstm
+from workflows.models.trainer import LSTMTrainer
 
-CLASS = "workflows.trainer.LSTMTrainer"
+CLASS = "workflows.models.trainer.LSTMTrainer"
 
 
 def ramp_csv(rows: int) -> str:

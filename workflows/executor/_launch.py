@@ -20,8 +20,8 @@ def real_pycompss() -> str | None:
     return None if spec.origin.startswith(SHIM) else spec.origin
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m workflows.executor",
+def parser(prog: str = "python -m workflows.executor") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog,
                                 description="Run a PyCOMPSs app without COMPSs (storage-api's development executor).")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
                    help="local worker processes for tasks that do not run on a backend (default: cores)")
@@ -32,8 +32,9 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    opts = parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = "python -m workflows.executor") -> int:
+    """Run an app (``argv``: the options of :func:`parser`); also ``storage-api run`` (its plugin entry point)."""
+    opts = parser(prog).parse_args(argv)
     real = real_pycompss()
     if real is not None:
         print(f"PyCOMPSs is installed ({real}): run the app with COMPSs instead, e.g.\n"
