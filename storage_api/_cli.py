@@ -59,9 +59,18 @@ def _cmd_status(args: argparse.Namespace) -> int:
         return 1
     _table([("NAME", "ADDRESS", "COMPSS NAME", "PID", "PRIMARIES", "REPLICAS", "ALIVE", "ID")]
            + [(b.name, b.address, b.compss_name, str(b.pid), str(b.objects), str(b.replicas),
-               "yes" if b.alive else "DEAD", b.id) for b in infos])
+               _liveness(b), b.id) for b in infos])
+    for b in infos:
+        if b.alive and b.health:
+            print(f"{b.name} is UNHEALTHY: {b.health}")
     _print_objects(objects, {b.id: b.name for b in infos}, args.objects)
-    return 0 if all(b.alive for b in infos) else 1
+    return 0 if all(b.alive and not b.health for b in infos) else 1
+
+
+def _liveness(b: Any) -> str:
+    if not b.alive:
+        return "DEAD"
+    return "UNHEALTHY" if b.health else "yes"
 
 
 def _table(rows: list[tuple[str, ...]]) -> None:

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import _progress, _transport, _wire
+from . import _handshake, _progress, _wire
 from ._config import Settings
 from ._metadata import BackendInfo, Metadata, ObjectRecord
 from ._object import ActiveObject, RemoteMethod, State, become_handle, import_class, make_handle, state_of
@@ -393,7 +393,7 @@ class Client:
                     raise BackendUnavailable(f"backend {bid} is not registered")
             try:
                 unix = "\0" + info.unix if info.unix and _is_local(info.host) else None
-                fs = _transport.connect(info.host, info.port, self._secret, role=self._role,
+                fs = _handshake.connect(info.host, info.port, self._secret, role=self._role,
                                         timeout=self.settings.connect_timeout, unix=unix)
             except CommunicationError as exc:
                 last = exc

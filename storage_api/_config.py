@@ -59,9 +59,12 @@ class Settings:
     max_workers: int = _f(64, "backend: most requests executed at once per connection")
     log_level: str = _f("INFO", "backend: logging level of the 'storage' loggers")
     serve_spin_us: float = _f(100.0, "backend: microseconds a connection polls for the next request after one")
+    handshake_timeout: float = _f(5.0, "backend: seconds a connection has to complete its whole handshake")
+    max_pending: int = _f(256, "backend: most connections still authenticating (over it, the oldest is dropped)")
+    max_pending_per_host: int = _f(32, "backend: most connections still authenticating from one address")
 
     def validate(self) -> Settings:
-        for name in ("connect_timeout", "liveness_timeout", "heartbeat_interval", "heartbeat_ttl"):
+        for name in ("connect_timeout", "liveness_timeout", "heartbeat_interval", "heartbeat_ttl", "handshake_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         if self.heartbeat_ttl <= self.heartbeat_interval:
@@ -74,6 +77,8 @@ class Settings:
             raise ConfigError("spin_us and serve_spin_us cannot be negative")
         if self.max_workers < 1:
             raise ConfigError("max_workers must be at least 1")
+        if self.max_pending < 1 or self.max_pending_per_host < 1:
+            raise ConfigError("max_pending and max_pending_per_host must be at least 1")
         if not self.namespace or ":" in self.namespace:
             raise ConfigError("namespace must be non-empty and contain no ':'")
         network_suffix(self.network, self.network_suffixes)

@@ -3,7 +3,7 @@
 Key layout (``ns`` is the configured namespace, ``sa`` by default)::
 
     ns:backends            SET   ids of every registered backend
-    ns:backend:<bid>       HASH  id name host port compss_name pid storage_dir state started
+    ns:backend:<bid>       HASH  id name host port compss_name pid storage_dir unix health state started
     ns:alive:<bid>         STR   heartbeat; expires after heartbeat_ttl (alive = the key exists)
     ns:obj:<oid>           HASH  class backend alias replicas epoch
     ns:objs:<bid>          SET   ids of the objects a backend owns (is the primary of)
@@ -136,6 +136,7 @@ class BackendInfo:
     objects: int = 0  # objects it is the primary of
     replicas: int = 0  # objects it holds a replica of
     unix: str = ""  # abstract Unix socket name (without the leading NUL), for same-host clients
+    health: str = ""  # why it takes no new connections now ("" when it does)
 
     @property
     def address(self) -> str:
@@ -175,6 +176,10 @@ class Metadata:
     def heartbeat(self, bid: str, pid: int, ttl: float) -> None:
         self.redis.execute("SET", self.key("alive", bid), str(pid), "PX", int(ttl * 1000))
 
+    def set_health(self, bid: str, problem: str) -> None:
+        """Why a live backend takes no new connections ("" when it does)."""
+        self.redis.execute("HSET", self.key("backend", bid), "health", problem)
+
     def mark_down(self, bid: str) -> None:
         self.redis.pipeline(
             [("DEL", self.key("alive", bid)), ("HSET", self.key("backend", bid), "state", "down", "stopped", str(time.time()))],
@@ -209,6 +214,7 @@ class Metadata:
                     objects=int(count or 0),
                     replicas=int(reps or 0),
                     unix=h.get("unix", ""),
+                    health=h.get("health", ""),
                 )
             )
         return out

@@ -1,4 +1,4 @@
-"""Authenticated frame sockets: the handshake and frame I/O of :mod:`storage_api._wire`.
+"""Authenticated frame sockets: the frame I/O of :mod:`storage_api._wire` (handshakes: :mod:`._handshake`).
 
 A :class:`FrameSocket` is shared by many threads: concurrent sends are combined into one write;
 receives are done by one thread at a time (the caller arranges that). Large buffers are sent with ``sendmsg``
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hmac
 import mmap
-import os
 import socket
 import struct
 import threading
@@ -20,13 +19,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import _wire as w
-from .errors import AuthenticationError, CommunicationError, ProtocolError
+from .errors import CommunicationError, ProtocolError
 
 _RBUF = 256 * 1024  # receive buffer for small frames
 _SMALL = 64 * 1024  # below this, header, lengths and body go out in one send
 _IOV_MAX = 512
 _BIG = 16 << 20  # incoming buffers at least this large are mapped, not allocated
 _STREAM_MIN = 4 << 20  # STREAM buffers at least this large go to the backend's log as they arrive
+_MAC_CHUNK = 1 << 20  # buffers are hashed in chunks this large while the rest is in flight
 
 Buffer = Any  # bytes-like: bytes, bytearray, memoryview
 
@@ -91,7 +91,7 @@ class FrameSocket:
         """
         views = [memoryview(b).cast("B") if not isinstance(b, (bytes, bytearray)) else b for b in buffers]
         lengths = struct.pack(f"<{len(views)}Q", *(len(v) for v in views)) if views else b""
-        head = struct.pack("<BBHII", kind, flags, len(views), req_id & 0xFFFFFFFF, len(body))
+        head = w.HEAD.pack(kind, flags, len(views), req_id & 0xFFFFFFFF, len(body))
         frame = (head, lengths, body, views)
         with self._queue_lock:
             if self.closed:
@@ -108,23 +108,9 @@ class FrameSocket:
                         self._sending = False
                         return
                 parts: list[Any] = []
-                nbytes = 0
-                for head, lengths, body, views in batch:
-                    mac = w.frame_mac(self._send_key, self._send_seq, head, lengths, body)
-                    self._send_seq += 1
-                    if len(body) + len(lengths) < _SMALL:
-                        parts.append(b"".join((head, mac, lengths, body)))
-                    else:
-                        parts += [head + mac, lengths, body]
-                    nbytes += len(head) + len(mac) + len(lengths) + len(body)
-                    if views:
-                        parts += views
-                        nbytes += sum(len(v) if isinstance(v, (bytes, bytearray)) else v.nbytes for v in views)
-                self.sent += nbytes
-                if len(parts) == 1:
-                    self.sock.sendall(parts[0])
-                else:
-                    _sendmsg_all(self.sock, parts)
+                for frame in batch:
+                    parts = self._frame_parts(frame, parts)
+                self._write(parts)
         except OSError as exc:
             with self._queue_lock:
                 self._sending = False
@@ -132,40 +118,94 @@ class FrameSocket:
             self.closed = True
             raise CommunicationError(f"connection lost while sending: {exc}") from exc
 
+    def _frame_parts(self, frame: tuple[bytes, bytes, bytes, list[Any]], parts: list[Any]) -> list[Any]:
+        """Append a frame's parts to ``parts`` (MACs computed here, in sending order).
+
+        Large buffers are written here, chunk by chunk as their MAC is computed, so the peer
+        receives (and checks) one chunk while we hash the next; ``parts`` is flushed first.
+        """
+        head, lengths, body, views = frame
+        key, seq = self._send_key, self._send_seq
+        self._send_seq += 1
+        trailer = w.body_mac(key, seq, head, lengths, body)
+        first = (head, w.head_mac(key, seq, head), lengths, body, trailer)
+        if len(body) + len(lengths) < _SMALL:
+            parts.append(b"".join(first))
+        else:
+            parts += first
+        self.sent += w.HEADER_SIZE + len(lengths) + len(body) + w.MAC_BYTES
+        if not views:
+            return parts
+        mac = w.buffers_mac(key, seq, head, lengths)
+        for v in views:
+            n = len(v) if isinstance(v, (bytes, bytearray)) else v.nbytes
+            self.sent += n
+            if n < 2 * _MAC_CHUNK:
+                mac.update(v)
+                parts.append(v)
+                continue
+            self._write(parts)
+            parts = []
+            whole = memoryview(v)
+            for at in range(0, n, _MAC_CHUNK):
+                chunk = whole[at : at + _MAC_CHUNK]
+                mac.update(chunk)
+                self._write([chunk])
+        parts.append(mac.digest()[: w.MAC_BYTES])
+        self.sent += w.MAC_BYTES
+        return parts
+
+    def _write(self, parts: list[Any]) -> None:
+        if len(parts) == 1:
+            self.sock.sendall(parts[0])
+        elif parts:
+            _sendmsg_all(self.sock, parts)
+
     # -------------------------------------------------------------- receiving
     def recv(self) -> tuple[int, int, int, bytes, list[Any]]:
-        """Receive one frame: ``(kind, flags, req_id, body, buffers)``."""
-        head = self._read(w.HEADER.size)
-        kind, flags, nbuf, req_id, body_len, mac = w.HEADER.unpack(head)
+        """Receive one frame: ``(kind, flags, req_id, body, buffers)``.
+
+        Each part is authenticated before anything is allocated for the next (see :mod:`._wire`).
+        """
+        key, seq = self._recv_key, self._recv_seq
+        header = self._read(w.HEADER_SIZE)
+        head = header[: w.HEAD.size]
+        if not hmac.compare_digest(w.head_mac(key, seq, head), header[w.HEAD.size :]):
+            raise ProtocolError("frame header failed authentication (bad MAC)")
+        kind, flags, nbuf, req_id, body_len = w.HEAD.unpack(head)
         w.check_header(kind, nbuf, body_len)
         lengths_raw = self._read(8 * nbuf) if nbuf else b""
         body = self._read(body_len)
-        expected = w.frame_mac(self._recv_key, self._recv_seq, head[: w.HEADER_SIGNED], lengths_raw, body)
-        if not hmac.compare_digest(expected, mac):
+        if not hmac.compare_digest(w.body_mac(key, seq, head, lengths_raw, body), self._read(w.MAC_BYTES)):
             raise ProtocolError("frame failed authentication (bad MAC)")
-        self._recv_seq += 1
         buffers: list[Any] = []
         self.streams = []
         if nbuf:
             lengths = struct.unpack(f"<{nbuf}Q", lengths_raw)
             w.check_lengths(lengths)
+            mac = w.buffers_mac(key, seq, head, lengths_raw)
             sink = self.stream_sink if flags & w.FLAG_STREAM else None
             for n in lengths:
                 stream = sink(n) if sink is not None and n >= _STREAM_MIN else None
                 buf = _allocate(n, aligned=stream is not None)
                 self.streams.append(stream)
                 if stream is None:
-                    self._read_into(memoryview(buf))
+                    self._read_into(memoryview(buf), mac=mac)
                 else:
                     stream.start(buf)
                     try:
-                        self._read_into(memoryview(buf), stream.advance)
+                        self._read_into(memoryview(buf), stream.advance, mac)
                     except BaseException:
                         stream.done(ok=False)
                         raise
                     stream.done()
                 buffers.append(buf)
-        self.received += len(head) + len(lengths_raw) + body_len + (sum(len(b) for b in buffers) if nbuf else 0)
+            if not hmac.compare_digest(mac.digest()[: w.MAC_BYTES], self._read(w.MAC_BYTES)):
+                # The streams above wrote unreachable log records at most: nothing refers to them.
+                raise ProtocolError("frame buffers failed authentication (bad MAC)")
+        self._recv_seq += 1
+        self.received += (w.HEADER_SIZE + len(lengths_raw) + body_len + w.MAC_BYTES
+                          + (sum(len(b) for b in buffers) + w.MAC_BYTES if nbuf else 0))
         return kind, flags, req_id, body, buffers
 
     def pending(self) -> bool:
@@ -198,17 +238,22 @@ class FrameSocket:
         self._rpos = n
         return out
 
-    def _read_into(self, dest: memoryview, progress: Callable[[int], None] | None = None) -> None:
+    def _read_into(self, dest: memoryview, progress: Callable[[int], None] | None = None, mac: Any = None) -> None:
         avail = self._rend - self._rpos
         take = min(avail, len(dest))
         if take:
             dest[:take] = self._rview[self._rpos : self._rpos + take]
             self._rpos += take
-        got = take
+        got, hashed = take, 0
         while got < len(dest):
             got += self._recv_some(dest[got:])
             if progress is not None:
                 progress(got)
+            if mac is not None and got - hashed >= _MAC_CHUNK:  # hash while the rest arrives
+                mac.update(dest[hashed:got])
+                hashed = got
+        if mac is not None and hashed < got:
+            mac.update(dest[hashed:got])
 
     def _recv_some(self, into: memoryview) -> int:
         try:
@@ -297,101 +342,3 @@ def _sendmsg_all(sock: socket.socket, parts: list[Buffer]) -> None:
                 sent = 0
 
 
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    data = bytearray()
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise CommunicationError("connection closed during handshake")
-        data += chunk
-    return bytes(data)
-
-
-def _tune(sock: socket.socket) -> None:
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-
-
-def client_handshake(sock: socket.socket, secret: bytes, role: int, timeout: float) -> FrameSocket:
-    """Authenticate to a backend over a connected socket (both ways)."""
-    _tune(sock)
-    sock.settimeout(timeout)
-    try:
-        server_nonce = w.check_hello(_recv_exact(sock, w.HELLO.size))
-        client_nonce = os.urandom(w.NONCE_BYTES)
-        proof = w.client_proof(secret, role, server_nonce, client_nonce)
-        sock.sendall(w.AUTH.pack(w.MAGIC, w.VERSION, role, client_nonce, proof))
-        status, their_proof = w.WELCOME.unpack(_recv_exact(sock, w.WELCOME.size))
-    except TimeoutError as exc:
-        raise CommunicationError("backend did not complete the handshake in time") from exc
-    except OSError as exc:
-        raise CommunicationError(f"handshake failed: {exc}") from exc
-    except struct.error as exc:
-        raise ProtocolError("malformed handshake") from exc
-    if status != 0:
-        raise AuthenticationError("backend refused our credentials (wrong deployment secret)")
-    if not hmac.compare_digest(their_proof, w.server_proof(secret, server_nonce, client_nonce)):
-        raise AuthenticationError("backend failed to prove it knows the deployment secret")
-    c2s, s2c = w.session_keys(secret, server_nonce, client_nonce)
-    sock.settimeout(None)
-    fs = FrameSocket(sock, c2s, s2c)
-    fs.label = "client" if role == w.ROLE_CLIENT else "peer"
-    return fs
-
-
-def server_handshake(sock: socket.socket, secret: bytes, timeout: float) -> tuple[FrameSocket, int]:
-    """Authenticate a freshly accepted connection; return the frame socket and the peer's role."""
-    _tune(sock)
-    sock.settimeout(timeout)
-    server_nonce = os.urandom(w.NONCE_BYTES)
-    try:
-        sock.sendall(w.HELLO.pack(w.MAGIC, w.VERSION, 0, server_nonce))
-        prefix = _recv_exact(sock, 6)  # magic, version, role: reject strangers without waiting
-        if prefix[:4] != w.MAGIC or prefix[4] != w.VERSION:
-            raise ProtocolError("peer does not speak the storage_api protocol")
-        data = prefix + _recv_exact(sock, w.AUTH.size - 6)
-        try:
-            role, client_nonce = w.check_auth(data, secret, server_nonce)
-        except AuthenticationError:
-            sock.sendall(w.WELCOME.pack(1, bytes(32)))
-            raise
-        sock.sendall(w.WELCOME.pack(0, w.server_proof(secret, server_nonce, client_nonce)))
-    except TimeoutError as exc:
-        raise ProtocolError("handshake timed out") from exc
-    except struct.error as exc:
-        raise ProtocolError("malformed handshake") from exc
-    c2s, s2c = w.session_keys(secret, server_nonce, client_nonce)
-    sock.settimeout(None)
-    fs = FrameSocket(sock, s2c, c2s)
-    fs.label = "served_client" if role == w.ROLE_CLIENT else "served_peer"
-    return fs, role
-
-
-def local_socket_name(backend_id: str) -> str:
-    """The abstract Unix socket a backend also listens on (Linux): same-host clients skip TCP."""
-    return f"\0storage-api.{backend_id}"
-
-
-def connect(host: str, port: int, secret: bytes, *, role: int = w.ROLE_CLIENT, timeout: float = 2.0,
-            unix: str | None = None) -> FrameSocket:
-    """Open and authenticate a connection to a backend (over ``unix`` first when given)."""
-    sock: socket.socket | None = None
-    if unix and hasattr(socket, "AF_UNIX"):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(unix)
-        except OSError:  # not on the backend's host (or namespace): use TCP
-            sock.close()
-            sock = None
-    if sock is None:
-        try:
-            sock = socket.create_connection((host, port), timeout=timeout)
-        except OSError as exc:
-            raise CommunicationError(f"cannot reach backend at {host}:{port}: {exc}") from exc
-    try:
-        return client_handshake(sock, secret, role, timeout)
-    except BaseException:
-        sock.close()
-        raise

@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-from storage_api import _transport, _wire
+from storage_api import _handshake, _transport, _wire
 from storage_api.errors import AuthenticationError, ProtocolError
 from tests.models import Counter
 
@@ -50,7 +50,7 @@ def test_client_refuses_a_backend_that_lacks_the_secret(cluster):
     t = threading.Thread(target=fake_backend)
     t.start()
     with pytest.raises(AuthenticationError):
-        _transport.connect("127.0.0.1", port, b"the-real-secret", timeout=2)
+        _handshake.connect("127.0.0.1", port, b"the-real-secret", timeout=2)
     t.join()
     listener.close()
 
@@ -61,7 +61,7 @@ def _raw(client):
 
 def _authenticated(cluster, client) -> _transport.FrameSocket:
     host, port = _address(client)
-    return _transport.connect(host, port, _secret(cluster), timeout=5)
+    return _handshake.connect(host, port, _secret(cluster), timeout=5)
 
 
 def _still_serving(client) -> None:
@@ -108,36 +108,42 @@ def _send_raw_frame(fs: _transport.FrameSocket, head: bytes, rest: bytes) -> Non
     fs.sock.sendall(head + rest)
 
 
-@pytest.mark.parametrize("case", ["bad_mac", "random_after_auth", "absurd_body", "absurd_buffers",
-                                  "absurd_buffer_len", "truncated", "unknown_kind", "replayed"])
+def _frame(fs: _transport.FrameSocket, body: bytes, *, kind: int = _wire.REQUEST, seq: int = 0,
+           nbuf: int = 0, body_len: int | None = None, lengths: bytes = b"") -> bytes:
+    """A frame as ``fs`` would send it as its ``seq``-th (MACs included), with the fields given."""
+    head = _wire.HEAD.pack(kind, 0, nbuf, 1, len(body) if body_len is None else body_len)
+    key = fs._send_key
+    return (head + _wire.head_mac(key, seq, head) + lengths + body
+            + _wire.body_mac(key, seq, head, lengths, body))
+
+
+@pytest.mark.parametrize("case", ["bad_head_mac", "bad_body_mac", "random_after_auth", "absurd_body",
+                                  "absurd_buffers", "absurd_buffer_len", "truncated", "unknown_kind",
+                                  "replayed"])
 def test_malformed_frames_after_authentication(cluster, client, case):
     fs = _authenticated(cluster, client)
     body = __import__("pickle").dumps(("ping",))
-    if case == "bad_mac":
-        head = struct.pack("<BBHII", _wire.REQUEST, 0, 0, 1, len(body)) + os.urandom(16)
-        fs.sock.sendall(head + body)
+    if case == "bad_head_mac":
+        head = _wire.HEAD.pack(_wire.REQUEST, 0, 0, 1, len(body))
+        fs.sock.sendall(head + os.urandom(16) + body)
+    elif case == "bad_body_mac":
+        frame = _frame(fs, body)
+        fs.sock.sendall(frame[:-1] + bytes([frame[-1] ^ 1]))
     elif case == "random_after_auth":
         fs.sock.sendall(os.urandom(4096))
     elif case == "absurd_body":
-        fs.sock.sendall(struct.pack("<BBHII", _wire.REQUEST, 0, 0, 1, 0xFFFFFFFF) + bytes(16))
+        fs.sock.sendall(_frame(fs, b"", body_len=0xFFFFFFFF)[: _wire.HEADER_SIZE])
     elif case == "absurd_buffers":
-        fs.sock.sendall(struct.pack("<BBHII", _wire.REQUEST, 0, 0xFFFF, 1, 10) + bytes(16))
+        fs.sock.sendall(_frame(fs, b"", nbuf=0xFFFF)[: _wire.HEADER_SIZE])
     elif case == "absurd_buffer_len":
-        lengths = struct.pack("<Q", 1 << 62)
-        head = struct.pack("<BBHII", _wire.REQUEST, 0, 1, 1, len(body))
-        mac = _wire.frame_mac(fs._send_key, 0, head, lengths, body)
-        fs.sock.sendall(head + mac + lengths + body)
+        fs.sock.sendall(_frame(fs, body, nbuf=1, lengths=struct.pack("<Q", 1 << 62)))
     elif case == "truncated":
-        head = struct.pack("<BBHII", _wire.REQUEST, 0, 0, 1, len(body))
-        mac = _wire.frame_mac(fs._send_key, 0, head, b"", body)
-        fs.sock.sendall(head + mac + body[: len(body) // 2])
+        fs.sock.sendall(_frame(fs, body)[: _wire.HEADER_SIZE + len(body) // 2])
         fs.sock.shutdown(socket.SHUT_WR)
     elif case == "unknown_kind":
-        head = struct.pack("<BBHII", 77, 0, 0, 1, len(body))
-        fs.sock.sendall(head + _wire.frame_mac(fs._send_key, 0, head, b"", body) + body)
+        fs.sock.sendall(_frame(fs, body, kind=77))
     elif case == "replayed":
-        head = struct.pack("<BBHII", _wire.REQUEST, 0, 0, 1, len(body))
-        frame = head + _wire.frame_mac(fs._send_key, 0, head, b"", body) + body
+        frame = _frame(fs, body)
         fs.sock.sendall(frame + frame)  # the second copy has the wrong sequence number
         kind, _f, rid, _body, _b = fs.recv()
         assert (kind, rid) == (_wire.REPLY, 1)  # the genuine frame was served
@@ -178,12 +184,18 @@ def test_nothing_is_unpickled_before_authentication(cluster, client, tmp_path):
     assert not marker.exists()
 
 
-def test_frame_mac_detects_tampering():
+def test_frame_macs_detect_tampering():
     key = os.urandom(32)
-    head = struct.pack("<BBHII", 1, 0, 0, 7, 5)
-    mac = _wire.frame_mac(key, 3, head, b"", b"hello")
-    assert mac == _wire.frame_mac(key, 3, head, b"", b"hello")
-    assert mac != _wire.frame_mac(key, 4, head, b"", b"hello")  # other position in the stream
-    assert mac != _wire.frame_mac(key, 3, head, b"", b"hellp")
+    head = _wire.HEAD.pack(1, 0, 0, 7, 5)
+    mac = _wire.body_mac(key, 3, head, b"", b"hello")
+    assert mac == _wire.body_mac(key, 3, head, b"", b"hello")
+    assert mac != _wire.body_mac(key, 4, head, b"", b"hello")  # other position in the stream
+    assert mac != _wire.body_mac(key, 3, head, b"", b"hellp")
+    assert _wire.head_mac(key, 3, head) != _wire.head_mac(key, 3, _wire.HEAD.pack(1, 0, 0, 7, 6))
+    buffers = _wire.buffers_mac(key, 3, head, b"")
+    buffers.update(b"array")
+    other = _wire.buffers_mac(key, 3, head, b"")
+    other.update(b"arrax")
+    assert buffers.digest() != other.digest()
     with pytest.raises(ProtocolError):
         _wire.check_header(99, 0, 0)

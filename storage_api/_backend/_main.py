@@ -24,8 +24,9 @@ from .._client import Client
 from .._config import Settings
 from .._metadata import Metadata
 from .._redis import Redis
-from .._transport import local_socket_name
+from .._handshake import local_socket_name
 from ..errors import CommunicationError, ConfigError
+from ._gate import Limits
 from ._runtime import LocalBackend
 from ._server import Server
 from ._store import Store
@@ -81,8 +82,10 @@ class BackendProcess:
             except OSError as exc:  # another process with our id? keep TCP only
                 log.warning("no local socket: %s", exc)
                 local.close()
+        limits = Limits(settings.handshake_timeout, settings.max_pending, settings.max_pending_per_host)
         self.server = Server(self.backend, socks, self.secret, settings.max_workers,
-                             spin=settings.spin_seconds(settings.serve_spin_us))
+                             spin=settings.spin_seconds(settings.serve_spin_us), limits=limits)
+        self._health = ""  # the problem last reported in Redis
         self._stop = threading.Event()
         self._stopping = False
         self._beat = threading.Lock()  # a heartbeat and the deregistration never interleave
@@ -99,6 +102,7 @@ class BackendProcess:
             "pid": os.getpid(),
             "storage_dir": str(self.storage_dir),
             "unix": self.unix,
+            "health": "",
             "state": "up",
             "started": time.time(),
         }
@@ -132,6 +136,9 @@ class BackendProcess:
                 t0 = time.monotonic()
                 try:
                     self.meta.heartbeat(self.id, os.getpid(), s.heartbeat_ttl)
+                    if self.server.problem != self._health:  # status shows why we take no connections
+                        self.meta.set_health(self.id, self.server.problem)
+                        self._health = self.server.problem
                     if not self.backend.lease_ok():
                         # We were silent long enough for clients to promote our replicas: check
                         # every object before serving as its primary again.

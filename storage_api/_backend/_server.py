@@ -10,7 +10,10 @@ thing a request could do on a small VM, and the GIL lets only one run anyway); a
 later requests on its connection by at most a couple of milliseconds. ``PING`` frames are answered by the leader, so liveness checks succeed
 while calls run.
 
-Anything that is not a valid frame from an authenticated peer closes that connection only.
+Connections are accepted and authenticated by the :class:`~._gate.Gate` (one thread for every
+handshake, bounded work before authentication); each authenticated connection then gets its
+first thread. Anything that is not a valid frame from an authenticated peer closes that
+connection only.
 """
 
 from __future__ import annotations
@@ -25,8 +28,10 @@ from typing import TYPE_CHECKING, Any
 from .. import _progress
 from .. import _wire as w
 from .._serial import dump_error
-from .._transport import FrameSocket, server_handshake
-from ..errors import AuthenticationError, CommunicationError, ProtocolError, StoreError
+from .._handshake import HmacAccept, Peer
+from .._transport import FrameSocket
+from ..errors import CommunicationError, ProtocolError, StoreError
+from ._gate import Gate, Limits
 from ._handlers import dispatch
 
 if TYPE_CHECKING:
@@ -34,7 +39,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("storage.server")
 
-HANDSHAKE_TIMEOUT = 5.0
 PROMOTE_AFTER = 0.002  # a request running this long hands its connection's reading to another thread
 
 _current = threading.local()  # what this thread is serving: .conn, and .lsn its reply waits for
@@ -85,17 +89,17 @@ class Committer:
 
 
 class Server:
-    """Accepts connections on its listening sockets (TCP, plus a local Unix socket on Linux)."""
+    """Serves the connections its :class:`~._gate.Gate` accepts (TCP, plus a local Unix socket on Linux)."""
 
     def __init__(self, backend: LocalBackend, socks: list[socket.socket], secret: bytes, max_workers: int,
-                 spin: float = 0.0) -> None:
+                 spin: float = 0.0, limits: Limits = Limits()) -> None:
         self.backend = backend
         self.committer = Committer(backend.store)
         backend.defer_sync = defer_sync
         self.spin = spin  # seconds a leader polls for the next request before sleeping
         self.socks = socks
-        self._secret = secret
         self.max_workers = max_workers
+        self.gate = Gate([(s, lambda sock: HmacAccept(sock, secret)) for s in socks], self._admit, limits)
         self._stopping = threading.Event()
         self._conns: set[Connection] = set()
         self._lock = threading.Lock()
@@ -106,26 +110,37 @@ class Server:
     def port(self) -> int:
         return self.socks[0].getsockname()[1]
 
+    @property
+    def problem(self) -> str:
+        """Why new connections are not being taken ("" when they are); see :class:`~._gate.Gate`."""
+        return self.gate.problem
+
     def serve_forever(self) -> None:
-        """Serve until :meth:`stop` (accepting threads are daemons: a blocked accept never delays exit)."""
+        """Serve until :meth:`stop` (the gate and the promoter are daemon threads)."""
         threading.Thread(target=self._promoter, name="storage-api-promoter", daemon=True).start()
-        for s in self.socks:
-            threading.Thread(target=self._accept, args=(s,), name="storage-api-accept", daemon=True).start()
+        self.gate.start()
         # Wake up now and then: a signal delivered to another thread only runs its Python handler
         # when the main thread executes bytecode, and an untimed wait would never return.
         while not self._stopping.wait(0.5):
             pass
 
-    def _accept(self, listener: socket.socket) -> None:
-        while not self._stopping.is_set():
-            try:
-                sock, addr = listener.accept()
-            except OSError:
-                if self._stopping.is_set():
-                    return
-                continue
-            threading.Thread(target=self._admit, args=(sock, addr or "local"), name="storage-api-conn",
-                             daemon=True).start()
+    def _admit(self, fs: FrameSocket, peer: Peer, addr: str) -> bool:
+        """Serve an authenticated connection in a thread of its own; False if none can be started."""
+        conn = Connection(fs, self, addr)
+        try:
+            threading.Thread(target=self._serve, args=(conn,), name="storage-api-conn", daemon=True).start()
+        except RuntimeError:  # out of threads: the gate closes the connection and backs off
+            return False
+        return True
+
+    def _serve(self, conn: Connection) -> None:
+        with self._lock:
+            self._conns.add(conn)
+        try:
+            conn.work()
+        finally:
+            with self._lock:
+                self._conns.discard(conn)
 
     def _promoter(self) -> None:
         """Give a connection a new reader when its leader has been serving for too long."""
@@ -141,28 +156,9 @@ class Server:
             if now - self.last_busy > 1.0:  # quiet for a while: sleep until the next request
                 self.busy.clear()
 
-    def _admit(self, sock: socket.socket, addr: tuple) -> None:
-        try:
-            fs, _role = server_handshake(sock, self._secret, HANDSHAKE_TIMEOUT)
-        except AuthenticationError:
-            log.warning("refused connection from %s: wrong deployment secret", addr)
-            sock.close()
-            return
-        except (StoreError, OSError) as exc:
-            log.info("dropped connection from %s during handshake: %s", addr, exc)
-            sock.close()
-            return
-        conn = Connection(fs, self, addr)
-        with self._lock:
-            self._conns.add(conn)
-        try:
-            conn.work()
-        finally:
-            with self._lock:
-                self._conns.discard(conn)
-
     def stop(self) -> None:
         self._stopping.set()
+        self.gate.stop()
         for s in self.socks:
             try:
                 s.shutdown(socket.SHUT_RDWR)
@@ -176,7 +172,7 @@ class Server:
 
 
 class Connection:
-    def __init__(self, fs: FrameSocket, server: Server, addr: tuple) -> None:
+    def __init__(self, fs: FrameSocket, server: Server, addr: str) -> None:
         self.fs = fs
         self.server = server
         self.addr = addr
@@ -238,8 +234,11 @@ class Connection:
     def _pass_leadership(self) -> None:
         """Release the leadership to a waiting thread, starting one if none waits (mutex held)."""
         if self._idle == 0 and self._threads < self.server.max_workers:
-            self._threads += 1
-            threading.Thread(target=self.work, name="storage-api-worker", daemon=True).start()
+            try:
+                threading.Thread(target=self.work, name="storage-api-worker", daemon=True).start()
+                self._threads += 1
+            except RuntimeError:  # out of threads: the current leader takes the lead back when done
+                log.warning("connection from %s: no thread to read further requests while one runs", self.addr)
         self._lead.release()
 
     def _serve(self, rid: int, body: bytes, buffers: list, streams: list) -> None:
