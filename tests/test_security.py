@@ -199,3 +199,98 @@ def test_frame_macs_detect_tampering():
     assert buffers.digest() != other.digest()
     with pytest.raises(ProtocolError):
         _wire.check_header(99, 0, 0)
+
+
+class Tamper:
+    """A man in the middle: relays one connection to ``target`` and flips the byte at offset
+    ``flip_at`` of what the client sends (counted from the connection's first byte)."""
+
+    def __init__(self, family: int, target: object, flip_at: int) -> None:
+        import threading
+
+        self.listener = socket.socket(family, socket.SOCK_STREAM)
+        self.listener.bind("\0storage-api-test-tamper-%d" % os.getpid() if family == socket.AF_UNIX else ("127.0.0.1", 0))
+        self.listener.listen(1)
+        self.address = self.listener.getsockname()
+        self.family, self.target, self.flip_at = family, target, flip_at
+        self.flipped = False
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        import threading
+
+        conn, _ = self.listener.accept()
+        upstream = socket.socket(self.family, socket.SOCK_STREAM)
+        upstream.connect(self.target)
+        threading.Thread(target=self._pump, args=(upstream, conn, False), daemon=True).start()
+        self._pump(conn, upstream, True)
+
+    def _pump(self, src: socket.socket, dst: socket.socket, flip: bool) -> None:
+        seen = 0
+        try:
+            while True:
+                data = bytearray(src.recv(1 << 16))
+                if not data:
+                    break
+                if flip and seen <= self.flip_at < seen + len(data):
+                    data[self.flip_at - seen] ^= 0x40
+                    self.flipped = True
+                seen += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize("part", ["nothing", "header", "lengths", "body", "body_mac", "buffer_start", "buffer_middle",
+                                  "buffer_end", "buffers_mac"])
+def test_a_tampered_byte_anywhere_closes_the_connection_and_stores_nothing(cluster, client, part):
+    """A persist carrying a 1 MiB out-of-band buffer, one byte flipped in transit: the backend
+    closes the connection and never serves the request (the object exists nowhere)."""
+    import pickle
+    import uuid
+
+    from storage_api._serial import dumps
+    from storage_api.errors import CommunicationError, ObjectNotFound
+    from tests.models import Holder
+
+    info = next(b for b in client.backends() if b.name == "b0")
+    oid = str(uuid.uuid4())
+    state_body, buffers = dumps({"data": pickle.PickleBuffer(bytearray(os.urandom(1 << 20))), "other": None})
+    body = pickle.dumps(("persist", oid, Holder._sa_class_path, None, state_body), protocol=5)
+    auth = _wire.AUTH.size
+    frame_start = auth
+    body_start = frame_start + _wire.HEADER_SIZE + 8 * len(buffers)
+    buffer_start = body_start + len(body) + _wire.MAC_BYTES
+    size = len(buffers[0])
+    offsets = {"header": frame_start + 9, "lengths": frame_start + _wire.HEADER_SIZE + 2, "body": body_start + 7,
+               "body_mac": buffer_start - 3, "buffer_start": buffer_start, "buffer_middle": buffer_start + size // 2,
+               "buffer_end": buffer_start + size - 1, "buffers_mac": buffer_start + size + 5,
+               "nothing": 1 << 40}
+    mitm = Tamper(socket.AF_UNIX, "\0" + info.unix, offsets[part])
+    try:
+        fs = _handshake.connect("", 0, _secret(cluster), timeout=5, unix=mitm.address)
+        fs.sock.settimeout(10)
+        if part == "nothing":  # the control: the same request, untouched, is stored
+            fs.send(_wire.REQUEST, 1, body, buffers, _wire.FLAG_STREAM)
+            assert fs.recv()[0] == _wire.REPLY
+            assert bytes(client.get_by_id(oid).data) == bytes(buffers[0])
+            fs.close()
+            return
+        with pytest.raises(CommunicationError):  # while sending the rest, or when waiting for a reply
+            fs.send(_wire.REQUEST, 1, body, buffers, _wire.FLAG_STREAM)
+            fs.recv()
+        fs.close()
+    finally:
+        mitm.close()
+    assert mitm.flipped
+    with pytest.raises(ObjectNotFound):
+        client.get_by_id(oid)
+    _still_serving(client)
