@@ -26,7 +26,8 @@ from ._retry import Backoff, Retry
 from ._rpc import WATCH_FRACTION, Channel, Frame
 from ._serial import dumps, load_error, loads
 from ._stub import is_stub, stub_class
-from .errors import BackendUnavailable, ClassNotFound, CommunicationError, ObjectDeleted, ObjectNotFound, StoreError
+from .errors import (BackendUnavailable, ClassNotFound, CommunicationError, ConfigError, ObjectDeleted, ObjectNotFound,
+                     StoreError)
 
 if TYPE_CHECKING:
     from ._backend._runtime import LocalBackend
@@ -42,9 +43,9 @@ class Client:
         self.settings = settings
         self.redis = Redis(settings.require_redis(), timeout=max(settings.connect_timeout, 2.0))
         self.meta = Metadata(self.redis, settings.namespace)
-        self._secret = settings.secret_bytes()
         self.local = local
-        self._role = _wire.ROLE_PEER if local is not None else _wire.ROLE_CLIENT
+        self._auth = _handshake.Auth.secret(settings.secret_bytes(), _wire.ROLE_PEER if local is not None else _wire.ROLE_CLIENT)
+        self._tls: Any = None  # the TLS client context, made on the first TCP connection
         self._placeholders = local is None  # thin clients get placeholders for unknown classes
         self._lock = threading.Lock()
         self._channels: dict[str, Channel] = {}
@@ -392,9 +393,10 @@ class Client:
                 if info is None:
                     raise BackendUnavailable(f"backend {bid} is not registered")
             try:
-                unix = "\0" + info.unix if info.unix and _is_local(info.host) else None
-                fs = _handshake.connect(info.host, info.port, self._secret, role=self._role,
-                                        timeout=self.settings.connect_timeout, unix=unix)
+                local = self.settings.local_socket and info.unix and _is_local(info.host)
+                fs = _handshake.connect(info.host, info.port, self._auth, timeout=self.settings.connect_timeout,
+                                        unix="\0" + info.unix if local else None, tls=self._tls_context,
+                                        expect_id=info.id)
             except CommunicationError as exc:
                 last = exc
                 continue
@@ -403,6 +405,20 @@ class Client:
             return ch
         assert info is not None
         raise BackendUnavailable(f"backend {info.name} ({info.address}) is unreachable: {last}") from last
+
+    def _tls_context(self) -> Any:
+        """The deployment CA to check backends against: ``tls_ca``, else the one they publish."""
+        if self._tls is None:
+            from . import _tls
+
+            if self.settings.tls_ca:
+                self._tls = _tls.client_context(cafile=self.settings.tls_ca)
+            else:
+                pem = self.meta.tls_ca()
+                if not pem:
+                    raise ConfigError("no deployment CA: set tls_ca (no backend has published one yet)")
+                self._tls = _tls.client_context(cadata=pem)
+        return self._tls
 
     def _decode(self, frame: Frame) -> Any:
         kind, body, buffers = frame

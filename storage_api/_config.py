@@ -43,6 +43,9 @@ class Settings:
     retry_deadline: float = _f(10.0, "seconds a call keeps retrying a dead or failing-over backend (0: no retries)")
     retry_backoff: float = _f(0.02, "first pause between retries, doubled each time up to retry_backoff_cap")
     retry_backoff_cap: float = _f(0.5, "longest pause between retries")
+    tls_ca: str = _f("", "deployment CA certificate (PEM) that backends' TLS certificates must chain to "
+                         "(default for holders of the secret: the one backends publish)")
+    local_socket: bool = _f(True, "use a backend's Unix socket when it runs on this host (else TCP with TLS)")
     # --- backend
     storage_dir: str = _f("", "backend: directory of the durable object log")
     name: str = _f("", "backend: human-readable name (default: host-pid)")
@@ -55,6 +58,9 @@ class Settings:
                                "backend: suffix COMPSs appends to hostnames per network type, as word=suffix,...")
     heartbeat_interval: float = _f(1.0, "backend: seconds between heartbeats in Redis")
     heartbeat_ttl: float = _f(3.0, "backend: a backend silent for this long is reported dead")
+    tls_ca_key: str = _f("", "backend, admin: the CA's private key (default: derived from the deployment secret)")
+    tls_cert: str = _f("", "backend: its TLS certificate (default: made at start-up, signed by the CA)")
+    tls_key: str = _f("", "backend: the private key of tls_cert")
     fsync: bool = _f(True, "backend: fsync the log before acknowledging (turn off only for throwaway data)")
     max_workers: int = _f(64, "backend: most requests executed at once per connection")
     log_level: str = _f("INFO", "backend: logging level of the 'storage' loggers")

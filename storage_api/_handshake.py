@@ -1,25 +1,21 @@
-"""Handshakes (see :mod:`storage_api._wire`): the client's, blocking under one deadline, and the
-backend's, as non-blocking state machines that one thread drives for every pending connection.
+"""The client's side of the handshakes (:mod:`storage_api._wire`), blocking, under one deadline.
 
-A server-side handshake is an object with ``sock`` (what to poll), ``step()`` (do whatever I/O is
-possible without blocking; return the selector events to wait for, or 0 once authenticated) and
-``result()`` (the :class:`~storage_api._transport.FrameSocket` and the :class:`Peer`). ``step``
-raises :class:`AuthenticationError` for a peer with the wrong credentials and
-:class:`ProtocolError` or :class:`CommunicationError` for anything else that ends the connection.
+The backend's side is in :mod:`storage_api._backend._accept`. TLS (TCP connections) comes from
+:mod:`storage_api._tls`, imported only when a TCP connection is made.
 """
 
 from __future__ import annotations
 
 import hmac
 import os
-import selectors
 import socket
 import struct
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from . import _wire as w
-from ._transport import FrameSocket
+from ._transport import FrameSocket, PlainIO
 from .errors import AuthenticationError, CommunicationError, ProtocolError
 
 
@@ -29,6 +25,21 @@ class Peer:
 
     role: int
     name: str = ""  # a client credential's name; "" for the deployment secret
+    identity: str = ""  # the credential's id, name/generation
+
+
+@dataclass(frozen=True)
+class Auth:
+    """What a client proves in the handshake: the deployment secret (``ROLE_CLIENT``,
+    ``ROLE_PEER``) or a credential's key and id (``ROLE_CREDENTIAL``)."""
+
+    role: int
+    key: bytes
+    identity: str = ""
+
+    @classmethod
+    def secret(cls, secret: bytes, role: int = w.ROLE_CLIENT) -> Auth:
+        return cls(role, secret)
 
 
 # ------------------------------------------------------------------ client side
@@ -49,15 +60,13 @@ def tune(sock: socket.socket) -> None:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
 
 
-def client_handshake(sock: socket.socket, secret: bytes, role: int, timeout: float) -> FrameSocket:
-    """Authenticate to a backend over a connected socket (both ways), within ``timeout`` in all."""
-    tune(sock)
-    deadline = time.monotonic() + timeout
+def client_handshake(sock: Any, auth: Auth, deadline: float, binding: bytes = b"") -> tuple[bytes, bytes]:
+    """Authenticate to a backend over a connected socket (both ways); return ``(key_c2s, key_s2c)``."""
+    identity = auth.identity.encode()
     try:
         server_nonce = w.check_hello(_recv_exact(sock, w.HELLO.size, deadline))
         client_nonce = os.urandom(w.NONCE_BYTES)
-        proof = w.client_proof(secret, role, server_nonce, client_nonce)
-        sock.sendall(w.AUTH.pack(w.MAGIC, w.VERSION, role, client_nonce, proof))
+        sock.sendall(w.auth_message(auth.key, auth.role, identity, server_nonce, client_nonce, binding))
         status, their_proof = w.WELCOME.unpack(_recv_exact(sock, w.WELCOME.size, deadline))
     except TimeoutError as exc:
         raise CommunicationError("backend did not complete the handshake in time") from exc
@@ -65,15 +74,14 @@ def client_handshake(sock: socket.socket, secret: bytes, role: int, timeout: flo
         raise CommunicationError(f"handshake failed: {exc}") from exc
     except struct.error as exc:
         raise ProtocolError("malformed handshake") from exc
-    if status != 0:
-        raise AuthenticationError("backend refused our credentials (wrong deployment secret)")
-    if not hmac.compare_digest(their_proof, w.server_proof(secret, server_nonce, client_nonce)):
+    if status == w.REVOKED:
+        raise AuthenticationError(f"backend refused credential {auth.identity!r}: it was revoked (or replaced)")
+    if status != w.ACCEPTED:
+        what = "wrong deployment secret" if auth.role != w.ROLE_CREDENTIAL else f"bad credential {auth.identity!r}"
+        raise AuthenticationError(f"backend refused our credentials ({what})")
+    if not hmac.compare_digest(their_proof, w.server_proof(auth.key, server_nonce, client_nonce, binding)):
         raise AuthenticationError("backend failed to prove it knows the deployment secret")
-    c2s, s2c = w.session_keys(secret, server_nonce, client_nonce)
-    sock.settimeout(None)
-    fs = FrameSocket(sock, c2s, s2c)
-    fs.label = "client" if role == w.ROLE_CLIENT else "peer"
-    return fs
+    return w.session_keys(auth.key, server_nonce, client_nonce)
 
 
 def local_socket_name(backend_id: str) -> str:
@@ -81,10 +89,12 @@ def local_socket_name(backend_id: str) -> str:
     return f"\0storage-api.{backend_id}"
 
 
-def connect(host: str, port: int, secret: bytes, *, role: int = w.ROLE_CLIENT, timeout: float = 2.0,
-            unix: str | None = None) -> FrameSocket:
-    """Open and authenticate a connection to a backend (over ``unix`` first when given)."""
-    sock: socket.socket | None = None
+def connect(host: str, port: int, auth: Auth, *, timeout: float = 2.0, unix: str | None = None,
+            tls: Any = None, expect_id: str | None = None) -> FrameSocket:
+    """Open and authenticate a connection to a backend: over ``unix`` when given and reachable,
+    else over TCP with TLS (``tls``: an ``ssl.SSLContext`` trusting the deployment CA, or a
+    callable returning one; ``expect_id``: the backend's id, checked against its certificate)."""
+    deadline = time.monotonic() + timeout
     if unix and hasattr(socket, "AF_UNIX"):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(timeout)
@@ -92,82 +102,33 @@ def connect(host: str, port: int, secret: bytes, *, role: int = w.ROLE_CLIENT, t
             sock.connect(unix)
         except OSError:  # not on the backend's host (or namespace): use TCP
             sock.close()
-            sock = None
-    if sock is None:
-        try:
-            sock = socket.create_connection((host, port), timeout=timeout)
-        except OSError as exc:
-            raise CommunicationError(f"cannot reach backend at {host}:{port}: {exc}") from exc
-    try:
-        return client_handshake(sock, secret, role, timeout)
-    except BaseException:
-        sock.close()
-        raise
-
-
-# ------------------------------------------------------------------ server side
-_PREFIX = 6  # magic, version, role: enough to reject a stranger without waiting for the rest
-
-
-class HmacAccept:
-    """The backend's side of the HMAC handshake on a non-blocking socket."""
-
-    def __init__(self, sock: socket.socket, secret: bytes) -> None:
-        tune(sock)
-        sock.setblocking(False)
-        self.sock = sock
-        self._secret = secret
-        self._nonce = os.urandom(w.NONCE_BYTES)
-        self._out = memoryview(w.HELLO.pack(w.MAGIC, w.VERSION, 0, self._nonce))
-        self._in = bytearray()
-        self._refused = False
-        self._done = False
-        self._result: tuple[FrameSocket, Peer] | None = None
-
-    def step(self) -> int:
-        while True:
-            if self._out:
-                try:
-                    sent = self.sock.send(self._out)
-                except (BlockingIOError, InterruptedError):
-                    return selectors.EVENT_WRITE
-                except OSError as exc:
-                    raise CommunicationError(f"handshake failed: {exc}") from exc
-                self._out = self._out[sent:]
-                continue
-            if self._refused:
-                raise AuthenticationError("peer failed to authenticate (wrong deployment secret)")
-            if self._done:
-                return 0
+        else:
             try:
-                chunk = self.sock.recv(w.AUTH.size - len(self._in))
-            except (BlockingIOError, InterruptedError):
-                return selectors.EVENT_READ
-            except OSError as exc:
-                raise CommunicationError(f"handshake failed: {exc}") from exc
-            if not chunk:
-                raise CommunicationError("connection closed during handshake")
-            self._in += chunk
-            if len(self._in) >= _PREFIX and (self._in[:4] != w.MAGIC or self._in[4] != w.VERSION):
-                raise ProtocolError("peer does not speak the storage_api protocol")
-            if len(self._in) == w.AUTH.size:
-                self._authenticate(bytes(self._in))
+                c2s, s2c = client_handshake(sock, auth, deadline)
+            except BaseException:
+                sock.close()
+                raise
+            return _framed(FrameSocket(PlainIO(sock), c2s, s2c), auth)
+    if tls is None:
+        raise AuthenticationError(f"backend {host}:{port} is reachable over TCP only, which needs TLS: "
+                                  "configure tls_ca (the deployment CA certificate)")
+    from . import _tls
 
-    def _authenticate(self, data: bytes) -> None:
-        try:
-            role, client_nonce = w.check_auth(data, self._secret, self._nonce)
-        except AuthenticationError:
-            self._refused = True
-            self._out = memoryview(w.WELCOME.pack(1, bytes(32)))
-            return
-        self._out = memoryview(w.WELCOME.pack(0, w.server_proof(self._secret, self._nonce, client_nonce)))
-        self._done = True
-        c2s, s2c = w.session_keys(self._secret, self._nonce, client_nonce)
-        fs = FrameSocket(self.sock, s2c, c2s)
-        fs.label = "served_client" if role == w.ROLE_CLIENT else "served_peer"
-        self._result = (fs, Peer(role))
+    ctx = tls() if callable(tls) else tls
+    try:
+        raw = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        raise CommunicationError(f"cannot reach backend at {host}:{port}: {exc}") from exc
+    tune(raw)
+    ssock, binding = _tls.wrap_client(raw, ctx, deadline, expect_id)
+    try:
+        client_handshake(ssock, auth, deadline, binding)
+    except BaseException:
+        ssock.close()
+        raise
+    return _framed(FrameSocket(_tls.TlsIO(ssock)), auth)
 
-    def result(self) -> tuple[FrameSocket, Peer]:
-        assert self._result is not None
-        self.sock.setblocking(True)  # frames are read with blocking calls (see _transport)
-        return self._result
+
+def _framed(fs: FrameSocket, auth: Auth) -> FrameSocket:
+    fs.label = "peer" if auth.role == w.ROLE_PEER else "client"
+    return fs

@@ -10,6 +10,7 @@ Key layout (``ns`` is the configured namespace, ``sa`` by default)::
     ns:reps:<bid>          SET   ids of the objects a backend holds a replica of
     ns:alias:<alias>       STR   the id registered under an alias
     ns:class:<path>        STR   JSON class metadata (methods, signatures, docs) for stubs
+    ns:tls:ca              STR   the deployment CA certificate (PEM), for clients that hold the secret
     ns:ctl:<bid>, ns:ctl:any  LIST  JSON control requests for backends (COMPSs' Java side, storage_stop.sh)
     ns:ctl:reply:<uuid>    LIST  the reply to one control request (expires after 60 s)
     ns:prev:<oid>          STR   the previous version of a COMPSs new version (expires after 7 days)
@@ -175,6 +176,12 @@ class Metadata:
 
     def heartbeat(self, bid: str, pid: int, ttl: float) -> None:
         self.redis.execute("SET", self.key("alive", bid), str(pid), "PX", int(ttl * 1000))
+
+    def publish_tls_ca(self, pem: str) -> None:
+        self.redis.execute("SET", self.key("tls", "ca"), pem)
+
+    def tls_ca(self) -> str | None:
+        return self.redis.execute("GET", self.key("tls", "ca"))
 
     def set_health(self, bid: str, problem: str) -> None:
         """Why a live backend takes no new connections ("" when it does)."""

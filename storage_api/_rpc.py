@@ -63,7 +63,6 @@ class Channel:
         self._pump: threading.Thread | None = None
         self._abort: BaseException | None = None
         self.spin = 0.0
-        fs.sock.settimeout(None)
 
     @property
     def usable(self) -> bool:

@@ -55,8 +55,11 @@ def traffic() -> dict[str, tuple[int, int]]:
 class FrameSocket:
     """One authenticated connection carrying frames in both directions."""
 
-    def __init__(self, sock: socket.socket, send_key: bytes, recv_key: bytes) -> None:
-        self.sock = sock
+    def __init__(self, io: Any, send_key: bytes | None = None, recv_key: bytes | None = None) -> None:
+        """``io`` moves the bytes (:class:`PlainIO`, or ``_tls.TlsIO``); without keys the frames
+        carry no MACs, which only a TLS connection allows (TLS authenticates every byte)."""
+        self.io = io
+        self.sock = io.sock
         self._send_key = send_key
         self._recv_key = recv_key
         self._queue_lock = threading.Lock()
@@ -74,7 +77,7 @@ class FrameSocket:
         # with start(buffer), advance(received) and done(ok) that writes the buffer as it arrives.
         self.stream_sink: Callable[[int], Any] | None = None
         self.streams: list[Any] = []  # the sinks of the last frame received
-        self.spin = 0.0  # seconds to poll before blocking in recv (see _spin_recv)
+        self.spin = 0.0  # seconds to poll before blocking in recv (see PlainIO.recv_into)
         self.label = "other"  # which traffic counter its bytes go to (see traffic())
         self.sent = 0
         self.received = 0
@@ -127,6 +130,14 @@ class FrameSocket:
         head, lengths, body, views = frame
         key, seq = self._send_key, self._send_seq
         self._send_seq += 1
+        if key is None:  # TLS: no MACs
+            if len(body) + len(lengths) < _SMALL:
+                parts.append(b"".join((head, lengths, body)))
+            else:
+                parts += (head, lengths, body)
+            parts += views
+            self.sent += len(head) + len(lengths) + len(body) + sum(memoryview(v).nbytes for v in views)
+            return parts
         trailer = w.body_mac(key, seq, head, lengths, body)
         first = (head, w.head_mac(key, seq, head), lengths, body, trailer)
         if len(body) + len(lengths) < _SMALL:
@@ -156,10 +167,8 @@ class FrameSocket:
         return parts
 
     def _write(self, parts: list[Any]) -> None:
-        if len(parts) == 1:
-            self.sock.sendall(parts[0])
-        elif parts:
-            _sendmsg_all(self.sock, parts)
+        if parts:
+            self.io.write(parts)
 
     # -------------------------------------------------------------- receiving
     def recv(self) -> tuple[int, int, int, bytes, list[Any]]:
@@ -168,22 +177,26 @@ class FrameSocket:
         Each part is authenticated before anything is allocated for the next (see :mod:`._wire`).
         """
         key, seq = self._recv_key, self._recv_seq
-        header = self._read(w.HEADER_SIZE)
-        head = header[: w.HEAD.size]
-        if not hmac.compare_digest(w.head_mac(key, seq, head), header[w.HEAD.size :]):
-            raise ProtocolError("frame header failed authentication (bad MAC)")
+        if key is None:  # TLS: no MACs (see _wire)
+            head = self._read(w.HEAD.size)
+        else:
+            header = self._read(w.HEADER_SIZE)
+            head = header[: w.HEAD.size]
+            if not hmac.compare_digest(w.head_mac(key, seq, head), header[w.HEAD.size :]):
+                raise ProtocolError("frame header failed authentication (bad MAC)")
         kind, flags, nbuf, req_id, body_len = w.HEAD.unpack(head)
         w.check_header(kind, nbuf, body_len)
         lengths_raw = self._read(8 * nbuf) if nbuf else b""
         body = self._read(body_len)
-        if not hmac.compare_digest(w.body_mac(key, seq, head, lengths_raw, body), self._read(w.MAC_BYTES)):
+        if key is not None and not hmac.compare_digest(w.body_mac(key, seq, head, lengths_raw, body),
+                                                       self._read(w.MAC_BYTES)):
             raise ProtocolError("frame failed authentication (bad MAC)")
         buffers: list[Any] = []
         self.streams = []
         if nbuf:
             lengths = struct.unpack(f"<{nbuf}Q", lengths_raw)
             w.check_lengths(lengths)
-            mac = w.buffers_mac(key, seq, head, lengths_raw)
+            mac = None if key is None else w.buffers_mac(key, seq, head, lengths_raw)
             sink = self.stream_sink if flags & w.FLAG_STREAM else None
             for n in lengths:
                 stream = sink(n) if sink is not None and n >= _STREAM_MIN else None
@@ -200,24 +213,17 @@ class FrameSocket:
                         raise
                     stream.done()
                 buffers.append(buf)
-            if not hmac.compare_digest(mac.digest()[: w.MAC_BYTES], self._read(w.MAC_BYTES)):
+            if mac is not None and not hmac.compare_digest(mac.digest()[: w.MAC_BYTES], self._read(w.MAC_BYTES)):
                 # The streams above wrote unreachable log records at most: nothing refers to them.
                 raise ProtocolError("frame buffers failed authentication (bad MAC)")
         self._recv_seq += 1
-        self.received += (w.HEADER_SIZE + len(lengths_raw) + body_len + w.MAC_BYTES
-                          + (sum(len(b) for b in buffers) + w.MAC_BYTES if nbuf else 0))
+        macs = 0 if key is None else (w.MAC_BYTES * (3 if nbuf else 2))
+        self.received += w.HEAD.size + len(lengths_raw) + body_len + sum(len(b) for b in buffers) + macs
         return kind, flags, req_id, body, buffers
 
     def pending(self) -> bool:
         """Whether more bytes have arrived (in our buffer or in the socket's)."""
-        if self._rend > self._rpos:
-            return True
-        try:
-            return bool(self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError:
-            return True  # let the reader find out what is wrong
+        return self._rend > self._rpos or self.io.pending()
 
     def _read(self, n: int) -> bytes:
         avail = self._rend - self._rpos
@@ -257,10 +263,7 @@ class FrameSocket:
 
     def _recv_some(self, into: memoryview) -> int:
         try:
-            if self.spin:
-                n = self._spin_recv(into)
-            else:
-                n = self.sock.recv_into(into)
+            n = self.io.recv_into(into, self.spin)
         except OSError as exc:
             self.closed = True
             raise CommunicationError(f"connection lost: {exc}") from exc
@@ -270,27 +273,11 @@ class FrameSocket:
         self.last_rx = time.monotonic()
         return n
 
-    def _spin_recv(self, into: memoryview) -> int:
-        """Poll without blocking for up to ``spin`` seconds before sleeping in ``recv``.
-
-        A reply (or the next request) usually arrives within tens of microseconds. Catching it
-        while still running spares the peer the cost of waking us, an inter-processor interrupt
-        that on a virtual machine costs more than the whole request.
-        """
-        sock = self.sock
-        deadline = time.perf_counter() + self.spin
-        while True:
-            try:
-                return sock.recv_into(into, 0, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                if time.perf_counter() > deadline:
-                    return sock.recv_into(into)
-
     def shutdown(self) -> None:
         """Unblock any thread reading or writing this socket; the connection is then dead."""
         self.closed = True
         try:
-            self.sock.shutdown(socket.SHUT_RDWR)
+            self.io.shutdown()
         except OSError:
             pass
 
@@ -303,9 +290,55 @@ class FrameSocket:
                 slot[0] += self.sent
                 slot[1] += self.received
         try:
-            self.sock.shutdown(socket.SHUT_RDWR)
+            self.io.shutdown()
         except OSError:
             pass
+        self.io.close()
+
+
+class PlainIO:
+    """Frame I/O on a plain (Unix) socket: blocking calls, scatter-gather sends."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(True)
+        self.sock = sock
+
+    def recv_into(self, into: memoryview, spin: float = 0.0) -> int:
+        """Poll without blocking for up to ``spin`` seconds before sleeping in ``recv``.
+
+        A reply (or the next request) usually arrives within tens of microseconds. Catching it
+        while still running spares the peer the cost of waking us, an inter-processor interrupt
+        that on a virtual machine costs more than the whole request.
+        """
+        sock = self.sock
+        if not spin:
+            return sock.recv_into(into)
+        deadline = time.perf_counter() + spin
+        while True:
+            try:
+                return sock.recv_into(into, 0, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                if time.perf_counter() > deadline:
+                    return sock.recv_into(into)
+
+    def write(self, parts: list[Buffer]) -> None:
+        if len(parts) == 1:
+            self.sock.sendall(parts[0])
+        else:
+            _sendmsg_all(self.sock, parts)
+
+    def pending(self) -> bool:
+        try:
+            return bool(self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError:
+            return True  # let the reader find out what is wrong
+
+    def shutdown(self) -> None:
+        self.sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
         self.sock.close()
 
 

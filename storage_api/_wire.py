@@ -2,37 +2,57 @@
 
 This docstring is the specification. All integers are little-endian.
 
+Transports
+----------
+A backend listens on TCP and, on Linux, on an abstract Unix socket (``\0storage-api.<backend id>``)
+for clients on its host. Every TCP connection is TLS 1.3 (nothing else is accepted there): the
+backend presents a certificate signed by the deployment CA, which the client verifies (chain
+only: any backend of the deployment is acceptable; when the client knows which backend it wants,
+the certificate's common name must be that backend's id). TLS encrypts and authenticates every
+byte in both directions. The client then authenticates inside TLS with the handshake below, so
+one credential works on both transports. Unix sockets carry the handshake and frames directly.
+
 Handshake (mutual authentication, before any frame)
 ---------------------------------------------------
-Both peers hold the deployment secret ``K`` (bytes). Nothing is unpickled before it completes.
+The client holds a key ``K``: the deployment secret (backends and trusted clients, roles 1 and 2)
+or its own credential's key (role 3), ``K = HMAC-SHA256(secret, b"storage-api credential " |
+identity)``, which backends derive from the secret, so they keep no per-client keys. Nothing is
+unpickled before the handshake completes.
 
 1. server -> client, ``HELLO`` (38 bytes)::
 
        b"SAPI" | version u8 | reserved u8 (0) | server_nonce (32 random bytes)
 
-2. client -> server, ``AUTH`` (70 bytes)::
+2. client -> server, ``AUTH`` (71 + id_len bytes)::
 
-       b"SAPI" | version u8 | role u8 | client_nonce (32) | client_proof (32)
-       client_proof = HMAC-SHA256(K, b"storage-api client" | role | server_nonce | client_nonce)
+       b"SAPI" | version u8 | role u8 | client_nonce (32) | client_proof (32) | id_len u8 | identity
+       client_proof = HMAC-SHA256(K, b"storage-api client" | role | id_len | identity
+                                     | server_nonce | client_nonce | binding)
 
-   ``role`` is 1 for a client, 2 for another backend.
+   ``role`` is 1 for a client with the deployment secret, 2 for another backend, 3 for a client
+   with a credential; ``identity`` (at most :data:`MAX_IDENTITY` bytes of ASCII) is empty for roles
+   1 and 2 and the credential's id, ``<name>/<generation>``, for role 3.
+   ``binding`` is SHA-256 of the backend's TLS certificate (DER) on TLS, empty on Unix sockets: a
+   man in the middle with a certificate of its own cannot relay the proofs.
 
 3. server -> client, ``WELCOME`` (33 bytes)::
 
-       status u8 (0 accepted, 1 refused) | server_proof (32)
-       server_proof = HMAC-SHA256(K, b"storage-api server" | client_nonce | server_nonce)
+       status u8 | server_proof (32)
+       server_proof = HMAC-SHA256(K, b"storage-api server" | client_nonce | server_nonce | binding)
 
-   A refused client gets status 1 and 32 zero bytes, then the server closes. The client checks
-   ``server_proof`` too, so it never unpickles replies from a peer that lacks the secret.
+   ``status``: 0 accepted; 1 refused, wrong key; 2 refused, the credential was revoked (or never
+   issued: its generation is not the one the deployment's registry holds). A refused client gets
+   32 zero bytes as proof, then the server closes. The client checks ``server_proof`` too, so it
+   never unpickles replies from a peer that lacks the key.
 
-Each direction then has a session key::
+Each direction then has a session key (used on Unix sockets; on TLS the frames carry no MACs)::
 
     key_c2s = HMAC-SHA256(K, b"c2s" | server_nonce | client_nonce)
     key_s2c = HMAC-SHA256(K, b"s2c" | server_nonce | client_nonce)
 
 Frames
 ------
-After the handshake both directions carry frames::
+After the handshake both directions carry frames. On Unix sockets::
 
     header (28 bytes):  kind u8 | flags u8 | nbuf u16 | req_id u32 | body_len u32 | head_mac (16)
     lengths:            nbuf x u64, the size of each out-of-band buffer
@@ -55,6 +75,11 @@ byte closes the connection; the request is never served, so nothing is stored). 
 frame is therefore authenticated, and a frame that is forged, replayed, reordered or dropped fails
 verification. Buffers use HMAC-SHA256, which runs at memory speed on CPUs with SHA extensions;
 the short MACs use BLAKE2b, which is cheaper to set up.
+
+On TLS the same frames carry no MACs (TLS authenticates every byte, in order, before it is
+delivered: a tampered record closes the connection)::
+
+    header (12 bytes) | lengths | body | buffers
 
 Kinds: ``REQUEST`` (1), ``REPLY`` (2), ``ERROR`` (3), ``PING`` (4), ``PONG`` (5), ``EVENT`` (6).
 Flags: bit 0, ``STREAM``: the buffers are the state of an object being made persistent; a backend
@@ -98,6 +123,7 @@ VERSION: Final = 2
 
 ROLE_CLIENT: Final = 1
 ROLE_PEER: Final = 2
+ROLE_CREDENTIAL: Final = 3
 
 REQUEST: Final = 1
 REPLY: Final = 2
@@ -110,8 +136,10 @@ KINDS: Final = frozenset({REQUEST, REPLY, ERROR, PING, PONG, EVENT})
 
 NONCE_BYTES: Final = 32
 HELLO = struct.Struct("<4sBB32s")
-AUTH = struct.Struct("<4sBB32s32s")
+AUTH = struct.Struct("<4sBB32s32sB")  # then id_len bytes of identity
 WELCOME = struct.Struct("<B32s")
+MAX_IDENTITY: Final = 128
+ACCEPTED, REFUSED, REVOKED = 0, 1, 2
 
 HEAD = struct.Struct("<BBHII")  # the header's fields (covered by every MAC of the frame)
 MAC_BYTES: Final = 16
@@ -123,12 +151,25 @@ MAX_BUFFERS: Final = 4096
 MAX_BUFFER: Final = 1 << 40  # 1 TiB per buffer: large, but not absurd
 
 
-def client_proof(secret: bytes, role: int, server_nonce: bytes, client_nonce: bytes) -> bytes:
-    return hmac.digest(secret, b"storage-api client" + bytes([role]) + server_nonce + client_nonce, "sha256")
+def client_proof(key: bytes, role: int, identity: bytes, server_nonce: bytes, client_nonce: bytes,
+                 binding: bytes = b"") -> bytes:
+    msg = b"storage-api client" + bytes([role, len(identity)]) + identity + server_nonce + client_nonce + binding
+    return hmac.digest(key, msg, "sha256")
 
 
-def server_proof(secret: bytes, server_nonce: bytes, client_nonce: bytes) -> bytes:
-    return hmac.digest(secret, b"storage-api server" + client_nonce + server_nonce, "sha256")
+def server_proof(key: bytes, server_nonce: bytes, client_nonce: bytes, binding: bytes = b"") -> bytes:
+    return hmac.digest(key, b"storage-api server" + client_nonce + server_nonce + binding, "sha256")
+
+
+def credential_key(secret: bytes, identity: str) -> bytes:
+    """The key of the credential ``identity`` (``name/generation``), derived from the deployment secret."""
+    return hmac.digest(secret, b"storage-api credential " + identity.encode(), "sha256")
+
+
+def auth_message(key: bytes, role: int, identity: bytes, server_nonce: bytes, client_nonce: bytes,
+                 binding: bytes = b"") -> bytes:
+    proof = client_proof(key, role, identity, server_nonce, client_nonce, binding)
+    return AUTH.pack(MAGIC, VERSION, role, client_nonce, proof, len(identity)) + identity
 
 
 def session_keys(secret: bytes, server_nonce: bytes, client_nonce: bytes) -> tuple[bytes, bytes]:
@@ -167,17 +208,24 @@ def check_hello(data: bytes) -> bytes:
     return nonce
 
 
-def check_auth(data: bytes, secret: bytes, server_nonce: bytes) -> tuple[int, bytes]:
-    """Validate an AUTH message; return ``(role, client_nonce)`` or raise."""
-    magic, version, role, client_nonce, proof = AUTH.unpack(data)
+def parse_auth(data: bytes) -> tuple[int, bytes, bytes, bytes]:
+    """Split an AUTH message: ``(role, client_nonce, proof, identity)`` (``ProtocolError`` if malformed)."""
+    magic, version, role, client_nonce, proof, id_len = AUTH.unpack_from(data)
     if magic != MAGIC or version != VERSION:
         raise ProtocolError("bad handshake")
-    if role not in (ROLE_CLIENT, ROLE_PEER):
+    if role not in (ROLE_CLIENT, ROLE_PEER, ROLE_CREDENTIAL):
         raise ProtocolError(f"unknown role {role}")
-    expected = client_proof(secret, role, server_nonce, client_nonce)
+    identity = bytes(data[AUTH.size : AUTH.size + id_len])
+    if len(identity) != id_len or (role == ROLE_CREDENTIAL) != bool(identity) or not identity.isascii():
+        raise ProtocolError("bad identity in handshake")
+    return role, client_nonce, proof, identity
+
+
+def check_proof(key: bytes, role: int, identity: bytes, server_nonce: bytes, client_nonce: bytes, proof: bytes,
+                binding: bytes = b"") -> None:
+    expected = client_proof(key, role, identity, server_nonce, client_nonce, binding)
     if not hmac.compare_digest(expected, proof):
-        raise AuthenticationError("peer failed to authenticate (wrong deployment secret)")
-    return role, client_nonce
+        raise AuthenticationError("peer failed to authenticate (wrong key)")
 
 
 def check_header(kind: int, nbuf: int, body_len: int) -> None:

@@ -35,8 +35,9 @@ def test_wrong_secret_is_refused(cluster, client):
 
 def test_client_refuses_a_backend_that_lacks_the_secret(cluster):
     """A fake backend that cannot prove the secret never gets to send us a pickle."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind("\0storage-api-test-fake-backend-%d" % os.getpid())
+    listener.listen(1)
 
     import threading
 
@@ -50,18 +51,38 @@ def test_client_refuses_a_backend_that_lacks_the_secret(cluster):
     t = threading.Thread(target=fake_backend)
     t.start()
     with pytest.raises(AuthenticationError):
-        _handshake.connect("127.0.0.1", port, b"the-real-secret", timeout=2)
+        _handshake.connect("", 0, _handshake.Auth.secret(b"the-real-secret"), timeout=2, unix=listener.getsockname())
     t.join()
     listener.close()
 
 
-def _raw(client):
-    return socket.create_connection(_address(client), timeout=5)
+def _raw(cluster, client, transport: str = "unix"):
+    """An unauthenticated connection: ``unix`` and ``tls`` have read the HELLO, ``tcp`` is bare TCP
+    (where a backend expects a TLS ClientHello)."""
+    if transport == "unix":
+        info = next(b for b in client.backends() if b.name == "b0")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(5)
+        sock.connect("\0" + info.unix)
+    else:
+        sock = socket.create_connection(_address(client), timeout=5)
+        if transport == "tcp":
+            return sock
+        sock = _tls(cluster).wrap_socket(sock)
+    assert len(sock.recv(_wire.HELLO.size)) == _wire.HELLO.size
+    return sock
+
+
+def _tls(cluster):
+    from storage_api import _tls
+
+    return _tls.client_context(cafile=cluster.settings().tls_ca)
 
 
 def _authenticated(cluster, client) -> _transport.FrameSocket:
-    host, port = _address(client)
-    return _handshake.connect(host, port, _secret(cluster), timeout=5)
+    """A Unix-socket connection (frames with MACs: what these tests forge)."""
+    info = next(b for b in client.backends() if b.name == "b0")
+    return _handshake.connect("", 0, _handshake.Auth.secret(_secret(cluster)), timeout=5, unix="\0" + info.unix)
 
 
 def _still_serving(client) -> None:
@@ -75,7 +96,9 @@ def _expect_closed(sock: socket.socket) -> None:
     try:
         while sock.recv(4096):
             pass
-    except (ConnectionResetError, BrokenPipeError):
+    except TimeoutError:
+        raise
+    except OSError:  # reset, broken pipe, a TLS alert or an unclean TLS close
         pass
 
 
@@ -84,13 +107,15 @@ def _expect_closed(sock: socket.socket) -> None:
     b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
     os.urandom(70),
     os.urandom(10_000),
-    _wire.AUTH.pack(_wire.MAGIC, _wire.VERSION, 1, os.urandom(32), os.urandom(32)),  # forged proof
-    _wire.AUTH.pack(_wire.MAGIC, 99, 1, os.urandom(32), os.urandom(32)),  # unknown version
+    _wire.AUTH.pack(_wire.MAGIC, _wire.VERSION, 1, os.urandom(32), os.urandom(32), 0),  # forged proof
+    _wire.AUTH.pack(_wire.MAGIC, 99, 1, os.urandom(32), os.urandom(32), 0),  # unknown version
+    _wire.AUTH.pack(_wire.MAGIC, _wire.VERSION, 3, os.urandom(32), os.urandom(32), 9) + b"eve/00000",  # forged credential
+    _wire.AUTH.pack(_wire.MAGIC, _wire.VERSION, 3, os.urandom(32), os.urandom(32), 255),  # absurd identity
 ])
-def test_garbage_before_authentication_closes_only_that_connection(cluster, client, payload):
+@pytest.mark.parametrize("transport", ["unix", "tls", "tcp"])
+def test_garbage_before_authentication_closes_only_that_connection(cluster, client, payload, transport):
     bystander = _authenticated(cluster, client)
-    sock = _raw(client)
-    sock.recv(_wire.HELLO.size)
+    sock = _raw(cluster, client, transport)
     sock.sendall(payload)
     if not payload:
         sock.shutdown(socket.SHUT_WR)
@@ -154,9 +179,8 @@ def test_malformed_frames_after_authentication(cluster, client, case):
 
 def test_random_frames_fuzz(cluster, client):
     rng = random.Random(1234)
-    for _ in range(40):
-        sock = _raw(client)
-        sock.recv(_wire.HELLO.size)
+    for i in range(60):
+        sock = _raw(cluster, client, ("unix", "tls", "tcp")[i % 3])
         sock.sendall(bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 300))))
         sock.close()
     for _ in range(40):
@@ -166,7 +190,8 @@ def test_random_frames_fuzz(cluster, client):
     _still_serving(client)
 
 
-def test_nothing_is_unpickled_before_authentication(cluster, client, tmp_path):
+@pytest.mark.parametrize("transport", ["unix", "tls", "tcp"])
+def test_nothing_is_unpickled_before_authentication(cluster, client, tmp_path, transport):
     """A pickle that would create a file, sent instead of the handshake, never runs."""
     marker = tmp_path / "pwned"
 
@@ -175,8 +200,7 @@ def test_nothing_is_unpickled_before_authentication(cluster, client, tmp_path):
             return (os.system, (f"touch {marker}",))
 
     payload = __import__("pickle").dumps(Exploit())
-    sock = _raw(client)
-    sock.recv(_wire.HELLO.size)
+    sock = _raw(cluster, client, transport)
     sock.sendall(payload + bytes(max(0, _wire.AUTH.size - len(payload))))
     _expect_closed(sock)
     sock.close()
@@ -214,6 +238,7 @@ class Tamper:
         self.address = self.listener.getsockname()
         self.family, self.target, self.flip_at = family, target, flip_at
         self.flipped = False
+        self.sent = 0  # bytes the client has sent so far
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
@@ -236,6 +261,8 @@ class Tamper:
                     data[self.flip_at - seen] ^= 0x40
                     self.flipped = True
                 seen += len(data)
+                if flip:
+                    self.sent = seen
                 dst.sendall(data)
         except OSError:
             pass
@@ -276,7 +303,7 @@ def test_a_tampered_byte_anywhere_closes_the_connection_and_stores_nothing(clust
                "nothing": 1 << 40}
     mitm = Tamper(socket.AF_UNIX, "\0" + info.unix, offsets[part])
     try:
-        fs = _handshake.connect("", 0, _secret(cluster), timeout=5, unix=mitm.address)
+        fs = _handshake.connect("", 0, _handshake.Auth.secret(_secret(cluster)), timeout=5, unix=mitm.address)
         fs.sock.settimeout(10)
         if part == "nothing":  # the control: the same request, untouched, is stored
             fs.send(_wire.REQUEST, 1, body, buffers, _wire.FLAG_STREAM)
@@ -285,6 +312,55 @@ def test_a_tampered_byte_anywhere_closes_the_connection_and_stores_nothing(clust
             fs.close()
             return
         with pytest.raises(CommunicationError):  # while sending the rest, or when waiting for a reply
+            fs.send(_wire.REQUEST, 1, body, buffers, _wire.FLAG_STREAM)
+            fs.recv()
+        fs.close()
+    finally:
+        mitm.close()
+    assert mitm.flipped
+    with pytest.raises(ObjectNotFound):
+        client.get_by_id(oid)
+    _still_serving(client)
+
+
+@pytest.mark.parametrize("part", ["nothing", "client_hello", "frame_header", "frame_body", "buffer"])
+def test_tls_a_tampered_byte_closes_the_connection_and_stores_nothing(cluster, client, part):
+    """The same over TCP: TLS records reject a byte flipped anywhere (``flip_at`` is set once the
+    handshake is done, relative to the first frame's record: 5 bytes of record header, then the
+    frame's 12-byte header, its lengths and body)."""
+    import pickle
+    import time
+    import uuid
+
+    from storage_api._serial import dumps
+    from storage_api.errors import CommunicationError, ObjectNotFound
+    from tests.models import Holder
+
+    info = next(b for b in client.backends() if b.name == "b0")
+    oid = str(uuid.uuid4())
+    state_body, buffers = dumps({"data": pickle.PickleBuffer(bytearray(os.urandom(1 << 20))), "other": None})
+    body = pickle.dumps(("persist", oid, Holder._sa_class_path, None, state_body), protocol=5)
+    mitm = Tamper(socket.AF_INET, (info.host, info.port), 10 if part == "client_hello" else 1 << 40)
+    try:
+        host, port = mitm.address
+        auth = _handshake.Auth.secret(_secret(cluster))
+        if part == "client_hello":
+            with pytest.raises((CommunicationError, AuthenticationError)):
+                _handshake.connect(host, port, auth, timeout=5, tls=_tls(cluster))
+            assert mitm.flipped
+            return
+        fs = _handshake.connect(host, port, auth, timeout=5, tls=_tls(cluster), expect_id=info.id)
+        time.sleep(0.2)  # the client's last handshake bytes have passed the proxy
+        frame = mitm.sent + 5
+        mitm.flip_at = {"frame_header": frame + 9, "frame_body": frame + _wire.HEAD.size + 8 + 20,
+                        "buffer": frame + (1 << 19), "nothing": 1 << 40}[part]
+        if part == "nothing":
+            fs.send(_wire.REQUEST, 1, body, buffers, _wire.FLAG_STREAM)
+            assert fs.recv()[0] == _wire.REPLY
+            assert bytes(client.get_by_id(oid).data) == bytes(buffers[0])
+            fs.close()
+            return
+        with pytest.raises(CommunicationError):
             fs.send(_wire.REQUEST, 1, body, buffers, _wire.FLAG_STREAM)
             fs.recv()
         fs.close()

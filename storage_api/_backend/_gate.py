@@ -35,8 +35,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .._handshake import Peer
-from .._transport import FrameSocket
 from ..errors import AuthenticationError
 
 log = logging.getLogger("storage.server")
@@ -47,8 +45,8 @@ PAUSE_MIN, PAUSE_MAX = 0.05, 1.0
 REPORT_EVERY = 10.0  # seconds between summaries of evictions
 _RESOURCE_ERRORS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
 
-Handshake = Any  # see storage_api._handshake: .sock, .step() -> events, .result()
-Admit = Callable[[FrameSocket, Peer, str], bool]
+Handshake = Any  # see _accept: .sock, .step() -> events, .result() -> Accepted
+Admit = Callable[[Any, str], bool]  # (Accepted, source address) -> whether a thread took it
 
 
 @dataclass(frozen=True)
@@ -204,7 +202,7 @@ class Gate:
                 sock.close()
                 continue
             p = _Pending(hs, host, time.monotonic() + self.limits.handshake_timeout)
-            fd = sock.fileno()
+            fd = hs.sock.fileno()  # hs.sock may wrap sock (TLS), which then has no descriptor of its own
             self._pending[fd] = p
             self._by_host.setdefault(host, OrderedDict())[fd] = p
             self._advance(p)
@@ -253,12 +251,12 @@ class Gate:
                 p.events = events
             return
         self._forget(p)
-        fs, peer = p.hs.result()
-        if self._admit(fs, peer, p.host):
+        accepted = p.hs.result()
+        if self._admit(accepted, p.host):
             if self._problem_kind == "threads":
                 self._healthy()
         else:
-            fs.close()
+            accepted.io.close()
             self._pause_listening("threads", "cannot start threads for new connections")
 
     def _forget(self, p: _Pending) -> None:

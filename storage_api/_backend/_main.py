@@ -13,13 +13,14 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import threading
 import time
 import uuid
 from pathlib import Path
 
-from .. import _context
+from .. import _context, _pki, _tls
 from .._client import Client
 from .._config import Settings
 from .._metadata import Metadata
@@ -83,12 +84,35 @@ class BackendProcess:
                 log.warning("no local socket: %s", exc)
                 local.close()
         limits = Limits(settings.handshake_timeout, settings.max_pending, settings.max_pending_per_host)
-        self.server = Server(self.backend, socks, self.secret, settings.max_workers,
+        self.server = Server(self.backend, socks, self.secret, settings.max_workers, self._tls(),
                              spin=settings.spin_seconds(settings.serve_spin_us), limits=limits)
         self._health = ""  # the problem last reported in Redis
         self._stop = threading.Event()
         self._stopping = False
         self._beat = threading.Lock()  # a heartbeat and the deregistration never interleave
+
+    def _tls(self) -> tuple[object, bytes]:
+        """The TLS context of the TCP listener and its certificate's channel binding.
+
+        The certificate is ``tls_cert`` or a fresh one signed by the CA (``tls_ca_key``, by
+        default the key derived from the secret); :attr:`tls_ca` is what clients must trust.
+        """
+        s = self.settings
+        tls_dir = self.storage_dir / "tls"
+        if s.tls_cert or s.tls_key:
+            if not (s.tls_cert and s.tls_key and s.tls_ca):
+                raise ConfigError("tls_cert needs tls_key and tls_ca (the CA that signed it)")
+            cert, key, ca = Path(s.tls_cert), Path(s.tls_key), Path(s.tls_ca)
+        else:
+            ca_key = _pki.ca_key_file(tls_dir, self.secret, s.tls_ca_key)
+            ca = Path(s.tls_ca) if s.tls_ca else _pki.make_ca(tls_dir, ca_key)
+            cert, key = _pki.make_backend_cert(tls_dir, ca, ca_key, self.id)
+        try:
+            self.tls_ca = ca.read_text()
+            der = ssl.PEM_cert_to_DER_cert(cert.read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot read the TLS certificates: {exc}") from exc
+        return _tls.server_context(str(cert), str(key)), _tls.binding(der)
 
     def info(self) -> dict[str, object]:
         s = self.settings
@@ -109,6 +133,7 @@ class BackendProcess:
 
     def register(self) -> None:
         s = self.settings
+        self.meta.publish_tls_ca(self.tls_ca)  # for clients that hold the secret but no CA file
         self.meta.register_backend(self.info(), s.heartbeat_ttl)
         t0 = time.monotonic()
         records = self._reconcile()

@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 from .. import _progress
 from .. import _wire as w
 from .._serial import dump_error
-from .._handshake import HmacAccept, Peer
 from .._transport import FrameSocket
+from ._accept import Accepted, HmacAccept, TlsAccept
 from ..errors import CommunicationError, ProtocolError, StoreError
 from ._gate import Gate, Limits
 from ._handlers import dispatch
@@ -92,14 +92,19 @@ class Server:
     """Serves the connections its :class:`~._gate.Gate` accepts (TCP, plus a local Unix socket on Linux)."""
 
     def __init__(self, backend: LocalBackend, socks: list[socket.socket], secret: bytes, max_workers: int,
-                 spin: float = 0.0, limits: Limits = Limits()) -> None:
+                 tls: tuple[Any, bytes], spin: float = 0.0, limits: Limits = Limits()) -> None:
+        """``socks[0]`` is the TCP listener (TLS: ``tls`` is the server context and the channel
+        binding of its certificate); the others are Unix sockets."""
         self.backend = backend
         self.committer = Committer(backend.store)
         backend.defer_sync = defer_sync
         self.spin = spin  # seconds a leader polls for the next request before sleeping
         self.socks = socks
         self.max_workers = max_workers
-        self.gate = Gate([(s, lambda sock: HmacAccept(sock, secret)) for s in socks], self._admit, limits)
+        ctx, binding = tls
+        listeners: list[tuple[socket.socket, Any]] = [(socks[0], lambda sock: TlsAccept(sock, ctx, secret, binding))]
+        listeners += [(s, lambda sock: HmacAccept(sock, secret)) for s in socks[1:]]
+        self.gate = Gate(listeners, self._admit, limits)
         self._stopping = threading.Event()
         self._conns: set[Connection] = set()
         self._lock = threading.Lock()
@@ -124,16 +129,24 @@ class Server:
         while not self._stopping.wait(0.5):
             pass
 
-    def _admit(self, fs: FrameSocket, peer: Peer, addr: str) -> bool:
+    def _admit(self, accepted: Accepted, addr: str) -> bool:
         """Serve an authenticated connection in a thread of its own; False if none can be started."""
-        conn = Connection(fs, self, addr)
         try:
-            threading.Thread(target=self._serve, args=(conn,), name="storage-api-conn", daemon=True).start()
+            threading.Thread(target=self._serve, args=(accepted, addr), name="storage-api-conn", daemon=True).start()
         except RuntimeError:  # out of threads: the gate closes the connection and backs off
             return False
         return True
 
-    def _serve(self, conn: Connection) -> None:
+    def _serve(self, accepted: Accepted, addr: str) -> None:
+        try:
+            accepted.io.write([accepted.welcome])  # completes the handshake (see _accept)
+        except OSError as exc:
+            log.info("dropped connection from %s before it was served: %s", addr, exc)
+            accepted.io.close()
+            return
+        fs = FrameSocket(accepted.io, *(accepted.keys or (None, None)))
+        fs.label = "served_peer" if accepted.peer.role == w.ROLE_PEER else "served_client"
+        conn = Connection(fs, self, addr)
         with self._lock:
             self._conns.add(conn)
         try:

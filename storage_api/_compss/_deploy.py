@@ -20,6 +20,7 @@ complete and returns once every backend is registered, having written, in
     cfgfiles/client.toml          the same for plain storage_api clients (exported as STORAGE_API_CONFIG)
     cfgfiles/backend.toml         the backends' settings
     secret                        the deployment secret (mode 0600)
+    tls/ca.pem                    the deployment CA certificate (its key is derived from the secret)
     state.json                    what was started, for ``stop``
     logs/                         redis.log and one log per node
 
@@ -46,6 +47,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from .. import _pki
 from .._config import Settings, network_suffix, read_file, to_toml
 from .._metadata import Metadata
 from .._redis import Redis
@@ -173,9 +175,11 @@ def init(argv: list[str]) -> int:
         secret = d / "secret"
         secret.touch(0o600)
         secret.write_text(secrets.token_hex(32))
+        # The deployment CA (its key derived from the secret, as the backends derive it).
+        tls = {"tls_ca": str(_pki.make_ca(d / "tls", _pki.ca_key_file(d / "tls", secret.read_text().encode())))}
         common = {"redis_url": url, "secret_file": str(secret), "namespace": props["namespace"]}
         backend_cfg = cfg / "backend.toml"
-        _write_toml(backend_cfg, {**common, "network": network, "network_suffixes": props["network_suffixes"],
+        _write_toml(backend_cfg, {**common, **tls, "network": network, "network_suffixes": props["network_suffixes"],
                                   "fsync": props["fsync"].lower() in ("1", "true", "yes", "on"),
                                   "log_level": props["log_level"]})
         storage_dir = props["storage_dir"].replace("$USER", os.environ.get("USER", "user")).replace("$JOB", job)
@@ -195,7 +199,7 @@ def init(argv: list[str]) -> int:
         conf = {k: props[k] for k in _conf.CONF_KEYS}
         conf.update(common, network=network)
         _conf.write(cfg / "storage.properties", conf, f"storage_api storage conf of COMPSs job {job} (storage_init.sh)")
-        _write_toml(cfg / "client.toml", common)
+        _write_toml(cfg / "client.toml", {**common, **tls})
         if variables:
             with open(variables, "a") as fh:
                 fh.write(f"export STORAGE_API_CONFIG={shlex.quote(str(cfg / 'client.toml'))}\n")

@@ -5,6 +5,7 @@
 
     secret            deployment secret (mode 0600)
     client.toml       client settings; ``storage_api.connect()`` reads it with no arguments
+    tls/              the deployment CA (``ca.pem``; ``ca.key`` is derived from the secret)
     deployment.json   pids and ports of what is running
     redis/            Redis' working directory (append-only file: metadata survives a restart)
     backends/bN/      each backend's durable log
@@ -33,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import _context
+from .. import _context, _pki
 from ._procs import alive as _alive, tail as _tail, terminate as _terminate
 from .._config import Settings, home as default_home, read_file, to_toml
 from .._metadata import Metadata
@@ -194,6 +195,9 @@ def start(directory: str | os.PathLike[str], backends: int = 2, *, fsync: bool =
     secret_file.write_text(secrets.token_hex(32))
     os.chmod(secret_file, 0o600)
     say = progress or (lambda msg: None)
+    # The deployment CA (its key derived from the secret, as the backends derive it): clients
+    # check backends against it on TCP.
+    ca = _pki.make_ca(d / "tls", _pki.ca_key_file(d / "tls", secret_file.read_text().strip().encode()))
     redis_proc, url = _start_redis(d, logs, redis_server)
     dep = Deployment(str(d), url, redis_proc, [], time.time())
     dep.save()
@@ -201,7 +205,8 @@ def start(directory: str | os.PathLike[str], backends: int = 2, *, fsync: bool =
     try:
         config = d / "client.toml"
         config.touch(0o600)
-        config.write_text(to_toml({"redis_url": url, "secret_file": str(secret_file), **(settings or {})}))
+        config.write_text(to_toml({"redis_url": url, "secret_file": str(secret_file), "tls_ca": str(ca),
+                                   **(settings or {})}))
         for i in range(backends):
             name = f"b{i}"
             storage = d / "backends" / name

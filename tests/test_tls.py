@@ -1,0 +1,146 @@
+"""TLS on TCP: clients verify backends (CA, id, proof bound to the certificate); data intact."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import ssl
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from storage_api import _context, _handshake, _pki, _tls, _wire
+from storage_api._client import Client
+from storage_api.errors import AuthenticationError
+from tests.models import Counter, Holder
+
+
+def _backend(client, name="b0"):
+    return next(b for b in client.backends() if b.name == name)
+
+
+def _auth(cluster) -> _handshake.Auth:
+    return _handshake.Auth.secret(cluster.settings().secret_bytes())
+
+
+def _tcp_client(cluster, **overrides) -> Client:
+    return Client(dataclasses.replace(cluster.settings(), local_socket=False, **overrides))
+
+
+def test_clients_use_tls_on_tcp_and_arrays_arrive_intact(cluster):
+    tcp = _tcp_client(cluster)
+    previous = _context.install(tcp)
+    try:
+        arr = np.random.default_rng(7).random(3 << 20)  # 24 MB: streamed to the log as it arrives
+        h = Holder(arr)
+        h.make_persistent(backend="b0")
+        assert np.array_equal(h.take(), arr)
+        channel = next(iter(tcp._channels.values()))
+        assert type(channel.fs.io).__name__ == "TlsIO"
+        assert channel.fs.sock.version() == "TLSv1.3"
+    finally:
+        _context.install(previous)
+        tcp.close()
+
+
+def test_a_client_with_the_secret_but_no_ca_file_uses_the_ca_the_backends_publish(cluster):
+    tcp = _tcp_client(cluster, tls_ca="")
+    previous = _context.install(tcp)
+    try:
+        c = Counter(4)
+        c.make_persistent(backend="b1")
+        assert c.inc() == 5
+    finally:
+        _context.install(previous)
+        tcp.close()
+
+
+def test_a_backend_certificate_from_another_ca_is_refused(cluster, client, tmp_path):
+    """A server whose certificate another CA signed never sees our proof."""
+    other = tmp_path / "other"
+    key = _pki.ca_key_file(other, b"another deployment")
+    cert, cert_key = _pki.make_backend_cert(other, _pki.make_ca(other, key), key, _backend(client).id)
+    got = _serve_tls_once(_tls.server_context(str(cert), str(cert_key)))
+    with pytest.raises(AuthenticationError, match="not from the deployment CA"):
+        _handshake.connect("127.0.0.1", got.port, _auth(cluster), timeout=5,
+                           tls=_tls.client_context(cafile=cluster.settings().tls_ca))
+    assert got.first_bytes == b""  # nothing of ours reached it
+
+
+def test_the_backend_id_in_the_certificate_is_checked(cluster, client):
+    info = _backend(client)
+    ctx = _tls.client_context(cafile=cluster.settings().tls_ca)
+    with pytest.raises(AuthenticationError, match="not backend"):
+        _handshake.connect(info.host, info.port, _auth(cluster), timeout=5, tls=ctx, expect_id=_backend(client, "b1").id)
+    _handshake.connect(info.host, info.port, _auth(cluster), timeout=5, tls=ctx, expect_id=info.id).close()
+
+
+def test_a_relay_with_a_valid_certificate_cannot_pass_the_proofs_on(cluster, client, tmp_path):
+    """A man in the middle holding a certificate of the deployment CA (as a compromised CA key
+    would give), relaying our handshake to the real backend: the proofs are bound to the
+    certificate each side saw, so the backend refuses and the client learns nothing."""
+    info = _backend(client)
+    secret = cluster.settings().secret_bytes()
+    ca = Path(cluster.settings().tls_ca)
+    cert, key = _pki.make_backend_cert(tmp_path, ca, _pki.ca_key_file(tmp_path, secret), "relay")
+    relay = _Relay(_tls.server_context(str(cert), str(key)), (info.host, info.port),
+                   _tls.client_context(cafile=str(ca)))
+    with pytest.raises(AuthenticationError, match="refused"):
+        _handshake.connect("127.0.0.1", relay.port, _auth(cluster), timeout=5, tls=_tls.client_context(cafile=str(ca)))
+    assert relay.relayed > 0  # the handshake did go through it
+
+
+class _serve_tls_once:
+    def __init__(self, ctx: ssl.SSLContext) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.first_bytes = b""
+        self.ctx = ctx
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        conn, _ = self.listener.accept()
+        try:
+            tls = self.ctx.wrap_socket(conn, server_side=True)
+            tls.sendall(_wire.HELLO.pack(_wire.MAGIC, _wire.VERSION, 0, bytes(32)))
+            tls.settimeout(5)
+            self.first_bytes = tls.recv(100)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+            self.listener.close()
+
+
+class _Relay:
+    """Terminates the client's TLS with its own certificate and relays the plaintext over a TLS
+    connection of its own to the backend."""
+
+    def __init__(self, server_ctx: ssl.SSLContext, target: tuple[str, int], client_ctx: ssl.SSLContext) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.relayed = 0
+        self.server_ctx, self.target, self.client_ctx = server_ctx, target, client_ctx
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        conn, _ = self.listener.accept()
+        down = self.server_ctx.wrap_socket(conn, server_side=True)
+        up = self.client_ctx.wrap_socket(socket.create_connection(self.target))
+        threading.Thread(target=self._pump, args=(up, down), daemon=True).start()
+        self._pump(down, up)
+
+    def _pump(self, src: ssl.SSLSocket, dst: ssl.SSLSocket) -> None:
+        try:
+            while data := src.recv(65536):
+                self.relayed += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                socket.socket.shutdown(s, socket.SHUT_RDWR)
+            except OSError:
+                pass
