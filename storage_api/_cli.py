@@ -1,4 +1,4 @@
-"""The ``storage-api`` command: ``up``, ``down``, ``status``, ``backend``, ``config``, ``compss-bundle``,
+"""The ``storage-api`` command: ``up``, ``down``, ``status``, ``backend``, ``credential``, ``config``, ``compss-bundle``,
 and the commands plugins add.
 
 A plugin is an entry point in the group :data:`PLUGIN_GROUP`: its name is the subcommand, its
@@ -167,6 +167,30 @@ def _run_plugin(name: str, argv: list[str]) -> int:
     return int(command(argv, f"storage-api {name}") or 0)
 
 
+def _cmd_credential(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from . import _credentials
+
+    settings = _config.load(args.config)
+    if args.action == "issue":
+        path = _credentials.issue(settings, args.name, Path(args.out), args.backend or None)
+        print(f"credential {args.name} issued: {path} (settings for the client: STORAGE_API_CONFIG={path}; "
+              f"keep it secret, it also holds the credential) and {path.with_name(args.name + '-ca.pem')}")
+        return 0
+    if args.action == "revoke":
+        if not _credentials.revoke(settings, args.name):
+            print(f"storage-api: no credential named {args.name!r}", file=sys.stderr)
+            return 1
+        print(f"credential {args.name} revoked: backends refuse it from its next connection on")
+        return 0
+    import time
+
+    for name, issued in sorted(_credentials.listing(settings).items()):
+        print(f"{name}  issued {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(issued))}")
+    return 0
+
+
 def _cmd_config(args: argparse.Namespace) -> int:
     print(_config.describe(_config.load(args.config)))
     return 0
@@ -216,6 +240,20 @@ def parser() -> argparse.ArgumentParser:
     cb = sub.add_parser("compss-bundle", help="assemble the COMPSs storage bundle (jar, python/storage, scripts) in DEST")
     cb.add_argument("dest", metavar="DEST", help="bundle directory, e.g. $COMPSS_HOME/Tools/storage/storage_api")
     cb.set_defaults(func=_cmd_compss_bundle)
+
+    cred = sub.add_parser("credential", help="issue, revoke or list the credentials of clients without the deployment's keys")
+    cred_sub = cred.add_subparsers(dest="action", required=True)
+    issue = cred_sub.add_parser("issue", help="issue (or re-issue, replacing the old key) a client's credential")
+    issue.add_argument("name", help="the client's name: letters, digits, '.', '_', '-'")
+    issue.add_argument("--out", default=".", help="directory for NAME.toml and NAME-ca.pem (default: here)")
+    issue.add_argument("--backend", action="append", metavar="HOST:PORT",
+                       help="a backend address for the client (repeatable; default: every live backend's)")
+    revoke = cred_sub.add_parser("revoke", help="revoke a client's credential (refused from its next connection)")
+    revoke.add_argument("name")
+    listing = cred_sub.add_parser("list", help="list the valid credentials")
+    for action in (issue, revoke, listing):
+        action.add_argument("--config", help="settings with the deployment's Redis and secret (default: the local deployment)")
+    cred.set_defaults(func=_cmd_credential)
 
     cfg = sub.add_parser("config", help="print every setting with its value and documentation")
     cfg.add_argument("--config", help="settings file")

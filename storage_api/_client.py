@@ -37,14 +37,31 @@ _REPLICAS_TTL = 2.0  # seconds it trusts an object's cached list of replicas (fo
 
 
 class Client:
-    """A connection to one deployment: its Redis and, lazily, its backends."""
+    """A connection to one deployment: its metadata and, lazily, its backends.
+
+    With ``redis_url`` (backends, admin tools, the COMPSs adapter) metadata comes from Redis and
+    the client proves the deployment secret; without it (``backends`` and a ``credential``) it
+    asks the backends for metadata (:mod:`._remote_metadata`) and proves its own credential.
+    """
 
     def __init__(self, settings: Settings, *, local: LocalBackend | None = None) -> None:
         self.settings = settings
-        self.redis = Redis(settings.require_redis(), timeout=max(settings.connect_timeout, 2.0))
-        self.meta = Metadata(self.redis, settings.namespace)
+        self.redis: Redis | None = None
+        self.meta: Any
+        if settings.redis_url or not settings.backends:
+            self.redis = Redis(settings.require_redis(), timeout=max(settings.connect_timeout, 2.0))
+            self.meta = Metadata(self.redis, settings.namespace)
+        else:
+            from ._remote_metadata import RemoteMetadata
+
+            self.meta = RemoteMetadata(self, settings.backend_addresses())
         self.local = local
-        self._auth = _handshake.Auth.secret(settings.secret_bytes(), _wire.ROLE_PEER if local is not None else _wire.ROLE_CLIENT)
+        credential = settings.credential_parts() if local is None else None
+        if credential is not None:
+            self._auth = _handshake.Auth(_wire.ROLE_CREDENTIAL, credential[1], credential[0])
+        else:
+            self._auth = _handshake.Auth.secret(settings.secret_bytes(),
+                                                _wire.ROLE_PEER if local is not None else _wire.ROLE_CLIENT)
         self._tls: Any = None  # the TLS client context, made on the first TCP connection
         self._placeholders = local is None  # thin clients get placeholders for unknown classes
         self._lock = threading.Lock()
@@ -214,7 +231,8 @@ class Client:
             channels, self._channels = self._channels, {}
         for ch in channels.values():
             ch.close()
-        self.redis.close()
+        if self.redis is not None:
+            self.redis.close()
 
     # ============================================================ routing
     def _object_request(self, obj: ActiveObject, msg: tuple, *, wait: bool = True,
@@ -368,11 +386,16 @@ class Client:
             if ch is not None and ch.usable:
                 return ch
             ch = self._connect(bid)
-            self._channels[bid] = ch
+            self._adopt(bid, ch)
+            return ch
+
+    def _adopt(self, key: str, ch: Channel) -> None:
+        """Keep ``ch`` among the channels the watchdog checks and :meth:`close` closes."""
+        with self._lock:
+            self._channels[key] = ch
             if self._watchdog is None:
                 self._watchdog = threading.Thread(target=self._watch, name="storage-api-watchdog", daemon=True)
                 self._watchdog.start()
-            return ch
 
     def _watch(self) -> None:
         """Liveness of every channel with calls pending (see :mod:`storage_api._rpc`)."""
@@ -393,18 +416,20 @@ class Client:
                 if info is None:
                     raise BackendUnavailable(f"backend {bid} is not registered")
             try:
-                local = self.settings.local_socket and info.unix and _is_local(info.host)
-                fs = _handshake.connect(info.host, info.port, self._auth, timeout=self.settings.connect_timeout,
-                                        unix="\0" + info.unix if local else None, tls=self._tls_context,
-                                        expect_id=info.id)
+                return self._open(info.host, info.port, info.unix, info.id, info.name)
             except CommunicationError as exc:
                 last = exc
-                continue
-            ch = Channel(fs, info.name, self.settings.liveness_timeout, self._decode)
-            ch.spin = self.settings.spin_seconds(self.settings.spin_us)
-            return ch
         assert info is not None
         raise BackendUnavailable(f"backend {info.name} ({info.address}) is unreachable: {last}") from last
+
+    def _open(self, host: str, port: int, unix: str, bid: str | None, name: str) -> Channel:
+        """A new authenticated channel: over the backend's Unix socket when it runs on this host."""
+        local = self.settings.local_socket and unix and _is_local(host)
+        fs = _handshake.connect(host, port, self._auth, timeout=self.settings.connect_timeout,
+                                unix="\0" + unix if local else None, tls=self._tls_context, expect_id=bid)
+        ch = Channel(fs, name, self.settings.liveness_timeout, self._decode)
+        ch.spin = self.settings.spin_seconds(self.settings.spin_us)
+        return ch
 
     def _tls_context(self) -> Any:
         """The deployment CA to check backends against: ``tls_ca``, else the one they publish."""

@@ -35,6 +35,9 @@ class Settings:
     redis_url: str = _f("", "URL of the metadata Redis: redis://[:password@]host:port/db or unix:///path")
     secret: str = _f("", "deployment secret shared by every client and backend (prefer secret_file)")
     secret_file: str = _f("", "file holding the deployment secret")
+    backends: str = _f("", "clients without Redis: host:port,... of backends to reach the deployment through")
+    credential: str = _f("", "this client's own credential, name/generation:key (prefer credential_file)")
+    credential_file: str = _f("", "file holding this client's credential (storage-api credential issue writes it)")
     namespace: str = _f("sa", "prefix of every Redis key, so several deployments can share one Redis")
     connect_timeout: float = _f(2.0, "seconds to connect and authenticate to a backend")
     liveness_timeout: float = _f(2.0, "calls to a backend that stays silent fail within this many seconds")
@@ -88,6 +91,7 @@ class Settings:
         if not self.namespace or ":" in self.namespace:
             raise ConfigError("namespace must be non-empty and contain no ':'")
         network_suffix(self.network, self.network_suffixes)
+        self.backend_addresses()
         return self
 
     def compss_node_name(self, hostname: str | None = None) -> str:
@@ -129,9 +133,43 @@ class Settings:
         if not self.redis_url:
             raise ConfigError(
                 "no metadata Redis configured: run `storage-api up`, or set STORAGE_API_REDIS_URL "
-                "(or redis_url in the file named by STORAGE_API_CONFIG)"
+                "(or redis_url in the file named by STORAGE_API_CONFIG; a client without Redis needs "
+                "backends and a credential: see `storage-api credential issue`)"
             )
         return self.redis_url
+
+    def credential_parts(self) -> tuple[str, bytes] | None:
+        """``(identity, key)`` of this client's credential, or None when it has none."""
+        text = self.credential
+        if not text and self.credential_file:
+            try:
+                text = Path(self.credential_file).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(f"cannot read credential_file {self.credential_file}: {exc}") from exc
+        if not text:
+            return None
+        identity, sep, key = text.strip().rpartition(":")
+        name, slash, generation = identity.partition("/")
+        try:
+            raw = bytes.fromhex(key)
+        except ValueError:
+            raw = b""
+        if not (sep and slash and name and generation and len(raw) == 32):
+            raise ConfigError("a credential reads name/generation:key (64 hex digits); issue one with "
+                              "`storage-api credential issue NAME`")
+        return identity, raw
+
+    def backend_addresses(self) -> list[tuple[str, int]]:
+        """``backends`` as (host, port) pairs."""
+        out = []
+        for item in self.backends.split(","):
+            host, sep, port = item.strip().rpartition(":")
+            if not item.strip():
+                continue
+            if not sep or not host or not port.isdigit():
+                raise ConfigError(f"backends: {item.strip()!r} is not host:port")
+            out.append((host.strip("[]"), int(port)))
+        return out
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
@@ -254,7 +292,7 @@ def describe(settings: Settings) -> str:
     rows = []
     for f in dataclasses.fields(Settings):
         value = getattr(settings, f.name)
-        if f.name == "secret" and value:
+        if f.name in ("secret", "credential") and value:
             value = "<set>"
         rows.append(f"{f.name:20} = {value!r:32} # {f.metadata['doc']}  [{ENV_PREFIX}{f.name.upper()}]")
     return "\n".join(rows)

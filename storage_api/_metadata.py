@@ -11,6 +11,8 @@ Key layout (``ns`` is the configured namespace, ``sa`` by default)::
     ns:alias:<alias>       STR   the id registered under an alias
     ns:class:<path>        STR   JSON class metadata (methods, signatures, docs) for stubs
     ns:tls:ca              STR   the deployment CA certificate (PEM), for clients that hold the secret
+    ns:cred:<name>         HASH  generation issued: a client credential (its key is derived from the
+                                 secret and name/generation; deleting the entry revokes it)
     ns:ctl:<bid>, ns:ctl:any  LIST  JSON control requests for backends (COMPSs' Java side, storage_stop.sh)
     ns:ctl:reply:<uuid>    LIST  the reply to one control request (expires after 60 s)
     ns:prev:<oid>          STR   the previous version of a COMPSs new version (expires after 7 days)
@@ -176,6 +178,29 @@ class Metadata:
 
     def heartbeat(self, bid: str, pid: int, ttl: float) -> None:
         self.redis.execute("SET", self.key("alive", bid), str(pid), "PX", int(ttl * 1000))
+
+    # ----------------------------------------------------------- credentials
+    def issue_credential(self, name: str, generation: str) -> None:
+        self.redis.execute("HSET", self.key("cred", name), "generation", generation, "issued", str(time.time()))
+
+    def revoke_credential(self, name: str) -> bool:
+        return bool(self.redis.execute("DEL", self.key("cred", name)))
+
+    def credential(self, name: str) -> str | None:
+        """The current generation of credential ``name`` (None: revoked or never issued)."""
+        return self.redis.execute("HGET", self.key("cred", name), "generation")
+
+    def credentials(self) -> dict[str, float]:
+        """Every valid credential's name and when it was issued."""
+        names: list[str] = []
+        cursor = "0"
+        while True:
+            cursor, batch = self.redis.execute("SCAN", cursor, "MATCH", self.key("cred", "*"), "COUNT", 1000)
+            names += [k.split(":", 2)[2] for k in batch]
+            if cursor == "0":
+                break
+        issued = self.redis.pipeline([("HGET", self.key("cred", n), "issued") for n in names]) if names else []
+        return {n: float(t or 0) for n, t in zip(names, issued)}
 
     def publish_tls_ca(self, pem: str) -> None:
         self.redis.execute("SET", self.key("tls", "ca"), pem)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import _wire
 from .._serial import dump_error, dumps
-from ..errors import ClassNotFound, StoreError
+from ..errors import ClassNotFound, InvalidArguments, StoreError
 
 from ._tasks import TASK_HANDLERS
 
@@ -113,6 +113,37 @@ def _ping(b: LocalBackend, msg: tuple, frame: Frame) -> str:
     return "pong"
 
 
+# ---------------------------------------------- metadata, for clients without Redis (_remote_metadata)
+def _meta_backends(b: LocalBackend, msg: tuple, frame: Frame) -> list:
+    return b.meta.backends()
+
+
+def _meta_object(b: LocalBackend, msg: tuple, frame: Frame) -> Any:
+    _op, oid = msg
+    return b.meta.object(_text(oid))
+
+
+def _meta_alias(b: LocalBackend, msg: tuple, frame: Frame) -> str:
+    _op, alias = msg
+    return b.meta.alias(_text(alias))
+
+
+def _meta_class(b: LocalBackend, msg: tuple, frame: Frame) -> dict | None:
+    _op, path = msg
+    return b.meta.class_meta(_text(path))
+
+
+def _meta_promote(b: LocalBackend, msg: tuple, frame: Frame) -> str:
+    _op, oid, dead = msg
+    return b.meta.promote(_text(oid), _text(dead))
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise InvalidArguments(f"expected a string, got {type(value).__name__}")
+    return value
+
+
 #: operation -> (handler, number of elements in the request tuple)
 HANDLERS: dict[str, tuple[Handler, int]] = {
     "call": (_call, 6),
@@ -131,6 +162,11 @@ HANDLERS: dict[str, tuple[Handler, int]] = {
     "replica_drop": (_replica_drop, 2),
     "stats": (_stats, 1),
     "ping": (_ping, 1),
+    "meta_backends": (_meta_backends, 1),
+    "meta_object": (_meta_object, 2),
+    "meta_alias": (_meta_alias, 2),
+    "meta_class": (_meta_class, 2),
+    "meta_promote": (_meta_promote, 3),
     **TASK_HANDLERS,  # shipped PyCOMPSs tasks (workflows.executor): see _tasks
 }
 

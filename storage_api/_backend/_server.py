@@ -138,6 +138,21 @@ class Server:
         return True
 
     def _serve(self, accepted: Accepted, addr: str) -> None:
+        peer = accepted.peer
+        if peer.role == w.ROLE_CREDENTIAL:
+            try:
+                valid = self._valid(peer, addr)
+            except CommunicationError as exc:  # cannot tell: no verdict, the client may retry
+                log.warning("cannot check credential %r of %s: %s", peer.identity, addr, exc)
+                accepted.io.close()
+                return
+            if not valid:
+                try:
+                    accepted.io.write([w.WELCOME.pack(w.REVOKED, bytes(32))])
+                except OSError:
+                    pass
+                accepted.io.close()
+                return
         try:
             accepted.io.write([accepted.welcome])  # completes the handshake (see _accept)
         except OSError as exc:
@@ -154,6 +169,14 @@ class Server:
         finally:
             with self._lock:
                 self._conns.discard(conn)
+
+    def _valid(self, peer: Any, addr: str) -> bool:
+        """Whether a client's credential is the current one of its name (not revoked, not replaced)."""
+        current = self.backend.meta.credential(peer.name)
+        if current is None or peer.identity != f"{peer.name}/{current}":
+            log.warning("refused credential %r from %s: revoked or replaced", peer.identity, addr)
+            return False
+        return True
 
     def _promoter(self) -> None:
         """Give a connection a new reader when its leader has been serving for too long."""
