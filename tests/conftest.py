@@ -1,7 +1,8 @@
 """Fixtures: real Redis servers and real backend processes on free ports.
 
 Backends are started from the repository root, so they import the test models as
-``tests.models``; everything they write lives under pytest's temporary directories.
+``tests.models``; everything they write lives under pytest's temporary directories, which are
+deleted once their test passed (``tmp_path_retention_policy``) and deployments as they stop.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Redis and two backends, shared by the tests that do not kill anything."""
     c = _start(tmp_path_factory.mktemp("cluster"), 2)
     yield c
-    _local.stop(c.dir)
+    _local.stop(c.dir, purge=True)  # its logs' preallocated segments are large
 
 
 @pytest.fixture
@@ -96,7 +97,7 @@ def own_cluster(tmp_path: Path) -> Iterator[Cluster]:
     """A private deployment for tests that kill or stop backends."""
     c = _start(tmp_path / "deploy", 2)
     yield c
-    _local.stop(c.dir)
+    _local.stop(c.dir, purge=True)
 
 
 def _installed(cluster: Cluster) -> Iterator[Client]:

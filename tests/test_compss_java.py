@@ -28,10 +28,11 @@ from storage_api._deploy import _local
 from storage_api.errors import ObjectNotFound
 from tests.models import Counter
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("javac") is None or not Path("/usr/share/java/junit4.jar").exists(),
-    reason="needs a JDK and Debian's junit4 (.ci/run installs them)",
-)
+# Each test says what it needs: the jar only a JDK, the JUnit run Debian's junit4 as well.
+HAS_JDK = shutil.which("javac") is not None and shutil.which("jar") is not None
+needs_jdk = pytest.mark.skipif(not HAS_JDK, reason="needs a JDK (javac, jar; .ci/run installs one)")
+needs_junit = pytest.mark.skipif(not HAS_JDK or not Path("/usr/share/java/junit4.jar").exists(),
+                                 reason="needs a JDK and Debian's junit4 (.ci/run installs them)")
 
 IB_NAME = socket.gethostname() + "-ib0"
 
@@ -96,6 +97,7 @@ def test_backends_register_their_compss_names(deployment: Deployment) -> None:
     assert names == {"jA": "compss-node-a", "jB": IB_NAME}
 
 
+@needs_junit
 def test_storageitf_junit(deployment: Deployment, tmp_path: Path) -> None:
     client = deployment.client
     c = Counter(7)
@@ -129,6 +131,7 @@ def test_storageitf_junit(deployment: Deployment, tmp_path: Path) -> None:
         client.meta.object(oid2)
 
 
+@needs_jdk
 def test_jar_holds_only_our_classes() -> None:
     import zipfile
 
