@@ -7,14 +7,32 @@ from __future__ import annotations
 
 import argparse
 
+from storage_api import cmdline
+from workflows import datasets
+
 
 def add_training_args(p: argparse.ArgumentParser, *, csv_help: str, seed_help: str) -> None:
-    p.add_argument("--csv", help=csv_help)
+    p.add_argument("--csv", type=cmdline.input_file, help=csv_help)
     p.add_argument("--data-seed", type=int, default=0, help="seed of the generated series (without --csv)")
     p.add_argument("--seed", type=int, default=0, help=seed_help)
-    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--epochs", type=cmdline.positive_int, default=100, help="training epochs per pass (default 100)")
     p.add_argument("--passes", type=int, choices=(1, 2), default=2,
                    help="2 (default): train twice like the paper's code; 1: a single pass")
+    cmdline.add_debug_option(p)
+
+
+def checked_csv(path: str | None) -> str | None:
+    """The text of ``--csv``, checked here (standard library only) before anything heavy starts."""
+    if path is None:
+        return None
+    text = datasets.read_text(path)
+    datasets.check_csv(text, source=path)
+    return text
+
+
+def run(prog: str, main: object) -> None:
+    """End the app as every storage-api command ends; a bad CSV is a mistake too."""
+    cmdline.run(prog, main, mistakes=(datasets.DatasetError,))  # type: ignore[arg-type]
 
 
 def print_metrics(m: dict) -> None:

@@ -15,16 +15,18 @@ import sys
 import time
 from pathlib import Path
 
+PROG = "lstm_baseline"
+
 if not __package__:  # run as a file: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
     sys.path.insert(0, str(Path(__file__).resolve().parent))  # apps/ itself (also under runpy)
-    from _lstm_cli import add_training_args, print_metrics
+    from _lstm_cli import add_training_args, checked_csv, print_metrics, run
 else:
-    from apps._lstm_cli import add_training_args, print_metrics
+    from apps._lstm_cli import add_training_args, checked_csv, print_metrics, run
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     add_training_args(p, csv_help="a timestamp,CPU,MEM file (default: the seeded generator)",
                       seed_help="training seed (torch, numpy, random)")
     p.add_argument("--json", action="store_true", help="print one JSON line")
@@ -34,10 +36,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     args = parse_args(argv)
-    from workflows.models import datasets
+    csv_text = checked_csv(args.csv)  # before torch is imported
     from workflows.models.trainer import LSTMTrainer
 
-    csv_text = datasets.read_text(args.csv) if args.csv else None
     trainer = LSTMTrainer(csv_text, data_seed=args.data_seed, epochs=args.epochs, passes=args.passes)
     result = trainer.train(args.seed)
     result["wall_time"] = time.perf_counter() - start
@@ -56,4 +57,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(PROG, main)

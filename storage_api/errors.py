@@ -25,6 +25,7 @@ __all__ = [
     "MethodNotFound",
     "InvalidArguments",
     "ConfigError",
+    "UsageError",
     "RemoteError",
     "ObjectDeleted",
 ]
@@ -83,6 +84,11 @@ class InvalidArguments(StoreError, TypeError):
 
 class ConfigError(StoreError, ValueError):
     """The configuration is invalid or incomplete."""
+
+
+class UsageError(StoreError, ValueError):
+    """A command was given a bad argument or input (a missing file, an unknown backend): the
+    message says what was wrong and what to do."""
 
 
 class RemoteError(StoreError):

@@ -18,6 +18,7 @@ directory decide which model modules the backends can import.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -252,8 +253,38 @@ def stop(directory: str | os.PathLike[str], *, purge: bool = False) -> bool:
     (d / "deployment.json").unlink(missing_ok=True)
     (d / "client.toml").unlink(missing_ok=True)
     if purge:
-        shutil.rmtree(d, ignore_errors=True)
+        delete_data(d)
     return True
+
+
+#: What a deployment directory holds besides ``deployment.json`` and ``client.toml`` (see the module doc).
+DATA = ("backends", "redis", "logs", "tls", "secret")
+
+
+def data_size(directory: str | os.PathLike[str]) -> int:
+    """Bytes of disk the deployment's data in ``directory`` takes (allocated blocks, as ``du``)."""
+    total = 0
+    for name in DATA:
+        path = Path(directory) / name
+        for p in [path, *(path.rglob("*") if path.is_dir() else ())]:
+            try:
+                total += p.lstat().st_blocks * 512
+            except FileNotFoundError:
+                pass
+    return total
+
+
+def delete_data(directory: str | os.PathLike[str]) -> None:
+    """Delete a stopped deployment's data (only what a deployment writes), then the directory if empty."""
+    d = Path(directory)
+    for name in (*DATA, "deployment.json", "deployment.tmp", "client.toml"):
+        path = d / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        d.rmdir()
 
 
 def local_dir() -> Path:

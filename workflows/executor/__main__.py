@@ -1,7 +1,6 @@
 """``python -m workflows.executor [--workers N] APP.py [args...]``."""
 
-import sys
-
+from storage_api import cmdline
 from workflows.executor import main
 
-sys.exit(main())
+cmdline.run("python -m workflows.executor", main)

@@ -157,6 +157,7 @@ class Engine:
         self._failures: list[BaseException] = []
         self._pool: Any = None
         self._pool_lock = threading.Lock()
+        self._aborted = False
         self._remote: Any = None
         self._kept: dict[str, list[str]] = {}  # backend id -> keys kept there
         self.backend_slots = max(1, backend_slots)  # tasks running at once on one backend
@@ -291,9 +292,11 @@ class Engine:
             kwargs = _rebuild(task.kwargs, self._local_value)
             payload = pickle.dumps((task.spec.wrapper, args, kwargs, task.outputs), protocol=5)
             self.worker_bytes += len(payload)
+            from workflows.quiet import kept_out
+
             from ._worker import run
 
-            fut = self.start_pool().submit(run, payload)
+            fut = self.start_pool().submit(run, payload, kept_out())
             fut.add_done_callback(lambda f: self._events.put(("done", task, ("local", f))))
         elif self._inflight.get(target, 0) >= self.backend_slots:
             self._queued.setdefault(target, collections.deque()).append(task)
@@ -465,19 +468,33 @@ class Engine:
                 import multiprocessing
                 from concurrent.futures import ProcessPoolExecutor
 
-                from ._worker import ready
+                from ._worker import ready, setup
 
-                self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+                self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=setup)
                 for _ in range(self.workers):  # one submission per worker starts them all now
                     self._pool.submit(ready)
             return self._pool
 
+    def abort(self) -> None:
+        """Stop now (Ctrl-C, or the app failed): queued tasks are dropped, local workers stopped
+        (they ignore Ctrl-C, so that it does not print a traceback per worker), and :meth:`close`
+        does not wait for tasks still running on backends."""
+        import multiprocessing
+
+        self._aborted = True
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            for child in multiprocessing.active_children():  # only our workers: multiprocessing's own
+                child.terminate()
+
     def close(self) -> None:
         try:
-            self.barrier()
+            if not self._aborted:
+                self.barrier()
         finally:
             self._events.put(("stop", None, None))
             if self._pool is not None:
-                self._pool.shutdown(wait=True)
+                self._pool.shutdown(wait=not self._aborted)
             if self._remote is not None:
                 self._remote.drop(self._kept)

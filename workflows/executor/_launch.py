@@ -9,6 +9,8 @@ import sys
 import types
 from pathlib import Path
 
+from storage_api import cmdline
+
 SHIM = str(Path(__file__).resolve().parent / "shim")
 
 
@@ -23,11 +25,11 @@ def real_pycompss() -> str | None:
 def parser(prog: str = "python -m workflows.executor") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog,
                                 description="Run a PyCOMPSs app without COMPSs (storage-api's development executor).")
-    p.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+    p.add_argument("--workers", type=cmdline.positive_int, default=os.cpu_count() or 1,
                    help="local worker processes for tasks that do not run on a backend (default: cores)")
-    p.add_argument("--backend-slots", type=int, default=1,
+    p.add_argument("--backend-slots", type=cmdline.positive_int, default=1,
                    help="tasks one backend runs at a time (default 1: one core per backend)")
-    p.add_argument("app", help="the PyCOMPSs application script")
+    p.add_argument("app", type=cmdline.input_file, help="the PyCOMPSs application script")
     p.add_argument("args", nargs=argparse.REMAINDER, help="the app's own arguments")
     return p
 
@@ -66,13 +68,18 @@ def run(app: str, args: list[str], *, workers: int, backend_slots: int = 1) -> i
     sys.modules["__main__"] = app
     code = 0
     try:
+        program = compile(Path(app_path).read_text(), app_path, "exec")
         engine.start_pool()  # the workers' start-up overlaps the app's
-        source = Path(app_path).read_text()
-        exec(compile(source, app_path, "exec"), app.__dict__)
+        exec(program, app.__dict__)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
         if not isinstance(exc.code, int) and exc.code is not None:
             print(exc.code, file=sys.stderr)
+        if code:
+            engine.abort()  # the app failed or was interrupted: its remaining tasks are of no use
+    except BaseException:
+        engine.abort()
+        raise
     finally:
         try:
             engine.close()

@@ -11,6 +11,14 @@ import pickle
 from typing import Any
 
 
+def setup() -> None:
+    """Each worker's start: Ctrl-C in a terminal reaches the whole process group, but it is the
+    launcher's to handle (it stops the workers); a worker would only print a traceback."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def ready() -> bool:
     """A no-op the engine runs once per worker so that all of them are started up front."""
     return True
@@ -32,13 +40,18 @@ def _at(args: list, kwargs: dict, path: tuple) -> Any:
     return where
 
 
-def run(payload: bytes) -> bytes:
+def run(payload: bytes, keep_out: tuple[str, ...] = ()) -> bytes:
     """Run one task; return ``pickle((answer, bytes this worker exchanged with backends))``.
 
+    Unpickling imports the task's function, as the app's process did: without the notices users
+    cannot act on and without the packages the app kept out (``keep_out``, see :mod:`workflows.quiet`).
     Exceptions propagate: the pool carries them to the engine with their traceback.
     """
+    from workflows.quiet import quiet_import
+
     before = _traffic_total()
-    func, args, kwargs, outputs = pickle.loads(payload)
+    with quiet_import(hide=keep_out):
+        func, args, kwargs, outputs = pickle.loads(payload)
     result = func(*args, **kwargs)
     answer = [result, *(_at(args, kwargs, tuple(p)) for p in outputs)]
     return pickle.dumps((answer, _traffic_total() - before), protocol=5)

@@ -85,10 +85,18 @@ def check_csv(text: str, window: int = 6, *, source: str = "CSV") -> int:
     return rows
 
 
+class NotText(DatasetError):
+    """The file is not UTF-8 text."""
+
+
 def read_text(path: str | os.PathLike[str]) -> str:
-    """The text of a CSV file (what a client ships to the backend)."""
-    with open(path, encoding="utf-8") as fh:
-        return fh.read()
+    """The text of a CSV file (what a client ships to the backend); :class:`NotText` if it is not text."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read()
+    except UnicodeDecodeError as exc:
+        raise NotText(f"{os.fspath(path)} is not a UTF-8 text file (byte {exc.start}); "
+                      "expected a CSV with timestamp,CPU,MEM columns") from None
 
 
 def parse_csv(text: str, window: int = 6, *, source: str = "CSV") -> Any:

@@ -1,0 +1,110 @@
+"""How storage-api's commands end: one line per mistake, and an exit status that says its kind.
+
+The ``storage-api`` command, the executor's launcher (``storage-api run``) and the apps all run
+their ``main`` through :func:`run`:
+
+* a mistake (any :class:`~storage_api.errors.StoreError`, e.g. a :class:`~storage_api.errors.UsageError`
+  for a missing file or an unknown backend, or one of the ``mistakes`` types a command names) prints
+  ``PROG: message`` on stderr, one line saying what was wrong and what to do, and exits with 2;
+* Ctrl-C prints ``PROG: interrupted`` and exits with 130 (128 + SIGINT, what shells expect);
+* anything else is a bug: its traceback, exit status 1.
+
+``--debug`` (:func:`add_debug_option`) or ``STORAGE_API_DEBUG=1`` shows the traceback of every
+error instead; the variable reaches the processes a command starts, so ``storage-api --debug run
+APP.py`` debugs the app too. The argument checkers (:func:`positive_int`, :func:`input_file`) are
+for ``argparse``, which reports a bad argument with its usage line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from .errors import StoreError, UsageError
+
+__all__ = ["run", "exit_status", "describe", "add_debug_option", "set_debug", "debugging", "positive_int", "input_file",
+           "EXIT_MISTAKE", "EXIT_INTERRUPTED"]
+
+EXIT_MISTAKE = 2
+EXIT_INTERRUPTED = 130
+DEBUG_ENV = "STORAGE_API_DEBUG"
+
+
+def debugging() -> bool:
+    """Whether errors should show their traceback (``--debug`` or ``STORAGE_API_DEBUG=1``)."""
+    return os.environ.get(DEBUG_ENV, "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
+def set_debug() -> None:
+    """Show tracebacks from now on, here and in the processes this one starts."""
+    os.environ[DEBUG_ENV] = "1"  # an environment variable, so that child processes debug too
+
+
+class _Debug(argparse.Action):
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
+        set_debug()
+        setattr(namespace, self.dest, True)
+
+
+def add_debug_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--debug", action=_Debug, nargs=0, default=False,
+                        help=f"show the traceback of any error (or set {DEBUG_ENV}=1)")
+
+
+def exit_status(prog: str, main: Callable[[], int | None], *,
+                mistakes: tuple[type[BaseException], ...] = ()) -> int:
+    """Run ``main()``; return its exit status after reporting an error as the module docstring says."""
+    try:
+        return int(main() or 0)
+    except SystemExit as exc:  # argparse, or an app's own sys.exit
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        if debugging():
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (StoreError, *mistakes) as exc:
+        if debugging():
+            raise
+        print(f"{prog}: {describe(exc)}", file=sys.stderr)
+        return EXIT_MISTAKE
+
+
+def describe(exc: BaseException) -> str:
+    """The one line that reports a mistake: the message, after its type unless it is a UsageError."""
+    message = " ".join(str(exc).split()) or "(no message)"  # one line, whatever the message holds
+    return message if isinstance(exc, UsageError) else f"{type(exc).__name__}: {message}"
+
+
+def run(prog: str, main: Callable[[Sequence[str] | None], int | None], argv: Sequence[str] | None = None, *,
+        mistakes: tuple[type[BaseException], ...] = ()) -> NoReturn:
+    """``sys.exit`` with the status of ``main(argv)``, errors reported as the module docstring says."""
+    sys.exit(exit_status(prog, lambda: main(argv), mistakes=mistakes))
+
+
+def positive_int(text: str) -> int:
+    """An ``argparse`` type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def input_file(text: str) -> str:
+    """An ``argparse`` type: the path of an existing, readable regular file."""
+    if not os.path.exists(text):
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    if not os.path.isfile(text):
+        raise argparse.ArgumentTypeError(f"{text} is not a file")
+    if not os.access(text, os.R_OK):
+        raise argparse.ArgumentTypeError(f"{text} is not readable (permission denied)")
+    return text

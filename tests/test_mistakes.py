@@ -1,0 +1,299 @@
+"""A newcomer's mistakes: each ends with one line saying what was wrong and what to do, exit status
+2 (130 for Ctrl-C), no traceback unless asked for, and nothing left running or on disk.
+
+Every command runs in a fresh process with a marker in its environment; the processes it starts
+(Redis, backends, workers) inherit it, so "nothing left running" is checked by looking for the
+marker in every process's environment afterwards. ``STORAGE_API_HOME`` and ``TMPDIR`` point into
+the test's directory, so "nothing left on disk" is checked there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from storage_api._metadata import Metadata
+from storage_api._redis import Redis
+from tests.conftest import ROOT
+
+UNREACHABLE_REDIS = "redis://127.0.0.1:1/0"  # configured but never reached: any connection attempt fails
+USAGE_PREFIX = "usage: "
+
+
+class Run:
+    """One command in a marked environment; ``check_clean`` asserts it left nothing behind."""
+
+    def __init__(self, tmp_path: Path, **env: str) -> None:
+        self.marker = uuid.uuid4().hex
+        self.home = tmp_path / "home"
+        self.tmp = tmp_path / "tmp"
+        self.tmp.mkdir()
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("STORAGE_API_")}
+        self.env.update(STORAGE_API_HOME=str(self.home), TMPDIR=str(self.tmp), PYTHONPATH=str(ROOT),
+                        SA_TEST_MARKER=self.marker, **env)
+
+    def __call__(self, *cmd: str, timeout: float = 120, clean: bool = True) -> subprocess.CompletedProcess:
+        proc = subprocess.run(list(cmd), capture_output=True, text=True, cwd=ROOT, env=self.env, timeout=timeout)
+        if clean:
+            self.check_clean()
+        return proc
+
+    def popen(self, *cmd: str) -> subprocess.Popen:
+        return subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=self.env,
+                                start_new_session=True)
+
+    def check_clean(self) -> None:
+        deadline = time.monotonic() + 10  # processes being stopped may take a moment to be reaped
+        while (left := marked_processes(self.marker)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not left, f"left running: {left}"
+        assert not (self.home / "local" / "deployment.json").exists(), "a deployment was left up"
+        # torch makes its (empty) compile cache directory there on import, as a cache it keeps
+        left = [p for p in self.tmp.iterdir() if not p.name.startswith("torchinductor_")]
+        assert not left, f"left in TMPDIR: {left}"
+
+
+def marked_processes(marker: str) -> list[str]:
+    """Command lines of the live processes whose environment holds ``marker``."""
+    found = []
+    needle = f"SA_TEST_MARKER={marker}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"))
+        except OSError:  # gone meanwhile, or a zombie whose environment is no longer readable
+            continue
+    return found
+
+
+def one_line(stderr: str) -> str:
+    """The line a mistake ends with; asserts there is no traceback before it."""
+    assert "Traceback" not in stderr, stderr
+    lines = stderr.strip().splitlines()
+    for line in lines[:-1]:  # argparse's usage lines may come first, nothing else
+        assert line.startswith((USAGE_PREFIX, " ")), stderr
+    return lines[-1]
+
+
+def cli(*args: str) -> tuple[str, ...]:
+    return (sys.executable, "-m", "storage_api", *args)
+
+
+def app(name: str, *args: str) -> tuple[str, ...]:
+    return (sys.executable, f"apps/{name}", *args)
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Run:
+    return Run(tmp_path)
+
+
+# ----------------------------------------------------------------------- missing files
+def test_run_of_a_missing_app(run: Run) -> None:
+    proc = run(*cli("run", "--workers", "2", "nonexistent.py"))
+    assert proc.returncode == 2
+    assert one_line(proc.stderr) == "storage-api run: error: argument app: no such file: nonexistent.py"
+
+
+def test_lstm_csv_missing_or_a_directory(run: Run, tmp_path: Path) -> None:
+    proc = run(*app("lstm_offload.py", "--csv", "/nonexistent"))
+    assert proc.returncode == 2
+    assert one_line(proc.stderr) == "lstm_offload: error: argument --csv: no such file: /nonexistent"
+    proc = run(*app("lstm_offload.py", "--csv", str(tmp_path)))
+    assert proc.returncode == 2
+    assert one_line(proc.stderr) == f"lstm_offload: error: argument --csv: {tmp_path} is not a file"
+
+
+def test_bad_csv_is_refused_before_connecting(tmp_path: Path) -> None:
+    """The CSV is checked on the client first: with a configured Redis that cannot be reached, the
+    message is still the CSV's (a connection attempt would have failed first)."""
+    run = Run(tmp_path, STORAGE_API_REDIS_URL=UNREACHABLE_REDIS, STORAGE_API_SECRET="s")
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"timestamp,CPU,MEM\n\xa1\xff\x00\x01")
+    proc = run(*app("lstm_offload.py", "--csv", str(binary)))
+    assert proc.returncode == 2
+    assert one_line(proc.stderr) == (f"lstm_offload: NotText: {binary} is not a UTF-8 text file (byte 18); "
+                                     "expected a CSV with timestamp,CPU,MEM columns")
+    columns = tmp_path / "columns.csv"
+    columns.write_text("time,cpu_pct,mem_pct\n1,2,3\n")
+    proc = run(*app("lstm_offload.py", "--csv", str(columns)))
+    assert proc.returncode == 2
+    assert one_line(proc.stderr) == (f"lstm_offload: MissingColumns: {columns} lacks column(s) timestamp, CPU, MEM "
+                                     "(header: time,cpu_pct,mem_pct)")
+    proc = run(*app("lstm_baseline.py", "--csv", str(columns)))  # the baseline checks it before importing torch
+    assert proc.returncode == 2 and one_line(proc.stderr).startswith("lstm_baseline: MissingColumns: ")
+
+
+# ----------------------------------------------------------------------- wrong flags
+@pytest.mark.parametrize("cmd, line", [
+    (app("lstm_offload.py", "--epochs", "0"), "lstm_offload: error: argument --epochs: must be at least 1, not 0"),
+    (app("lstm_offload.py", "--epochs", "-1"), "lstm_offload: error: argument --epochs: must be at least 1, not -1"),
+    (app("lstm_offload.py", "--passes", "3"),
+     "lstm_offload: error: argument --passes: invalid choice: 3 (choose from 1, 2)"),
+    (cli("up", "--backends", "0"), "storage-api up: error: argument --backends: must be at least 1, not 0"),
+    (cli("run", "--workers", "0", "apps/csvm.py"),
+     "storage-api run: error: argument --workers: must be at least 1, not 0"),
+    (cli("run", "--workers", "2", "apps/csvm.py", "--processors", "0", "--cores-per-processor", "1"),
+     "csvm: error: argument --processors: must be at least 1, not 0"),
+    (cli("run", "--workers", "2", "apps/csvm.py", "--arity", "1"), "csvm: error: argument --arity: must be at least 2, not 1"),
+], ids=["epochs-0", "epochs-negative", "passes-3", "up-no-backends", "run-no-workers", "csvm-no-processors",
+        "csvm-arity-1"])
+def test_wrong_flags(tmp_path: Path, cmd: tuple[str, ...], line: str) -> None:
+    run = Run(tmp_path, STORAGE_API_REDIS_URL=UNREACHABLE_REDIS, STORAGE_API_SECRET="s")
+    proc = run(*cmd)
+    assert proc.returncode == 2
+    assert one_line(proc.stderr) == line
+    assert proc.stderr.startswith(USAGE_PREFIX)  # the usage line says what the command takes
+
+
+# ----------------------------------------------------------------------- no deployment, unknown backends
+def test_nothing_up(run: Run) -> None:
+    no_redis = ("ConfigError: no metadata Redis configured: run `storage-api up`, or set STORAGE_API_REDIS_URL "
+                "(or redis_url in the file named by STORAGE_API_CONFIG)")
+    proc = run(*cli("status"))
+    assert proc.returncode == 2 and one_line(proc.stderr) == f"storage-api: {no_redis}"
+    proc = run(*cli("run", "--workers", "2", "apps/csvm.py", "--processors", "1", "--cores-per-processor", "1",
+                    "--storage"))
+    assert proc.returncode == 2 and one_line(proc.stderr) == f"csvm: {no_redis}"
+
+
+@pytest.mark.slow
+def test_unknown_backend(run: Run) -> None:
+    """Nothing configured: the app starts an embedded deployment (one backend, b0), refuses the
+    name before building anything on it, and stops the deployment."""
+    proc = run(*app("lstm_offload.py", "--backend", "nope", "--epochs", "1"))
+    assert proc.returncode == 2
+    assert one_line(proc.stderr) == ("lstm_offload: --backend nope: no live backend of that name (live: b0; "
+                                     "`storage-api status` lists them)")
+
+
+# ----------------------------------------------------------------------- running an app the wrong way
+def test_csvm_without_the_launcher(run: Run) -> None:
+    proc = run(*app("csvm.py", "--processors", "1", "--cores-per-processor", "1"))
+    assert proc.returncode == 2
+    assert one_line(proc.stderr) == ("csvm: PyCOMPSs is not importable: run the app with `storage-api run "
+                                     "apps/csvm.py [ARGS]` (storage-api's executor), or under COMPSs with runcompss")
+
+
+def test_debug_shows_the_traceback(run: Run) -> None:
+    proc = run(*cli("--debug", "status"))
+    assert proc.returncode == 1 and "Traceback" in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("storage_api.errors.ConfigError: no metadata Redis")
+    run.env["STORAGE_API_DEBUG"] = "1"
+    proc = run(*app("csvm.py"))
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines()[-1].startswith(
+        "storage_api.errors.UsageError: PyCOMPSs is not importable")
+
+
+# ----------------------------------------------------------------------- Ctrl-C
+def _interrupt_when(proc: subprocess.Popen, text: bytes, timeout: float = 120) -> bytes:
+    """Send SIGINT to the command's process group (as a terminal's Ctrl-C) once stderr shows ``text``."""
+    os.set_blocking(proc.stderr.fileno(), False)
+    seen = b""
+    deadline = time.monotonic() + timeout
+    while text not in seen:
+        assert proc.poll() is None and time.monotonic() < deadline, seen.decode(errors="replace")
+        seen += proc.stderr.read() or b""
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    proc.wait(timeout=60)
+    os.set_blocking(proc.stderr.fileno(), True)
+    return seen + proc.stderr.read()
+
+
+def test_ctrl_c_in_an_executor_run(run: Run, tmp_path: Path) -> None:
+    """Ctrl-C while tasks run in local workers: one line from the launcher, no traceback from any
+    worker, and the workers are stopped at once (their task would sleep for a minute)."""
+    script = tmp_path / "slow.py"
+    script.write_text("import sys, time\n"
+                      "from pycompss.api.task import task\n"
+                      "from pycompss.api.api import compss_wait_on\n"
+                      "@task(returns=1)\n"
+                      "def nap(n):\n"
+                      "    time.sleep(n)\n"
+                      "    return n\n"
+                      "futures = [nap(60) for _ in range(2)]\n"
+                      "print('napping', file=sys.stderr, flush=True)\n"
+                      "compss_wait_on(futures)\n")
+    proc = run.popen(*cli("run", "--workers", "2", str(script)))
+    started = time.monotonic()
+    stderr = _interrupt_when(proc, b"napping").decode()
+    assert time.monotonic() - started < 50
+    assert proc.returncode == 130
+    assert stderr.strip().splitlines() == ["napping", "storage-api: interrupted"]
+    run.check_clean()
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_a_training(run: Run) -> None:
+    """Ctrl-C while the LSTM trains on the embedded deployment: one line, status 130, and the
+    deployment (Redis, the backend, its temporary directory) is gone."""
+    proc = run.popen(*app("lstm_offload.py", "--epochs", "500"))
+    stderr = _interrupt_when(proc, b"pass=1 of 2").decode()
+    assert proc.returncode == 130
+    assert "Traceback" not in stderr
+    assert stderr.replace("\r", "\n").strip().splitlines()[-1] == "lstm_offload: interrupted"  # after the bar
+    run.check_clean()
+
+
+# ----------------------------------------------------------------------- down says what it keeps
+def test_down_says_what_it_keeps_and_purge_deletes_it(run: Run) -> None:
+    local = run.home / "local"
+    up = run(*cli("up", "--backends", "1"), clean=False)
+    assert up.returncode == 0, up.stderr
+    down = run(*cli("down"))
+    assert down.returncode == 0
+    size = down.stdout.split("(")[1].split(":")[0]
+    keeps = (f"its data stays on disk for the next `storage-api up` ({size}: objects in backends/, metadata in "
+             "redis/, logs/): `storage-api down --purge` deletes it\n")
+    assert re.fullmatch(r"\d+\.\d (kB|MB)", size) and down.stdout == f"deployment in {local} stopped; {keeps}"
+    assert (local / "backends" / "b0").is_dir() and (local / "redis").is_dir()
+    again = run(*cli("down"))  # nothing running: it still says what is on disk
+    assert again.stdout == f"no deployment running in {local}; {keeps}"
+    purge = run(*cli("down", "--purge"))  # nothing running: --purge still deletes the data
+    assert purge.returncode == 0
+    assert purge.stdout == f"no deployment running in {local}; its data ({size}) deleted\n"
+    assert not local.exists()
+    assert run(*cli("down", "--purge")).stdout == f"no deployment running in {local}\n"
+
+
+def test_down_purge_deletes_only_what_a_deployment_writes(run: Run, tmp_path: Path) -> None:
+    elsewhere = tmp_path / "mine"
+    elsewhere.mkdir()
+    (elsewhere / "notes.txt").write_text("not the store's")
+    (elsewhere / "logs").mkdir()
+    (elsewhere / "logs" / "b0.log").write_text("x" * 10_000)
+    proc = run(*cli("down", "--purge", "--dir", str(elsewhere)))
+    assert proc.returncode == 0 and proc.stdout.startswith(f"no deployment running in {elsewhere}; its data (")
+    assert [p.name for p in elsewhere.iterdir()] == ["notes.txt"]
+
+
+# ----------------------------------------------------------------------- status lists backends in natural order
+def test_status_lists_backends_in_natural_order(cluster, run: Run) -> None:
+    settings = cluster.settings()
+    namespace = f"natural-{uuid.uuid4().hex[:8]}"
+    meta = Metadata(Redis(settings.redis_url), namespace)
+    try:
+        for name in ("b10", "b2", "b1"):
+            meta.register_backend({"id": uuid.uuid4().hex, "name": name, "host": "127.0.0.1", "port": 1,
+                                   "compss_name": name, "pid": 1}, ttl=60)
+        run.env.update(STORAGE_API_REDIS_URL=settings.redis_url, STORAGE_API_SECRET="s",
+                       STORAGE_API_NAMESPACE=namespace)
+        proc = run(*cli("status"))
+        assert proc.returncode == 0, proc.stderr
+        assert [line.split()[0] for line in proc.stdout.splitlines()[1:4]] == ["b1", "b2", "b10"]
+    finally:
+        keys = meta.redis.execute("KEYS", f"{namespace}:*")
+        if keys:
+            meta.redis.execute("DEL", *keys)
+        meta.redis.close()
