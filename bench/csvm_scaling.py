@@ -8,7 +8,9 @@ holds cores-per-processor x blocks-per-core blocks (the paper's 8 blocks of 128 
 1024 points per core). Cascade arity 2, 5 iterations.
 Blocks are placed contiguously (the app's default); each configuration also runs with round-robin
 blocks. Writes bench/results/csvm_scaling.json and .png; prints execution time and bytes moved
-side by side, with their ratios.
+side by side, with their ratios. Targets, for each size with contiguous blocks: the store moves at
+least 10x fewer bytes, and its execution time is at most 1.25x the time without it; ``--check``
+exits with status 1 when one is missed.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 OUT = ROOT / "bench" / "results"
+
+from bench._targets import Target, add_check_option, exit_status, report  # noqa: E402 - after sys.path
 
 
 def run_app(processors: int, ppb: int, bpc: int, cpp: int, storage: bool, config: str | None,
@@ -41,8 +45,9 @@ def run_app(processors: int, ppb: int, bpc: int, cpp: int, storage: bool, config
         return json.loads(figures.read_text())
 
 
-def main() -> None:
-    p = argparse.ArgumentParser()
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_check_option(p)
     p.add_argument("--blocks-per-core-small", type=int, default=8)
     p.add_argument("--blocks-per-core-big", type=int, default=1)
     p.add_argument("--cores-per-processor", type=int, default=4,
@@ -102,7 +107,15 @@ def main() -> None:
         a.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(OUT / "csvm_scaling.png")
+    targets, values = [], {}
+    for r in rows:
+        size = f"P{r['processors']}_{r['points_per_block']}pts"
+        targets += [Target(f"{size}_fewer_bytes", ">=", 10.0, "x"), Target(f"{size}_time_ratio", "<=", 1.25, "x")]
+        values.update({f"{size}_fewer_bytes": r["bytes_ratio"], f"{size}_time_ratio": r["time_ratio"]})
+    lines, met = report(targets, values)
+    print("\n".join(lines))
+    return exit_status(met, args.check)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -11,6 +11,8 @@ call that succeeds is the failover time (the client retries; the replica is prom
 primary's heartbeat has expired in Redis). The killed backend is restarted (it drops its stale
 copy) and becomes the new replica, and the next round kills the other one. After every round the
 counter must equal the number of acknowledged calls. Results go to ``bench/results/failover.json``.
+Target: every failover within the heartbeat's ttl plus the longest retry pause (``retry_backoff_cap``);
+``--check`` exits with status 1 when one took longer.
 """
 
 from __future__ import annotations
@@ -21,11 +23,15 @@ import os
 import signal
 import statistics
 import tempfile
+import sys
 import time
 from pathlib import Path
 
+from bench._targets import Target, add_check_option, exit_status, report
+
 from storage_api import _context
 from storage_api._client import Client
+from storage_api._config import Settings
 from storage_api._deploy import _local
 
 
@@ -97,13 +103,16 @@ def run(kills: int, interval: float, ttl: float) -> dict:
     }
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_check_option(ap)
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--fast", action="store_true", help="also measure with a 0.2 s heartbeat (ttl 0.6 s)")
     args = ap.parse_args()
     configs = [(1.0, 3.0)] + ([(0.2, 0.6)] if args.fast else [])
     results = []
+    targets: list[Target] = []
+    values: dict[str, float] = {}
     for interval, ttl in configs:
         print(f"heartbeat every {interval} s, ttl {ttl} s: {args.kills} kills of the primary")
         r = run(args.kills, interval, ttl)
@@ -111,10 +120,16 @@ def main() -> None:
         print(f"  failover (kill -> first successful call): median {r['median_ms']:.0f} ms, "
               f"p90 {r['p90_ms']:.0f} ms, min {r['min_ms']:.0f} ms, max {r['max_ms']:.0f} ms "
               f"(bound: ttl {ttl * 1000:.0f} ms + retry backoff)")
+        key = f"max_ms_ttl_{ttl:g}s"
+        targets.append(Target(key, "<=", (ttl + Settings().retry_backoff_cap) * 1000, "ms"))
+        values[key] = r["max_ms"]
     out = Path("bench/results")
     out.mkdir(parents=True, exist_ok=True)
     (out / "failover.json").write_text(json.dumps(results, indent=2))
+    lines, met = report(targets, values)
+    print("\n".join(lines))
+    return exit_status(met, args.check)
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
