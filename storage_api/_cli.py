@@ -35,18 +35,17 @@ def _cmd_down(args: argparse.Namespace) -> int:
     from ._deploy import _local
 
     directory = Path(args.dir or _local.local_dir())
-    size = _human_bytes(_local.data_size(directory))
-    if _local.stop(directory, purge=args.purge):
-        said = f"deployment in {directory} stopped"
+    said = (f"deployment in {directory} stopped" if _local.stop(directory)
+            else f"no deployment running in {directory}")
+    size = _local.data_size(directory)
+    if not size:
+        print(said)
+    elif args.purge:
+        _local.delete_data(directory)
+        print(f"{said}; its data ({_human_bytes(size)}) deleted")
     else:
-        said = f"no deployment running in {directory}"
-        if args.purge and _local.data_size(directory):
-            _local.delete_data(directory)
-    if not _local.data_size(directory):
-        print(said + (f"; its data ({size}) deleted" if args.purge and size != "0 B" else ""))
-    else:
-        print(f"{said}; its data stays on disk for the next `storage-api up` ({size}: objects in backends/, "
-              f"metadata in redis/, logs/): `storage-api down --purge` deletes it")
+        print(f"{said}; its data stays on disk for the next `storage-api up` ({_human_bytes(size)}: objects in "
+              "backends/, metadata in redis/, logs/): `storage-api down --purge` deletes it")
     return 0
 
 
