@@ -30,6 +30,8 @@ if not __package__:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from apps import lstm_envs  # noqa: E402
+from apps._lstm_cli import checked_csv, run  # noqa: E402
+from storage_api import cmdline  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CLASS = "workflows.models.trainer.LSTMTrainer"
@@ -39,15 +41,16 @@ PAPER_T6_GB = {"baseline": 2.1048, "thin client": 0.4283, "backend": 7.0048}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runs", type=int, default=20, help="seeds 0..runs-1")
-    p.add_argument("--epochs", type=int, default=100)
+    p = argparse.ArgumentParser(prog="lstm_report", description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=cmdline.positive_int, default=20, help="seeds 0..runs-1")
+    p.add_argument("--epochs", type=cmdline.positive_int, default=100)
     p.add_argument("--passes", type=int, choices=(1, 2), default=2)
-    p.add_argument("--csv", help="a timestamp,CPU,MEM file (default: the seeded generator)")
+    p.add_argument("--csv", type=cmdline.input_file, help="a timestamp,CPU,MEM file (default: the seeded generator)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "lstm")
     p.add_argument("--venvs", type=Path, default=lstm_envs.DEFAULT_DIR, help="where Table 6's environments live")
     p.add_argument("--no-envs", action="store_true", help="skip Table 6 (building environments takes minutes once)")
     p.add_argument("--quick", action="store_true", help="2 runs x 3 epochs, no Table 6")
+    cmdline.add_debug_option(p)
     args = p.parse_args(argv)
     if args.quick:
         args.runs, args.epochs, args.no_envs = 2, 3, True
@@ -223,6 +226,7 @@ def figures(out: Path, base: list[dict], off: list[dict]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    checked_csv(args.csv)  # before a deployment starts and the environments are built
     args.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     envs = None if args.no_envs else lstm_envs.measure(args.venvs)
@@ -261,4 +265,4 @@ def _cpu_model() -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run("lstm_report", main)
