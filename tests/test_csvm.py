@@ -137,12 +137,23 @@ def _sequential_cascade(n_blocks: int, ppb: int, arity: int, iterations: int) ->
     return svs[0], float(clf.score(x, y.ravel()))
 
 
+def _blocks(cluster) -> set[str]:
+    client = cluster.client()
+    try:
+        return {o.id for o in client.meta.objects() if o.class_path == "workflows.blocks.PersistentBlock"}
+    finally:
+        client.close()
+
+
 def test_csvm_same_model_with_and_without_store(cluster, tmp_path: Path) -> None:
     runs = {}
+    before = _blocks(cluster)
     for mode in ("--storage", "--no-storage"):
         model, figures = tmp_path / f"{mode}.npz", tmp_path / f"{mode}.json"
-        launch(cluster, "apps/csvm.py", *SIZES, mode, "--model", str(model), "--json", str(figures))
+        proc = launch(cluster, "apps/csvm.py", *SIZES, mode, "--model", str(model), "--json", str(figures))
         runs[mode] = (np.load(model), json.loads(figures.read_text()))
+        assert "WARNING" not in proc.stdout + proc.stderr  # dislib's import-time notices are not shown
+    assert _blocks(cluster) == before  # the app deleted its blocks
     (ms, fs), (mn, fn) = runs["--storage"], runs["--no-storage"]
     assert fs["storage"] and not fn["storage"] and fs["points"] == fn["points"] == 4 * 128
     np.testing.assert_array_equal(ms["svs"], mn["svs"])  # same support vectors, same order
@@ -154,3 +165,15 @@ def test_csvm_same_model_with_and_without_store(cluster, tmp_path: Path) -> None
     # (as a set: row order may differ) and a training score within 0.01.
     assert {tuple(r) for r in np.round(ms["svs"], 9)} == {tuple(r) for r in np.round(ref_svs, 9)}
     assert abs(fs["score"] - ref_score) <= 0.01
+
+
+def test_csvm_keep_leaves_its_blocks(cluster, client) -> None:
+    before = _blocks(cluster)
+    proc = launch(cluster, "apps/csvm.py", "--processors", "1", "--cores-per-processor", "1", "--blocks-per-core", "2",
+                  "--arity", "2", "--iterations", "1", "--storage", "--keep")
+    kept = _blocks(cluster) - before
+    assert len(kept) == 2 and "kept 2 blocks in the store (workflows.blocks.PersistentBlock)" in proc.stdout
+    for oid in kept:
+        block = client.get_by_id(oid)
+        assert block.shape == (128, 20)  # served, filled where it lives
+        block.delete_persistent()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import math
 import textwrap
 
@@ -12,6 +13,7 @@ import pytest
 
 import storage_api
 from storage_api import _context
+from storage_api.errors import ObjectNotFound
 from tests.conftest import run_python
 from tests.test_stub import BLOCKER
 from workflows.models import datasets, lstm
@@ -152,10 +154,39 @@ def test_thin_client_app_end_to_end_without_torch_numpy_pandas(cluster, tmp_path
     assert 0 < out["client_rss_mb"] < 60
     assert out["client_total"] >= out["call_time"] >= out["server_time"] > out["train_time"] > 0
     assert out["overhead"] == pytest.approx(out["client_total"] - out["train_time"] - out["eval_time"])
+    assert 0 < out["first_pass_time"] and out["server_time"] > out["first_pass_time"] + out["train_time"]
+    client = cluster.client()
+    try:  # the app deleted the object it built (neither --keep nor --alias)
+        with pytest.raises(ObjectNotFound):
+            client.meta.object(out["object_id"])
+    finally:
+        client.close()
     # the same training, locally, gives the same numbers (unless the backend trains on a GPU)
     if out["device"] == "cpu":
         local = LSTMTrainer(csv_path.read_text(), epochs=2, passes=2, device="cpu").train(3)
         assert out["metrics"] == local["metrics"]
+
+
+def test_thin_client_summary_names_each_figure_and_keep_keeps_the_object(cluster, client):
+    proc = run_python(BLOCKER + textwrap.dedent("""
+        import runpy
+        sys.argv = ["lstm_offload.py", "--epochs", "1", "--backend", "b1", "--keep", "--no-progress"]
+        runpy.run_path("apps/lstm_offload.py", run_name="__main__")
+    """), env={"STORAGE_API_CONFIG": str(cluster.dep.config_path)})
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("offloaded to the configured deployment (") and "1 epochs x 2 passes" in lines[0]
+    assert re.fullmatch(r"  client:  wall [\d.]+ s = start [\d.]+ s \(connect, object built on the backend\) \+ "
+                        r"train call [\d.]+ s; RSS [\d.]+ MiB \(peak [\d.]+\)", lines[1]), lines[1]
+    assert re.fullmatch(r"  backend: train call [\d.]+ s = first pass [\d.]+ s \(untimed, as the paper's\) \+ "
+                        r"timed pass [\d.]+ s \+ eval [\d.]+ s \+ data and metrics [\d.]+ s; memory [\d.]+ MiB "
+                        r"\(mean RSS while training the first pass\)", lines[2]), lines[2]
+    assert re.fullmatch(r"  offloading overhead: [\d.]+ ms \(the client's time for the train call beyond the "
+                        r"backend's work for it\)", lines[3]), lines[3]
+    kept = re.fullmatch(r"  kept the trained object: id ([0-9a-f-]{36})", lines[4])
+    assert kept, lines[4]
+    assert client.meta.object(kept[1]).class_path == "workflows.trainer.LSTMTrainer"
+    client.get_by_id(kept[1]).delete_persistent()
 
 
 def test_trained_model_survives_a_backend_restart(own_cluster, own_client):
