@@ -46,8 +46,8 @@ except ImportError:  # plain `python apps/csvm.py`: main() says how to run the a
 from storage_api import cmdline
 from storage_api.errors import UsageError
 
-# dislib and numpy are imported by main(), after the arguments are checked: the executor's local
-# workers import this file too, and need neither to run the tasks above.
+# dislib and numpy are imported by main(), after the arguments are checked (the executor's local
+# workers import this file too: main() has them import dislib in the background).
 
 SEED = 42
 FEATURES = 20
@@ -128,9 +128,12 @@ def main(argv=None):
         raise UsageError("PyCOMPSs is not importable: run the app with `storage-api run apps/csvm.py [ARGS]` "
                          "(storage-api's executor), or under COMPSs with runcompss")
     backends = _live_backends() if args.storage else []
+    from workflows.executor import warm_up
     from workflows.quiet import quiet_import
 
-    with quiet_import(hide=("torch",)):  # dislib's ds-arrays do not need its tensors' torch
+    hide = ("torch",)  # only dislib's tensors use torch; its ds-arrays do not
+    warm_up("dislib.classification", "workflows.blocks", hide=hide)  # the executor's workers, meanwhile
+    with quiet_import(hide=hide):
         from dislib.classification import CascadeSVM
         from dislib.data.array import Array
 

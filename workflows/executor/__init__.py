@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from ._engine import Future, TaskCancelled, current
 
-__all__ = ["main", "bytes_moved", "Future", "TaskCancelled", "current"]
+__all__ = ["main", "bytes_moved", "warm_up", "Future", "TaskCancelled", "current"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,6 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     from ._launch import main as _main
 
     return _main(argv)
+
+
+def warm_up(*modules: str, hide: tuple[str, ...] = ()) -> None:
+    """Have the local workers import ``modules`` now, in the background (as COMPSs' workers have
+    their libraries loaded before tasks arrive), without their import-time notices and without the
+    packages in ``hide`` (see :mod:`workflows.quiet`). Outside the executor it does nothing."""
+    engine = current()
+    if engine is not None:
+        engine.warm_up(list(modules), hide)
 
 
 def bytes_moved() -> dict[str, int] | None:

@@ -462,18 +462,30 @@ class Engine:
     def start_pool(self) -> Any:
         """Start the local workers (spawned, not forked: the app's process has client threads and
         sockets). Call it while ``sys.modules["__main__"]`` is the app: workers import it as
-        ``__mp_main__`` so the app's functions resolve there."""
+        ``__mp_main__`` so the app's functions resolve there.
+
+        Workers ignore Ctrl-C (a terminal sends it to the whole process group; the launcher stops
+        them): they are spawned while this process ignores it, as a child inherits an ignored
+        signal from its very start, before its interpreter could fail on it; a Ctrl-C during those
+        few milliseconds is lost."""
         with self._pool_lock:
             if self._pool is None:
                 import multiprocessing
+                import signal
                 from concurrent.futures import ProcessPoolExecutor
 
                 from ._worker import ready, setup
 
-                self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                                 initializer=setup)
-                for _ in range(self.workers):  # one submission per worker starts them all now
-                    self._pool.submit(ready)
+                main = threading.current_thread() is threading.main_thread()
+                previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
+                try:
+                    self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                                     initializer=setup)
+                    for _ in range(self.workers):  # one submission per worker starts them all now
+                        self._pool.submit(ready)
+                finally:
+                    if main:
+                        signal.signal(signal.SIGINT, previous)
             return self._pool
 
     def abort(self) -> None:
@@ -487,6 +499,15 @@ class Engine:
             self._pool.shutdown(wait=False, cancel_futures=True)
             for child in multiprocessing.active_children():  # only our workers: multiprocessing's own
                 child.terminate()
+
+    def warm_up(self, modules: list[str], hide: tuple[str, ...] = ()) -> None:
+        """Have each local worker import ``modules`` now (quietly, without ``hide``), while the app
+        prepares its run, instead of in the middle of the first tasks that need them."""
+        from ._worker import warm
+
+        pool = self.start_pool()
+        for _ in range(self.workers):  # one each, as a rule: a worker that misses it imports lazily
+            pool.submit(warm, list(modules), tuple(hide))
 
     def close(self) -> None:
         try:

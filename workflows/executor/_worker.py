@@ -13,10 +13,23 @@ from typing import Any
 
 def setup() -> None:
     """Each worker's start: Ctrl-C in a terminal reaches the whole process group, but it is the
-    launcher's to handle (it stops the workers); a worker would only print a traceback."""
+    launcher's to handle (it stops the workers); a worker would only print a traceback. (Workers
+    are spawned with it ignored already; this covers one spawned later, from another thread.)"""
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def warm(modules: list[str], keep_out: tuple[str, ...]) -> bool:
+    """Import ``modules`` ahead of the tasks that need them (see :meth:`Engine.warm_up`)."""
+    import importlib
+
+    from workflows.quiet import quiet_import
+
+    with quiet_import(hide=keep_out):
+        for name in modules:
+            importlib.import_module(name)
+    return True
 
 
 def ready() -> bool:
