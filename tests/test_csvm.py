@@ -140,7 +140,7 @@ def _sequential_cascade(n_blocks: int, ppb: int, arity: int, iterations: int) ->
 def _blocks(cluster) -> set[str]:
     client = cluster.client()
     try:
-        return {o.id for o in client.meta.objects() if o.class_path == "workflows.blocks.PersistentBlock"}
+        return {o.id for o in client.meta.objects() if o.class_path == "workflows.models.blocks.PersistentBlock"}
     finally:
         client.close()
 
@@ -172,7 +172,7 @@ def test_csvm_keep_leaves_its_blocks(cluster, client) -> None:
     proc = launch(cluster, "apps/csvm.py", "--processors", "1", "--cores-per-processor", "1", "--blocks-per-core", "2",
                   "--arity", "2", "--iterations", "1", "--storage", "--keep")
     kept = _blocks(cluster) - before
-    assert len(kept) == 2 and "kept 2 blocks in the store (workflows.blocks.PersistentBlock)" in proc.stdout
+    assert len(kept) == 2 and "kept 2 blocks in the store (workflows.models.blocks.PersistentBlock)" in proc.stdout
     for oid in kept:
         block = client.get_by_id(oid)
         assert block.shape == (128, 20)  # served, filled where it lives

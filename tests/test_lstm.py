@@ -185,7 +185,7 @@ def test_thin_client_summary_names_each_figure_and_keep_keeps_the_object(cluster
                         r"backend's work for it\)", lines[3]), lines[3]
     kept = re.fullmatch(r"  kept the trained object: id ([0-9a-f-]{36})", lines[4])
     assert kept, lines[4]
-    assert client.meta.object(kept[1]).class_path == "workflows.trainer.LSTMTrainer"
+    assert client.meta.object(kept[1]).class_path == "workflows.models.trainer.LSTMTrainer"
     client.get_by_id(kept[1]).delete_persistent()
 
 
