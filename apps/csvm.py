@@ -184,8 +184,9 @@ def run(args, backends, blocks, CascadeSVM, Array):
 
         for i, backend in enumerate(spread(n_blocks, backends, args.placement)):
             block = PersistentBlock()
-            block.make_persistent(backend=backend)
-            blocks.append(block)
+            with cmdline.uninterrupted():  # so that Ctrl-C never leaves a block main() does not know of
+                block.make_persistent(backend=backend)
+                blocks.append(block)
             y_blocks.append(generate_block(block, ppb, SEED + i))
             x_blocks.append(block)
     else:

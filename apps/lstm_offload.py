@@ -47,6 +47,7 @@ if not __package__:  # run as a file from a checkout where storage_api is not in
 else:
     from apps._lstm_cli import add_training_args, checked_csv, print_metrics, run
 
+from storage_api import cmdline
 from storage_api.errors import UsageError
 
 
@@ -103,7 +104,6 @@ def offload(args: argparse.Namespace, csv_text: str | None, started: float) -> d
         _check_backend(args.backend, storage_api.backends())
     Trainer = storage_api.stub(CLASS)
     trainer = Trainer(csv_text, data_seed=args.data_seed, epochs=args.epochs, passes=args.passes)
-    trainer.make_persistent(alias=args.alias, backend=args.backend)
     events: list[dict] = []
     bar = tqdm(total=args.epochs * args.passes, desc="training on the backend", unit="epoch",
                disable=args.no_progress, file=sys.stderr, dynamic_ncols=True)
@@ -116,6 +116,8 @@ def offload(args: argparse.Namespace, csv_text: str | None, started: float) -> d
 
     finished = False
     try:
+        with cmdline.uninterrupted():  # a Ctrl-C waits for the reply: the object is then known, and deleted
+            trainer.make_persistent(alias=args.alias, backend=args.backend)
         call_start = time.perf_counter()
         with storage_api.on_progress(on_epoch):
             result = trainer.train(args.seed)
@@ -124,7 +126,7 @@ def offload(args: argparse.Namespace, csv_text: str | None, started: float) -> d
         finished = True
     finally:
         bar.close()
-        if args.alias is None and not args.keep:
+        if trainer.getID() is not None and args.alias is None and not args.keep:
             _delete(trainer, wait=finished)
     result.pop("train_loss")
     server = result["train_time"] + result["eval_time"]

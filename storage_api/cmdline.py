@@ -18,14 +18,17 @@ for ``argparse``, which reports a bad argument with its usage line and exit stat
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 from .errors import StoreError, UsageError
 
-__all__ = ["run", "exit_status", "describe", "add_debug_option", "set_debug", "debugging", "positive_int", "input_file",
+__all__ = ["run", "exit_status", "describe", "add_debug_option", "set_debug", "debugging", "uninterrupted", "positive_int", "input_file",
            "EXIT_MISTAKE", "EXIT_INTERRUPTED"]
 
 EXIT_MISTAKE = 2
@@ -86,6 +89,27 @@ def run(prog: str, main: Callable[[Sequence[str] | None], int | None], argv: Seq
         mistakes: tuple[type[BaseException], ...] = ()) -> NoReturn:
     """``sys.exit`` with the status of ``main(argv)``, errors reported as the module docstring says."""
     sys.exit(exit_status(prog, lambda: main(argv), mistakes=mistakes))
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """A block that Ctrl-C does not cut short: a Ctrl-C during it is raised when it ends.
+
+    For a step whose effect must be known to be cleaned up (``make_persistent``: interrupted while
+    waiting for the reply, the object may exist with an id the caller never got). In the main
+    thread only (elsewhere Ctrl-C does not arrive anyway).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt
 
 
 def positive_int(text: str) -> int:

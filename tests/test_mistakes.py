@@ -235,6 +235,30 @@ def test_ctrl_c_in_an_executor_run(run: Run, tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_ctrl_c_during_a_csvm_run_deletes_its_blocks(cluster, run: Run) -> None:
+    """Ctrl-C once the app has made blocks on the backends: one line, status 130, no block left."""
+    client = cluster.client()
+    blocks = lambda: {o.id for o in client.meta.objects() if o.class_path.endswith(".PersistentBlock")}  # noqa: E731
+    try:
+        before = blocks()
+        run.env["STORAGE_API_CONFIG"] = str(cluster.dep.config_path)
+        proc = run.popen(*cli("run", "--workers", "2", "apps/csvm.py", "--processors", "2", "--cores-per-processor",
+                              "1", "--storage"))
+        deadline = time.monotonic() + 120
+        while not blocks() - before:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, stderr = proc.communicate(timeout=120)
+        assert proc.returncode == 130
+        assert one_line(stderr.decode()) == "csvm: interrupted"
+        run.check_clean()
+        assert blocks() == before
+    finally:
+        client.close()
+
+
+@pytest.mark.slow
 def test_ctrl_c_during_a_training(run: Run) -> None:
     """Ctrl-C while the LSTM trains on the embedded deployment: one line, status 130, and the
     deployment (Redis, the backend, its temporary directory) is gone."""
