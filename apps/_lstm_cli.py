@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 
 from storage_api import cmdline
-from workflows import datasets
+from workflows.models import datasets
 
 
 def add_training_args(p: argparse.ArgumentParser, *, csv_help: str, seed_help: str) -> None:
