@@ -37,6 +37,7 @@ from typing import Any
 from ._redis import Redis, RedisReplyError
 from .errors import AliasExists, ObjectNotFound
 
+
 def natural_key(name: str) -> list[Any]:
     """Sort key that orders the numbers in names by value: b2 before b10."""
     return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in re.split(r"(\d+)", name) if part]
