@@ -159,7 +159,8 @@ def test_wrong_flags(tmp_path: Path, cmd: tuple[str, ...], line: str) -> None:
 # ----------------------------------------------------------------------- no deployment, unknown backends
 def test_nothing_up(run: Run) -> None:
     no_redis = ("ConfigError: no metadata Redis configured: run `storage-api up`, or set STORAGE_API_REDIS_URL "
-                "(or redis_url in the file named by STORAGE_API_CONFIG)")
+                "(or redis_url in the file named by STORAGE_API_CONFIG; a client without Redis needs backends and "
+                "a credential: see `storage-api credential issue`)")
     proc = run(*cli("status"))
     assert proc.returncode == 2 and one_line(proc.stderr) == f"storage-api: {no_redis}"
     proc = run(*cli("run", "--workers", "2", "apps/csvm.py", "--processors", "1", "--cores-per-processor", "1",
