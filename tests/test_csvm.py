@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SIZES = ["--processors", "2", "--cores-per-processor", "1", "--blocks-per-core", "2", "--arity", "2",
@@ -57,6 +58,7 @@ def test_backend_tasks_inout_results_and_errors(cluster, tmp_path: Path) -> None
     app.write_text('''
 import os, json
 import numpy as np
+import pytest
 import storage_api
 from pycompss.api.task import task
 from pycompss.api.parameter import INOUT
@@ -145,6 +147,7 @@ def _blocks(cluster) -> set[str]:
         client.close()
 
 
+@pytest.mark.slow
 def test_csvm_same_model_with_and_without_store(cluster, tmp_path: Path) -> None:
     runs = {}
     before = _blocks(cluster)

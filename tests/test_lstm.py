@@ -97,6 +97,7 @@ def test_bad_csvs_are_refused_with_a_clear_error(text, error, words):
     assert issubclass(error, ValueError)
 
 
+@pytest.mark.slow  # the backend imports torch
 def test_bad_csv_error_reaches_an_offloading_client_by_type(client):
     Trainer = storage_api.stub(CLASS)
     with pytest.raises(datasets.NonNumericValue, match="line 9"):
@@ -104,6 +105,7 @@ def test_bad_csv_error_reaches_an_offloading_client_by_type(client):
 
 
 # ------------------------------------------------------------------------- local vs offloaded
+@pytest.mark.slow
 def test_offloaded_training_equals_local_training_and_streams_progress(client):
     csv_text = datasets.to_csv(datasets.generate(seed=4))
     local = LSTMTrainer(csv_text, epochs=2, passes=2, device="cpu")
@@ -129,6 +131,7 @@ def test_offloaded_training_equals_local_training_and_streams_progress(client):
     remote.delete_persistent()
 
 
+@pytest.mark.slow
 def test_one_pass_differs_from_two():
     one = LSTMTrainer(epochs=1, passes=1, device="cpu").train(0)
     two = LSTMTrainer(epochs=1, passes=2, device="cpu").train(0)
@@ -136,6 +139,7 @@ def test_one_pass_differs_from_two():
 
 
 # ----------------------------------------------------------------------------------- thin client
+@pytest.mark.slow
 def test_thin_client_app_end_to_end_without_torch_numpy_pandas(cluster, tmp_path):
     csv_path = tmp_path / "series.csv"
     csv_path.write_text(datasets.to_csv(datasets.generate(seed=5)))
@@ -189,6 +193,7 @@ def test_thin_client_summary_names_each_figure_and_keep_keeps_the_object(cluster
     client.get_by_id(kept[1]).delete_persistent()
 
 
+@pytest.mark.slow
 def test_trained_model_survives_a_backend_restart(own_cluster, own_client):
     trainer = LSTMTrainer(epochs=1, passes=1, device="cpu")
     trainer.make_persistent(backend="b0")
