@@ -9,6 +9,7 @@ URLs: ``redis://[[user]:password@]host[:port][/db]`` and ``unix:///path/to.sock[
 
 from __future__ import annotations
 
+import select
 import socket
 import threading
 from collections.abc import Iterable, Sequence
@@ -23,6 +24,9 @@ class RedisReplyError(StoreError):
 
 
 Command = Sequence[Any]
+
+MAX_BULK = 512 << 20  # Redis' own limit on one string (its default proto-max-bulk-len)
+_CHUNK = 1 << 20
 
 
 def _encode(args: Command) -> bytes:
@@ -63,9 +67,11 @@ class _Conn:
             n = int(rest)
             if n < 0:
                 return None
-            data = self.file.read(n + 2)
-            if len(data) != n + 2:
-                raise ConnectionError("connection closed by Redis")
+            if n > MAX_BULK:
+                raise ConnectionError(f"Redis announced a string of {n} bytes, more than Redis allows")
+            data = self._exact(n + 2)
+            if data[-2:] != b"\r\n":
+                raise ConnectionError("Redis reply out of step: a string without its CRLF")
             return data[:-2].decode()
         if prefix == b"*":
             n = int(rest)
@@ -73,6 +79,24 @@ class _Conn:
                 return None
             return [self.read() for _ in range(n)]
         raise ConnectionError(f"unexpected Redis reply {line[:40]!r}")
+
+    def _exact(self, n: int) -> bytes:
+        # In bounded pieces: memory grows with what arrives, not with what a length announces.
+        parts = []
+        while n:
+            chunk = self.file.read(min(n, _CHUNK))
+            if not chunk:
+                raise ConnectionError("connection closed by Redis")
+            parts.append(chunk)
+            n -= len(chunk)
+        return b"".join(parts)
+
+    def stale(self) -> bool:
+        """Whether this idle connection has something to read: Redis closed it (its ``timeout``
+        setting, ``CLIENT KILL``, a restart) or it is out of step. Either way it must not be used."""
+        poller = select.poll()  # not recv(MSG_DONTWAIT): on a socket with a timeout, that waits
+        poller.register(self.sock, select.POLLIN)
+        return bool(poller.poll(0))
 
     def close(self) -> None:
         try:
@@ -104,8 +128,13 @@ class Redis:
                 except ValueError:
                     raise ConfigError(f"Redis URL {url!r}: database must be a number") from None
         elif parts.scheme == "unix":
+            if not parts.path:
+                raise ConfigError(f"Redis URL {url!r} names no socket path")
             self._unix = parts.path
-            db = int(parse_qs(parts.query).get("db", ["0"])[0])
+            try:
+                db = int(parse_qs(parts.query).get("db", ["0"])[0])
+            except ValueError:
+                raise ConfigError(f"Redis URL {url!r}: database must be a number") from None
         else:
             raise ConfigError(f"unsupported Redis URL {url!r} (use redis://host:port/db or unix:///path)")
         self._user = unquote(parts.username) if parts.username else None
@@ -144,11 +173,19 @@ class Redis:
         conn.send(b"".join(_encode(c) for c in commands))
         return [conn.read() for _ in commands]
 
+    def _pooled(self) -> _Conn:
+        """An idle pooled connection that is still good, else a new one."""
+        while True:
+            with self._lock:
+                conn = self._pool.pop() if self._pool else None
+            if conn is None:
+                return self._connect()
+            if not conn.stale():
+                return conn
+            conn.close()
+
     def _run(self, commands: Sequence[Command]) -> list[Any]:
-        with self._lock:
-            conn = self._pool.pop() if self._pool else None
-        if conn is None:
-            conn = self._connect()
+        conn = self._pooled()
         try:
             replies = self._roundtrip(conn, commands)
         except (OSError, ValueError) as exc:

@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,6 +19,7 @@ import pytest
 from storage_api import _context
 from storage_api._client import Client
 from storage_api._deploy import _local
+from storage_api._deploy._procs import terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 os.chdir(ROOT)
@@ -109,6 +110,26 @@ def own_cluster(tmp_path: Path) -> Iterator[Cluster]:
     c = _start(tmp_path / "deploy", 2, FAST_HEARTBEAT)
     yield c
     _local.stop(c.dir, purge=True)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A password-protected Redis of its own, for the unit tests of the RESP client and the
+    metadata scripts (each test uses keys of its own)."""
+    d = tmp_path_factory.mktemp("redis")
+    (d / "logs").mkdir()
+    proc, url = _local._start_redis(d, d / "logs")
+    yield url
+    terminate([proc.pid], 10)
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 20.0, what: str = "the condition") -> None:
+    """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} did not hold within {timeout:g} s")
+        time.sleep(0.005)
 
 
 def _installed(cluster: Cluster) -> Iterator[Client]:
