@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,7 +20,8 @@ import pytest
 from storage_api import _context
 from storage_api._client import Client
 from storage_api._deploy import _local
-from storage_api._deploy._procs import terminate
+from storage_api._deploy._procs import alive, terminate
+from storage_api.errors import ObjectNotFound
 
 ROOT = Path(__file__).resolve().parent.parent
 os.chdir(ROOT)
@@ -104,6 +106,37 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     _local.stop(c.dir, purge=True)  # its logs' preallocated segments are large
 
 
+@pytest.fixture(autouse=True)
+def _shared_cluster_left_as_found(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test on the shared deployment leaves it as it found it: the objects it made (in this
+    process or any other) are deleted, which frees their aliases, and both backends still serve,
+    as the same processes. A test that breaks this errors at teardown, before the next one runs."""
+    if "cluster" not in request.fixturenames:
+        yield
+        return
+    cluster: Cluster = request.getfixturevalue("cluster")
+    janitor = cluster.client(import_classes=False)  # stubs: no model module is imported here
+    try:
+        before = {r.id for r in janitor.meta.objects()}
+        yield
+        previous = _context.install(janitor)  # handles act through the process's runtime
+        try:
+            for oid in sorted({r.id for r in janitor.meta.objects()} - before):
+                try:
+                    janitor.get_by_id(oid).delete_persistent()
+                except ObjectNotFound:  # deleted meanwhile (by the test's own background work)
+                    pass
+        finally:
+            _context.install(previous)
+        running = [b.name for b in cluster.dep.backends if alive(b.pid)]
+        assert running == [b.name for b in cluster.dep.backends], f"the test stopped shared backends: {running} run"
+        expected = {b.name: (True, b.pid) for b in cluster.dep.backends}
+        wait_for(lambda: {b.name: (b.alive, b.pid) for b in janitor.backends()} == expected, 10,
+                 "the shared deployment's backends registered alive")  # a late heartbeat passes
+    finally:
+        janitor.close()
+
+
 @pytest.fixture
 def own_cluster(tmp_path: Path) -> Iterator[Cluster]:
     """A private deployment for tests that kill or stop backends (with a short heartbeat)."""
@@ -121,6 +154,12 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     proc, url = _local._start_redis(d, d / "logs")
     yield url
     terminate([proc.pid], 10)
+
+
+def unique(name: str) -> str:
+    """``name`` made unique, for aliases on the shared deployment (a rerun or a failed test
+    cannot leave one taken)."""
+    return f"{name}-{uuid.uuid4().hex[:8]}"
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 20.0, what: str = "the condition") -> None:

@@ -11,6 +11,7 @@ from storage_api import errors
 from storage_api._object import RemoteMethod
 from storage_api.errors import (AliasExists, ClassNotFound, InvalidArguments, MethodNotFound, ObjectNotFound,
                                 RemoteError, StoreError)
+from tests.conftest import unique
 from tests.models import Counter, Holder
 
 
@@ -66,23 +67,25 @@ def test_unknown_object_and_alias(client):
     with pytest.raises(ObjectNotFound):
         storage_api.get_by_id("00000000-0000-4000-8000-000000000000")
     with pytest.raises(KeyError):  # ObjectNotFound is a KeyError
-        Counter.get_by_alias("never-registered")
+        Counter.get_by_alias(unique("never-registered"))
 
 
 def test_alias_exists(client):
+    name = unique("taken")
     a = Counter(1)
-    a.make_persistent(alias="taken-alias")
+    a.make_persistent(alias=name)
     b = Counter(2)
     with pytest.raises(AliasExists):
-        b.make_persistent(alias="taken-alias")
+        b.make_persistent(alias=name)
     assert b.getID() is None  # nothing half-done
-    assert Counter.get_by_alias("taken-alias").get() == 1
+    assert Counter.get_by_alias(name).get() == 1
 
 
 def test_alias_of_another_class(client):
-    Holder().make_persistent(alias="a-holder")
+    name = unique("a-holder")
+    Holder().make_persistent(alias=name)
     with pytest.raises(ObjectNotFound):
-        Counter.get_by_alias("a-holder")
+        Counter.get_by_alias(name)
 
 
 def test_unserializable_result(client):

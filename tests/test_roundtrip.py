@@ -8,6 +8,7 @@ import pytest
 import storage_api
 from storage_api import State
 from storage_api.errors import ObjectDeleted, ObjectNotFound
+from tests.conftest import unique
 from tests.models import Counter, Holder, Node
 
 
@@ -56,11 +57,12 @@ def test_backend_choice_by_record_or_name(client):
 
 
 def test_get_by_alias_and_id_return_the_same_object(client):
+    name = unique("roundtrip")
     c = Counter(3)
-    c.make_persistent(alias="alias-roundtrip")
+    c.make_persistent(alias=name)
     fresh = client.get_by_id(c.getID())
     assert fresh is c  # one handle per object while it is alive
-    other = Counter.get_by_alias("alias-roundtrip")
+    other = Counter.get_by_alias(name)
     assert other.getID() == c.getID()
     assert other.inc() == 4
 
@@ -68,13 +70,14 @@ def test_get_by_alias_and_id_return_the_same_object(client):
 def test_get_by_alias_from_another_client_process(client, cluster):
     from tests.conftest import run_python
 
+    name = unique("other-process")
     c = Counter(10)
-    c.make_persistent(alias="alias-other-process")
+    c.make_persistent(alias=name)
     code = (
         "import storage_api\n"
         "from tests.models import Counter\n"
         f"storage_api.connect({str(cluster.dep.config_path)!r})\n"
-        "c = Counter.get_by_alias('alias-other-process')\n"
+        f"c = Counter.get_by_alias({name!r})\n"
         "print(c.inc(5))\n"
     )
     out = run_python(code)
@@ -92,8 +95,9 @@ def test_camelcase_aliases_for_compss_users(client):
 
 
 def test_delete_persistent(client):
+    name = unique("deleted")
     c = Counter(1)
-    c.make_persistent(alias="alias-deleted")
+    c.make_persistent(alias=name)
     oid = c.getID()
     c.delete_persistent()
     with pytest.raises(ObjectDeleted):
@@ -101,9 +105,9 @@ def test_delete_persistent(client):
     with pytest.raises(ObjectNotFound):
         storage_api.get_by_id(oid)
     with pytest.raises(ObjectNotFound):
-        Counter.get_by_alias("alias-deleted")
+        Counter.get_by_alias(name)
     d = Counter(2)
-    d.make_persistent(alias="alias-deleted")  # the alias is free again
+    d.make_persistent(alias=name)  # the alias is free again
     assert d.get() == 2
 
 

@@ -8,7 +8,7 @@ import textwrap
 import numpy as np
 
 import storage_api
-from tests.conftest import run_python
+from tests.conftest import run_python, unique
 from tests.models import Counter, Holder
 
 BLOCKER = textwrap.dedent("""
@@ -27,9 +27,10 @@ BLOCKER = textwrap.dedent("""
 
 
 def test_stub_client_without_model_numpy_or_torch(cluster, client):
+    alias = unique("thin-counter")
     # objects created by a full client, read by the thin one
     h = Holder(np.arange(10.0))
-    h.make_persistent(alias="thin-holder")
+    h.make_persistent(alias=unique("thin-holder"))
     code = BLOCKER + textwrap.dedent(f"""
         import json
         import storage_api
@@ -40,10 +41,10 @@ def test_stub_client_without_model_numpy_or_torch(cluster, client):
         Counter = storage_api.stub("tests.models.Counter")
         out = {{}}
         c = Counter(5)
-        c.make_persistent(alias="thin-counter")
+        c.make_persistent(alias={alias!r})
         out["inc"] = c.inc(2)
         out["value"] = c.value
-        out["alias"] = Counter.get_by_alias("thin-counter").get()
+        out["alias"] = Counter.get_by_alias({alias!r}).get()
         try:
             c.inc(1, 2, 3)
         except InvalidArguments as exc:
