@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
 import numpy as np
 
 from storage_api import ActiveObject, activemethod
+
+
+# Rendezvous points of concurrent calls on a backend, by name (tests pick unique names).
+_barriers: dict[str, threading.Barrier] = {}
+_gates: dict[str, threading.Event] = {}
+_points = threading.Lock()
+
+
+def _barrier(name: str, parties: int, timeout: float) -> threading.Barrier:
+    with _points:
+        return _barriers.setdefault(name, threading.Barrier(parties, timeout=timeout))
+
+
+def _gate(name: str) -> threading.Event:
+    with _points:
+        return _gates.setdefault(name, threading.Event())
 
 
 class Counter(ActiveObject):
@@ -41,6 +58,25 @@ class Counter(ActiveObject):
     def sleep(self, seconds: float) -> float:
         time.sleep(seconds)
         return seconds
+
+    @activemethod(readonly=True)
+    def meet(self, name: str, parties: int, timeout: float) -> bool:
+        """True once ``parties`` calls of ``name`` are inside at the same time; False if they
+        never are within ``timeout`` (calls that run one after the other never meet)."""
+        try:
+            _barrier(name, parties, timeout).wait()
+        except threading.BrokenBarrierError:
+            return False
+        return True
+
+    @activemethod(readonly=True)
+    def hold(self, gate: str, timeout: float) -> bool:
+        """Return when ``release(gate)`` is called (True), or after ``timeout`` (False)."""
+        return _gate(gate).wait(timeout)
+
+    @activemethod(readonly=True)
+    def release(self, gate: str) -> None:
+        _gate(gate).set()
 
     @activemethod(readonly=True)
     def where(self) -> str:
