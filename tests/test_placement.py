@@ -15,6 +15,7 @@ from storage_api._retry import Backoff, Retry
 from storage_api._serial import dumps
 from storage_api.errors import CommunicationError, ObjectNotFound
 
+from .conftest import wait_for
 from .models import Counter, Holder
 
 
@@ -25,6 +26,15 @@ def _ids(client) -> dict[str, str]:
 def _direct(client, backend: str, oid: str, method: str, *args, rid=None):
     """Call a method on one particular backend's copy, bypassing routing."""
     return client._send(_ids(client)[backend], *dumps(("call", oid, method, args, {}, rid)))
+
+
+def _gone_from(client, backend: str, oid: str) -> bool:
+    """Whether that backend no longer serves the object (it answers ObjectNotFound)."""
+    try:
+        _direct(client, backend, oid, "get")
+    except ObjectNotFound:
+        return True
+    return False
 
 
 def _hammer(obj, threads: int, calls: int, results: list, errors: list, stop: threading.Event | None = None):
@@ -114,10 +124,7 @@ def test_replicas_take_every_write_and_serve_reads(cluster, client):
         _direct(client, "b1", oid, "inc", 1, rid="direct-1")
     c.drop_replica("b1")
     assert c.replicas() == []
-    with pytest.raises(ObjectNotFound):
-        for _ in range(50):  # the drop notice is asynchronous
-            _direct(client, "b1", oid, "get")
-            time.sleep(0.02)
+    wait_for(lambda: _gone_from(client, "b1", oid), 20, "b1 to drop its copy")  # the notice is asynchronous
 
 
 def test_delete_removes_the_replicas(cluster, client):
@@ -127,10 +134,7 @@ def test_delete_removes_the_replicas(cluster, client):
     c.delete_persistent()
     with pytest.raises(ObjectNotFound):
         client.placement(oid)
-    with pytest.raises(ObjectNotFound):
-        for _ in range(50):
-            _direct(client, "b0", oid, "get")
-            time.sleep(0.02)
+    wait_for(lambda: _gone_from(client, "b0", oid), 20, "b0 to drop its replica")
 
 
 def test_copy_is_a_new_independent_object(cluster, client):
@@ -168,8 +172,7 @@ def test_failover_after_kill_loses_no_acknowledged_write(own_cluster, own_client
     errors: list[Exception] = []
     stop = threading.Event()
     pool = _hammer(c, threads=4, calls=10_000, results=results, errors=errors, stop=stop)
-    while len(results) < 200:
-        time.sleep(0.005)
+    wait_for(lambda: len(results) >= 200 or errors, 60, "200 calls before the kill")
     own_cluster.kill("b0", signal.SIGKILL)
     killed_at = len(results)
     deadline = time.monotonic() + 20
