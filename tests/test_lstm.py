@@ -211,6 +211,7 @@ def test_trained_model_survives_a_backend_restart(own_cluster, own_client):
         fresh.close()
 
 
+@pytest.mark.slow  # the backend imports torch
 def test_thin_client_app_reports_a_bad_csv(cluster, tmp_path):
     csv_path = tmp_path / "bad.csv"
     csv_path.write_text(ramp_csv(40).replace(",7,114", ",n/a,114"))
