@@ -179,9 +179,11 @@ def test_futures(client):
     c.make_persistent()
     futures = [c.inc.submit(1) for _ in range(50)]
     assert sorted(f.result(timeout=10) for f in futures) == list(range(1, 51))
-    slow = c.sleep.submit(0.3)
-    assert not slow.done()
-    assert slow.result(timeout=5) == 0.3
+    gate = unique("gate")
+    held = c.hold.submit(gate, 60.0)  # returns when released: a future that cannot be done yet
+    assert not held.done()
+    c.release(gate)
+    assert held.result(timeout=30) is True
 
 
 def test_transient_objects_run_locally(client):
