@@ -205,3 +205,32 @@ def test_defers_to_real_pycompss(tmp_path: Path) -> None:
     proc = run_launcher(tmp_path, SCRIPT, env={"PYTHONPATH": f"{ROOT}:{tmp_path / 'site'}"})
     assert proc.returncode == 3
     assert "runcompss" in proc.stderr and "RESULT" not in proc.stdout
+
+
+def test_constraints_are_accepted_and_a_reduction_is_one_call_on_the_whole_collection(tmp_path: Path) -> None:
+    script = '''
+import json
+from pycompss.api.task import task
+from pycompss.api.constraint import constraint
+from pycompss.api.reduction import reduction
+from pycompss.api.parameter import COLLECTION_IN
+from pycompss.api.api import compss_wait_on
+
+@constraint(computing_units="2")
+@task(returns=1)
+def square(x):
+    return x * x
+
+@reduction(chunk_size="2")
+@task(returns=1, xs=COLLECTION_IN)
+def gather(xs):
+    return [len(xs), sum(xs)]
+
+if __name__ == "__main__":
+    squares = [square(i) for i in range(5)]
+    print("RESULT " + json.dumps(compss_wait_on(gather(squares))))
+'''
+    proc = run_launcher(tmp_path, script)
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))
+    assert json.loads(line[len("RESULT "):]) == [5, 30]  # one call saw all five squares
