@@ -22,6 +22,11 @@ from .errors import CommunicationError, ConfigError, StoreError
 class RedisReplyError(StoreError):
     """Redis answered a command with an error reply."""
 
+    @property
+    def code(self) -> str:
+        """The reply's error code, its first word (``ERR``, ``LOADING``, ``NOAUTH``, ...)."""
+        return str(self.args[0]).split(" ", 1)[0] if self.args else ""
+
 
 Command = Sequence[Any]
 

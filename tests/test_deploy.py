@@ -60,3 +60,49 @@ def test_a_system_redis_is_preferred_to_one_a_python_package_put_on_path(tmp_pat
     assert _local.redis_binary() == str(system / "redis-server")
     monkeypatch.setenv("PATH", str(shims))
     assert _local.redis_binary() == str(shims / "redis-server")
+
+
+@pytest.mark.slow  # a million keys to load
+def test_a_restarted_deployment_waits_for_redis_to_load_its_data(tmp_path):
+    """Redis answers PING while it still loads its append-only file and refuses every other
+    command meanwhile (LOADING): `up` must wait for the data, not fail on it."""
+    from storage_api import _context
+    from storage_api._client import Client
+    from storage_api._redis import Redis, RedisReplyError
+    from tests.conftest import wait_for
+    from tests.models import Counter
+
+    def connected(dep):
+        client = Client(dep.settings())
+        return client, _context.install(client)
+
+    dep = _local.start(tmp_path / "d", 1, log_level="WARNING")
+    try:
+        client, previous = connected(dep)
+        try:
+            oid = Counter(7).make_persistent()
+        finally:
+            _context.install(previous)
+            client.close()
+        r = Redis(dep.redis_url, timeout=60)
+        try:  # enough metadata that loading it takes a while
+            r.execute("DEBUG", "POPULATE", 1_000_000, "filler")
+        except RedisReplyError:  # DEBUG disabled: the slow way
+            for start in range(0, 1_000_000, 20_000):
+                r.pipeline([("SET", f"filler:{i}", "x") for i in range(start, start + 20_000)])
+        r.execute("BGREWRITEAOF")
+        wait_for(lambda: "aof_rewrite_in_progress:0" in r.execute("INFO", "persistence")
+                 and "aof_rewrite_scheduled:0" in r.execute("INFO", "persistence"), 60, "the AOF rewrite")
+        r.close()
+    finally:
+        _local.stop(tmp_path / "d")
+    dep = _local.start(tmp_path / "d", 1, log_level="WARNING")
+    try:
+        client, previous = connected(dep)
+        try:
+            assert client.get_by_id(oid).get() == 7
+        finally:
+            _context.install(previous)
+            client.close()
+    finally:
+        _local.stop(tmp_path / "d")

@@ -57,7 +57,7 @@ def test_error_replies_raise_a_typed_error_and_the_connection_stays_usable(r: Re
     r.execute("SET", k, "not a number")
     with pytest.raises(RedisReplyError, match="not an integer") as info:
         r.execute("INCR", k)
-    assert isinstance(info.value, StoreError)
+    assert isinstance(info.value, StoreError) and info.value.code == "ERR"
     with pytest.raises(RedisReplyError, match="MY failure"):
         r.execute("EVAL", "return redis.error_reply('MY failure')", 0)
     with pytest.raises(RedisReplyError, match="unknown command"):
@@ -367,8 +367,9 @@ def test_crafted_replies_parse(scripted, raw: bytes, value) -> None:
 def test_a_crafted_error_reply_is_raised_with_its_message(scripted) -> None:
     server = scripted([b"-WRONGTYPE custom message\r\n", b"+OK\r\n"])
     client = Redis(server.url)
-    with pytest.raises(RedisReplyError, match="WRONGTYPE custom message"):
+    with pytest.raises(RedisReplyError, match="WRONGTYPE custom message") as info:
         client.execute("GET", "k")
+    assert info.value.code == "WRONGTYPE"
     assert client.execute("PING") == "OK" and server.connections == 1
     client.close()
 

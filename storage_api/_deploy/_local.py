@@ -39,7 +39,7 @@ from .. import _context, _pki
 from ._procs import alive as _alive, tail as _tail, terminate as _terminate
 from .._config import Settings, home as default_home, read_file, to_toml
 from .._metadata import Metadata
-from .._redis import Redis
+from .._redis import Redis, RedisReplyError
 from ..errors import CommunicationError, ConfigError, StoreError
 
 START_TIMEOUT = 30.0
@@ -157,7 +157,12 @@ def _start_redis(directory: Path, logs: Path, binary: str | None = None) -> tupl
                     client.close()
                     return Process("redis", proc.pid, str(log_path)), url
             except CommunicationError:
-                time.sleep(0.05)
+                pass
+            except RedisReplyError as exc:  # LOADING: it answers, but until its data is in, only that
+                if exc.code != "LOADING":
+                    raise
+                deadline = time.monotonic() + 10  # it is working: wait as long as the load takes
+            time.sleep(0.05)
         client.close()
         last_error = _tail(str(log_path))
         if proc.poll() is None:
