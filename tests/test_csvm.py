@@ -170,6 +170,7 @@ def test_csvm_same_model_with_and_without_store(cluster, tmp_path: Path) -> None
     assert abs(fs["score"] - ref_score) <= 0.01
 
 
+@pytest.mark.slow  # a whole Cascade SVM run
 def test_csvm_keep_leaves_its_blocks(cluster, client) -> None:
     before = _blocks(cluster)
     proc = launch(cluster, "apps/csvm.py", "--processors", "1", "--cores-per-processor", "1", "--blocks-per-core", "2",

@@ -171,6 +171,7 @@ def test_thin_client_app_end_to_end_without_torch_numpy_pandas(cluster, tmp_path
         assert out["metrics"] == local["metrics"]
 
 
+@pytest.mark.slow  # trains on the backend
 def test_thin_client_summary_names_each_figure_and_keep_keeps_the_object(cluster, client):
     proc = run_python(BLOCKER + textwrap.dedent("""
         import runpy

@@ -8,6 +8,7 @@ import uuid
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.conftest import ROOT, run_python
 
@@ -39,6 +40,7 @@ def test_the_store_never_imports_the_workflow_layer():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow  # imports torch in a fresh interpreter
 def test_old_module_paths_name_the_same_modules():
     """`workflows.trainer` & co. are the moved modules themselves, not copies (pickles resolve either way)."""
     out = run_python(
