@@ -2,14 +2,14 @@
 
 A :class:`Client` is the process's runtime (see :mod:`storage_api._context`). Backends run one too,
 with a local fast path for objects they hold, so objects on one backend can call objects on
-another. Every operation is written once: it builds a request and hands it to a
-:class:`~storage_api._rpc.Channel`, which returns either the result or a future of it.
+another. Every operation is written once: it builds a message (:mod:`storage_api._messages`) and
+hands it to a :class:`~storage_api._rpc.Channel`, which returns either the result or a future of
+it. :meth:`Client.send` sends any message to a backend: tools built on the store use it.
 """
 
 from __future__ import annotations
 
 import os
-import pickle
 import random
 import threading
 import time
@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import _handshake, _progress, _wire
+from . import _messages as m
 from ._config import Settings
 from ._metadata import BackendInfo, Metadata, ObjectRecord
 from ._object import ActiveObject, RemoteMethod, State, become_handle, import_class, make_handle, state_of
@@ -91,9 +92,7 @@ class Client:
         if self.local is not None and bid == self.local.id:
             self.local.adopt(obj, oid, alias)
             return oid
-        state_body, buffers = dumps(state_of(obj))
-        body = pickle.dumps(("persist", oid, path, alias, state_body), protocol=5)
-        self._send(bid, body, buffers, flags=_wire.FLAG_STREAM)
+        self._send(bid, *m.encode(m.Persist(oid, path, alias, m.Blob(*dumps(state_of(obj))))))
         become_handle(obj, oid, bid)
         self._locations[oid] = bid
         return oid
@@ -102,8 +101,7 @@ class Client:
         args, kwargs = obj.__dict__["_sa_init"]
         oid = str(uuid.uuid4())
         bid = self._choose_backend(backend)
-        body, buffers = dumps(("new", oid, type(obj)._sa_class_path, alias, args, kwargs))
-        self._send(bid, body, buffers)
+        self.send(bid, m.New(oid, type(obj)._sa_class_path, alias, args, kwargs))
         become_handle(obj, oid, bid)
         self._locations[oid] = bid
         return oid
@@ -112,14 +110,14 @@ class Client:
         listener = _progress.listener()
         on_event = None if listener is None else (lambda body: listener(loads(body, placeholders=self._placeholders)))
         rid = None if method.readonly else os.urandom(16).hex()  # lets a retried call run once
-        return self._object_request(obj, ("call", obj._sa_id, method.name, args, kwargs, rid), wait=wait,
+        return self._object_request(obj, m.Call(obj._sa_id, method.name, args, kwargs, rid), wait=wait,
                                     on_event=on_event, read=method.readonly)
 
     def get_attr(self, obj: ActiveObject, name: str) -> Any:
-        return self._object_request(obj, ("getattr", obj._sa_id, name), read=True)
+        return self._object_request(obj, m.GetAttr(obj._sa_id, name), read=True)
 
     def set_attr(self, obj: ActiveObject, name: str, value: Any) -> None:
-        self._object_request(obj, ("setattr", obj._sa_id, name, value))
+        self._object_request(obj, m.SetAttr(obj._sa_id, name, value))
 
     def delete(self, obj: ActiveObject) -> None:
         oid = obj._sa_id
@@ -127,7 +125,7 @@ class Client:
         if obj._sa_state is State.RESIDENT and self.local is not None:
             self.local.delete(oid)
         else:
-            self._object_request(obj, ("delete", oid))
+            self._object_request(obj, m.Delete(oid))
         obj.__dict__["_sa_state"] = State.DELETED
         self._locations.pop(oid, None)
 
@@ -136,7 +134,7 @@ class Client:
         """Make ``backend`` the object's primary; return the ids moved (with ``recursive``, the
         persistent objects it references that were on the same backend follow it)."""
         target = self._choose_backend(backend)
-        moved = self._object_request(obj, ("move", obj._sa_id, target, recursive))
+        moved = self._object_request(obj, m.Move(obj._sa_id, target, recursive))
         for oid in moved:
             self._locations[oid] = target
             self._replicas.pop(oid, None)
@@ -145,13 +143,11 @@ class Client:
         return moved
 
     def new_replica(self, obj: ActiveObject, backend: Any) -> None:
-        target = self._choose_backend(backend)
-        self._object_request(obj, ("replicate", obj._sa_id, target))
+        self._object_request(obj, m.Replicate(obj._sa_id, self._choose_backend(backend)))
         self._replicas.pop(obj._sa_id, None)  # type: ignore[arg-type]
 
     def drop_replica(self, obj: ActiveObject, backend: Any) -> None:
-        target = self._choose_backend(backend)
-        self._object_request(obj, ("unreplicate", obj._sa_id, target))
+        self._object_request(obj, m.Unreplicate(obj._sa_id, self._choose_backend(backend)))
         self._replicas.pop(obj._sa_id, None)  # type: ignore[arg-type]
 
     def placement(self, oid: str) -> ObjectRecord:
@@ -166,7 +162,7 @@ class Client:
         rec = self._refresh(None, oid)
         bid = rec.backend if target is None else self._choose_backend(target)
         new_id = new_id or str(uuid.uuid4())
-        return self._request(oid, ("copy", oid, bid, new_id))
+        return self._request(oid, m.Copy(oid, bid, new_id))
 
     def get_by_id(self, oid: str) -> ActiveObject:
         if self.local is not None:
@@ -208,7 +204,7 @@ class Client:
         alive = [b for b in self.backends() if b.alive]
         if not alive:
             raise BackendUnavailable("no backend is alive to load the class")
-        return self._send(random.choice(alive).id, *dumps(("load_class", path)))
+        return self.send(random.choice(alive).id, m.LoadClass(path))
 
     def resolve_class(self, path: str) -> type[ActiveObject]:
         """The class itself where it can be imported (and ``import_classes``), else its stub."""
@@ -225,6 +221,23 @@ class Client:
         self._classes[path] = cls
         return cls
 
+    def send(self, backend: Any, message: m.Message, *, wait: bool = True,
+             on_event: Callable[[bytes], None] | None = None) -> Any:
+        """Send one message (:mod:`storage_api._messages`) to a backend: its id, name or record
+        (``None``: any live one).
+
+        Returns the handler's result, or raises its exception in this process; with ``wait=False``
+        a :class:`concurrent.futures.Future` of it. One attempt: no retry, no failover (object
+        operations of this class add those). ``on_event`` receives the pickled progress reports
+        the request sends ahead of its reply.
+        """
+        bid = backend if isinstance(backend, str) and backend in self._backends else self._choose_backend(backend)
+        return self._send(bid, *m.encode(message), wait=wait, on_event=on_event)
+
+    def locate(self, oid: str) -> str:
+        """The id of the backend holding ``oid``'s primary (as last seen by this client)."""
+        return self._locate(oid)
+
     def close(self) -> None:
         self._closed.set()
         with self._lock:
@@ -235,7 +248,7 @@ class Client:
             self.redis.close()
 
     # ============================================================ routing
-    def _object_request(self, obj: ActiveObject, msg: tuple, *, wait: bool = True,
+    def _object_request(self, obj: ActiveObject, msg: m.Message, *, wait: bool = True,
                         on_event: Callable[[bytes], None] | None = None, read: bool = False) -> Any:
         state = obj._sa_state
         oid = obj._sa_id
@@ -246,26 +259,26 @@ class Client:
         assert oid is not None
         return self._request(oid, msg, obj=obj, wait=wait, on_event=on_event, read=read)
 
-    def _request(self, oid: str, msg: tuple, *, obj: ActiveObject | None = None, wait: bool = True,
+    def _request(self, oid: str, msg: m.Message, *, obj: ActiveObject | None = None, wait: bool = True,
                  on_event: Callable[[bytes], None] | None = None, read: bool = False) -> Any:
         """Send a request about one object to its primary (or, for reads, any replica).
 
         Follows moves (``ObjectNotFound`` from a backend that no longer holds it), and retries
         transport faults under :attr:`retry`, promoting a replica when the primary is dead.
         """
-        body, buffers = dumps(msg)
+        body, buffers, flags = m.encode(msg)
         bid = self._target(obj, oid, read)
         if not wait:  # a future: one attempt, its failure is the future's
-            return self._send(bid, body, buffers, wait=False, on_event=on_event)
+            return self._send(bid, body, buffers, flags, wait=False, on_event=on_event)
         try:  # the common case, outside the retry machinery
-            return self._send(bid, body, buffers, on_event=on_event)
+            return self._send(bid, body, buffers, flags, on_event=on_event)
         except (ObjectNotFound, CommunicationError) as exc:
             self._recover(exc, obj, oid, bid)
             last: Exception = exc
         for _retry in self.retry.attempts():  # the first retry at once, then after pauses
             bid = self._target(obj, oid, read)
             try:
-                return self._send(bid, body, buffers, on_event=on_event)
+                return self._send(bid, body, buffers, flags, on_event=on_event)
             except (ObjectNotFound, CommunicationError) as exc:
                 self._recover(exc, obj, oid, bid)
                 last = exc
@@ -351,7 +364,7 @@ class Client:
             self._locations[oid] = bid
         return bid
 
-    def _send(self, bid: str, body: bytes, buffers: list[Any], *, wait: bool = True, flags: int = 0,
+    def _send(self, bid: str, body: bytes, buffers: list[Any], flags: int = 0, *, wait: bool = True,
               on_event: Callable[[bytes], None] | None = None) -> Any:
         if self.local is not None and bid == self.local.id:
             return self.local.dispatch_local(body, buffers, wait=wait)

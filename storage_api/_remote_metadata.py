@@ -13,8 +13,8 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
+from . import _messages as m
 from ._metadata import BackendInfo, ObjectRecord
-from ._serial import dumps
 from .errors import BackendUnavailable, CommunicationError
 
 if TYPE_CHECKING:
@@ -31,21 +31,21 @@ class RemoteMetadata:
         self._lock = threading.Lock()
 
     def backends(self) -> list[BackendInfo]:
-        infos = self._ask("meta_backends")
+        infos = self._ask(m.MetaBackends())
         self._known = infos
         return infos
 
     def object(self, oid: str) -> ObjectRecord:
-        return self._ask("meta_object", oid)
+        return self._ask(m.MetaObject(oid))
 
     def alias(self, alias: str) -> str:
-        return self._ask("meta_alias", alias)
+        return self._ask(m.MetaAlias(alias))
 
     def class_meta(self, path: str) -> dict[str, Any] | None:
-        return self._ask("meta_class", path)
+        return self._ask(m.MetaClass(path))
 
     def promote(self, oid: str, dead: str) -> str:
-        return self._ask("meta_promote", oid, dead)
+        return self._ask(m.MetaPromote(oid, dead))
 
     def tls_ca(self) -> str | None:
         return None  # such a client has the CA in its settings (tls_ca)
@@ -53,8 +53,8 @@ class RemoteMetadata:
     def close(self) -> None:
         pass  # the channel is one of the client's, closed with them
 
-    def _ask(self, *msg: Any) -> Any:
-        body, buffers = dumps(msg)
+    def _ask(self, msg: m.Message) -> Any:
+        body, buffers, _flags = m.encode(msg)
         last: CommunicationError | None = None
         for _attempt in range(2):  # a connection that died since the last question: one more try
             channel = self._connected()

@@ -33,7 +33,8 @@ Buffer = Any  # bytes-like: bytes, bytearray, memoryview
 # Bytes this process wrote to / read from its frame sockets (headers, MACs, bodies and buffers;
 # not the handshake), per kind of connection: "client" (opened with the client role), "peer"
 # (opened by a backend to another backend), "served_client" / "served_peer" (accepted by a backend).
-# workflows.executor reads them to report the bytes its runs moved between processes.
+# traffic() is their interface for tools that report the bytes their runs moved (a backend's Stats
+# reply carries its own); nothing in the store depends on them.
 # Each socket counts its own bytes (no lock on the hot path: one thread sends at a time, one
 # reads); closed sockets fold their counts into _closed.
 _closed: dict[str, list[int]] = {}

@@ -61,14 +61,14 @@ def test_threads_with_their_own_objects(client):
 def test_delete_while_calls_wait_does_not_resurrect(client):
     import pytest
 
-    from storage_api._serial import dumps
+    from storage_api import _messages as m
     from storage_api.errors import ObjectNotFound
 
     c = Counter(0)
     c.make_persistent(backend="b0")
     oid, bid = c.getID(), c._sa_backend
     slow = [c.sleep.submit(0.3) for _ in range(2)]  # read locks held for a while
-    deleting = client._send(bid, *dumps(("delete", oid)), wait=False)  # queued behind them
+    deleting = client.send(bid, m.Delete(oid), wait=False)  # queued behind them
     writes = [c.inc.submit() for _ in range(5)]  # queued after the delete
     deleting.result(timeout=10)
     for f in writes:
@@ -79,4 +79,4 @@ def test_delete_while_calls_wait_does_not_resurrect(client):
     assert all(f.result(timeout=10) == 0.3 for f in slow)
     # ask the backend itself (not Redis): the object is neither in memory nor in its log
     with pytest.raises(ObjectNotFound):
-        client._send(bid, *dumps(("call", oid, "get", (), {}, None)))
+        client.send(bid, m.Call(oid, "get", (), {}, None))

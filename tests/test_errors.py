@@ -54,11 +54,11 @@ def test_type_error_inside_a_method_is_not_invalid_arguments(client):
 
 
 def test_unknown_class(client):
-    from storage_api._serial import dumps
+    from storage_api._messages import New
 
     with pytest.raises(ClassNotFound):
-        client._send(client.backends()[0].id, *dumps(("new", "8b2f1e6a-1111-4111-8111-111111111111",
-                                                       "no.such.module.Thing", None, (), {})))
+        client.send(client.backends()[0], New("8b2f1e6a-1111-4111-8111-111111111111", "no.such.module.Thing", None,
+                                              (), {}))
     with pytest.raises(ClassNotFound):
         storage_api.stub("tests.models.NoSuchClass")
 

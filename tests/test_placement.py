@@ -12,7 +12,7 @@ import pytest
 from storage_api import get_by_id
 from storage_api._backend._placement import NotPrimary
 from storage_api._retry import Backoff, Retry
-from storage_api._serial import dumps
+from storage_api._messages import Call, GetAttr
 from storage_api.errors import CommunicationError, ObjectNotFound
 
 from .conftest import wait_for
@@ -25,7 +25,7 @@ def _ids(client) -> dict[str, str]:
 
 def _direct(client, backend: str, oid: str, method: str, *args, rid=None):
     """Call a method on one particular backend's copy, bypassing routing."""
-    return client._send(_ids(client)[backend], *dumps(("call", oid, method, args, {}, rid)))
+    return client.send(backend, Call(oid, method, args, {}, rid))
 
 
 def _gone_from(client, backend: str, oid: str) -> bool:
@@ -153,7 +153,7 @@ def test_move_and_replica_of_a_100_mb_array(cluster, client):
     h = Holder(data=data)
     oid = h.make_persistent(backend="b0")
     h.new_replica("b1")
-    got = client._send(_ids(client)["b1"], *dumps(("getattr", oid, "data")))
+    got = client.send("b1", GetAttr(oid, "data"))
     assert np.array_equal(got, data)
     del got
     h.move("b1")  # the replica's backend becomes the primary

@@ -40,6 +40,40 @@ def test_the_store_never_imports_the_workflow_layer():
     assert out.stdout.strip() == "[]"
 
 
+# The store's interfaces the workflow layer may use: the public package, and the documented
+# internal ones (README, "Interfaces for tools built on the store").
+_DOCUMENTED = {
+    "storage_api": None, "storage_api.errors": None, "storage_api._messages": None,
+    "storage_api._context": {"current", "peek"}, "storage_api._transport": {"traffic"},
+}
+
+
+def _store_imports(path: Path) -> list[tuple[str, str | None]]:
+    """(module, name) of every import of the store in a file (name None for a plain import)."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out += [(a.name, None) for a in node.names if a.name.split(".")[0] == "storage_api"]
+        elif isinstance(node, ast.ImportFrom) and not node.level and (node.module or "").split(".")[0] == "storage_api":
+            out += [(node.module, a.name) for a in node.names]
+    return out
+
+
+def test_the_workflow_layer_uses_only_documented_interfaces_of_the_store():
+    bad = []
+    for path in (ROOT / "workflows").rglob("*.py"):
+        for module, name in _store_imports(path):
+            if module == "storage_api" and name is not None and f"storage_api.{name}" in _DOCUMENTED:
+                module, name = f"storage_api.{name}", None
+            allowed = _DOCUMENTED.get(module, set())
+            if module not in _DOCUMENTED or (allowed is not None and name not in allowed):
+                bad.append(f"{path.relative_to(ROOT)}: {module} {name or ''}")
+        text = path.read_text()
+        bad += [f"{path.relative_to(ROOT)}: a private Client method" for private in ("._send(", "._locate(")
+                if private in text]
+    assert bad == []
+
+
 @pytest.mark.slow  # imports torch in a fresh interpreter
 def test_old_module_paths_name_the_same_modules():
     """`workflows.trainer` & co. are the moved modules themselves, not copies (pickles resolve either way)."""

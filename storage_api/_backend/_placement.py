@@ -32,6 +32,7 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
+from .. import _messages as m
 from .._object import ActiveObject, State, state_of
 from .._serial import dumps, loads
 from ..errors import CommunicationError, ObjectNotFound, StoreError
@@ -153,7 +154,8 @@ class Placement:
             self.store.sync(self.store.delete(oid))
 
     # ---------------------------------------------------------- shipping
-    def _peer(self: LocalBackend) -> Client:
+    def peer_client(self: LocalBackend) -> Client:
+        """This process's client, through which the backend reaches other backends."""
         if self.peer is None:
             raise StoreError("this backend has no client to reach its peers")
         return self.peer
@@ -161,11 +163,11 @@ class Placement:
     def _ship(self: LocalBackend, target: str, entry: Entry, oid: str, role: str, replicas: list[str],
               register: bool) -> None:
         """Send an entry's current state to ``target`` to install as ``oid`` (caller holds a lock)."""
-        state_body, buffers = dumps(state_of(entry.obj))
+        state = m.Blob(*dumps(state_of(entry.obj)))
         applied = list(entry.applied.items()) if role != "copy" else []
         alias = None if register else entry.alias  # a new version is a new object: no alias
-        msg = ("install", oid, entry.cls._sa_class_path, alias, role, replicas, state_body, applied, register)
-        self._peer()._send(target, pickle.dumps(msg, protocol=5), buffers)
+        self.peer_client().send(target, m.Install(oid, entry.cls._sa_class_path, alias, role, replicas, state,
+                                                  applied, register))
 
     def replicate_write(self: LocalBackend, entry: Entry, state_body: bytes, buffers: list[Any],
                         rid: str | None, result: Any) -> None:
@@ -176,12 +178,12 @@ class Placement:
             result_blob = pickle.dumps(result, protocol=5)
         except Exception:
             result_blob = None
-        body = pickle.dumps(("replica_put", entry.oid, state_body, rid, result_blob), protocol=5)
-        peer = self._peer()
+        msg = m.ReplicaPut(entry.oid, m.Blob(state_body, buffers), rid, result_blob)
+        peer = self.peer_client()
         pending = []
         for r in list(entry.replicas):
             try:
-                pending.append((r, peer._send(r, body, buffers, wait=False)))
+                pending.append((r, peer.send(r, msg, wait=False)))
             except Exception as exc:
                 pending.append((r, exc))
         for r, fut in pending:
@@ -193,12 +195,12 @@ class Placement:
                 log.warning("replica %s of %s missed a write (%s): removing it", r, entry.oid, exc)
                 self.meta.drop_replica(entry.oid, r)
                 entry.replicas.remove(r)
-                self._tell(r, ("replica_drop", entry.oid))
+                self._tell(r, m.ReplicaDrop(entry.oid))
 
-    def _tell(self: LocalBackend, target: str, msg: tuple) -> None:
+    def _tell(self: LocalBackend, target: str, msg: m.Message) -> None:
         """Best effort: a peer that cannot be told will find out from Redis when it checks."""
         try:
-            self._peer()._send(target, pickle.dumps(msg, protocol=5), [], wait=False)
+            self.peer_client().send(target, msg, wait=False)
         except (CommunicationError, StoreError):
             pass
 
@@ -289,7 +291,7 @@ class Placement:
             entry.check()
             self._ship(target, entry, oid, "replica", [], False)
             if not self.meta.add_replica(oid, self.id, target):
-                self._tell(target, ("replica_drop", oid))
+                self._tell(target, m.ReplicaDrop(oid))
                 raise StoreError(f"object {oid} changed primary while being replicated")
             entry.replicas.append(target)
         finally:
@@ -304,7 +306,7 @@ class Placement:
                 entry.replicas.remove(target)
         finally:
             entry.lock.release_write()
-        self._tell(target, ("replica_drop", oid))
+        self._tell(target, m.ReplicaDrop(oid))
 
     def copy(self: LocalBackend, oid: str, target: str, new_id: str) -> str:
         """A new, independent object with this one's class and current state (a new version)."""

@@ -23,6 +23,7 @@ from concurrent.futures import Future
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .._messages import ReplicaDrop
 from .._metadata import Metadata
 from .._object import ActiveObject, State, import_class, state_of
 from .._serial import dumps, loads
@@ -31,6 +32,7 @@ from ..errors import InvalidArguments, MethodNotFound, ObjectNotFound, StoreErro
 from ._placement import Failed, Placement, remember
 from ._rwlock import RWLock
 from ._store import Store
+from ._tasks import TaskResults
 
 if TYPE_CHECKING:
     from .._client import Client
@@ -82,6 +84,7 @@ class LocalBackend(Placement):
         self._load_lock = threading.RLock()
         self._classes: dict[str, type[ActiveObject]] = {}
         self._class_lock = threading.Lock()
+        self.task_results = TaskResults()  # answers of shipped tasks kept here (see _tasks)
         # Asked before a request blocks on durability: True if the server takes over the wait
         # (it then sends the reply once the LSN is on disk; see _server.Committer).
         self.defer_sync: Callable[[int], bool] = lambda lsn: False
@@ -311,7 +314,7 @@ class LocalBackend(Placement):
             entry.lock.release_write()
         self.meta.unregister_object(self.id, oid, entry.alias, replicas)
         for r in replicas:
-            self._tell(r, ("replica_drop", oid))
+            self._tell(r, ReplicaDrop(oid))
 
     # -------------------------------------------------------------- misc
     def stats(self) -> dict[str, Any]:

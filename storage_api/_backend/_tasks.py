@@ -1,31 +1,11 @@
 """Shipped tasks: a function sent by reference runs on the backend, next to its persistent arguments.
 
-``workflows.executor`` (the PyCOMPSs-compatible development executor) sends a task here when one of
-its arguments is a persistent object this backend holds, or a result an earlier task left here.
-Operations (registered in :data:`TASK_HANDLERS`, merged into the backend's handler table):
-
-``("task", ref, paths, args, kwargs, writes, outputs, keep)``
-    Import the function ``ref`` (see :func:`resolve`), run ``ref(*args, **kwargs)`` and answer
-    ``[return value, *outputs]`` where ``outputs`` are paths into ``(args, kwargs)`` whose values
-    after the call are results too (INOUT and COLLECTION_OUT/INOUT parameters). Persistent
-    arguments arrive as the live object where this backend owns them (references unpickle that
-    way) and as handles elsewhere. ``writes`` are the ids the task may mutate: each one this backend
-    owns is write-locked for the call and durably saved after it (``commit_mutation``); the other
-    owned persistent arguments are read-locked. With ``keep`` (a key), the answer stays here
-    under that key and the reply is ``None``: later tasks name it with :class:`Remote`.
-``("task_result", key, index)``
-    A kept answer (``index``: a path of indices into it, or ``None`` for all of it).
-``("task_drop", keys)``
-    Forget kept answers.
-
-Arguments may contain :class:`Remote` markers; they are replaced by the kept value, fetched from
-the backend that keeps it when that is another one (once: the copy is cached here until the key is
-dropped). :class:`Stash` markers carry a value and keep it here too, so the caller can name it
-with a :class:`Remote` next time instead of sending it again. A ``ref`` is ``("module", name, qualname)`` or,
-for functions of a script run as ``__main__``, ``("file", path, qualname)``: the file is imported
-under a synthetic module name, so its ``if __name__ == "__main__":`` block does not run here.
-``paths`` are directories the function's module needs on ``sys.path`` (the script's directory, the
-executor's ``pycompss`` shim when the real one is absent).
+The operations are :class:`~storage_api._messages.Task`, ``TaskResult`` and ``TaskDrop`` (their
+semantics are documented in :mod:`storage_api._messages`); :data:`TASK_HANDLERS` joins the
+backend's handler table. A client (the PyCOMPSs executor in ``workflows/``) sends a task here
+when one of its arguments is a persistent object this backend holds, or a value an earlier task
+left here. Answers kept for later tasks, and copies fetched from other backends, live in the
+backend's :class:`TaskResults` until a ``TaskDrop`` names them.
 """
 
 from __future__ import annotations
@@ -37,44 +17,56 @@ import sys
 import threading
 from typing import TYPE_CHECKING, Any
 
+from .. import _messages as m
 from .._object import ActiveObject, State
-from .._serial import dumps
 from ..errors import StoreError
 
 if TYPE_CHECKING:
     from ._runtime import LocalBackend
 
-_results: dict[str, list[Any]] = {}
-_fetched: dict[str, list[Any]] = {}  # values fetched from other backends, by "key@index"
-_results_lock = threading.Lock()
 _import_lock = threading.RLock()
 
 
-class Remote:
-    """Marker for a value an earlier task kept on backend ``bid`` (``index``: a path into its answer)."""
+class TaskResults:
+    """The answers tasks kept on this backend (by key) and the values fetched from other backends
+    for tasks run here (by ``key@index``, so each is fetched once), until a ``TaskDrop``."""
 
-    __slots__ = ("bid", "key", "index")
+    def __init__(self) -> None:
+        self._kept: dict[str, list[Any]] = {}
+        self._fetched: dict[str, list[Any]] = {}
+        self._lock = threading.Lock()
 
-    def __init__(self, bid: str, key: str, index: tuple | None) -> None:
-        self.bid, self.key, self.index = bid, key, index
+    def keep(self, key: str, answer: list[Any]) -> None:
+        with self._lock:
+            self._kept[key] = answer
 
-    def __reduce__(self) -> Any:
-        return (Remote, (self.bid, self.key, self.index))
+    def get(self, key: str, index: tuple | None) -> Any:
+        with self._lock:
+            answer = self._kept.get(key)
+        if answer is None:
+            raise StoreError(f"no task result {key} on this backend")
+        for step in index or ():
+            answer = answer[step]
+        return answer
 
-    def __repr__(self) -> str:
-        return f"<Remote {self.key}[{self.index}] on {self.bid}>"
+    def fetched(self, kept: m.Kept, fetch: Any) -> Any:
+        """The value ``kept`` names on another backend: ``fetch(kept)`` the first time, then a copy."""
+        cache_key = f"{kept.key}@{kept.index}"
+        with self._lock:
+            cached = self._fetched.get(cache_key)
+        if cached is not None:
+            return cached[0]
+        value = fetch(kept)
+        with self._lock:
+            self._fetched[cache_key] = [value]
+        return value
 
-
-class Stash:
-    """Marker carrying a value the caller also wants kept here under ``key`` (for later :class:`Remote`)."""
-
-    __slots__ = ("key", "value")
-
-    def __init__(self, key: str, value: Any) -> None:
-        self.key, self.value = key, value
-
-    def __reduce__(self) -> Any:
-        return (Stash, (self.key, self.value))
+    def drop(self, keys: set[str]) -> int:
+        """Forget kept answers and their fetched copies; return how many answers were kept."""
+        with self._lock:
+            for cache_key in [c for c in self._fetched if c.partition("@")[0] in keys]:
+                del self._fetched[cache_key]
+            return sum(self._kept.pop(k, None) is not None for k in keys)
 
 
 # ------------------------------------------------------------------ function references
@@ -114,53 +106,22 @@ def _import_file(path: str) -> Any:
 
 
 # ------------------------------------------------------------------ values
-def _substitute(value: Any, fetch: Any) -> Any:
-    if isinstance(value, Remote):
-        return fetch(value)
-    if isinstance(value, Stash):
-        with _results_lock:
-            _results[value.key] = [value.value]
+def _substitute(value: Any, b: LocalBackend) -> Any:
+    """Arguments with every marker replaced by its value (stashed values kept here on the way)."""
+    if isinstance(value, m.Kept):
+        if value.bid == b.id:
+            return b.task_results.get(value.key, value.index)
+        return b.task_results.fetched(value, lambda k: b.peer_client().send(k.bid, m.TaskResult(k.key, k.index)))
+    if isinstance(value, m.Stash):
+        b.task_results.keep(value.key, [value.value])
         return value.value
     if type(value) is list:
-        return [_substitute(v, fetch) for v in value]
+        return [_substitute(v, b) for v in value]
     if type(value) is tuple:
-        return tuple(_substitute(v, fetch) for v in value)
+        return tuple(_substitute(v, b) for v in value)
     if type(value) is dict:
-        return {k: _substitute(v, fetch) for k, v in value.items()}
+        return {k: _substitute(v, b) for k, v in value.items()}
     return value
-
-
-def _kept(key: str, index: tuple | None) -> Any:
-    with _results_lock:
-        answer = _results.get(key)
-    if answer is None:
-        raise StoreError(f"no task result {key} on this backend")
-    for step in index or ():
-        answer = answer[step]
-    return answer
-
-
-def _fetcher(b: LocalBackend) -> Any:
-    def fetch(r: Remote) -> Any:
-        if r.bid == b.id:
-            return _kept(r.key, r.index)
-        cache_key = f"{r.key}@{r.index}"  # fetched once per backend, dropped with the key
-        with _results_lock:
-            cached = _fetched.get(cache_key)
-        if cached is not None:
-            return cached[0]
-        value = b._peer()._send(r.bid, *dumps(("task_result", r.key, r.index)))
-        with _results_lock:
-            _fetched[cache_key] = [value]
-        return value
-    return fetch
-
-
-def _at(args: list, kwargs: dict, path: tuple) -> Any:
-    where: Any = args if isinstance(path[0], int) else kwargs
-    for step in path:
-        where = where[step]
-    return where
 
 
 def _owned(b: LocalBackend, value: Any, found: dict[str, ActiveObject]) -> None:
@@ -176,16 +137,14 @@ def _owned(b: LocalBackend, value: Any, found: dict[str, ActiveObject]) -> None:
 
 
 # ------------------------------------------------------------------ handlers
-def _task(b: LocalBackend, msg: tuple, frame: Any) -> Any:
-    _op, ref, paths, args, kwargs, writes, outputs, keep = msg
-    func = resolve(ref, paths)
-    fetch = _fetcher(b)
-    args = list(_substitute(list(args), fetch))
-    kwargs = _substitute(dict(kwargs), fetch)
+def _task(b: LocalBackend, msg: m.Task) -> Any:
+    func = resolve(msg.ref, msg.paths)
+    args = list(_substitute(list(msg.args), b))
+    kwargs = _substitute(dict(msg.kwargs), b)
     owned: dict[str, ActiveObject] = {}
     _owned(b, args, owned)
     _owned(b, kwargs, owned)
-    writes = set(writes)
+    writes = set(msg.writes)
     locks = []
     try:
         for oid in sorted(owned):  # one global order: two tasks never wait for each other's locks
@@ -197,36 +156,25 @@ def _task(b: LocalBackend, msg: tuple, frame: Any) -> Any:
                 entry.lock.acquire_read()
                 locks.append((entry.lock.release_read, oid, False))
         result = func(*args, **kwargs)
-        answer = [result, *(_at(args, kwargs, tuple(p)) for p in outputs)]
+        answer = [result, *(m.value_at(args, kwargs, tuple(p)) for p in msg.outputs)]
         for _release, oid, write in locks:
             if write:
                 b.commit_mutation(oid)
     finally:
         for release, _oid, _write in reversed(locks):
             release()
-    if keep is None:
+    if msg.keep is None:
         return answer
-    with _results_lock:
-        _results[keep] = answer
+    b.task_results.keep(msg.keep, answer)
     return None
 
 
-def _task_result(b: LocalBackend, msg: tuple, frame: Any) -> Any:
-    _op, key, index = msg
-    return _kept(key, index)
+def _task_result(b: LocalBackend, msg: m.TaskResult) -> Any:
+    return b.task_results.get(msg.key, msg.index)
 
 
-def _task_drop(b: LocalBackend, msg: tuple, frame: Any) -> int:
-    _op, keys = msg
-    with _results_lock:
-        keys = set(keys)
-        for cache_key in [c for c in _fetched if c.partition("@")[0] in keys]:
-            del _fetched[cache_key]
-        return sum(_results.pop(k, None) is not None for k in keys)
+def _task_drop(b: LocalBackend, msg: m.TaskDrop) -> int:
+    return b.task_results.drop(set(msg.keys))
 
 
-TASK_HANDLERS = {
-    "task": (_task, 8),
-    "task_result": (_task_result, 3),
-    "task_drop": (_task_drop, 2),
-}
+TASK_HANDLERS = {m.Task: _task, m.TaskResult: _task_result, m.TaskDrop: _task_drop}

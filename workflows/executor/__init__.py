@@ -26,6 +26,9 @@ at ``compss_delete_object``.
 
 from __future__ import annotations
 
+from storage_api._context import peek
+from storage_api._transport import traffic
+
 from ._engine import Future, TaskCancelled, current
 
 __all__ = ["main", "bytes_moved", "warm_up", "Future", "TaskCancelled", "current"]
@@ -59,11 +62,9 @@ def bytes_moved() -> dict[str, int] | None:
     engine = current()
     if engine is None:
         return None
-    from storage_api import _context, _transport
-
-    client = sum(s + r for label, (s, r) in _transport.traffic().items() if label == "client")
+    client = sum(s + r for label, (s, r) in traffic().items() if label == "client")
     backends = 0
-    if _context.peek() is not None:
+    if peek() is not None:
         for traffic in engine.remote.backend_traffic().values():
             backends += sum(s + r for label, (s, r) in traffic.items() if label == "peer")
     out = {"workers": engine.worker_bytes, "client": client, "backends": backends}

@@ -13,8 +13,8 @@ Placement, first match wins:
    made, as COMPSs leaves outputs on the worker that wrote them);
 3. otherwise a local worker process (``--workers``), which gets the function by reference and its
    arguments pickled, and sends its results back pickled.
-A value made locally and sent to a backend is kept there (:class:`~storage_api._backend._tasks.Stash`)
-and named, not re-sent, the next time.
+A value made locally and sent to a backend is kept there (:class:`~storage_api._messages.Stash`)
+and named (:class:`~storage_api._messages.Kept`), not re-sent, the next time.
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import queue
 import threading
 import uuid
 from typing import Any
+
+from storage_api._messages import Kept, Stash
 
 from ._decorators import Param, TaskSpec
 
@@ -350,13 +352,11 @@ class Engine:
     def _remote_value(self, v: Any, target: str, stashes: list) -> Any:
         if not isinstance(v, Future):
             return v
-        from storage_api._backend._tasks import Remote, Stash
-
         t = v.task
         if t.where is not None:
-            return Remote(t.where, t.key, v.path)
+            return Kept(t.where, t.key, v.path)
         if target in t.stashed.get(v.path, ()):
-            return Remote(target, f"{t.key}/{v.path}", (0,))
+            return Kept(target, f"{t.key}/{v.path}", (0,))
         stashes.append((t, v.path))
         return Stash(f"{t.key}/{v.path}", _get(t.answer, v.path))
 
@@ -454,9 +454,9 @@ class Engine:
     @property
     def remote(self) -> Any:
         if self._remote is None:
-            from ._remote import Remote
+            from ._remote import Backends
 
-            self._remote = Remote(self)
+            self._remote = Backends(self)
         return self._remote
 
     def start_pool(self) -> Any:

@@ -1,10 +1,9 @@
-"""Sending tasks to backends, with the store's own client internals.
+"""Sending tasks to backends: the task messages of :mod:`storage_api._messages` through ``Client.send``.
 
 The function travels by reference: ``("module", name, qualname)``, or ``("file", path, qualname)``
 for functions of the app script (which runs as ``__main__``: the backend imports the file under a
 synthetic name). Arguments are pickled with the store's serializer, so persistent objects travel as
-references (the live object on its owner, a handle elsewhere). See
-:mod:`storage_api._backend._tasks` for the backend side.
+references (the live object on its owner, a handle elsewhere).
 """
 
 from __future__ import annotations
@@ -14,8 +13,8 @@ from collections import defaultdict
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
-from storage_api import _context
-from storage_api._serial import dumps
+from storage_api._context import current
+from storage_api import _messages as m
 
 if TYPE_CHECKING:
     from ._engine import Engine, Task
@@ -31,29 +30,28 @@ def function_ref(func: Any) -> tuple:
     return ("module", module, func.__qualname__)
 
 
-class Remote:
+class Backends:
     """The engine's link to the backends (through the process's storage_api client)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.client = _context.current()
+        self.client = current()
 
     def backend_of(self, obj: Any) -> str:
-        return getattr(obj, "_sa_backend", None) or self.client._locate(obj.getID())
+        return getattr(obj, "_sa_backend", None) or self.client.locate(obj.getID())
 
     def submit(self, bid: str, task: Task, args: list, kwargs: dict) -> Future:
         ref = function_ref(task.spec.wrapper)
-        msg = ("task", ref, self.engine.paths, args, kwargs, list(task.writes), task.outputs, task.key)
-        body, buffers = dumps(msg)
-        return self.client._send(bid, body, buffers, wait=False)
+        msg = m.Task(ref, self.engine.paths, args, kwargs, list(task.writes), task.outputs, task.key)
+        return self.client.send(bid, msg, wait=False)
 
     def fetch(self, bid: str, key: str, path: tuple) -> Any:
-        return self.client._send(bid, *dumps(("task_result", key, path)))
+        return self.client.send(bid, m.TaskResult(key, path))
 
     def drop(self, kept: dict[str, list[str]]) -> None:
         for bid, keys in kept.items():
             try:
-                self.client._send(bid, *dumps(("task_drop", keys)))
+                self.client.send(bid, m.TaskDrop(keys))
             except Exception:  # noqa: BLE001 - cleanup of a dead backend's results: nothing to free
                 pass
 
@@ -62,5 +60,5 @@ class Remote:
         out: dict[str, Any] = defaultdict(dict)
         for b in self.client.backends():
             if b.alive:
-                out[b.name] = self.client._send(b.id, *dumps(("stats",)))["traffic"]
+                out[b.name] = self.client.send(b.id, m.Stats())["traffic"]
         return dict(out)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import pickle
 from typing import Any
 
+from storage_api._messages import value_at
+
 
 def setup() -> None:
     """Each worker's start: Ctrl-C in a terminal reaches the whole process group, but it is the
@@ -46,13 +48,6 @@ def _traffic_total() -> int:
     return sum(s + r for s, r in transport.traffic().values())
 
 
-def _at(args: list, kwargs: dict, path: tuple) -> Any:
-    where: Any = args if isinstance(path[0], int) else kwargs
-    for step in path:
-        where = where[step]
-    return where
-
-
 def run(payload: bytes, keep_out: tuple[str, ...] = ()) -> bytes:
     """Run one task; return ``pickle((answer, bytes this worker exchanged with backends))``.
 
@@ -66,5 +61,5 @@ def run(payload: bytes, keep_out: tuple[str, ...] = ()) -> bytes:
     with quiet_import(hide=keep_out):
         func, args, kwargs, outputs = pickle.loads(payload)
     result = func(*args, **kwargs)
-    answer = [result, *(_at(args, kwargs, tuple(p)) for p in outputs)]
+    answer = [result, *(value_at(args, kwargs, tuple(p)) for p in outputs)]
     return pickle.dumps((answer, _traffic_total() - before), protocol=5)
