@@ -65,8 +65,8 @@ def bytes_moved() -> dict[str, int] | None:
     client = sum(s + r for label, (s, r) in traffic().items() if label == "client")
     backends = 0
     if peek() is not None:
-        for traffic in engine.remote.backend_traffic().values():
-            backends += sum(s + r for label, (s, r) in traffic.items() if label == "peer")
+        for counters in engine.remote.backend_traffic().values():
+            backends += sum(s + r for label, (s, r) in counters.items() if label == "peer")
     out = {"workers": engine.worker_bytes, "client": client, "backends": backends}
     out["total"] = sum(out.values())
     return out
