@@ -61,14 +61,14 @@ def _use(config_file_path: str | None) -> None:
 
         _context.install(Client(settings))
         _conf_path = config_file_path
-        if previous is not None and previous.local is None:
+        if previous is not None and previous.closed_when_replaced:
             previous.close()
 
 
 def _release() -> None:
     with _lock:
         rt = _context.install(None)
-        if rt is not None and rt.local is None:
+        if rt is not None and rt.closed_when_replaced:
             rt.close()
 
 

@@ -1,10 +1,12 @@
 """The client runtime: locating objects, talking to their backends, building handles.
 
-A :class:`Client` is the process's runtime (see :mod:`storage_api._context`). Backends run one too,
-with a local fast path for objects they hold, so objects on one backend can call objects on
-another. Every operation is written once: it builds a message (:mod:`storage_api._messages`) and
-hands it to a :class:`~storage_api._rpc.Channel`, which returns either the result or a future of
-it. :meth:`Client.send` sends any message to a backend: tools built on the store use it.
+A :class:`Client` is the process's runtime (see :mod:`storage_api._context`). Backends run one too
+(``storage_api._backend._peer.PeerClient``, which serves requests to its own backend in process
+through the hooks ``_live``, ``_persist_at``, ``_delete``, ``_default_backend``, ``_read_from`` and
+``_channel``), so objects on one backend can call objects on another. Every operation is written
+once: it builds a message (:mod:`storage_api._messages`) and hands it to a
+:class:`~storage_api._rpc.Channel`, which returns either the result or a future of it.
+:meth:`Client.send` sends any message to a backend: tools built on the store use it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import _handshake, _progress, _wire
 from . import _messages as m
@@ -24,14 +26,11 @@ from ._metadata import BackendInfo, Metadata, ObjectRecord
 from ._object import ActiveObject, RemoteMethod, State, become_handle, import_class, make_handle, state_of
 from ._redis import Redis
 from ._retry import Backoff, Retry
-from ._rpc import WATCH_FRACTION, Channel, Frame
+from ._rpc import WATCH_FRACTION, Channel, ReplyFrame
 from ._serial import dumps, load_error, loads
 from ._stub import is_stub, stub_class
 from .errors import (BackendUnavailable, ClassNotFound, CommunicationError, ConfigError, ObjectDeleted, ObjectNotFound,
                      StoreError)
-
-if TYPE_CHECKING:
-    from ._backend._runtime import LocalBackend
 
 _BACKENDS_TTL = 2.0  # seconds the client trusts its cached list of backends
 _REPLICAS_TTL = 2.0  # seconds it trusts an object's cached list of replicas (for reads)
@@ -45,7 +44,11 @@ class Client:
     asks the backends for metadata (:mod:`._remote_metadata`) and proves its own credential.
     """
 
-    def __init__(self, settings: Settings, *, local: LocalBackend | None = None) -> None:
+    _role = _wire.ROLE_CLIENT  # what the handshake tells backends this connection is
+    _placeholders = True  # values of classes this process cannot import arrive as Broken placeholders
+    closed_when_replaced = True  # connect() closes the runtime it replaces
+
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.redis: Redis | None = None
         self.meta: Any
@@ -56,15 +59,13 @@ class Client:
             from ._remote_metadata import RemoteMetadata
 
             self.meta = RemoteMetadata(self, settings.backend_addresses())
-        self.local = local
-        credential = settings.credential_parts() if local is None else None
+        # Clients prove their credential when they have one; a backend's own client proves the secret.
+        credential = settings.credential_parts() if self._role == _wire.ROLE_CLIENT else None
         if credential is not None:
             self._auth = _handshake.Auth(_wire.ROLE_CREDENTIAL, credential[1], credential[0])
         else:
-            self._auth = _handshake.Auth.secret(settings.secret_bytes(),
-                                                _wire.ROLE_PEER if local is not None else _wire.ROLE_CLIENT)
+            self._auth = _handshake.Auth.secret(settings.secret_bytes(), self._role)
         self._tls: Any = None  # the TLS client context, made on the first TCP connection
-        self._placeholders = local is None  # thin clients get placeholders for unknown classes
         self._lock = threading.Lock()
         self._channels: dict[str, Channel] = {}
         self._connecting: dict[str, threading.Lock] = {}
@@ -88,14 +89,14 @@ class Client:
                 f"{cls.__qualname__} is defined in __main__, which backends cannot import: move it to a module"
             )
         oid = str(uuid.uuid4())
-        bid = self._choose_backend(backend)
-        if self.local is not None and bid == self.local.id:
-            self.local.adopt(obj, oid, alias)
-            return oid
+        self._persist_at(self._choose_backend(backend), obj, oid, path, alias)
+        return oid
+
+    def _persist_at(self, bid: str, obj: ActiveObject, oid: str, path: str, alias: str | None) -> None:
+        """Ship the object's state to backend ``bid``; the object becomes a handle."""
         self._send(bid, *m.encode(m.Persist(oid, path, alias, m.Blob(*dumps(state_of(obj))))))
         become_handle(obj, oid, bid)
         self._locations[oid] = bid
-        return oid
 
     def _new_from_stub(self, obj: ActiveObject, alias: str | None, backend: Any) -> str:
         args, kwargs = obj.__dict__["_sa_init"]
@@ -122,12 +123,12 @@ class Client:
     def delete(self, obj: ActiveObject) -> None:
         oid = obj._sa_id
         assert oid is not None
-        if obj._sa_state is State.RESIDENT and self.local is not None:
-            self.local.delete(oid)
-        else:
-            self._object_request(obj, m.Delete(oid))
+        self._delete(obj, oid)
         obj.__dict__["_sa_state"] = State.DELETED
         self._locations.pop(oid, None)
+
+    def _delete(self, obj: ActiveObject, oid: str) -> None:
+        self._object_request(obj, m.Delete(oid))
 
     # ------------------------------------------------------------ placement
     def move(self, obj: ActiveObject, backend: Any, recursive: bool = False) -> list[str]:
@@ -165,10 +166,9 @@ class Client:
         return self._request(oid, m.Copy(oid, bid, new_id))
 
     def get_by_id(self, oid: str) -> ActiveObject:
-        if self.local is not None:
-            live = self.local.lookup(oid)
-            if live is not None:
-                return live
+        live = self._live(oid)
+        if live is not None:
+            return live
         rec = self.meta.object(oid)
         return make_handle(self.resolve_class(rec.class_path), oid, rec.backend)
 
@@ -180,11 +180,14 @@ class Client:
         return obj
 
     def resolve_ref(self, oid: str, path: str, backend: str | None) -> Any:
-        if self.local is not None:
-            live = self.local.lookup(oid)
-            if live is not None:
-                return live
+        live = self._live(oid)
+        if live is not None:
+            return live
         return make_handle(self.resolve_class(path), oid, backend)
+
+    def _live(self, oid: str) -> ActiveObject | None:
+        """The live object when this process holds ``oid`` (a backend's own objects), else None."""
+        return None
 
     def backends(self, *, refresh: bool = True) -> list[BackendInfo]:
         if refresh or time.monotonic() - self._backends_at > _BACKENDS_TTL:
@@ -305,9 +308,10 @@ class Client:
             replicas = cached[1]
         if not replicas:
             return primary
-        choices = [primary, *replicas]
-        if self.local is not None and self.local.id in choices:
-            return self.local.id
+        return self._read_from([primary, *replicas])
+
+    def _read_from(self, choices: list[str]) -> str:
+        """Which of the backends holding an object serves a read (any: they all hold every write)."""
         return random.choice(choices)
 
     def _refresh(self, obj: ActiveObject | None, oid: str) -> ObjectRecord:
@@ -366,18 +370,11 @@ class Client:
 
     def _send(self, bid: str, body: bytes, buffers: list[Any], flags: int = 0, *, wait: bool = True,
               on_event: Callable[[bytes], None] | None = None) -> Any:
-        if self.local is not None and bid == self.local.id:
-            return self.local.dispatch_local(body, buffers, wait=wait)
         return self._channel(bid).request(body, buffers, wait=wait, flags=flags, on_event=on_event)
 
     def _choose_backend(self, backend: Any) -> str:
         if backend is None:
-            if self.local is not None:
-                return self.local.id
-            alive = [b for b in self.backends(refresh=False) if b.alive] or [b for b in self.backends() if b.alive]
-            if not alive:
-                raise BackendUnavailable("no backend is alive in this deployment")
-            return random.choice(alive).id
+            return self._default_backend()
         if isinstance(backend, BackendInfo):
             return backend.id
         if isinstance(backend, str):
@@ -387,6 +384,13 @@ class Client:
                         return b.id
             raise StoreError(f"no backend named {backend!r}")
         raise TypeError(f"backend must be a BackendInfo record or a name, not {type(backend).__name__}")
+
+    def _default_backend(self) -> str:
+        """Where an object goes when the caller names no backend: a random live one."""
+        alive = [b for b in self.backends(refresh=False) if b.alive] or [b for b in self.backends() if b.alive]
+        if not alive:
+            raise BackendUnavailable("no backend is alive in this deployment")
+        return random.choice(alive).id
 
     def _channel(self, bid: str) -> Channel:
         ch = self._channels.get(bid)
@@ -458,7 +462,7 @@ class Client:
                 self._tls = _tls.client_context(cadata=pem)
         return self._tls
 
-    def _decode(self, frame: Frame) -> Any:
+    def _decode(self, frame: ReplyFrame) -> Any:
         kind, body, buffers = frame
         if kind == _wire.REPLY:
             return loads(body, buffers, placeholders=self._placeholders)

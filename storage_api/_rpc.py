@@ -26,7 +26,7 @@ from . import _wire as w
 from ._transport import FrameSocket
 from .errors import BackendUnavailable, CommunicationError, StoreError
 
-Frame = tuple[int, bytes, list[bytearray]]  # kind, body, buffers
+ReplyFrame = tuple[int, bytes, list[bytearray]]  # kind, body, buffers of a reply (REPLY or ERROR)
 
 WATCH_FRACTION = 1 / 8  # the watchdog looks every liveness_timeout / 8: calls fail within the timeout
 
@@ -35,7 +35,7 @@ class _Slot:
     __slots__ = ("frame", "error", "gate", "signaled", "future", "on_event")
 
     def __init__(self, future: Future | None, on_event: Callable[[bytes], None] | None) -> None:
-        self.frame: Frame | None = None
+        self.frame: ReplyFrame | None = None
         self.error: BaseException | None = None
         self.gate = threading.Lock()
         self.gate.acquire()
@@ -48,7 +48,7 @@ class Channel:
     """A multiplexed request/reply channel to one backend."""
 
     def __init__(self, fs: FrameSocket, name: str, liveness_timeout: float,
-                 decode: Callable[[Frame], Any]) -> None:
+                 decode: Callable[[ReplyFrame], Any]) -> None:
         self.fs = fs
         self.name = name
         self._liveness = liveness_timeout
@@ -159,7 +159,7 @@ class Channel:
                 continue
             self._complete(slot, (kind, body, buffers))
 
-    def _complete(self, slot: _Slot, frame: Frame) -> None:
+    def _complete(self, slot: _Slot, frame: ReplyFrame) -> None:
         if slot.future is None:
             slot.frame = frame
             self._signal(slot)

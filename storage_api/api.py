@@ -30,7 +30,7 @@ def connect(config: str | os.PathLike[str] | None = None, *, redis_url: str | No
     client = Client(load(config, redis_url=redis_url, secret=secret))
     client.backends()  # fail now, with a clear error, if Redis is unreachable
     previous = _context.install(client)
-    if previous is not None and previous.local is None:
+    if previous is not None and previous.closed_when_replaced:
         previous.close()
     return client
 

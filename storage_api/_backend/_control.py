@@ -61,12 +61,12 @@ class ControlLoop:
         threading.Thread(target=self._loop, name="storage-api-control", daemon=True).start()
 
     def _loop(self) -> None:
-        while not self.proc._stop.is_set() and not self.proc._stopping:
+        while not self.proc.stopping:
             try:
                 popped = self.redis.execute("BLPOP", *self.queues, POLL_S)
             except CommunicationError as exc:
                 log.warning("control queue unreachable: %s", exc)
-                if self.proc._stop.wait(POLL_S):
+                if self.proc.wait_stopped(POLL_S):
                     break
                 continue
             if popped is None:

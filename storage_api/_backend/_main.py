@@ -21,15 +21,16 @@ import uuid
 from pathlib import Path
 
 from .. import _context, _pki, _tls
-from .._client import Client
 from .._config import Settings
 from .._metadata import Metadata
 from .._redis import Redis
 from .._handshake import local_socket_name
 from ..errors import CommunicationError, ConfigError
+from ._control import ControlLoop
 from ._gate import Limits
+from ._peer import PeerClient
 from ._runtime import LocalBackend
-from ._server import Server
+from ._server import Server, defer_sync
 from ._store import Store
 
 log = logging.getLogger("storage.backend")
@@ -67,8 +68,8 @@ class BackendProcess:
         self.store = Store(self.storage_dir, fsync=settings.fsync)
         self.redis = Redis(settings.require_redis())
         self.meta = Metadata(self.redis, settings.namespace)
-        self.backend = LocalBackend(self.id, self.name, self.store, self.meta)
-        self.client = Client(settings, local=self.backend)
+        self.backend = LocalBackend(self.id, self.name, self.store, self.meta, defer_sync=defer_sync)
+        self.client = PeerClient(settings, self.backend)
         self.backend.peer = self.client
         _context.install(self.client)
         socks = [socket.create_server((settings.host, settings.port), backlog=128)]
@@ -181,13 +182,20 @@ class BackendProcess:
         with self._beat:
             self.register()
         threading.Thread(target=self._heartbeat, name="storage-api-heartbeat", daemon=True).start()
-        from ._control import ControlLoop
-
         ControlLoop(self).start()  # COMPSs' Java side (newVersion, ...) and storage_stop.sh talk through Redis
         self.server.serve_forever()  # returns at once if stop() already ran
         while not self._stop.wait(0.5):  # see Server.serve_forever: keep signal handlers running
             pass
         return 0
+
+    @property
+    def stopping(self) -> bool:
+        """Whether :meth:`stop` has begun."""
+        return self._stopping or self._stop.is_set()
+
+    def wait_stopped(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the end of :meth:`stop`; whether it ended."""
+        return self._stop.wait(timeout)
 
     def stop(self) -> None:
         with self._beat:  # after this, no heartbeat can mark us alive again

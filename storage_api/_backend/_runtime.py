@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from concurrent.futures import Future
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -72,7 +71,10 @@ def _invoke(func: Any, args: tuple, kwargs: dict, what: str) -> Any:
 
 
 class LocalBackend(Placement):
-    def __init__(self, bid: str, name: str, store: Store, meta: Metadata) -> None:
+    """The objects of one backend, live in memory, and what can be done to them."""
+
+    def __init__(self, bid: str, name: str, store: Store, meta: Metadata, *,
+                 defer_sync: Callable[[int], bool] = lambda lsn: False) -> None:
         self.id = bid
         self.name = name
         self.store = store
@@ -86,8 +88,8 @@ class LocalBackend(Placement):
         self._class_lock = threading.Lock()
         self.task_results = TaskResults()  # answers of shipped tasks kept here (see _tasks)
         # Asked before a request blocks on durability: True if the server takes over the wait
-        # (it then sends the reply once the LSN is on disk; see _server.Committer).
-        self.defer_sync: Callable[[int], bool] = lambda lsn: False
+        # (it then sends the reply once the LSN is on disk; see _server.defer_sync).
+        self.defer_sync = defer_sync
 
     # ------------------------------------------------------------- classes
     def load_class(self, path: str) -> type[ActiveObject]:
@@ -138,12 +140,6 @@ class LocalBackend(Placement):
                 del self._entries[oid]
                 raise
             return entry
-
-    def _make_resident(self, obj: ActiveObject, oid: str) -> None:
-        d = obj.__dict__
-        d["_sa_id"] = oid
-        d["_sa_state"] = State.RESIDENT
-        d["_sa_backend"] = self.id
 
     def new_entry(self, obj: ActiveObject, oid: str, alias: str | None, role: str) -> Entry:
         """Register a live object in memory (before its state: references back to it resolve)."""
@@ -326,16 +322,3 @@ class LocalBackend(Placement):
     def roles(self) -> dict[str, str]:
         return {oid: m.get("role", "primary") for oid, m in self.store.objects().items()}
 
-    def dispatch_local(self, body: bytes, buffers: list[Any], *, wait: bool = True) -> Any:
-        """Serve a request addressed to this backend without a socket (same copy semantics)."""
-        from ._handlers import dispatch
-        from .. import _wire
-        from .._serial import load_error
-
-        kind, rbody, rbuffers = dispatch(self, body, buffers)
-        future: Future = Future()
-        if kind == _wire.REPLY:
-            future.set_result(loads(rbody, rbuffers))
-        else:
-            future.set_exception(load_error(rbody))
-        return future.result() if wait else future

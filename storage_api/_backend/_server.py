@@ -97,7 +97,6 @@ class Server:
         binding of its certificate); the others are Unix sockets."""
         self.backend = backend
         self.committer = Committer(backend.store)
-        backend.defer_sync = defer_sync
         self.spin = spin  # seconds a leader polls for the next request before sleeping
         self.socks = socks
         self.max_workers = max_workers

@@ -8,7 +8,6 @@ a spawned worker imports the script as ``__mp_main__`` (its ``__main__`` block d
 from __future__ import annotations
 
 import pickle
-from typing import Any
 
 from storage_api._messages import value_at
 
