@@ -3,7 +3,7 @@
 Key layout (``ns`` is the configured namespace, ``sa`` by default)::
 
     ns:backends            SET   ids of every registered backend
-    ns:backend:<bid>       HASH  id name host port compss_name pid storage_dir unix health state started
+    ns:backend:<bid>       HASH  id name host port compss_name pid storage_dir unix health state started stopped
     ns:alive:<bid>         STR   heartbeat; expires after heartbeat_ttl (alive = the key exists)
     ns:obj:<oid>           HASH  class backend alias replicas epoch
     ns:objs:<bid>          SET   ids of the objects a backend owns (is the primary of)
@@ -18,6 +18,10 @@ Key layout (``ns`` is the configured namespace, ``sa`` by default)::
     ns:prev:<oid>          STR   the previous version of a COMPSs new version (expires after 7 days)
     ns:compss:expect:<n>   STR   how many backends the node helper of COMPSs node <n> starts
 
+This class is the only Python code that knows these keys; the COMPSs jar, which cannot import it,
+reads the object records and writes control requests (``storage_api/_compss/java/main/storageapi/
+Store.java``) with the same layout.
+
 Backends own the entries of their objects: they write them after the object is on their disk, and
 write them again when they start (so Redis itself may be volatile). ``backend`` is the primary;
 ``replicas`` lists, comma-separated, the backends holding a copy that has every acknowledged write
@@ -31,11 +35,15 @@ from __future__ import annotations
 import json
 import re
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
 from ._redis import Redis, RedisReplyError
 from .errors import AliasExists, ObjectNotFound
+
+CONTROL_REPLY_TTL_MS = 60_000  # a control reply nobody collected expires
+VERSION_LINK_TTL_S = 7 * 24 * 3600  # version links outlive any COMPSs run
 
 
 def natural_key(name: str) -> list[Any]:
@@ -259,12 +267,6 @@ class Metadata:
         out.sort(key=lambda b: natural_key(b.name))
         return out
 
-    def backend(self, bid: str) -> BackendInfo | None:
-        for b in self.backends():
-            if b.id == bid:
-                return b
-        return None
-
     # --------------------------------------------------------------- objects
     def claim_alias(self, alias: str, oid: str) -> None:
         ok = self.redis.execute("EVAL", _CLAIM, 1, self.key("alias", alias), oid)
@@ -312,9 +314,7 @@ class Metadata:
         raw = self.redis.execute("HGETALL", self.key("obj", oid))
         if not raw:
             raise ObjectNotFound(f"no object with id {oid}")
-        h = dict(zip(raw[::2], raw[1::2]))
-        return ObjectRecord(oid, h["class"], h["backend"], h.get("alias") or None,
-                            tuple(x for x in h.get("replicas", "").split(",") if x), int(h.get("epoch") or 0))
+        return _object_record(oid, raw)
 
     def objects(self) -> list[ObjectRecord]:
         """Every object record (a SCAN: for status displays, not for hot paths)."""
@@ -330,11 +330,7 @@ class Metadata:
             chunk = keys[start : start + 500]
             for key, raw in zip(chunk, self.redis.pipeline([("HGETALL", k) for k in chunk])):
                 if raw and not isinstance(raw, RedisReplyError):
-                    h = dict(zip(raw[::2], raw[1::2]))
-                    out.append(ObjectRecord(key.rsplit(":", 1)[1], h.get("class", ""), h.get("backend", ""),
-                                            h.get("alias") or None,
-                                            tuple(x for x in h.get("replicas", "").split(",") if x),
-                                            int(h.get("epoch") or 0)))
+                    out.append(_object_record(key.rsplit(":", 1)[1], raw))
         return out
 
     # ------------------------------------------------------------ placement
@@ -371,3 +367,55 @@ class Metadata:
     def class_meta(self, path: str) -> dict[str, Any] | None:
         raw = self.redis.execute("GET", self.key("class", path))
         return json.loads(raw) if raw else None
+
+    # ------------------------------------------------ control queue (see _backend/_control)
+    def request_control(self, bid: str, op: str, args: dict[str, Any] | None = None) -> str:
+        """Queue a control request for backend ``bid`` (``"any"``: any backend); return the key its
+        reply will be pushed to (see :meth:`control_reply`)."""
+        reply = self.key("ctl", "reply", str(uuid.uuid4()))
+        request = {"op": op, "reply": reply, **({"args": args} if args else {})}
+        self.redis.execute("RPUSH", self.key("ctl", bid), json.dumps(request))
+        return reply
+
+    def control_reply(self, reply: str, timeout: float) -> str | None:
+        """The reply to a control request (JSON), waiting up to ``timeout`` seconds; None if none came.
+        The Redis connection's timeout must exceed ``timeout``."""
+        popped = self.redis.execute("BLPOP", reply, timeout)
+        return None if popped is None else popped[1]
+
+    def next_control(self, bid: str, timeout: float) -> str | None:
+        """The next control request for backend ``bid`` (its own queue, then ``any``), waiting up to
+        ``timeout`` seconds; None if none came. The Redis connection's timeout must exceed it."""
+        popped = self.redis.execute("BLPOP", self.key("ctl", bid), self.key("ctl", "any"), timeout)
+        return None if popped is None else popped[1]
+
+    def reply_control(self, reply: str, answer: str) -> None:
+        """Push the answer to a control request to the key the request named (it expires unread)."""
+        self.redis.pipeline([("RPUSH", reply, answer), ("PEXPIRE", reply, CONTROL_REPLY_TTL_MS)])
+
+    def link_version(self, new_id: str, old_id: str) -> None:
+        """Remember that ``new_id`` is a new version of ``old_id`` (for a later consolidation)."""
+        self.redis.execute("SET", self.key("prev", new_id), old_id, "EX", VERSION_LINK_TTL_S)
+
+    def pop_version_link(self, oid: str) -> str | None:
+        """The version ``oid`` was made from, forgetting the link; None if there is none."""
+        prev = self.redis.execute("GET", self.key("prev", oid))
+        if prev is not None:
+            self.redis.execute("DEL", self.key("prev", oid))
+        return prev
+
+    # ------------------------------------------------ COMPSs deployments (see _compss)
+    def expect_backends(self, compss_name: str, count: int) -> None:
+        """Record how many backends the node helper of COMPSs node ``compss_name`` starts."""
+        self.redis.execute("SET", self.key("compss", "expect", compss_name), count)
+
+    def expected_backends(self, compss_name: str) -> int | None:
+        count = self.redis.execute("GET", self.key("compss", "expect", compss_name))
+        return None if count is None else int(count)
+
+
+def _object_record(oid: str, raw: list[str]) -> ObjectRecord:
+    """An object's record from its hash (HGETALL's flat list)."""
+    h = dict(zip(raw[::2], raw[1::2]))
+    return ObjectRecord(oid, h.get("class", ""), h.get("backend", ""), h.get("alias") or None,
+                        tuple(x for x in h.get("replicas", "").split(",") if x), int(h.get("epoch") or 0))

@@ -11,7 +11,7 @@ A request is one JSON object (never pickle: anyone who can write to Redis could 
 
     {"op": "new_version", "args": {"oid": ..., "preserve": true, "host": "node1-ib0"}, "reply": "<key>"}
 
-and its reply, pushed to the list named by ``reply`` (which expires after :data:`REPLY_TTL_MS`,
+and its reply, pushed to the list named by ``reply`` (which expires after a minute,
 so a requester that gave up leaves nothing behind), is ``{"ok": true, "result": ...}`` or
 ``{"ok": false, "error": "<Type>: <message>"}``. The requester waits with ``BLPOP`` and a timeout.
 
@@ -19,7 +19,7 @@ Operations (the handler table :data:`OPS`):
 
 * ``new_version`` (``oid``, ``preserve``, ``host``): copy the object to a fresh id on the backend
   whose COMPSs name is ``host`` (else on the object's own backend); drop the source unless
-  ``preserve``; when preserved, remember ``ns:prev:<new> = <old>`` for ``consolidate``.
+  ``preserve``; when preserved, remember that ``<new>`` derives from ``<old>`` for ``consolidate``.
 * ``new_replica`` (``oid``, ``host``): replicate the object on ``host``'s backend.
 * ``consolidate`` (``oid``): delete the versions ``oid`` was derived from (best effort).
 * ``shutdown``: stop this backend gracefully (as SIGTERM does); ``storage_stop.sh`` uses it.
@@ -35,6 +35,7 @@ import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .._metadata import Metadata
 from .._redis import Redis
 from ..errors import CommunicationError, ObjectNotFound, StoreError
 
@@ -43,9 +44,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("storage.backend.control")
 
-REPLY_TTL_MS = 60_000
 POLL_S = 1  # BLPOP timeout: how often the loop notices that the backend is stopping
-PREV_TTL_S = 7 * 24 * 3600  # version links outlive any COMPSs run
 
 
 class ControlLoop:
@@ -54,8 +53,9 @@ class ControlLoop:
     def __init__(self, proc: BackendProcess) -> None:
         self.proc = proc
         self.meta = proc.meta
-        self.redis = Redis(proc.settings.require_redis(), timeout=POLL_S + 5.0, pool_size=1)
-        self.queues = (self.meta.key("ctl", proc.id), self.meta.key("ctl", "any"))
+        # Its own connection: a blocking pop must not hold up the backend's other Redis traffic.
+        self.queue = Metadata(Redis(proc.settings.require_redis(), timeout=POLL_S + 5.0, pool_size=1),
+                              proc.settings.namespace)
 
     def start(self) -> None:
         threading.Thread(target=self._loop, name="storage-api-control", daemon=True).start()
@@ -63,16 +63,16 @@ class ControlLoop:
     def _loop(self) -> None:
         while not self.proc.stopping:
             try:
-                popped = self.redis.execute("BLPOP", *self.queues, POLL_S)
+                raw = self.queue.next_control(self.proc.id, POLL_S)
             except CommunicationError as exc:
                 log.warning("control queue unreachable: %s", exc)
                 if self.proc.wait_stopped(POLL_S):
                     break
                 continue
-            if popped is None:
+            if raw is None:
                 continue
-            threading.Thread(target=self.serve, args=(popped[1],), name="storage-api-control-op", daemon=True).start()
-        self.redis.close()
+            threading.Thread(target=self.serve, args=(raw,), name="storage-api-control-op", daemon=True).start()
+        self.queue.redis.close()
 
     def serve(self, raw: str) -> None:
         try:
@@ -93,7 +93,7 @@ class ControlLoop:
                 answer = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         if reply:
             try:
-                self.meta.redis.pipeline([("RPUSH", reply, json.dumps(answer)), ("PEXPIRE", reply, REPLY_TTL_MS)])
+                self.meta.reply_control(reply, json.dumps(answer))
             except CommunicationError as exc:
                 log.warning("control reply lost: %s", exc)
         if op == "shutdown" and answer["ok"]:
@@ -114,7 +114,7 @@ def _backend_of_host(proc: BackendProcess, host: str) -> str | None:
 def new_version(proc: BackendProcess, oid: str, preserve: bool = True, host: str = "") -> str:
     new_id = proc.client.copy(oid, _backend_of_host(proc, host), str(uuid.uuid4()))
     if preserve:
-        proc.meta.redis.execute("SET", proc.meta.key("prev", new_id), oid, "EX", PREV_TTL_S)
+        proc.meta.link_version(new_id, oid)
     else:
         _delete(proc, oid)
     return new_id
@@ -133,10 +133,9 @@ def consolidate(proc: BackendProcess, oid: str) -> list[str]:
     dropped: list[str] = []
     current = oid
     for _ in range(10_000):  # a chain, never a cycle; bounded anyway
-        prev = proc.meta.redis.execute("GET", proc.meta.key("prev", current))
+        prev = proc.meta.pop_version_link(current)
         if prev is None:
             break
-        proc.meta.redis.execute("DEL", proc.meta.key("prev", current))
         _delete(proc, prev)
         dropped.append(prev)
         current = prev

