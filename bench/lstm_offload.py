@@ -10,7 +10,7 @@ then the baseline (``python -m apps.lstm_baseline``, a fresh process) and the th
 (``apps/lstm_offload.py``, run by the thin-client environment's interpreter: no torch, numpy or
 pandas installed) run the same training with the same seed. Printed side by side:
 
-* offload overhead as the issue defines it, client total - (server train + eval), and its parts:
+* offload overhead, client total - (server train + eval), and its parts:
   connect + make_persistent, the backend's work outside the timed train and eval (data windows,
   model set-up, metrics), and the offloading cost of the ``train`` call itself (client wall time
   minus the backend's time for the whole call: request, progress events, reply);

@@ -79,8 +79,8 @@ sa_results_dir() {  # SUBDIR...: RESULTS_DIR and these folders in it, made absol
 }
 
 sa_app() {  # PATH: APP, the app of the checkout the job runs
-    APP="$STORAGE_API_HOME/$1"
-    [ -f "$APP" ] || sa_die "$APP not found (STORAGE_API_HOME='$STORAGE_API_HOME')"
+    APP="$SA_CHECKOUT/$1"
+    [ -f "$APP" ] || sa_die "$APP not found (SA_CHECKOUT='$SA_CHECKOUT')"
 }
 
 sa_abspath() {  # PATH: made absolute (the scripts change directory)

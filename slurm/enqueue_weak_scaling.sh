@@ -9,14 +9,14 @@
 # For every processor count P and block size it submits, when STORAGE has "on",
 #   enqueue_compss --num_nodes=1+ceil(P/SOCKETS_PER_NODE) --worker_in_master_cpus=0
 #                  --storage_home=BUNDLE --storage_props=PROPS (backends_per_node=min(P, SOCKETS_PER_NODE))
-#                  --classpath=BUNDLE/storage-api-compss.jar --pythonpath=BUNDLE/python:STORAGE_API_HOME
+#                  --classpath=BUNDLE/storage-api-compss.jar --pythonpath=BUNDLE/python:SA_CHECKOUT
 #                  --lang=python apps/csvm.py --storage ... --json RESULTS_DIR/runs/<run>.json
 # and the same without the storage options and with --no-storage when STORAGE has "off"; then one
 # sbatch job, after all of them, that writes RESULTS_DIR/results.csv and weak_scaling.png
 # (apps/slurm_results.py). Job ids go to RESULTS_DIR/jobs.txt.
 #
 # Parameters (environment variables), as slurm/weak_scaling.sh where the names are the same:
-#   MODULES, PYTHON, STORAGE_API_HOME, SOCKETS_PER_NODE (2), CORES_PER_SOCKET (24),
+#   MODULES, PYTHON, SA_CHECKOUT, SOCKETS_PER_NODE (2), CORES_PER_SOCKET (24),
 #   PROCESSORS ("2 4 8 16 32"), POINTS_PER_BLOCK ("128 1024"), BLOCKS_PER_CORE ("8 1"),
 #   STORAGE ("on off"), ARITY (48), ITERATIONS (5), PLACEMENT (contiguous), STORAGE_PROPS, NETWORK
 #   STORAGE_HOME     the bundle (default: built into RESULTS_DIR/bundle with `storage-api compss-bundle`)
@@ -28,9 +28,9 @@
 set -euo pipefail
 
 SA_NAME=enqueue_weak_scaling.sh
-STORAGE_API_HOME="${STORAGE_API_HOME:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
+SA_CHECKOUT="${SA_CHECKOUT:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}"
 # shellcheck source=slurm/_common.sh
-source "$STORAGE_API_HOME/slurm/_common.sh"
+source "$SA_CHECKOUT/slurm/_common.sh"
 
 sa_sweep_params
 EXEC_TIME="${EXEC_TIME:-}"
@@ -85,9 +85,9 @@ for p in $PROCESSORS; do
                  --cpus_per_node=$((SOCKETS_PER_NODE * CORES_PER_SOCKET)) --worker_in_master_cpus=0 --network="$NETWORK" --lang=python)
             if [ "$mode" = on ]; then
                 cmd+=(--storage_home="$STORAGE_HOME" --storage_props="$props" --classpath="$STORAGE_HOME/storage-api-compss.jar"
-                      --pythonpath="$STORAGE_HOME/python:$STORAGE_API_HOME")
+                      --pythonpath="$STORAGE_HOME/python:$SA_CHECKOUT")
             else
-                cmd+=(--pythonpath="$STORAGE_API_HOME")
+                cmd+=(--pythonpath="$SA_CHECKOUT")
             fi
             # shellcheck disable=SC2206
             cmd+=($ENQUEUE_FLAGS "$APP" --processors "$p" --cores-per-processor "$CORES_PER_SOCKET"
@@ -104,7 +104,7 @@ done
 deps=$(IFS=:; echo "${JOBS[*]}")
 cmd=(sbatch --job-name=sa-weak-scaling-report --dependency="afterany:$deps" --ntasks=1 --time=10
      --output="$RESULTS_DIR/report-%j.out"
-     --wrap="$(printf '%q ' "$PYTHON" "$STORAGE_API_HOME/apps/slurm_results.py" csvm "$RESULTS_DIR" --plot)")
+     --wrap="$(printf '%q ' "$PYTHON" "$SA_CHECKOUT/apps/slurm_results.py" csvm "$RESULTS_DIR" --plot)")
 report=$(submit "${cmd[@]}")
 echo "report $report" >> "$RESULTS_DIR/jobs.txt"
 echo "$SA_NAME: ${#JOBS[@]} jobs and a report job submitted; results will be in $RESULTS_DIR (jobs: $RESULTS_DIR/jobs.txt)"

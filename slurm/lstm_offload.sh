@@ -24,7 +24,7 @@
 #   MODULES            environment modules loaded first (default: none)
 #   PYTHON             the backend's interpreter, with storage-api[ml] installed (default: python3)
 #   CLIENT_PYTHON      the client's interpreter: storage-api without extras is enough (default: PYTHON)
-#   STORAGE_API_HOME   the storage-api checkout (default: the directory above this script)
+#   SA_CHECKOUT        the storage-api checkout (default: the directory above this script)
 #   RUNS               training runs, seeds SEED, SEED+1, ... (default: 1)
 #   SEED               the first run's seed (default: 0)
 #   EPOCHS             epochs per pass (default: 100)       PASSES   1 or 2 (default: 2, as the paper)
@@ -38,15 +38,15 @@
 set -euo pipefail
 
 SA_NAME=lstm_offload.sh
-if [ -z "${STORAGE_API_HOME:-}" ]; then  # sbatch runs a copy of the script: ask SLURM for the original
+if [ -z "${SA_CHECKOUT:-}" ]; then  # sbatch runs a copy of the script: ask SLURM for the original
     _self=""
     [ -n "${SLURM_JOB_ID:-}" ] && _self=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')
-    STORAGE_API_HOME="$(cd "$(dirname "${_self:-${BASH_SOURCE[0]}}")/.." && pwd)"
+    SA_CHECKOUT="$(cd "$(dirname "${_self:-${BASH_SOURCE[0]}}")/.." && pwd)"
 fi
-[ -f "$STORAGE_API_HOME/slurm/_common.sh" ] ||
-    { echo "$SA_NAME: error: STORAGE_API_HOME='$STORAGE_API_HOME' is not a storage-api checkout" >&2; exit 2; }
+[ -f "$SA_CHECKOUT/slurm/_common.sh" ] ||
+    { echo "$SA_NAME: error: SA_CHECKOUT='$SA_CHECKOUT' is not a storage-api checkout" >&2; exit 2; }
 # shellcheck source=slurm/_common.sh
-source "$STORAGE_API_HOME/slurm/_common.sh"
+source "$SA_CHECKOUT/slurm/_common.sh"
 
 # ------------------------------------------------------------------ parameters
 MODULES="${MODULES:-}"
@@ -78,15 +78,15 @@ sa_app apps/lstm_offload.py
 sa_results_dir runs logs
 [ -z "$CSV" ] || CSV="$(sa_abspath "$CSV")"
 [ -z "$STORAGE_PROPS" ] || STORAGE_PROPS="$(sa_abspath "$STORAGE_PROPS")"
-STORAGE_HOME="${STORAGE_HOME:-$STORAGE_API_HOME/storage_api/_compss}"
+STORAGE_HOME="${STORAGE_HOME:-$SA_CHECKOUT/storage_api/_compss}"
 [ -x "$STORAGE_HOME/scripts/storage_init.sh" ] || sa_die "STORAGE_HOME '$STORAGE_HOME' has no scripts/storage_init.sh"
 SERVER="${SA_NODES[0]}"
 CLIENT="${SA_NODES[1]:-$SERVER}"
-cd "$STORAGE_API_HOME"
+cd "$SA_CHECKOUT"
 
 # ------------------------------------------------------------------ the job
 sa_finish() {
-    "$PYTHON" "$STORAGE_API_HOME/apps/slurm_results.py" lstm "$RESULTS_DIR" ||
+    "$PYTHON" "$SA_CHECKOUT/apps/slurm_results.py" lstm "$RESULTS_DIR" ||
         echo "$SA_NAME: warning: could not write the results table" >&2
 }
 
@@ -108,7 +108,7 @@ for i in $(seq 0 $((RUNS - 1))); do
     out="$RESULTS_DIR/runs/run-$(printf %03d "$i").json"
     if sa_run "$out.part" - "${STEP[@]}" "$CLIENT_PYTHON" "$APP" "${args[@]}"; then
         mv "$out.part" "$out"
-        "$PYTHON" "$STORAGE_API_HOME/apps/slurm_results.py" lstm "$RESULTS_DIR" --show "$out" ||
+        "$PYTHON" "$SA_CHECKOUT/apps/slurm_results.py" lstm "$RESULTS_DIR" --show "$out" ||
             echo "$SA_NAME: warning: could not write the results table" >&2
     else
         FAILED=$((FAILED + 1))

@@ -39,7 +39,7 @@
 # Parameters (environment variables; sbatch passes the submitting environment):
 #   MODULES             environment modules loaded first, e.g. "COMPSs/3.3 python/3.12" (default: none)
 #   PYTHON              interpreter with storage-api[compss] installed (default: python3)
-#   STORAGE_API_HOME    the storage-api checkout (default: the directory above this script)
+#   SA_CHECKOUT         the storage-api checkout (default: the directory above this script)
 #   SOCKETS_PER_NODE    sockets (= backends = processors) per node (default: 2)
 #   CORES_PER_SOCKET    cores per socket (default: 24)
 #   PROCESSORS          processor counts to run, each 1..SOCKETS_PER_NODE or a multiple of it
@@ -63,15 +63,15 @@
 set -euo pipefail
 
 SA_NAME=weak_scaling.sh
-if [ -z "${STORAGE_API_HOME:-}" ]; then  # sbatch runs a copy of the script: ask SLURM for the original
+if [ -z "${SA_CHECKOUT:-}" ]; then  # sbatch runs a copy of the script: ask SLURM for the original
     _self=""
     [ -n "${SLURM_JOB_ID:-}" ] && _self=$(scontrol show job "$SLURM_JOB_ID" 2>/dev/null | sed -n 's/^ *Command=\([^ ]*\).*/\1/p')
-    STORAGE_API_HOME="$(cd "$(dirname "${_self:-${BASH_SOURCE[0]}}")/.." && pwd)"
+    SA_CHECKOUT="$(cd "$(dirname "${_self:-${BASH_SOURCE[0]}}")/.." && pwd)"
 fi
-[ -f "$STORAGE_API_HOME/slurm/_common.sh" ] ||
-    { echo "$SA_NAME: error: STORAGE_API_HOME='$STORAGE_API_HOME' is not a storage-api checkout" >&2; exit 2; }
+[ -f "$SA_CHECKOUT/slurm/_common.sh" ] ||
+    { echo "$SA_NAME: error: SA_CHECKOUT='$SA_CHECKOUT' is not a storage-api checkout" >&2; exit 2; }
 # shellcheck source=slurm/_common.sh
-source "$STORAGE_API_HOME/slurm/_common.sh"
+source "$SA_CHECKOUT/slurm/_common.sh"
 
 # ------------------------------------------------------------------ parameters
 sa_sweep_params
@@ -113,20 +113,20 @@ if [ -z "${STORAGE_HOME:-}" ]; then
         "$PYTHON" -m storage_api compss-bundle "$STORAGE_HOME" >/dev/null ||
             sa_die "building the storage bundle in $STORAGE_HOME failed (javac?)"
     else
-        STORAGE_HOME="$STORAGE_API_HOME/storage_api/_compss"
+        STORAGE_HOME="$SA_CHECKOUT/storage_api/_compss"
     fi
 fi
 [ -x "$STORAGE_HOME/scripts/storage_init.sh" ] || sa_die "STORAGE_HOME '$STORAGE_HOME' has no scripts/storage_init.sh"
 [ -z "$STORAGE_PROPS" ] || STORAGE_PROPS="$(sa_abspath "$STORAGE_PROPS")"
 CPUS_HERE="$(sa_cpus_here)"
-cd "$STORAGE_API_HOME"
+cd "$SA_CHECKOUT"
 
 # ------------------------------------------------------------------ the sweep
 FAILED=0
 RUNS=0
 
 sa_finish() {
-    "$PYTHON" "$STORAGE_API_HOME/apps/slurm_results.py" csvm "$RESULTS_DIR" --plot ||
+    "$PYTHON" "$SA_CHECKOUT/apps/slurm_results.py" csvm "$RESULTS_DIR" --plot ||
         echo "$SA_NAME: warning: could not write the results table or plot" >&2
 }
 
@@ -141,7 +141,7 @@ run_csvm() {
     local cmd
     if [ "$LAUNCHER" = compss ]; then
         cmd=(launch_compss --master_node="$MASTER" --worker_nodes="$workers" --lang=python
-             --pythonpath="$STORAGE_API_HOME:$STORAGE_HOME/python")
+             --pythonpath="$SA_CHECKOUT:$STORAGE_HOME/python")
         if [ "$mode" = on ]; then
             cmd+=(--storage_conf="$SA_STORAGE_CONF" --env_script="$VARS" --classpath="$STORAGE_HOME/storage-api-compss.jar")
         fi
@@ -156,7 +156,7 @@ run_csvm() {
     if sa_run "$RESULTS_DIR/logs/$tag.log" "$RESULTS_DIR/logs/$tag.log" "${cmd[@]}"; then
         grep -E "^(csvm:|initialization time|execution time|bytes moved|score)" "$RESULTS_DIR/logs/$tag.log" |
             sed 's/^/    /' || true
-        "$PYTHON" "$STORAGE_API_HOME/apps/slurm_results.py" csvm "$RESULTS_DIR" >/dev/null
+        "$PYTHON" "$SA_CHECKOUT/apps/slurm_results.py" csvm "$RESULTS_DIR" >/dev/null
     else
         FAILED=$((FAILED + 1))
         echo "$SA_NAME: run $tag failed; its log ($RESULTS_DIR/logs/$tag.log) ends with:" >&2

@@ -1,8 +1,7 @@
 """The Python Storage Runtime Interface COMPSs calls (``storage.api``), over storage_api.
 
 PyCOMPSs imports this module on every worker, storage or not, so importing it has no side effects
-and costs nothing (no numpy, no torch, no connection). Call sequences (see the COMPSs contract in
-``reference/compss-storage-interface.md`` §3.2):
+and costs nothing (no numpy, no torch, no connection). Call sequences, as PyCOMPSs makes them:
 
 * master: ``init(config_file_path=conf)`` ... ``getByID(id)`` ... ``finish()``;
 * piper worker: ``initWorker(config_file_path=conf)``, fork, ``initWorkerPostFork()`` in each

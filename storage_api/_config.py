@@ -42,7 +42,7 @@ class Settings:
     namespace: str = _f("sa", "prefix of every Redis key, so several deployments can share one Redis")
     connect_timeout: float = _f(2.0, "seconds to connect and authenticate to a backend")
     liveness_timeout: float = _f(2.0, "calls to a backend that stays silent fail within this many seconds")
-    import_classes: bool = _f(True, "build proxies from importable classes; when False always use stubs")
+    import_classes: bool = _f(True, "build handles from importable classes; when False always use stubs")
     spin_us: float = _f(200.0, "microseconds a caller polls for its reply before sleeping (0: never)")
     retry_deadline: float = _f(10.0, "seconds a call keeps retrying a dead or failing-over backend (0: no retries)")
     retry_backoff: float = _f(0.02, "first pause between retries, doubled each time up to retry_backoff_cap")

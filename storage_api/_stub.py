@@ -12,7 +12,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-from ._object import ActiveObject, MethodSpec, RemoteMethod, State, _handle_delattr, _handle_getattr, _handle_setattr
+from ._object import (RESERVED_PREFIX, ActiveObject, MethodSpec, RemoteMethod, State, _handle_delattr, _handle_getattr,
+                      _handle_setattr)
 from .errors import InvalidArguments, StoreError
 
 _stubs: dict[str, type[ActiveObject]] = {}
@@ -90,7 +91,7 @@ def _stub_init(self: Any, *args: Any, **kwargs: Any) -> None:
 
 
 def _stub_setattr(self: Any, name: str, value: Any) -> None:
-    if self._sa_state is State.PENDING and not name.startswith("_sa_"):
+    if self._sa_state is State.PENDING and not name.startswith(RESERVED_PREFIX):
         raise StoreError("a stub instance holds no state until make_persistent(); pass values to the constructor")
     _handle_setattr(self, name, value)
 

@@ -35,6 +35,21 @@ needs_junit = pytest.mark.skipif(not HAS_JDK or not Path("/usr/share/java/junit4
                                  reason="needs a JDK and Debian's junit4 (.ci/run installs them)")
 
 IB_NAME = socket.gethostname() + "-ib0"
+JAVA_TESTS = Path(__file__).resolve().parent / "java"  # the JUnit sources (not shipped with the package)
+JUNIT = [Path("/usr/share/java") / name for name in ("junit4.jar", "hamcrest-core.jar")]
+
+
+def junit_classpath() -> list[Path]:
+    """Build the jar and compile the JUnit tests against it (when stale); the classpath that runs them."""
+    jar = _bundle.build_jar()
+    out = _bundle.default_build_dir() / "test-classes"
+    sources = _bundle.sources(JAVA_TESTS) + _bundle.stand_ins()  # the tests use the COMPSs interfaces too
+    stamp = out / ".built"
+    if _bundle.stale(stamp, sources + [jar]):
+        shutil.rmtree(out, ignore_errors=True)
+        _bundle.javac(out, [jar, *JUNIT], sources)
+        stamp.touch()
+    return [out, jar, *JUNIT]
 
 
 class Deployment:
@@ -107,7 +122,7 @@ def test_storageitf_junit(deployment: Deployment, tmp_path: Path) -> None:
     conf = tmp_path / "storage.conf"
     conf.write_text(f"# written by the test\nredis_url={deployment.url}\n")
     out = tmp_path / "created.txt"
-    classpath = os.pathsep.join(map(str, _bundle.build_tests()))
+    classpath = os.pathsep.join(map(str, junit_classpath()))
     props = {"conf": conf, "oid": oid, "oid2": oid2, "locations": f"compss-node-a,{IB_NAME}", "hostB": IB_NAME,
              "out": out}
     cmd = ["java", "-cp", classpath, *[f"-Dstorageapi.test.{k}={v}" for k, v in props.items()],

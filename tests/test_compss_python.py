@@ -1,4 +1,4 @@
-"""storage.api, played the way PyCOMPSs calls it (reference §3.2), against real backends.
+"""storage.api, played the way PyCOMPSs calls it, against real backends.
 
 Each sequence runs in a fresh interpreter, as a COMPSs master or worker process would, and forks
 where the piper worker forks. What a task changed is then read from a fresh client in this process.

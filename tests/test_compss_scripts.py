@@ -203,6 +203,6 @@ def test_unknown_network_is_a_config_error() -> None:
     (["0-3", "4-7"], "auto", None, None, 2, []),
 ])
 def test_backend_pinning(groups, mode, numactl, taskset, sockets, expected) -> None:
-    from storage_api._compss._deploy import pin_prefix
+    from storage_api._compss._jobs import pin_prefix
 
     assert pin_prefix(1, groups, mode, numactl, taskset, sockets) == expected

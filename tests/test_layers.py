@@ -94,3 +94,23 @@ def test_the_client_never_reaches_the_backend():
     assert sorted(m for m in seen if m.startswith("storage_api._backend")) == []
     importers = {m for m, deps in graph.items() if any(d.startswith("storage_api._backend") for d in deps)}
     assert {m for m in importers if not m.startswith("storage_api._backend")} == {"storage_api._cli"}
+
+
+def test_the_readme_tree_names_every_module_and_only_those():
+    """README's "How it works" tree is the map of storage_api/: every module in it, none missing."""
+    tree = (ROOT / "README.md").read_text().split("## How it works", 1)[1].split("```", 2)[1]
+    listed, directory = set(), ""
+    for line in tree.strip("\n").splitlines()[1:]:  # the lines under storage_api/
+        if not line.startswith("  "):
+            break  # the next top-level folder
+        names = [n.strip() for n in line[:30].split(",") if n.strip()]  # the name column
+        if line.startswith("    "):
+            listed.update(directory + n for n in names)
+        else:
+            directory = names[0] if names and names[0].endswith("/") else ""
+            listed.update(n for n in names if n.endswith(".py"))
+    package = ROOT / "storage_api"
+    modules = {p.name for p in package.glob("*.py")} - {"__main__.py"}
+    modules |= {f"_backend/{p.name}" for p in (package / "_backend").glob("*.py")} - {"_backend/__init__.py"}
+    assert modules - listed == set(), "modules missing from the tree"
+    assert listed - modules == set(), "the tree names modules that do not exist"

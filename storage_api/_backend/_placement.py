@@ -33,7 +33,7 @@ from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 from .. import _messages as m
-from .._object import ActiveObject, State, state_of
+from .._object import RESERVED_PREFIX, VOLATILE_PREFIX, ActiveObject, State, state_of
 from .._serial import dumps, loads
 from ..errors import CommunicationError, ObjectNotFound, StoreError
 
@@ -83,7 +83,7 @@ def references(obj: ActiveObject, depth: int = 3) -> list[ActiveObject]:
                 walk(x, d - 1)
 
     for k, v in obj.__dict__.items():
-        if not k.startswith(("_sa_", "_v_")):
+        if not k.startswith((RESERVED_PREFIX, VOLATILE_PREFIX)):
             walk(v, depth)
     return found
 
@@ -215,15 +215,12 @@ class Placement:
             entry = self.entry(oid)
             if register:
                 raise StoreError(f"object {oid} already exists")
-            entry.lock.acquire_write()
-            try:
+            with entry.lock.writing():
                 _replace_state(entry.obj, state)
                 entry.alias = alias
                 self._set_role(entry, role, replicas)
                 entry.applied = OrderedDict(applied)
                 self.store.sync(self._save(entry))
-            finally:
-                entry.lock.release_write()
             return
         obj = cls.__new__(cls)
         obj.__dict__.update(state)
@@ -238,8 +235,7 @@ class Placement:
     def replica_put(self: LocalBackend, oid: str, state_body: bytes, buffers: list[Any], rid: str | None,
                     result_blob: bytes | None) -> None:
         entry = self.entry(oid)
-        entry.lock.acquire_write()
-        try:
+        with entry.lock.writing():
             entry.check()
             if entry.role != "replica":
                 raise StoreError(f"backend {self.name} is not a replica of {oid}")
@@ -247,8 +243,6 @@ class Placement:
             if rid is not None:
                 remember(entry, rid, pickle.loads(result_blob) if result_blob is not None else None)
             lsn = self._save(entry)
-        finally:
-            entry.lock.release_write()
         self.store.sync(lsn)
 
     def replica_drop(self: LocalBackend, oid: str) -> None:
@@ -263,16 +257,13 @@ class Placement:
         if target == self.id:
             return []
         moved = [oid]
-        entry.lock.acquire_write()
-        try:
+        with entry.lock.writing():
             entry.check()
             children = references(entry.obj) if recursive else []
             self._ship(target, entry, oid, "primary", [r for r in entry.replicas if r != target], False)
             if self.meta.move_primary(oid, self.id, target) < 0:
                 raise StoreError(f"object {oid} changed primary during the move")
             self.drop_local(oid)  # waiting calls fail with ObjectNotFound and find it on target
-        finally:
-            entry.lock.release_write()
         for child in children:
             cid = child._sa_id
             if cid is not None and cid not in moved and child._sa_state is State.RESIDENT:
@@ -286,33 +277,26 @@ class Placement:
         entry = self.primary_entry(oid)
         if target == self.id or target in entry.replicas:
             return
-        entry.lock.acquire_write()  # no write may slip between the copy and the listing
-        try:
+        with entry.lock.writing():  # no write may slip between the copy and the listing
             entry.check()
             self._ship(target, entry, oid, "replica", [], False)
             if not self.meta.add_replica(oid, self.id, target):
                 self._tell(target, m.ReplicaDrop(oid))
                 raise StoreError(f"object {oid} changed primary while being replicated")
             entry.replicas.append(target)
-        finally:
-            entry.lock.release_write()
 
     def drop_replica(self: LocalBackend, oid: str, target: str) -> None:
         entry = self.primary_entry(oid)
-        entry.lock.acquire_write()
-        try:
+        with entry.lock.writing():
             self.meta.drop_replica(oid, target)
             if target in entry.replicas:
                 entry.replicas.remove(target)
-        finally:
-            entry.lock.release_write()
         self._tell(target, m.ReplicaDrop(oid))
 
     def copy(self: LocalBackend, oid: str, target: str, new_id: str) -> str:
         """A new, independent object with this one's class and current state (a new version)."""
         entry = self.readable_entry(oid)
-        entry.lock.acquire_read()
-        try:
+        with entry.lock.reading():
             entry.check()
             if target == self.id:
                 cls = entry.cls
@@ -321,13 +305,11 @@ class Placement:
                 self.adopt(obj, new_id, None)
             else:
                 self._ship(target, entry, new_id, "primary", [], True)
-        finally:
-            entry.lock.release_read()
         return new_id
 
 
 def _replace_state(obj: ActiveObject, state: dict[str, Any]) -> None:
     d = obj.__dict__
-    for k in [k for k in d if not k.startswith("_sa_")]:
+    for k in [k for k in d if not k.startswith(RESERVED_PREFIX)]:
         del d[k]
     d.update(state)

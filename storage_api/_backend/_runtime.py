@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._messages import ReplicaDrop
 from .._metadata import Metadata
-from .._object import ActiveObject, State, import_class, state_of
+from .._object import RESERVED_PREFIX, ActiveObject, State, import_class, state_of
 from .._serial import dumps, loads
 from .._stub import describe_class
 from ..errors import InvalidArguments, MethodNotFound, ObjectNotFound, StoreError
@@ -218,17 +218,13 @@ class LocalBackend(Placement):
         lock = entry.lock
         if spec.readonly:
             self.check_readable(entry)
-            lock.acquire_read()
-            try:
+            with lock.reading():
                 entry.check()
                 result = _invoke(func, (entry.obj, *args), kwargs, what)
-            finally:
-                lock.release_read()
             self._durable(entry.lsn)
             return result
         self.check_primary(entry)
-        lock.acquire_write()
-        try:
+        with lock.writing():
             entry.check()
             if rid is not None and rid in entry.applied:
                 # A retry of a call that was applied: answer as the first time, do not run it twice.
@@ -248,8 +244,6 @@ class LocalBackend(Placement):
                     remember(entry, rid, outcome)
                 if entry.replicas:
                     self.replicate_write(entry, body, buffers, rid, outcome)
-        finally:
-            lock.release_write()
         self._durable(lsn)
         return result
 
@@ -270,44 +264,35 @@ class LocalBackend(Placement):
             self.store.sync(lsn)
 
     def get_attr(self, oid: str, name: str) -> Any:
-        if name.startswith("_sa_"):
+        if name.startswith(RESERVED_PREFIX):
             raise AttributeError(name)
         entry = self.readable_entry(oid)
-        entry.lock.acquire_read()
-        try:
+        with entry.lock.reading():
             entry.check()
             value = getattr(entry.obj, name)
-        finally:
-            entry.lock.release_read()
         self._durable(entry.lsn)
         return value
 
     def set_attr(self, oid: str, name: str, value: Any) -> None:
-        if name.startswith("_sa_"):
+        if name.startswith(RESERVED_PREFIX):
             raise AttributeError(f"{name} is reserved")
         entry = self.primary_entry(oid)
-        entry.lock.acquire_write()
-        try:
+        with entry.lock.writing():
             entry.check()
             setattr(entry.obj, name, value)
             lsn, body, buffers = self._save_state(entry)
             self.replicate_write(entry, body, buffers, None, None)
-        finally:
-            entry.lock.release_write()
         self._durable(lsn)
 
     def delete(self, oid: str) -> None:
         entry = self.primary_entry(oid)
-        entry.lock.acquire_write()
-        try:
+        with entry.lock.writing():
             entry.check()
             self.store.sync(self.store.delete(oid))
             entry.deleted = True
             self._entries.pop(oid, None)
             entry.obj.__dict__["_sa_state"] = State.DELETED
             replicas = tuple(entry.replicas)
-        finally:
-            entry.lock.release_write()
         self.meta.unregister_object(self.id, oid, entry.alias, replicas)
         for r in replicas:
             self._tell(r, ReplicaDrop(oid))

@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 
 class RWLock:
-    __slots__ = ("_cond", "_readers", "_writer", "_writers_waiting")
+    __slots__ = ("_cond", "_readers", "_writer", "_writers_waiting", "_shared", "_exclusive")
 
     def __init__(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._readers = 0
         self._writer = False
         self._writers_waiting = 0
+        # Guards are stateless, so one of each serves every thread (no allocation per use: hot path).
+        self._shared = _Guard(self.acquire_read, self.release_read)
+        self._exclusive = _Guard(self.acquire_write, self.release_write)
+
+    def reading(self) -> _Guard:
+        """``with lock.reading():`` holds the lock shared for the block."""
+        return self._shared
+
+    def writing(self) -> _Guard:
+        """``with lock.writing():`` holds the lock exclusively for the block."""
+        return self._exclusive
 
     def acquire_read(self) -> None:
         with self._cond:
@@ -40,3 +52,17 @@ class RWLock:
         with self._cond:
             self._writer = False
             self._cond.notify_all()
+
+
+class _Guard:
+    __slots__ = ("_acquire", "_release")
+
+    def __init__(self, acquire: Any, release: Any) -> None:
+        self._acquire = acquire
+        self._release = release
+
+    def __enter__(self) -> None:
+        self._acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._release()

@@ -54,7 +54,6 @@ DESC = struct.Struct("<BxHIQQ")
 INLINE, EXTERNAL = 0, 1
 
 BIG_BUFFER = 1 << 20  # buffers this large go to DATA records (two-phase write)
-STREAM_BUFFER = 4 << 20  # buffers this large arriving with a persist are streamed to the log
 PREALLOC = 64 << 20
 ALIGN = 4096
 _CHUNK = 4 << 20

@@ -2,6 +2,6 @@
 
 import sys
 
-from ._deploy import main
+from ._jobs import main
 
 sys.exit(main(sys.argv[1:]))

@@ -31,8 +31,8 @@ JAVA_DIR = Path(__file__).resolve().parent / "java"
 SCRIPTS_DIR = Path(__file__).resolve().parent / "scripts"
 JAR_NAME = "storage-api-compss.jar"
 RELEASE = "8"
-JUNIT_JARS = ("junit4.jar", "hamcrest-core.jar")
-JAVA_LIBS = Path("/usr/share/java")
+# Stand-ins of the COMPSs interfaces StorageItf is compiled against (COMPSs provides the real ones
+# at run time, so the jar leaves them out).
 STAND_INS = ("StubItf", "StorageObject", "CallbackHandler", "CallbackEvent")
 
 
@@ -48,12 +48,13 @@ def default_build_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "storage-api" / "java"
 
 
-def _sources(*parts: str) -> list[Path]:
-    return sorted(JAVA_DIR.joinpath(*parts).rglob("*.java"))
+def sources(directory: Path) -> list[Path]:
+    return sorted(directory.rglob("*.java"))
 
 
-def _stand_ins() -> list[Path]:
-    return [JAVA_DIR / "test" / "storage" / f"{name}.java" for name in STAND_INS]
+def stand_ins() -> list[Path]:
+    """The sources of the COMPSs stand-ins (see STAND_INS)."""
+    return [JAVA_DIR / "compss" / "storage" / f"{name}.java" for name in STAND_INS]
 
 
 def _run(cmd: list[str]) -> None:
@@ -65,16 +66,18 @@ def _run(cmd: list[str]) -> None:
         raise BuildError(f"{' '.join(cmd[:3])} ... failed:\n{proc.stdout}{proc.stderr}")
 
 
-def _javac(out: Path, classpath: list[Path], sources: list[Path]) -> None:
+def javac(out: Path, classpath: list[Path], files: list[Path]) -> None:
+    """Compile ``files`` for Java 8 into ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     cmd = ["javac", "--release", RELEASE, "-Xlint:-options", "-encoding", "UTF-8", "-d", str(out)]
     if classpath:
         cmd += ["-cp", os.pathsep.join(map(str, classpath))]
-    _run(cmd + [str(s) for s in sources])
+    _run(cmd + [str(s) for s in files])
 
 
-def _stale(target: Path, sources: list[Path]) -> bool:
-    return not target.exists() or any(s.stat().st_mtime > target.stat().st_mtime for s in sources)
+def stale(target: Path, files: list[Path]) -> bool:
+    """Whether ``target`` is missing or older than one of ``files``."""
+    return not target.exists() or any(s.stat().st_mtime > target.stat().st_mtime for s in files)
 
 
 def build_jar(build_dir: Path | None = None) -> Path:
@@ -85,38 +88,17 @@ def build_jar(build_dir: Path | None = None) -> Path:
     """
     build = Path(build_dir or default_build_dir())
     jar = build / JAR_NAME
-    if not _stale(jar, _sources("main") + _stand_ins()):
+    main = sources(JAVA_DIR / "main")
+    if not stale(jar, main + stand_ins()):
         return jar
     build.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=build) as tmp:
         t = Path(tmp)
-        _javac(t / "stand-ins", [], _stand_ins())
-        _javac(t / "classes", [t / "stand-ins"], _sources("main"))
+        javac(t / "stand-ins", [], stand_ins())
+        javac(t / "classes", [t / "stand-ins"], main)
         _run(["jar", "cf", str(t / JAR_NAME), "-C", str(t / "classes"), "."])
         os.replace(t / JAR_NAME, jar)
     return jar
-
-
-def junit_classpath() -> list[Path]:
-    jars = [JAVA_LIBS / name for name in JUNIT_JARS]
-    missing = [str(j) for j in jars if not j.exists()]
-    if missing:
-        raise BuildError(f"JUnit 4 not found ({', '.join(missing)}): apt install junit4")
-    return jars
-
-
-def build_tests(build_dir: Path | None = None) -> list[Path]:
-    """Compile the JUnit tests (and the stand-ins); return the classpath that runs them."""
-    build = Path(build_dir or default_build_dir())
-    jar = build_jar(build)
-    out = build / "test-classes"
-    sources = _sources("test")
-    stamp = out / ".built"
-    if _stale(stamp, sources + [jar]):
-        shutil.rmtree(out, ignore_errors=True)
-        _javac(out, [jar, *junit_classpath()], sources)
-        stamp.touch()
-    return [out, jar, *junit_classpath()]
 
 
 def make_bundle(dest: str | os.PathLike[str], build_dir: Path | None = None) -> Path:

@@ -98,9 +98,3 @@ def write(path: Path, values: dict[str, str], header: str) -> None:
     os.chmod(tmp, 0o600)
     tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, path)
-
-
-def describe() -> str:
-    """The documentation of every key (README's table is written from it)."""
-    rows = [f"{k:18} default {d!r:42} {doc}" for k, (d, doc) in {**CONF_KEYS, **PROPS_KEYS}.items()]
-    return "\n".join(rows)

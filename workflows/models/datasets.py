@@ -2,10 +2,10 @@
 
 The paper's application trains on ``node_3_utilisation_sample_dataset.csv`` (columns
 ``timestamp,CPU,MEM``, utilisation in percent, 1,989 rows at 5-minute steps). :func:`generate`
-produces a series with the same shape and the statistics that drive the paper's metrics (see
-``reference/seed-apps.md`` §2.1): CPU is short-memory noise around a level of ~31.5 % that shifts
-to ~34.6 % (and gets noisier) in the last fifth; MEM ramps from ~65 % to ~88 % with sawtooth noise,
-then saturates just above the training maximum.
+produces a series with the same shape and the statistics that drive the paper's metrics: CPU is
+short-memory noise around a level of ~31.5 % that shifts to ~34.6 % (and gets noisier) in the last
+fifth; MEM ramps from ~65 % to ~88 % with sawtooth noise, then saturates just above the training
+maximum.
 
 This module imports only the standard library at the top (numpy and pandas are imported by the
 functions that need them), so a thin client can import it to validate a CSV or to catch its

@@ -1,4 +1,4 @@
-"""The paper's LSTM forecaster, re-implemented from its description (``reference/seed-apps.md`` §1.5-1.7).
+"""The paper's LSTM forecaster, re-implemented from its description (Barceló et al., Section 4.1).
 
 Preprocessing: chronological 80/20 split (``int(n * 0.8)`` training rows), a MinMax scaler fitted on
 the training rows only (test values may fall outside [0, 1]), 6-lag windows built on each split

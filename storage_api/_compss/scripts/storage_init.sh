@@ -6,7 +6,7 @@
 # Arguments (COMPSs 3.3; the last three are optional):
 #   jobId masterNode storageMasterNode "workerNodes" network storageProps
 #   [variablesToBeSourced [storageContainerImage [storageCPUAffinity]]]
-# The work is done by `python -m storage_api._compss init` (storage_api/_compss/_deploy.py).
+# The work is done by `python -m storage_api._compss init` (storage_api/_compss/_jobs.py).
 set -euo pipefail
 
 usage='jobId masterNode storageMasterNode "workerNodes" network storageProps [variablesToBeSourced [storageContainerImage [storageCPUAffinity]]]'

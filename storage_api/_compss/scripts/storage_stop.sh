@@ -3,7 +3,7 @@
 # backend flushes its log and deregisters (as on SIGTERM), then Redis shuts down.
 #
 # Arguments (COMPSs 3.3): jobId masterNode storageMasterNode "workerNodes" network storageProps
-# The work is done by `python -m storage_api._compss stop` (storage_api/_compss/_deploy.py).
+# The work is done by `python -m storage_api._compss stop` (storage_api/_compss/_jobs.py).
 set -euo pipefail
 
 if [ "$#" -ne 6 ]; then

@@ -1,6 +1,6 @@
 package storage;
 
-/** Test-only stand-in of COMPSs' storage.CallbackEvent (exact COMPSs 3.3 API). */
+/** Compile-time stand-in of COMPSs' storage.CallbackEvent (exact COMPSs 3.3 API). */
 public class CallbackEvent {
 
     public static enum EventType {

@@ -1,6 +1,6 @@
 """What the bundle's ``storage_init.sh`` and ``storage_stop.sh`` do (``python -m storage_api._compss``).
 
-``enqueue_compss`` runs the scripts on the master node of a job (reference §4.3)::
+``enqueue_compss`` runs the scripts on the master node of a job, with these arguments::
 
     storage_init.sh JOB MASTER STORAGE_MASTER "WORKER ..." NETWORK PROPS [VARS [IMAGE [AFFINITY]]]
     storage_stop.sh JOB MASTER STORAGE_MASTER "WORKER ..." NETWORK PROPS

@@ -1,6 +1,6 @@
 package storage;
 
-/** Test-only stand-in of COMPSs' dummy storage.StorageObject (every method unsupported, as in COMPSs). */
+/** Compile-time stand-in of COMPSs' dummy storage.StorageObject (every method unsupported, as in COMPSs). */
 public class StorageObject implements StubItf {
 
     public StorageObject() {

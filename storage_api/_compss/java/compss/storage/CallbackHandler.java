@@ -1,6 +1,6 @@
 package storage;
 
-/** Test-only stand-in of COMPSs' storage.CallbackHandler (exact COMPSs 3.3 API). */
+/** Compile-time stand-in of COMPSs' storage.CallbackHandler (exact COMPSs 3.3 API). */
 public abstract class CallbackHandler {
 
     public CallbackHandler() {

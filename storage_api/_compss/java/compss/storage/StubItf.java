@@ -1,6 +1,6 @@
 package storage;
 
-/** Test-only stand-in of COMPSs' storage.StubItf (exact COMPSs 3.3 API); COMPSs provides the real one. */
+/** Compile-time stand-in of COMPSs' storage.StubItf (exact COMPSs 3.3 API); COMPSs provides the real one. */
 public interface StubItf {
 
     String getID();
