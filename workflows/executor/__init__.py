@@ -29,7 +29,8 @@ from __future__ import annotations
 from storage_api._context import peek
 from storage_api._transport import traffic
 
-from ._engine import Future, TaskCancelled, current
+from ._current import current
+from ._engine import Future, TaskCancelled
 
 __all__ = ["main", "bytes_moved", "warm_up", "Future", "TaskCancelled", "current"]
 

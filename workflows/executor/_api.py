@@ -6,7 +6,7 @@ import os
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from ._engine import current
+from ._current import current
 
 
 def compss_wait_on(*objs: Any, **kwargs: Any) -> Any:

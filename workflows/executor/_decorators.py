@@ -1,7 +1,7 @@
 """The decorators of the ``pycompss.api`` shim: ``@task``, ``@constraint``, ``@on_failure``, ``@reduction``.
 
 A decorated function stays importable by reference (``module.qualname`` names the wrapper), which
-is how local workers and backends find it. The wrapper asks :func:`._engine.current` at call time:
+is how local workers and backends find it. The wrapper asks :func:`._current.current` at call time:
 inside a run of the executor it submits a task; anywhere else (plain ``python app.py``, a worker
 process, a backend running a shipped task) it calls the function, as PyCOMPSs does out of scope.
 """
@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 import inspect
 from typing import Any, Callable
+
+from ._current import current
 
 # Directions, as the shim's pycompss.api.parameter spells them.
 _DIRECTIONS = {
@@ -117,8 +119,6 @@ def task(*args: Any, **options: Any) -> Any:
 
         @functools.wraps(func)
         def wrapper(*a: Any, **kw: Any) -> Any:
-            from ._engine import current
-
             engine = current()
             if engine is None:
                 return func(*a, **kw)

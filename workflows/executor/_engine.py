@@ -31,18 +31,7 @@ from typing import Any
 from storage_api._messages import Kept, Stash
 
 from ._decorators import Param, TaskSpec
-
-_current: Engine | None = None
-
-
-def current() -> Engine | None:
-    """The engine of this process's run, or ``None`` (tasks then run as plain calls)."""
-    return _current
-
-
-def install(engine: Engine | None) -> None:
-    global _current
-    _current = engine
+from ._remote import Backends
 
 
 class TaskCancelled(RuntimeError):
@@ -454,8 +443,6 @@ class Engine:
     @property
     def remote(self) -> Any:
         if self._remote is None:
-            from ._remote import Backends
-
             self._remote = Backends(self)
         return self._remote
 

@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m workflows.executo
 
 
 def run(app: str, args: list[str], *, workers: int, backend_slots: int = 1) -> int:
-    from . import _engine
+    from . import _current, _engine
 
     app_path = str(Path(app).resolve())
     app_dir = str(Path(app_path).parent)
@@ -55,7 +55,7 @@ def run(app: str, args: list[str], *, workers: int, backend_slots: int = 1) -> i
         if p not in sys.path:
             sys.path.insert(0, p)
     engine = _engine.Engine(workers, paths=[SHIM, app_dir], script=app_path, backend_slots=backend_slots)
-    _engine.install(engine)
+    _current.install(engine)
     saved_argv, saved_main = sys.argv, sys.modules["__main__"]
     sys.argv = [app_path, *args]
     # The app runs as __main__ in a module of ours that stays __main__ until its last task ran:
@@ -84,7 +84,7 @@ def run(app: str, args: list[str], *, workers: int, backend_slots: int = 1) -> i
         try:
             engine.close()
         finally:
-            _engine.install(None)
+            _current.install(None)
             sys.argv = saved_argv
             sys.modules["__main__"] = saved_main
     return code
