@@ -301,16 +301,19 @@ MESSAGES: dict[str, type] = {cls.op: cls for cls in (  # type: ignore[attr-defin
 )}
 # the field holding a Blob, per type that has one
 _BLOB = {cls: cls._fields.index("state") for cls in MESSAGES.values() if "state" in cls._fields}
+# op -> (type, length of the wire tuple, index of its Blob field or None): one lookup per request
+_SPECS = {op: (cls, len(cls._fields) + 1, _BLOB.get(cls)) for op, cls in MESSAGES.items()}
+_new = tuple.__new__  # builds a message from its fields without the NamedTuple's Python-level __new__
 
 
 def encode(msg: Message) -> tuple[bytes, list[Any], int]:
     """The frame ``(body, buffers, flags)`` of a message."""
     i = _BLOB.get(type(msg))
     if i is None:
-        body, buffers = dumps((msg.op, *msg))
+        body, buffers = dumps((msg.op,) + msg)
         return body, buffers, 0
     blob: Blob = msg[i]
-    fields = (msg.op, *msg[:i], blob.body, *msg[i + 1:])
+    fields = (msg.op,) + msg[:i] + (blob.body,) + msg[i + 1:]
     flags = _wire.FLAG_STREAM if type(msg) is Persist else 0
     return pickle.dumps(fields, protocol=5), list(blob.buffers), flags
 
@@ -319,16 +322,20 @@ def decode(body: bytes, buffers: list[Any], streams: list[Any] | None = None) ->
     """The message of a request frame. Raises what unpickling raises, or :class:`StoreError` for a
     request that is not ``(op, *fields)`` of a known operation."""
     raw = pickle.loads(body, buffers=buffers)
-    if not isinstance(raw, tuple) or not raw or not isinstance(raw[0], str):
-        raise StoreError("malformed request")
-    cls = MESSAGES.get(raw[0])
-    if cls is None:
-        raise StoreError(f"unknown operation {raw[0]!r}")
-    if len(raw) != len(cls._fields) + 1:
-        raise StoreError(f"malformed {raw[0]!r} request")
-    i = _BLOB.get(cls)
+    spec = _SPECS.get(raw[0]) if isinstance(raw, tuple) and raw and isinstance(raw[0], str) else None
+    if spec is None or len(raw) != spec[1]:
+        raise StoreError(_malformed(raw))
+    cls, _size, i = spec
     if i is None:
-        return cls._make(raw[1:])
+        return _new(cls, raw[1:])
     fields = list(raw[1:])
     fields[i] = Blob(fields[i], buffers, streams)
-    return cls._make(fields)
+    return _new(cls, fields)
+
+
+def _malformed(raw: Any) -> str:
+    if not isinstance(raw, tuple) or not raw or not isinstance(raw[0], str):
+        return "malformed request"
+    if raw[0] not in MESSAGES:
+        return f"unknown operation {raw[0]!r}"
+    return f"malformed {raw[0]!r} request"
