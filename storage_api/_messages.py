@@ -322,10 +322,12 @@ def decode(body: bytes, buffers: list[Any], streams: list[Any] | None = None) ->
     """The message of a request frame. Raises what unpickling raises, or :class:`StoreError` for a
     request that is not ``(op, *fields)`` of a known operation."""
     raw = pickle.loads(body, buffers=buffers)
-    spec = _SPECS.get(raw[0]) if isinstance(raw, tuple) and raw and isinstance(raw[0], str) else None
-    if spec is None or len(raw) != spec[1]:
+    try:  # the common case first: one lookup, no type checks ahead of it
+        cls, size, i = _SPECS[raw[0]]
+    except Exception:  # not subscriptable, empty, unhashable or unknown first element
+        raise StoreError(_malformed(raw)) from None
+    if len(raw) != size or not isinstance(raw, tuple):
         raise StoreError(_malformed(raw))
-    cls, _size, i = spec
     if i is None:
         return _new(cls, raw[1:])
     fields = list(raw[1:])
