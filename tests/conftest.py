@@ -1,8 +1,16 @@
 """Fixtures: real Redis servers and real backend processes on free ports.
 
+- ``cluster`` / ``client``: one deployment (Redis and two backends) shared by every test that
+  kills, freezes or restarts nothing; each such test leaves it as it found it (its objects are
+  deleted, its backends must still run) and takes aliases from :func:`unique`.
+- ``own_cluster`` / ``own_client``: a private deployment per test, for those that do kill, freeze
+  or restart backends; its heartbeat is short, so what waits for one to expire waits 0.6 s.
+- ``redis_url``: a Redis of its own for the unit tests of the RESP client and the metadata scripts.
+
 Backends are started from the repository root, so they import the test models as
 ``tests.models``; everything they write lives under pytest's temporary directories, which are
 deleted once their test passed (``tmp_path_retention_policy``) and deployments as they stop.
+Waits are on conditions (:func:`wait_for`) with generous deadlines, never on fixed sleeps.
 """
 
 from __future__ import annotations
