@@ -27,6 +27,18 @@ def test_old_module_paths_name_the_same_modules():
     assert out.stdout.strip() == "ok"
 
 
+def test_old_module_paths_resolve_once_the_models_are_imported():
+    """The other order than above: the models first (this process holds them), then their old paths."""
+    import importlib
+
+    from storage_api._object import import_class
+    from workflows.models import blocks, datasets, lstm, trainer
+
+    for module in (blocks, datasets, lstm, trainer):
+        assert importlib.import_module(module.__name__.replace(".models", "")) is module
+    assert import_class("workflows.trainer.LSTMTrainer") is trainer.LSTMTrainer
+
+
 def test_an_object_stored_under_an_old_class_path_is_served(own_cluster, own_client):
     """A backend log written when the models lived in workflows/ (class path and pickled references
     name `workflows.blocks`, `workflows.datasets`): after a restart the backend serves it, by id and
