@@ -113,6 +113,7 @@ def test_backends_register_their_compss_names(deployment: Deployment) -> None:
 
 
 @needs_junit
+@pytest.mark.slow  # builds the jar and starts a JVM
 def test_storageitf_junit(deployment: Deployment, tmp_path: Path) -> None:
     client = deployment.client
     c = Counter(7)
