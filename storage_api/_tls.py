@@ -95,30 +95,34 @@ class TlsIO:
         self.sock = sock
         self._fd = sock.fileno()
         self._lock = threading.Lock()
+        self._readable = select.poll()  # used by the one reading thread only
+        self._readable.register(self._fd, select.POLLIN)
 
     def recv_into(self, into: memoryview, spin: float = 0.0) -> int:
         """Bytes received into ``into`` (0: the peer closed), waiting as long as it takes.
 
-        ``spin`` > 0 retries without sleeping for that many seconds first (see FrameSocket.spin).
+        With ``spin`` > 0 it polls the socket without sleeping for that long first (see
+        FrameSocket.spin): a reply that comes fast is caught without a wake-up.
         """
-        deadline = 0.0
         while True:
             with self._lock:
                 try:
                     return self.sock.recv_into(into)
                 except ssl.SSLWantReadError:
-                    wait = select.POLLIN
+                    want_write = False
                 except ssl.SSLWantWriteError:
-                    wait = select.POLLOUT
+                    want_write = True
                 except ssl.SSLZeroReturnError:
                     return 0
+            if want_write:
+                self._wait(select.POLLOUT)
+                continue
             if spin:
-                now = time.perf_counter()
-                if not deadline:
-                    deadline = now + spin
-                if now < deadline:
-                    continue
-            self._wait(wait)
+                poll = self._readable.poll
+                deadline = time.perf_counter() + spin
+                while not poll(0) and time.perf_counter() < deadline:
+                    pass
+            self._readable.poll()  # returns at once if readable; shutdown() wakes it
 
     def write(self, parts: Sequence[Any]) -> None:
         for part in _coalesce(parts):

@@ -29,8 +29,8 @@ from .. import _progress
 from .. import _wire as w
 from .._serial import dump_error
 from .._transport import FrameSocket
-from ._accept import Accepted, HmacAccept, TlsAccept
 from ..errors import CommunicationError, ProtocolError, StoreError
+from ._accept import Accepted, HmacAccept, TlsAccept
 from ._gate import Gate, Limits
 from ._handlers import dispatch
 
@@ -137,29 +137,9 @@ class Server:
         return True
 
     def _serve(self, accepted: Accepted, addr: str) -> None:
-        peer = accepted.peer
-        if peer.role == w.ROLE_CREDENTIAL:
-            try:
-                valid = self._valid(peer, addr)
-            except CommunicationError as exc:  # cannot tell: no verdict, the client may retry
-                log.warning("cannot check credential %r of %s: %s", peer.identity, addr, exc)
-                accepted.io.close()
-                return
-            if not valid:
-                try:
-                    accepted.io.write([w.WELCOME.pack(w.REVOKED, bytes(32))])
-                except OSError:
-                    pass
-                accepted.io.close()
-                return
-        try:
-            accepted.io.write([accepted.welcome])  # completes the handshake (see _accept)
-        except OSError as exc:
-            log.info("dropped connection from %s before it was served: %s", addr, exc)
-            accepted.io.close()
+        fs = self._welcome(accepted, addr)
+        if fs is None:
             return
-        fs = FrameSocket(accepted.io, *(accepted.keys or (None, None)))
-        fs.label = "served_peer" if accepted.peer.role == w.ROLE_PEER else "served_client"
         conn = Connection(fs, self, addr)
         with self._lock:
             self._conns.add(conn)
@@ -169,13 +149,32 @@ class Server:
             with self._lock:
                 self._conns.discard(conn)
 
-    def _valid(self, peer: Any, addr: str) -> bool:
-        """Whether a client's credential is the current one of its name (not revoked, not replaced)."""
-        current = self.backend.meta.credential(peer.name)
-        if current is None or peer.identity != f"{peer.name}/{current}":
-            log.warning("refused credential %r from %s: revoked or replaced", peer.identity, addr)
-            return False
-        return True
+    def _welcome(self, accepted: Accepted, addr: str) -> FrameSocket | None:
+        """Complete the handshake (see _accept): refuse a credential that is no longer the current
+        one of its name (revoked or replaced), else send WELCOME. None if the connection is over."""
+        peer = accepted.peer
+        welcome = accepted.welcome
+        if peer.role == w.ROLE_CREDENTIAL:
+            try:
+                current = self.backend.meta.credential(peer.name)
+            except CommunicationError as exc:  # cannot tell: no verdict, the client may retry
+                log.warning("cannot check credential %r of %s: %s", peer.identity, addr, exc)
+                accepted.io.close()
+                return None
+            if current is None or peer.identity != f"{peer.name}/{current}":
+                log.warning("refused credential %r from %s: revoked or replaced", peer.identity, addr)
+                welcome = w.WELCOME.pack(w.REVOKED, bytes(32))
+        try:
+            accepted.io.write([welcome])
+        except OSError as exc:
+            log.info("dropped connection from %s before it was served: %s", addr, exc)
+            welcome = b""
+        if welcome is not accepted.welcome:
+            accepted.io.close()
+            return None
+        fs = FrameSocket(accepted.io, *(accepted.keys or (None, None)))
+        fs.label = "served_peer" if peer.role == w.ROLE_PEER else "served_client"
+        return fs
 
     def _promoter(self) -> None:
         """Give a connection a new reader when its leader has been serving for too long."""
