@@ -370,3 +370,23 @@ def test_tls_a_tampered_byte_closes_the_connection_and_stores_nothing(cluster, c
     with pytest.raises(ObjectNotFound):
         client.get_by_id(oid)
     _still_serving(client)
+
+
+def test_a_forged_header_declaring_a_huge_body_allocates_nothing(cluster, client):
+    """Eight headers declaring 1 GiB bodies, with a MAC that does not verify: each connection is
+    closed at once and the backend's memory does not grow (it used to allocate 1 GiB for each)."""
+    pid = next(b for b in client.backends() if b.name == "b0").pid
+
+    def rss_mb() -> float:
+        with open(f"/proc/{pid}/status") as fh:
+            return int(fh.read().split("VmRSS:")[1].split()[0]) / 1024
+
+    before = rss_mb()
+    conns = [_authenticated(cluster, client) for _ in range(8)]
+    for fs in conns:
+        fs.sock.sendall(_wire.HEAD.pack(_wire.REQUEST, 0, 0, 1, _wire.MAX_BODY) + os.urandom(_wire.MAC_BYTES))
+    for fs in conns:
+        _expect_closed(fs.sock)
+        fs.close()
+    assert rss_mb() - before < 64
+    _still_serving(client)
