@@ -62,8 +62,13 @@ def _rate(fn: Any, threads: int, seconds: float) -> float:
 _ECHO = r"""
 import socket, sys, os
 os.sched_setaffinity(0, {int(sys.argv[1])})
-s = socket.socket(socket.AF_UNIX); s.bind("\0bench-echo-%d" % os.getpid()); s.listen(); print(os.getpid(), flush=True)
+if sys.argv[2] == "tcp":
+    s = socket.create_server(("127.0.0.1", 0)); print(s.getsockname()[1], flush=True)
+else:
+    s = socket.socket(socket.AF_UNIX); s.bind("\0bench-echo-%d" % os.getpid()); s.listen(); print(os.getpid(), flush=True)
 c, _ = s.accept()
+if sys.argv[2] == "tcp":
+    c.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 while True:
     d = c.recv(65536)
     if not d:
@@ -73,27 +78,33 @@ while True:
 
 
 def echo_reference(n: int) -> dict[str, float]:
-    """p50 of a raw blocking Unix-socket echo between two processes, on one CPU and across two.
+    """p50 of a raw blocking echo between two processes: over a Unix socket on one CPU and across
+    two, and over TCP loopback across two (the floor of the TCP+TLS rows).
 
-    The scheduler decides where our client and backend run; these two bound what placement does
-    to a round trip on this machine (waking a process on another CPU is the costly part on a VM).
+    The scheduler decides where our client and backend run; these bound what placement does to a
+    round trip on this machine (waking a process on another CPU is the costly part on a VM).
     """
     import socket
 
     out: dict[str, float] = {}
     cpus = sorted(os.sched_getaffinity(0))
-    placements = {"same_cpu": (cpus[0], cpus[0])}
+    placements = {"same_cpu": (cpus[0], cpus[0], "unix")}
     if len(cpus) > 1:
-        placements["cross_cpu"] = (cpus[0], cpus[1])
+        placements["cross_cpu"] = (cpus[0], cpus[1], "unix")
+        placements["tcp_cross_cpu"] = (cpus[0], cpus[1], "tcp")
     mine = os.sched_getaffinity(0)
     try:
-        for name, (here, there) in placements.items():
+        for name, (here, there, family) in placements.items():
             os.sched_setaffinity(0, {here})
-            proc = subprocess.Popen([sys.executable, "-c", _ECHO, str(there)], stdout=subprocess.PIPE, text=True)
+            proc = subprocess.Popen([sys.executable, "-c", _ECHO, str(there), family], stdout=subprocess.PIPE, text=True)
             try:
                 token = int(proc.stdout.readline())  # type: ignore[union-attr]
-                sock = socket.socket(socket.AF_UNIX)
-                sock.connect(f"\0bench-echo-{token}")
+                if family == "tcp":
+                    sock = socket.create_connection(("127.0.0.1", token))
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                else:
+                    sock = socket.socket(socket.AF_UNIX)
+                    sock.connect(f"\0bench-echo-{token}")
                 msg = b"x" * 100
 
                 def once() -> None:
@@ -332,9 +343,10 @@ def report(ours: dict[str, Any], others: list[dict[str, Any]], floors: dict[str,
         if system.get("notes"):
             lines.append(f"{system['system']}: {system['notes']}")
     lines.append("")
-    lines.append(f"reference (raw blocking Unix-socket echo between two processes, p50): "
+    lines.append(f"reference (raw blocking echo between two processes, p50): Unix socket "
                  f"{floors.get('same_cpu', 0):.1f} us on one CPU, {floors.get('cross_cpu', 0):.1f} us across two "
-                 f"(it sleeps in recv and pays the wake-ups our polling avoids)")
+                 f"(it sleeps in recv and pays the wake-ups our polling avoids); over TCP loopback across two "
+                 f"{floors.get('tcp_cross_cpu', 0):.1f} us (no TLS)")
     lines.append(f"reference (raw 128 MB moves): Unix socket into fresh memory {floors['net_MBps']:,.0f} MB/s, "
                  f"write + fdatasync {floors['disk_MBps']:,.0f} MB/s")
     lines.append("")
