@@ -82,6 +82,11 @@ def test_a_revoked_credential_is_refused_at_its_next_connection(cluster, client,
     proc = _cli(cluster, "credential", "revoke", "lost-phone")
     assert proc.returncode == 0, proc.stderr
     assert "lost-phone" not in _cli(cluster, "credential", "list").stdout
+    previous = _context.install(thin)
+    try:
+        assert c.inc() == 3  # a connection opened before the revocation is not cut
+    finally:
+        _context.install(previous)
     thin.close()
     again = _thin(config, retry_deadline=0)
     with pytest.raises(AuthenticationError, match="revoked"):

@@ -239,6 +239,7 @@ class Tamper:
         self.family, self.target, self.flip_at = family, target, flip_at
         self.flipped = False
         self.sent = 0  # bytes the client has sent so far
+        self.record: bytearray | None = None  # set to a bytearray to keep what the client sends
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
@@ -263,6 +264,8 @@ class Tamper:
                 seen += len(data)
                 if flip:
                     self.sent = seen
+                    if self.record is not None:
+                        self.record += data
                 dst.sendall(data)
         except OSError:
             pass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import socket
 import ssl
 import threading
@@ -55,6 +56,38 @@ def test_a_client_with_the_secret_but_no_ca_file_uses_the_ca_the_backends_publis
     finally:
         _context.install(previous)
         tcp.close()
+
+
+def test_a_wrong_secret_is_refused_inside_tls(cluster):
+    bad = _tcp_client(cluster, secret="not-the-secret", secret_file="")
+    with pytest.raises(AuthenticationError, match="wrong deployment secret"):
+        bad.persist(Counter(1), alias=None, backend="b0")
+    bad.close()
+
+
+@pytest.mark.parametrize("local_socket", [False, True])
+def test_what_an_eavesdropper_sees(cluster, client, local_socket):
+    """Over TCP the bytes on the wire are encrypted; over the Unix socket they are not (the
+    README says so): a marker in an object's state crosses a recording relay."""
+    from tests.test_security import Tamper
+
+    info = _backend(client)
+    marker = b"storage-api-eavesdropper-marker-" + bytes(range(48, 58))
+    if local_socket:
+        relay = Tamper(socket.AF_UNIX, "\0" + info.unix, 1 << 40)
+        fs = _handshake.connect("", 0, _auth(cluster), timeout=5, unix=relay.address)
+    else:
+        relay = Tamper(socket.AF_INET, (info.host, info.port), 1 << 40)
+        fs = _handshake.connect(*relay.address, _auth(cluster), timeout=5,
+                                tls=_tls.client_context(cafile=cluster.settings().tls_ca))
+    relay.record = bytearray()
+    try:
+        fs.send(_wire.REQUEST, 1, pickle.dumps(("ping", )) + marker)  # the marker rides in the body
+        fs.recv()
+    finally:
+        fs.close()
+        relay.close()
+    assert (marker in relay.record) == local_socket
 
 
 def test_a_backend_certificate_from_another_ca_is_refused(cluster, client, tmp_path):
