@@ -22,6 +22,7 @@ from typing import Any
 from .errors import AuthenticationError, CommunicationError, ConfigError
 
 _COALESCE = 16 * 1024  # small parts are joined into one TLS record (at most 16 KiB of plaintext)
+_MAX_IO = 64 << 20  # bytes per OpenSSL call: Python's ssl refuses more than INT_MAX at once
 _contexts: dict[tuple[str, str], ssl.SSLContext] = {}
 _contexts_lock = threading.Lock()
 
@@ -107,7 +108,7 @@ class TlsIO:
         while True:
             with self._lock:
                 try:
-                    return self.sock.recv_into(into)
+                    return self.sock.recv_into(into, min(len(into), _MAX_IO))
                 except ssl.SSLWantReadError:
                     want_write = False
                 except ssl.SSLWantWriteError:
@@ -126,17 +127,19 @@ class TlsIO:
 
     def write(self, parts: Sequence[Any]) -> None:
         for part in _coalesce(parts):
-            view = memoryview(part).cast("B")
-            while True:  # a write that would block is retried with the same buffer, as OpenSSL requires
-                with self._lock:
-                    try:
-                        self.sock.send(view)
-                        break
-                    except ssl.SSLWantWriteError:
-                        wait = select.POLLOUT
-                    except ssl.SSLWantReadError:
-                        wait = select.POLLIN
-                self._wait(wait)
+            whole = memoryview(part).cast("B")
+            for at in range(0, len(whole), _MAX_IO):
+                view = whole[at : at + _MAX_IO]
+                while True:  # a write that would block is retried with the same buffer, as OpenSSL requires
+                    with self._lock:
+                        try:
+                            self.sock.send(view)
+                            break
+                        except ssl.SSLWantWriteError:
+                            wait = select.POLLOUT
+                        except ssl.SSLWantReadError:
+                            wait = select.POLLIN
+                    self._wait(wait)
 
     def _wait(self, events: int) -> None:
         poller = select.poll()
