@@ -160,11 +160,16 @@ def _decode(body: bytes, buffers: list, streams: list | None) -> Any:
 def dispatch(backend: LocalBackend, body: bytes, buffers: list, streams: list | None = None) -> tuple[int, bytes, list[Any]]:
     """Serve one request; return the reply frame's ``(kind, body, buffers)``."""
     try:
-        msg = _decode(body, buffers, streams)
-        handler = HANDLERS.get(type(msg))
-        if handler is None:  # a message type without a handler on this backend
-            raise StoreError(f"unknown operation {msg.op!r}")
-        result = handler(backend, msg)
+        try:
+            msg = _decode(body, buffers, streams)
+            handler = HANDLERS.get(type(msg))
+            if handler is None:  # a message type without a handler on this backend
+                raise StoreError(f"unknown operation {msg.op!r}")
+            result = handler(backend, msg)
+        finally:
+            for stream in streams or ():  # a stream the handler did not store pins log space
+                if stream is not None:
+                    stream.release()
         try:
             rbody, rbuffers = dumps(result)
         except Exception as exc:

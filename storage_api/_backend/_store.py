@@ -27,8 +27,16 @@ an LSN durable with one ``fdatasync`` shared by every writer waiting at that mom
 Segments are preallocated so that ``fdatasync`` does not journal a size change per write.
 
 Recovery scans every segment and stops a segment at its first invalid record (a torn tail: never
-acknowledged). Compaction rewrites the live records of all but the active segment into a new one
-and drops superseded versions and tombstones (their LSNs are all older than anything newer).
+acknowledged). Of several valid records with one LSN (a record and its copy by a compaction) the
+one in the later segment wins: copies are always written to a segment newer than their source.
+
+Compaction rewrites the live records of all but the active segment into a new one and drops
+superseded versions and tombstones (their LSNs are all older than anything newer). A write in
+flight may have its DATA record in a segment being compacted while its PUT is not written yet:
+each such DATA record *pins* its segment from its reservation until the PUT that references it is
+in the index (or the write is abandoned), and compaction waits for the pins on the segments it
+will delete. Live records whose PUT lies in a newer segment but whose DATA lies in a compacted one
+are copied whole (DATA and PUT), so nothing reachable ever points into a deleted segment.
 """
 
 from __future__ import annotations
@@ -39,9 +47,11 @@ import os
 import struct
 import threading
 import uuid
+import weakref
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 log = logging.getLogger("storage.store")
@@ -107,6 +117,9 @@ class Store:
         self._active: _Segment
         self._compacting = False
         self._compact_lock = threading.Lock()
+        self._pins: dict[int, int] = {}  # segment -> DATA records in it not yet referenced by an indexed PUT
+        self._unpinned = threading.Condition(self._append_lock)
+        self._closed = False
         self._recover()
 
     # ------------------------------------------------------------- recovery
@@ -149,7 +162,7 @@ class Store:
                 if kind == PUT:
                     meta, data = _parse_put(payload, nbuf, meta_len)
                     current = self._index.get(oid)
-                    if current is None or current.lsn < lsn:
+                    if current is None or current.lsn <= lsn:  # equal: a compaction's later copy
                         self._index[oid] = Location(seg.seq, pos, total, lsn, meta, data)
                 else:
                     tombstones[oid] = max(lsn, tombstones.get(oid, 0))
@@ -173,14 +186,32 @@ class Store:
         return seg
 
     def _append(self, kind: int, oid: bytes, parts: list[Any], nbuf: int = 0, meta_len: int = 0,
-                body_len: int = 0) -> tuple[int, int, int, int]:
-        """Append one record; return ``(lsn, segment, offset, total)``. Caller holds no lock."""
+                body_len: int = 0, index: Callable[[Location], None] | None = None) -> tuple[int, int, int, int]:
+        """Append one record; return ``(lsn, segment, offset, total)``. Caller holds no lock.
+
+        A DATA record pins its segment (see :meth:`_unpin`). ``index`` is called with the new
+        record's location under the same lock hold, so no compaction sees the record unindexed.
+        """
         size = sum(len(p) for p in parts)
         with self._append_lock:
             lsn, seg, offset, head = self._reserve(kind, oid, HEADER.size + size, nbuf, meta_len,
                                                    body_len if kind != DATA else size, parts)
             _pwritev_all(seg.fd, [head, *parts], offset)
+            if kind == DATA:
+                self._pins[seg.seq] = self._pins.get(seg.seq, 0) + 1
+            if index is not None:
+                index(Location(seg.seq, offset, HEADER.size + size, lsn, {}))
             return lsn, seg.seq, offset, HEADER.size + size
+
+    def _unpin(self, seq: int) -> None:
+        """A DATA record in segment ``seq`` is now referenced by an indexed PUT, or abandoned."""
+        with self._append_lock:
+            left = self._pins.get(seq, 0) - 1
+            if left > 0:
+                self._pins[seq] = left
+            else:
+                self._pins.pop(seq, None)
+                self._unpinned.notify_all()
 
     def _reserve(self, kind: int, oid: bytes, total: int, nbuf: int, meta_len: int, body_len: int,
                  parts: list[Any]) -> tuple[int, _Segment, int, bytes]:
@@ -215,6 +246,7 @@ class Store:
             total = HEADER.size + pad + length
             lsn, seg, offset, head = self._reserve(DATA, key, total, 0, pad, length, [])
             _pwritev_all(seg.fd, [head], offset)
+            self._pins[seg.seq] = self._pins.get(seg.seq, 0) + 1
         return DataStream(self, seg, offset, lsn, HEADER.size + pad, length)
 
     def _ensure_allocated(self, seg: _Segment, end: int) -> None:
@@ -240,49 +272,61 @@ class Store:
             streams: list[DataStream | None] | None = None) -> int:
         """Write a new version of an object; return its LSN (durable after :meth:`sync`).
 
-        ``streams[i]``, when given, is the :class:`DataStream` that already wrote ``buffers[i]``.
+        ``streams[i]``, when given, is the :class:`DataStream` that already wrote ``buffers[i]``;
+        the put takes them over (they are released when it returns, whatever happens).
         """
         key = uuid.UUID(oid).bytes
         views = [memoryview(b).cast("B") for b in buffers]
         descs: list[bytes] = []
         inline: list[memoryview] = []
         data: list[tuple[int, int, int]] = []
+        pinned: list[int] = []  # segments of the DATA records written here
         inline_off = 0
         last_data_lsn = 0
-        for i, v in enumerate(views):
-            stream = streams[i] if streams else None
-            if stream is not None:
-                stream.wait()
-                last_data_lsn = max(last_data_lsn, stream.lsn)
-                descs.append(DESC.pack(EXTERNAL, stream.delta, stream.seg.seq, stream.offset, len(v)))
-                data.append((stream.seg.seq, stream.offset, stream.delta + len(v)))
-            elif len(v) >= BIG_BUFFER:
-                lsn, seg, off, total = self._append(DATA, key, [v])
-                last_data_lsn = lsn
-                descs.append(DESC.pack(EXTERNAL, HEADER.size, seg, off, len(v)))
-                data.append((seg, off, total))
-            else:
-                descs.append(DESC.pack(INLINE, 0, 0, inline_off, len(v)))
-                inline.append(v)
-                inline_off += len(v)
-        if streams and any(streams) and self.fsync:
-            # Streamed records were reserved before their data was written, so a group commit
-            # since then may not cover them: sync their segments now.
-            for fd in {st.seg.fd for st in streams if st is not None}:
-                os.fdatasync(fd)
-        if last_data_lsn:
-            self.sync(last_data_lsn)  # data first, then the record that makes it reachable
-            if self.fsync:
-                self._drop_cached(data)
-        meta_raw = json.dumps(meta, separators=(",", ":")).encode()
-        parts = [*descs, meta_raw, body, *inline]
-        lsn, seg, off, total = self._append(PUT, key, parts, len(views), len(meta_raw), len(body))
-        with self._append_lock:
-            old = self._index.get(key)
-            if old is None or old.lsn < lsn:
-                new = Location(seg, off, total, lsn, meta, data)
-                self._index[key] = new
-                self._live += new.nbytes - (old.nbytes if old else 0)
+        try:
+            for i, v in enumerate(views):
+                stream = streams[i] if streams else None
+                if stream is not None:
+                    stream.wait()
+                    last_data_lsn = max(last_data_lsn, stream.lsn)
+                    descs.append(DESC.pack(EXTERNAL, stream.delta, stream.seg.seq, stream.offset, len(v)))
+                    data.append((stream.seg.seq, stream.offset, stream.delta + len(v)))
+                elif len(v) >= BIG_BUFFER:
+                    lsn, seg, off, total = self._append(DATA, key, [v])
+                    pinned.append(seg)
+                    last_data_lsn = lsn
+                    descs.append(DESC.pack(EXTERNAL, HEADER.size, seg, off, len(v)))
+                    data.append((seg, off, total))
+                else:
+                    descs.append(DESC.pack(INLINE, 0, 0, inline_off, len(v)))
+                    inline.append(v)
+                    inline_off += len(v)
+            if streams and any(streams) and self.fsync:
+                # Streamed records were reserved before their data was written, so a group commit
+                # since then may not cover them: sync their segments now.
+                for fd in {st.seg.fd for st in streams if st is not None}:
+                    os.fdatasync(fd)
+            if last_data_lsn:
+                self.sync(last_data_lsn)  # data first, then the record that makes it reachable
+                if self.fsync:
+                    self._drop_cached(data)
+            meta_raw = json.dumps(meta, separators=(",", ":")).encode()
+            parts = [*descs, meta_raw, body, *inline]
+
+            def index(loc: Location) -> None:
+                old = self._index.get(key)
+                if old is None or old.lsn < loc.lsn:
+                    new = Location(loc.seg, loc.offset, loc.total, loc.lsn, meta, data)
+                    self._index[key] = new
+                    self._live += new.nbytes - (old.nbytes if old else 0)
+
+            lsn = self._append(PUT, key, parts, len(views), len(meta_raw), len(body), index)[0]
+        finally:
+            for seq in pinned:
+                self._unpin(seq)
+            for stream in streams or ():
+                if stream is not None:
+                    stream.release()
         self._maybe_compact()
         return lsn
 
@@ -300,12 +344,14 @@ class Store:
 
     def delete(self, oid: str) -> int:
         key = uuid.UUID(oid).bytes
-        lsn, _seg, _off, _total = self._append(DEL, key, [])
-        with self._append_lock:
+
+        def index(loc: Location) -> None:
             old = self._index.get(key)
-            if old is not None and old.lsn < lsn:
+            if old is not None and old.lsn < loc.lsn:
                 del self._index[key]
                 self._live -= old.nbytes
+
+        lsn = self._append(DEL, key, [], index=index)[0]
         self._maybe_compact()
         return lsn
 
@@ -386,12 +432,21 @@ class Store:
 
     def _compact(self) -> None:
         with self._append_lock:
+            if self._closed:
+                return
             if self._active.size:
                 self._roll()
             old = {s: seg for s, seg in self._segments.items() if seg is not self._active}
             if not old:
                 return
-            moving = [(k, loc) for k, loc in self._index.items() if loc.seg in old]
+            # Writes that put DATA in these segments before the roll are not reachable yet: wait
+            # until their PUTs are indexed (new writes go to the new active segment meanwhile).
+            while not self._closed and any(s in self._pins for s in old):
+                self._unpinned.wait()
+            if self._closed:
+                return
+            moving = [(k, loc) for k, loc in self._index.items()
+                      if loc.seg in old or any(s in old for s, _o, _t in loc.data)]
             seq = self._next_seq
             self._next_seq += 1
         tmp = self.dir / f"compact-{seq:08d}.tmp"
@@ -456,6 +511,11 @@ class Store:
         return Location(out.seq, new_off, loc.total, loc.lsn, loc.meta, data_locs)
 
     def close(self) -> None:
+        with self._append_lock:
+            self._closed = True
+            self._unpinned.notify_all()  # a compaction waiting for writes in flight gives up
+        with self._compact_lock:  # one still copying finishes first
+            pass
         with self._append_lock:
             for seg in list(self._segments.values()) + self._retired:
                 try:
@@ -528,10 +588,15 @@ class DataStream:
     :meth:`done` at the end; a writer thread writes every complete 4 KiB-aligned chunk with
     ``O_DIRECT`` (falling back to ordinary writes where the file system refuses it).
     :meth:`wait` returns when everything is written (not yet synced: ``Store.put`` syncs).
+
+    The record pins its segment against compaction until :meth:`release` (``Store.put`` releases
+    the streams it was given); a stream nobody releases (its request failed before the put, or
+    never arrived whole) releases itself when it is garbage.
     """
 
     def __init__(self, store: Store, seg: _Segment, offset: int, lsn: int, delta: int, length: int) -> None:
         self.store = store
+        self.release = weakref.finalize(self, store._unpin, seg.seq)  # callable once
         self.seg = seg
         self.offset = offset
         self.lsn = lsn
