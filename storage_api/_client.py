@@ -29,8 +29,8 @@ from ._retry import Backoff, Retry
 from ._rpc import WATCH_FRACTION, Channel, ReplyFrame
 from ._serial import dumps, load_error, loads
 from ._stub import is_stub, stub_class
-from .errors import (BackendUnavailable, ClassNotFound, CommunicationError, ConfigError, ObjectDeleted, ObjectNotFound,
-                     StoreError)
+from .errors import (BackendUnavailable, ClassNotFound, CommunicationError, ConfigError, ObjectDeleted, ObjectMoved,
+                     ObjectNotFound, StoreError)
 
 _BACKENDS_TTL = 2.0  # seconds the client trusts its cached list of backends
 _REPLICAS_TTL = 2.0  # seconds it trusts an object's cached list of replicas (for reads)
@@ -290,8 +290,10 @@ class Client:
     def _recover(self, exc: Exception, obj: ActiveObject | None, oid: str, bid: str) -> None:
         """Prepare the next attempt after ``bid`` failed us, or re-raise ``exc`` if there is none."""
         if isinstance(exc, ObjectNotFound):
-            # Our idea of its location may be stale (moved, failed over): ask Redis.
-            if self._refresh(obj, oid).backend == bid:
+            # Our idea of its location may be stale (moved, failed over): ask Redis (which raises
+            # ObjectNotFound when the object is gone). A backend that says the object moved away
+            # while Redis still names it saw it leave and come back: try again.
+            if self._refresh(obj, oid).backend == bid and not isinstance(exc, ObjectMoved):
                 raise exc
         elif not self._failover(obj, oid, bid):
             raise exc

@@ -28,6 +28,7 @@ __all__ = [
     "UsageError",
     "RemoteError",
     "ObjectDeleted",
+    "ObjectMoved",
 ]
 
 
@@ -64,6 +65,12 @@ class ObjectNotFound(StoreError, KeyError):
 
 class ObjectDeleted(ObjectNotFound):
     """The handle refers to an object that was deleted."""
+
+
+class ObjectMoved(ObjectNotFound):
+    """The backend asked does not hold the object (any more): it moved or another backend is its
+    primary. Clients follow it to where Redis says it is; callers see this only when it keeps
+    moving for longer than the retry deadline."""
 
 
 class AliasExists(StoreError, ValueError):

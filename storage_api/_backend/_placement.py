@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _messages as m
 from .._object import RESERVED_PREFIX, VOLATILE_PREFIX, ActiveObject, State, state_of
 from .._serial import dumps, loads
-from ..errors import CommunicationError, ObjectNotFound, StoreError
+from ..errors import CommunicationError, ObjectMoved, ObjectNotFound, StoreError
 
 if TYPE_CHECKING:
     from .._client import Client
@@ -46,7 +46,7 @@ log = logging.getLogger("storage.backend")
 APPLIED_KEPT = 1024  # request ids remembered per object (for exactly-once retries)
 
 
-class NotPrimary(ObjectNotFound):
+class NotPrimary(ObjectMoved):
     """This backend holds the object, but not as its primary: ask Redis where the primary is."""
 
 
@@ -131,7 +131,7 @@ class Placement:
             entry.obj.__dict__.update(_sa_state=State.REPLICA, _sa_backend=None)
         else:
             self.drop_local(entry.oid)
-            raise ObjectNotFound(f"object {entry.oid} is no longer on backend {self.name}")
+            raise ObjectMoved(f"object {entry.oid} is no longer on backend {self.name}")
 
     def apply_verdicts(self: LocalBackend, verdicts: dict[str, str]) -> None:
         """Act on the answers of a (re-)registration (see ``Metadata.register_objects``)."""
@@ -148,7 +148,7 @@ class Placement:
         """Forget a copy without touching Redis (it belongs to another backend now)."""
         entry = self._entries.pop(oid, None)
         if entry is not None:
-            entry.deleted = True
+            entry.deleted = entry.moved = True
             entry.obj.__dict__["_sa_state"] = State.DELETED
         if oid in self.store:
             self.store.sync(self.store.delete(oid))
@@ -263,7 +263,7 @@ class Placement:
             self._ship(target, entry, oid, "primary", [r for r in entry.replicas if r != target], False)
             if self.meta.move_primary(oid, self.id, target) < 0:
                 raise StoreError(f"object {oid} changed primary during the move")
-            self.drop_local(oid)  # waiting calls fail with ObjectNotFound and find it on target
+            self.drop_local(oid)  # waiting calls fail with ObjectMoved and find it on target
         for child in children:
             cid = child._sa_id
             if cid is not None and cid not in moved and child._sa_state is State.RESIDENT:

@@ -27,7 +27,7 @@ from .._metadata import Metadata
 from .._object import RESERVED_PREFIX, ActiveObject, State, import_class, state_of
 from .._serial import dumps, loads
 from .._stub import describe_class
-from ..errors import InvalidArguments, MethodNotFound, ObjectNotFound, StoreError
+from ..errors import InvalidArguments, MethodNotFound, ObjectMoved, ObjectNotFound, StoreError
 from ._placement import Failed, Placement, remember
 from ._rwlock import RWLock
 from ._store import Store
@@ -40,7 +40,7 @@ log = logging.getLogger("storage.backend")
 
 
 class Entry:
-    __slots__ = ("oid", "obj", "cls", "alias", "lock", "lsn", "deleted", "role", "replicas", "applied")
+    __slots__ = ("oid", "obj", "cls", "alias", "lock", "lsn", "deleted", "moved", "role", "replicas", "applied")
 
     def __init__(self, oid: str, obj: ActiveObject, alias: str | None, lsn: int, role: str = "primary") -> None:
         self.oid = oid
@@ -50,12 +50,15 @@ class Entry:
         self.lock = RWLock()
         self.lsn = lsn
         self.deleted = False
+        self.moved = False  # deleted here because another backend holds it now
         self.role = role  # "primary" or "replica" (see _placement)
         self.replicas: list[str] = []  # on a primary: the backends that take its writes
         self.applied: OrderedDict[str, Any] = OrderedDict()  # request id -> result
 
     def check(self) -> None:
-        """Raise if the object was deleted while the caller waited for its lock."""
+        """Raise if the object was deleted or moved away while the caller waited for its lock."""
+        if self.moved:
+            raise ObjectMoved(f"object {self.oid} moved away while the call waited for it")
         if self.deleted:
             raise ObjectNotFound(f"object {self.oid} was deleted")
 
@@ -120,7 +123,7 @@ class LocalBackend(Placement):
         entry = self._entries.get(oid)
         if entry is None:
             if oid not in self.store:
-                raise ObjectNotFound(f"object {oid} is not on backend {self.name}")
+                raise ObjectMoved(f"object {oid} is not on backend {self.name}")
             entry = self._load(oid)
         return entry
 
@@ -129,7 +132,10 @@ class LocalBackend(Placement):
             entry = self._entries.get(oid)
             if entry is not None:
                 return entry
-            meta, body, buffers = self.store.load(oid)
+            try:
+                meta, body, buffers = self.store.load(oid)
+            except KeyError:  # moved away (or deleted) since the caller looked
+                raise ObjectMoved(f"object {oid} is not on backend {self.name}") from None
             cls = self.load_class(meta["class"])
             obj = cls.__new__(cls)
             role = self.role_hints.pop(oid, None) or meta.get("role", "primary")
