@@ -27,7 +27,7 @@ from ._object import ActiveObject, RemoteMethod, State, become_handle, import_cl
 from ._redis import Redis
 from ._retry import Backoff, Retry
 from ._rpc import WATCH_FRACTION, Channel, ReplyFrame
-from ._serial import dumps, load_error, loads
+from ._serial import dump_state, dumps, load_error, loads
 from ._stub import is_stub, stub_class
 from .errors import (BackendUnavailable, ClassNotFound, CommunicationError, ConfigError, ObjectDeleted, ObjectMoved,
                      ObjectNotFound, StoreError)
@@ -94,7 +94,7 @@ class Client:
 
     def _persist_at(self, bid: str, obj: ActiveObject, oid: str, path: str, alias: str | None) -> None:
         """Ship the object's state to backend ``bid``; the object becomes a handle."""
-        self._send(bid, *m.encode(m.Persist(oid, path, alias, m.Blob(*dumps(state_of(obj))))))
+        self._send(bid, *m.encode(m.Persist(oid, path, alias, m.Blob(*dump_state(state_of(obj), path)))))
         become_handle(obj, oid, bid)
         self._locations[oid] = bid
 

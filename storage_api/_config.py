@@ -66,6 +66,8 @@ class Settings:
     tls_cert: str = _f("", "backend: its TLS certificate (default: made at start-up, signed by the CA)")
     tls_key: str = _f("", "backend: the private key of tls_cert")
     fsync: bool = _f(True, "backend: fsync the log before acknowledging (turn off only for throwaway data)")
+    log_segment_mb: int = _f(256, "backend: size at which the log starts a new segment file (MiB)")
+    log_prealloc_mb: int = _f(64, "backend: largest step by which a log segment is preallocated (MiB; less on a small or full disk)")
     max_workers: int = _f(64, "backend: most requests executed at once per connection")
     log_level: str = _f("INFO", "backend: logging level of the 'storage' loggers")
     serve_spin_us: float = _f(100.0, "backend: microseconds a connection polls for the next request after one")
@@ -85,6 +87,8 @@ class Settings:
             raise ConfigError("retry_deadline >= 0 and 0 < retry_backoff <= retry_backoff_cap are required")
         if self.spin_us < 0 or self.serve_spin_us < 0:
             raise ConfigError("spin_us and serve_spin_us cannot be negative")
+        if self.log_segment_mb < 1 or self.log_prealloc_mb < 1:
+            raise ConfigError("log_segment_mb and log_prealloc_mb must be at least 1")
         if self.max_workers < 1:
             raise ConfigError("max_workers must be at least 1")
         if self.max_pending < 1 or self.max_pending_per_host < 1:

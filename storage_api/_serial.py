@@ -16,7 +16,7 @@ import pickle
 import traceback
 from typing import Any
 
-from .errors import RemoteError
+from .errors import RemoteError, UnserializableState
 
 _broken_classes: dict[tuple[str, str], type] = {}
 
@@ -26,6 +26,23 @@ def dumps(obj: Any) -> tuple[bytes, list[memoryview]]:
     buffers: list[pickle.PickleBuffer] = []
     body = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
     return body, [_as_bytes_view(b) for b in buffers]
+
+
+def dump_state(state: dict[str, Any], owner: str) -> tuple[bytes, list[memoryview]]:
+    """Pickle an object's persistent state (``owner`` names it in errors).
+
+    A value that cannot be pickled raises :class:`UnserializableState` naming its attribute.
+    """
+    try:
+        return dumps(state)
+    except Exception as exc:
+        for name, value in state.items():  # only on failure: find the culprit
+            try:
+                pickle.dumps(value, protocol=5, buffer_callback=lambda b: None)
+            except Exception as bad:
+                raise UnserializableState(f"{owner}.{name} cannot be stored: {type(bad).__name__}: {bad}",
+                                          name) from bad
+        raise UnserializableState(f"the state of {owner} cannot be stored: {type(exc).__name__}: {exc}") from exc
 
 
 def _as_bytes_view(buf: pickle.PickleBuffer) -> memoryview:

@@ -29,6 +29,8 @@ __all__ = [
     "RemoteError",
     "ObjectDeleted",
     "ObjectMoved",
+    "StorageFull",
+    "UnserializableState",
 ]
 
 
@@ -87,6 +89,26 @@ class MethodNotFound(StoreError, AttributeError):
 
 class InvalidArguments(StoreError, TypeError):
     """The arguments do not match the method's signature."""
+
+
+class StorageFull(StoreError, OSError):
+    """The backend's disk (or quota) is full: the write was not made and left no trace.
+
+    Reads keep working; writes work again once space is freed."""
+
+
+class UnserializableState(StoreError, TypeError):
+    """An object's state holds a value that cannot be pickled; ``attribute`` names it.
+
+    Raised by ``make_persistent`` and by a mutating call whose new state cannot be stored (the
+    object then keeps its state from before the call)."""
+
+    def __init__(self, message: str, attribute: str = "") -> None:
+        super().__init__(message, attribute)
+        self.attribute = attribute
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class ConfigError(StoreError, ValueError):

@@ -103,6 +103,13 @@ class Holder(ActiveObject):
     def put(self, data: Any) -> None:
         self.data = data
 
+    @activemethod
+    def put_unpicklable(self) -> None:
+        """Store a value that cannot be pickled (a lock): saving the new state must fail."""
+        import threading
+
+        self.data = threading.Lock()
+
     @activemethod(readonly=True)
     def take(self) -> Any:
         return self.data

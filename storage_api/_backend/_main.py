@@ -65,7 +65,8 @@ class BackendProcess:
         self.storage_dir.mkdir(parents=True, exist_ok=True)
         self.id, self.name = _identity(self.storage_dir, settings.name)
         self.secret = settings.secret_bytes()
-        self.store = Store(self.storage_dir, fsync=settings.fsync)
+        self.store = Store(self.storage_dir, fsync=settings.fsync, segment_bytes=settings.log_segment_mb << 20,
+                           prealloc=settings.log_prealloc_mb << 20)
         self.redis = Redis(settings.require_redis())
         self.meta = Metadata(self.redis, settings.namespace)
         self.backend = LocalBackend(self.id, self.name, self.store, self.meta, defer_sync=defer_sync)

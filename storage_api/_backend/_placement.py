@@ -216,7 +216,7 @@ class Placement:
             if register:
                 raise StoreError(f"object {oid} already exists")
             with entry.lock.writing():
-                _replace_state(entry.obj, state)
+                replace_state(entry.obj, state)
                 entry.alias = alias
                 self._set_role(entry, role, replicas)
                 entry.applied = OrderedDict(applied)
@@ -239,7 +239,7 @@ class Placement:
             entry.check()
             if entry.role != "replica":
                 raise StoreError(f"backend {self.name} is not a replica of {oid}")
-            _replace_state(entry.obj, loads(state_body, buffers))
+            replace_state(entry.obj, loads(state_body, buffers))
             if rid is not None:
                 remember(entry, rid, pickle.loads(result_blob) if result_blob is not None else None)
             lsn = self._save(entry)
@@ -308,7 +308,7 @@ class Placement:
         return new_id
 
 
-def _replace_state(obj: ActiveObject, state: dict[str, Any]) -> None:
+def replace_state(obj: ActiveObject, state: dict[str, Any]) -> None:
     d = obj.__dict__
     for k in [k for k in d if not k.startswith(RESERVED_PREFIX)]:
         del d[k]

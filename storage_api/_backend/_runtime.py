@@ -11,7 +11,10 @@ build call cycles across backends with mutating methods.
 Durability: after a mutating call the object's state is written to the log and the reply waits for
 it to be on disk (group commit). Replies of read-only calls also wait until the state they read is
 on disk, so no reply ever depends on a write that a crash could undo. If a mutating method raises,
-the state it left in memory is persisted all the same: memory and disk never disagree.
+the state it left in memory is persisted all the same: memory and disk never disagree. If the new
+state cannot be written (the disk is full, a value cannot be pickled), the object gets back its
+last written state from the log before its lock is released, and the caller gets the error: a
+call that did not become durable leaves no trace, and a retry runs it once.
 """
 
 from __future__ import annotations
@@ -25,10 +28,10 @@ from typing import TYPE_CHECKING, Any
 from .._messages import ReplicaDrop
 from .._metadata import Metadata
 from .._object import RESERVED_PREFIX, ActiveObject, State, import_class, state_of
-from .._serial import dumps, loads
+from .._serial import dump_state, loads
 from .._stub import describe_class
 from ..errors import InvalidArguments, MethodNotFound, ObjectMoved, ObjectNotFound, StoreError
-from ._placement import Failed, Placement, remember
+from ._placement import Failed, Placement, remember, replace_state
 from ._rwlock import RWLock
 from ._store import Store
 from ._tasks import TaskResults
@@ -167,7 +170,7 @@ class LocalBackend(Placement):
         """Make a transient object resident here (durably) and register it."""
         path = type(obj)._sa_class_path
         self.load_class(path)
-        body, buffers = dumps(state_of(obj))
+        body, buffers = dump_state(state_of(obj), path)
         self._register_new(obj, oid, path, alias, body, buffers)
 
     def persist_state(self, oid: str, path: str, alias: str | None, body: bytes, buffers: list[Any],
@@ -206,12 +209,34 @@ class LocalBackend(Placement):
         return self._save_state(entry)[0]
 
     def _save_state(self, entry: Entry) -> tuple[int, bytes, list[Any]]:
-        body, buffers = dumps(state_of(entry.obj))
-        meta = {"class": entry.cls._sa_class_path, "alias": entry.alias}
-        if entry.role != "primary":
-            meta["role"] = entry.role
-        entry.lsn = self.store.put(entry.oid, meta, body, buffers)
+        """Write an entry's state to the log (caller holds its write lock); on failure, undo.
+
+        A state that could not be written must not stay in memory, where reads would see it and
+        the next successful write would make it durable: the entry gets back its last written
+        state (read from the log) before the caller releases the lock, then the error goes on.
+        """
+        try:
+            body, buffers = dump_state(state_of(entry.obj), entry.cls._sa_class_path)
+            meta = {"class": entry.cls._sa_class_path, "alias": entry.alias}
+            if entry.role != "primary":
+                meta["role"] = entry.role
+            entry.lsn = self.store.put(entry.oid, meta, body, buffers)
+        except BaseException:
+            self._restore(entry)
+            raise
         return entry.lsn, body, buffers
+
+    def _restore(self, entry: Entry) -> None:
+        """Put back an entry's state as the log has it; forget the entry if even that fails."""
+        try:
+            _meta, body, buffers = self.store.load(entry.oid)
+            state = loads(body, buffers)
+        except Exception as exc:
+            log.warning("object %s: no state to go back to in the log (%s): dropped from memory", entry.oid, exc)
+            self._entries.pop(entry.oid, None)
+            entry.deleted = entry.moved = True  # waiting calls retry and load it from the log
+            return
+        replace_state(entry.obj, state)
 
     # ----------------------------------------------------------- execution
     def call(self, oid: str, name: str, args: tuple, kwargs: dict, rid: str | None = None) -> Any:

@@ -24,7 +24,11 @@ receive buffer, so the network transfer and the disk write overlap and no page c
 
 Writes append under a lock and return the record's LSN; :meth:`Store.sync` makes everything up to
 an LSN durable with one ``fdatasync`` shared by every writer waiting at that moment (group commit).
-Segments are preallocated so that ``fdatasync`` does not journal a size change per write.
+Segments are preallocated so that ``fdatasync`` does not journal a size change per write; each
+step is the segment's size so far (at least 1 MiB, at most ``prealloc``) and at most an eighth of
+the free space, so a small backend claims little and a nearly full disk still takes what fits.
+A full disk is :class:`~storage_api.errors.StorageFull`; the failed record leaves no trace (the
+segment's end goes back to where it was).
 
 Recovery scans every segment and stops a segment at its first invalid record (a torn tail: never
 acknowledged). Of several valid records with one LSN (a record and its copy by a compaction) the
@@ -41,6 +45,7 @@ are copied whole (DATA and PUT), so nothing reachable ever points into a deleted
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -54,6 +59,8 @@ from pathlib import Path
 from collections.abc import Callable
 from typing import Any
 
+from ..errors import StorageFull
+
 log = logging.getLogger("storage.store")
 
 MAGIC = b"SAR1"
@@ -64,7 +71,9 @@ DESC = struct.Struct("<BxHIQQ")
 INLINE, EXTERNAL = 0, 1
 
 BIG_BUFFER = 1 << 20  # buffers this large go to DATA records (two-phase write)
-PREALLOC = 64 << 20
+PREALLOC = 64 << 20  # the largest preallocation step (the default of the log_prealloc_mb setting)
+PREALLOC_MIN = 1 << 20
+_FULL = (errno.ENOSPC, errno.EDQUOT)
 ALIGN = 4096
 _CHUNK = 4 << 20
 
@@ -98,11 +107,12 @@ class CorruptRecord(Exception):
 
 class Store:
     def __init__(self, directory: str | os.PathLike[str], *, fsync: bool = True,
-                 segment_bytes: int = 256 << 20, compact_min: int = 64 << 20) -> None:
+                 segment_bytes: int = 256 << 20, compact_min: int = 64 << 20, prealloc: int = PREALLOC) -> None:
         self.dir = Path(directory) / "log"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
         self.segment_bytes = segment_bytes
+        self.prealloc = prealloc
         self.compact_min = compact_min
         self._append_lock = threading.Lock()
         self._sync_lock = threading.Lock()
@@ -120,6 +130,7 @@ class Store:
         self._pins: dict[int, int] = {}  # segment -> DATA records in it not yet referenced by an indexed PUT
         self._unpinned = threading.Condition(self._append_lock)
         self._closed = False
+        self._no_room = False  # the last compaction found too little free space (logged once)
         self._recover()
 
     # ------------------------------------------------------------- recovery
@@ -179,7 +190,10 @@ class Store:
         seq = self._next_seq
         self._next_seq += 1
         path = self.dir / f"seg-{seq:08d}.log"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        except OSError as exc:
+            raise _storage_error(exc, self.dir) from exc
         seg = _Segment(seq, path, fd)
         self._segments[seq] = seg
         self._fsync_dir()
@@ -196,7 +210,12 @@ class Store:
         with self._append_lock:
             lsn, seg, offset, head = self._reserve(kind, oid, HEADER.size + size, nbuf, meta_len,
                                                    body_len if kind != DATA else size, parts)
-            _pwritev_all(seg.fd, [head, *parts], offset)
+            try:
+                _pwritev_all(seg.fd, [head, *parts], offset)
+            except OSError as exc:  # the record is the segment's tail: take it back
+                seg.size = offset
+                self._total -= HEADER.size + size
+                raise _storage_error(exc, self.dir) from exc
             if kind == DATA:
                 self._pins[seg.seq] = self._pins.get(seg.seq, 0) + 1
             if index is not None:
@@ -220,6 +239,8 @@ class Store:
         if seg.size and seg.size + total > self.segment_bytes:
             self._roll()
             seg = self._active
+        offset = seg.size
+        self._ensure_allocated(seg, offset + total)  # first: a full disk leaves no trace
         self._lsn += 1
         crc = 0
         if kind != DATA:
@@ -227,14 +248,23 @@ class Store:
                 crc = zlib.crc32(p, crc)
         head = HEADER.pack(MAGIC, kind, 0, nbuf, self._lsn, oid, meta_len, body_len, total, crc, 0)
         head = head[:HSIGNED] + struct.pack("<I", zlib.crc32(head[:HSIGNED]))
-        offset = seg.size
-        self._ensure_allocated(seg, offset + total)
         seg.size = offset + total
         self._total += total
         return self._lsn, seg, offset, head
 
-    def open_stream(self, length: int) -> DataStream:
-        """Reserve a DATA record for a buffer that is about to be received (see :class:`DataStream`)."""
+    def open_stream(self, length: int) -> DataStream | None:
+        """Reserve a DATA record for a buffer that is about to be received (see :class:`DataStream`).
+
+        None when the disk has no room for it: the buffer is then received into memory, and the
+        request that carries it fails with :class:`StorageFull` when it tries to store it (failing
+        here would cut the connection in the middle of a frame).
+        """
+        try:
+            return self._open_stream(length)
+        except StorageFull:
+            return None
+
+    def _open_stream(self, length: int) -> DataStream:
         key = bytes(16)  # the owner is not known yet; a DATA record's id is informational
         with self._append_lock:
             # the data must start on an ALIGN boundary of the file: pad after the header
@@ -252,8 +282,22 @@ class Store:
     def _ensure_allocated(self, seg: _Segment, end: int) -> None:
         if end <= seg.allocated:
             return
-        new = max(end, seg.allocated + PREALLOC)
-        os.posix_fallocate(seg.fd, seg.allocated, new - seg.allocated)
+        step = min(self.prealloc, max(PREALLOC_MIN, seg.allocated), _free_bytes(self.dir) // 8)
+        new = max(end, seg.allocated + step)
+        try:
+            try:
+                os.posix_fallocate(seg.fd, seg.allocated, new - seg.allocated)
+            except OSError as exc:
+                if exc.errno not in _FULL or new == end:
+                    raise
+                new = end  # no room for the step: just what this record needs
+                os.posix_fallocate(seg.fd, seg.allocated, new - seg.allocated)
+        except OSError as exc:
+            try:  # give back whatever the failed call allocated
+                os.ftruncate(seg.fd, seg.allocated)
+            except OSError:
+                pass
+            raise _storage_error(exc, self.dir) from exc
         seg.allocated = new
         if self.fsync:
             os.fsync(seg.fd)  # the new size is metadata: make it durable once, not per write
@@ -447,13 +491,25 @@ class Store:
                 return
             moving = [(k, loc) for k, loc in self._index.items()
                       if loc.seg in old or any(s in old for s, _o, _t in loc.data)]
+            need = sum(loc.nbytes for _k, loc in moving)
+            if need > _free_bytes(self.dir):  # it would fill the disk and fail: wait for room
+                if not self._no_room:
+                    log.warning("no room to compact the log (%d bytes to copy): will retry", need)
+                self._no_room = True
+                return
+            self._no_room = False
             seq = self._next_seq
             self._next_seq += 1
         tmp = self.dir / f"compact-{seq:08d}.tmp"
         out = _Segment(seq, tmp, os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600))
-        # Copy outside the lock; readers keep using the old segments meanwhile.
-        copies = [(key, loc, self._copy_record(loc, out)) for key, loc in moving]
-        os.fsync(out.fd)
+        try:
+            # Copy outside the lock; readers keep using the old segments meanwhile.
+            copies = [(key, loc, self._copy_record(loc, out)) for key, loc in moving]
+            os.fsync(out.fd)
+        except BaseException:
+            os.close(out.fd)
+            tmp.unlink()
+            raise
         final = self.dir / f"seg-{seq:08d}.log"
         os.rename(tmp, final)
         out.path, out.allocated = final, out.size
@@ -526,6 +582,18 @@ class Store:
                     pass
             self._segments.clear()
             self._retired.clear()
+
+
+def _free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def _storage_error(exc: OSError, where: Path) -> OSError:
+    """A full disk or quota as :class:`StorageFull`; other errors unchanged."""
+    if exc.errno in _FULL:
+        return StorageFull(f"no space left for the log in {where}: {exc.strerror}")
+    return exc
 
 
 def _parse_header(raw: bytes) -> tuple[int, int, int, bytes, int, int, int, int]:
@@ -632,6 +700,8 @@ class DataStream:
     def wait(self) -> None:
         if self._thread is not None:
             self._thread.join()
+        if isinstance(self._failed, OSError):
+            raise _storage_error(self._failed, self.store.dir)
         if self._failed is not None:
             raise OSError(f"streaming a buffer to the log failed: {self._failed}")
 
