@@ -29,8 +29,8 @@ from ._retry import Backoff, Retry
 from ._rpc import WATCH_FRACTION, Channel, ReplyFrame
 from ._serial import dump_state, dumps, load_error, loads
 from ._stub import is_stub, stub_class
-from .errors import (BackendUnavailable, ClassNotFound, CommunicationError, ConfigError, ObjectDeleted, ObjectMoved,
-                     ObjectNotFound, StoreError)
+from .errors import (BackendUnavailable, ClassNotFound, CommunicationError, ConfigError, MetadataRebuilding,
+                     ObjectDeleted, ObjectMoved, ObjectNotFound, StoreError)
 
 _BACKENDS_TTL = 2.0  # seconds the client trusts its cached list of backends
 _REPLICAS_TTL = 2.0  # seconds it trusts an object's cached list of replicas (for reads)
@@ -169,11 +169,11 @@ class Client:
         live = self._live(oid)
         if live is not None:
             return live
-        rec = self.meta.object(oid)
+        rec = self._indexed(lambda: self._record(oid))
         return make_handle(self.resolve_class(rec.class_path), oid, rec.backend)
 
     def get_by_alias(self, alias: str, cls: type[ActiveObject]) -> Any:
-        oid = self.meta.alias(alias)
+        oid = self._indexed(lambda: self._alias(alias))
         obj = self.get_by_id(oid)
         if cls is not ActiveObject and not _same_class(type(obj), cls):
             raise ObjectNotFound(f"alias {alias!r} names a {obj._sa_class_path}, not a {cls._sa_class_path}")
@@ -293,7 +293,11 @@ class Client:
             # Our idea of its location may be stale (moved, failed over): ask Redis (which raises
             # ObjectNotFound when the object is gone). A backend that says the object moved away
             # while Redis still names it saw it leave and come back: try again.
-            if self._refresh(obj, oid).backend == bid and not isinstance(exc, ObjectMoved):
+            try:
+                rec = self._refresh(obj, oid)
+            except MetadataRebuilding:
+                return  # Redis lost the record for now: try again once it is back
+            if rec.backend == bid and not isinstance(exc, ObjectMoved):
                 raise exc
         elif not self._failover(obj, oid, bid):
             raise exc
@@ -304,8 +308,11 @@ class Client:
             return primary
         cached = self._replicas.get(oid)
         if cached is None or cached[0] < time.monotonic():
-            replicas = self._refresh(obj, oid).replicas
-            primary = self._locations[oid]
+            try:
+                replicas = self._refresh(obj, oid).replicas
+                primary = self._locations[oid]
+            except CommunicationError:  # Redis cannot tell us now: read from the primary we know
+                replicas = ()
         else:
             replicas = cached[1]
         if not replicas:
@@ -316,9 +323,41 @@ class Client:
         """Which of the backends holding an object serves a read (any: they all hold every write)."""
         return random.choice(choices)
 
+    def _record(self, oid: str) -> ObjectRecord:
+        """The object's record in Redis (:class:`MetadataRebuilding` when it is missing while the
+        backends are registering their objects again: it may be one of them)."""
+        rec = self.meta.lookup(oid)
+        if rec is None and self.meta.rebuilding():
+            raise MetadataRebuilding(f"object {oid} is not in Redis, whose data the backends are rebuilding")
+        if rec is None or not rec.backend:  # none, or a tombstone
+            raise ObjectNotFound(f"no object with id {oid}")
+        return rec
+
+    def _alias(self, alias: str) -> str:
+        try:
+            return self.meta.alias(alias)
+        except ObjectNotFound:
+            if self.meta.rebuilding():
+                raise MetadataRebuilding(f"alias {alias!r} is not in Redis, whose data the backends are "
+                                         "rebuilding") from None
+            raise
+
+    def _indexed(self, read: Callable[[], Any]) -> Any:
+        """``read()``, retried under the retry policy while Redis is being rebuilt."""
+        try:
+            return read()
+        except MetadataRebuilding as exc:
+            last = exc
+        for _ in self.retry.attempts():
+            try:
+                return read()
+            except MetadataRebuilding as exc:
+                last = exc
+        raise last
+
     def _refresh(self, obj: ActiveObject | None, oid: str) -> ObjectRecord:
         """Re-read an object's record; update the caches and the handle."""
-        rec = self.meta.object(oid)
+        rec = self._record(oid)
         self._locations[oid] = rec.backend
         self._replicas[oid] = (time.monotonic() + _REPLICAS_TTL, rec.replicas)
         if obj is not None and obj._sa_state is State.PROXY:
@@ -366,7 +405,7 @@ class Client:
     def _locate(self, oid: str) -> str:
         bid = self._locations.get(oid)
         if bid is None:
-            bid = self.meta.object(oid).backend
+            bid = self._record(oid).backend
             self._locations[oid] = bid
         return bid
 
@@ -390,6 +429,11 @@ class Client:
     def _default_backend(self) -> str:
         """Where an object goes when the caller names no backend: a random live one."""
         alive = [b for b in self.backends(refresh=False) if b.alive] or [b for b in self.backends() if b.alive]
+        if not alive and self.meta.rebuilding():  # an empty Redis: backends register again within seconds
+            for _ in self.retry.attempts():
+                alive = [b for b in self.backends() if b.alive]
+                if alive or not self.meta.rebuilding():
+                    break
         if not alive:
             raise BackendUnavailable("no backend is alive in this deployment")
         return random.choice(alive).id

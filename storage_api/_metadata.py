@@ -5,10 +5,11 @@ Key layout (``ns`` is the configured namespace, ``sa`` by default)::
     ns:backends            SET   ids of every registered backend
     ns:backend:<bid>       HASH  id name host port compss_name pid storage_dir unix health state started stopped
     ns:alive:<bid>         STR   heartbeat; expires after heartbeat_ttl (alive = the key exists)
-    ns:obj:<oid>           HASH  class backend alias replicas epoch
+    ns:obj:<oid>           HASH  class backend alias replicas epoch (deleted: a tombstone, kept 7 days)
     ns:objs:<bid>          SET   ids of the objects a backend owns (is the primary of)
     ns:reps:<bid>          SET   ids of the objects a backend holds a replica of
     ns:alias:<alias>       STR   the id registered under an alias
+    ns:rebuilding          STR   set while a backend re-registers into a Redis that lost its data
     ns:class:<path>        STR   JSON class metadata (methods, signatures, docs) for stubs
     ns:tls:ca              STR   the deployment CA certificate (PEM), for clients that hold the secret
     ns:cred:<name>         HASH  generation issued: a client credential (its key is derived from the
@@ -23,7 +24,9 @@ reads the object records and writes control requests (``storage_api/_compss/java
 Store.java``) with the same layout.
 
 Backends own the entries of their objects: they write them after the object is on their disk, and
-write them again when they start (so Redis itself may be volatile). ``backend`` is the primary;
+write them again when they start or notice that Redis lost them (so Redis itself may be volatile:
+it is an index the backends rebuild). A missing record therefore never means that another backend
+took an object over; a record naming another primary, or a tombstone left by a delete, does. ``backend`` is the primary;
 ``replicas`` lists, comma-separated, the backends holding a copy that has every acknowledged write
 (a primary drops a replica from the list before acknowledging a write the replica missed).
 ``epoch`` grows with every change of primary (move, failover). Changes of placement are Lua
@@ -44,6 +47,7 @@ from .errors import AliasExists, ObjectNotFound
 
 CONTROL_REPLY_TTL_MS = 60_000  # a control reply nobody collected expires
 VERSION_LINK_TTL_S = 7 * 24 * 3600  # version links outlive any COMPSs run
+TOMBSTONE_MS = 7 * 24 * 3600 * 1000  # how long a deleted object's record says so
 
 
 def natural_key(name: str) -> list[Any]:
@@ -66,17 +70,21 @@ local function split(s) local t = {} for x in string.gmatch(s or '', '[^,]+') do
 local function without(t, v) local r = {} for _, x in ipairs(t) do if x ~= v then r[#r+1] = x end end return r end
 local function has(t, v) for _, x in ipairs(t) do if x == v then return true end end return false end
 """
-# A backend (re)registering an object it holds: ARGV ns, bid, class, alias, its local role.
-# Returns 'primary', 'replica' or 'stale' (another backend is primary and we are no replica).
+# A backend (re)registering an object it holds: ARGV ns, bid, class, alias, its local role, and (for a
+# primary) its in-sync replicas, comma-separated. Returns 'primary', 'replica', 'orphan' (a replica
+# of an object Redis does not know: the primary has not re-registered it yet) or 'stale' (another
+# backend is primary and does not list us, or the object was deleted: a tombstone).
 _REGISTER = _LUA_LIB + """
 local ns, bid = ARGV[1], ARGV[2]
 local cur = redis.call('hget', KEYS[1], 'backend')
-if not cur and ARGV[5] == 'replica' then return 'stale' end  -- deleted while we were away
 if not cur then
-  redis.call('hset', KEYS[1], 'class', ARGV[3], 'backend', bid, 'alias', ARGV[4], 'replicas', '', 'epoch', '0')
+  if ARGV[5] == 'replica' then return 'orphan' end
+  redis.call('hset', KEYS[1], 'class', ARGV[3], 'backend', bid, 'alias', ARGV[4], 'replicas', ARGV[6], 'epoch', '0')
   redis.call('sadd', ns .. ':objs:' .. bid, KEYS[2])
+  for _, r in ipairs(split(ARGV[6])) do redis.call('sadd', ns .. ':reps:' .. r, KEYS[2]) end
   return 'primary'
 end
+if cur == '' then return 'stale' end
 if cur == bid then redis.call('sadd', ns .. ':objs:' .. bid, KEYS[2]) return 'primary' end
 if has(split(redis.call('hget', KEYS[1], 'replicas')), bid) then
   redis.call('sadd', ns .. ':reps:' .. bid, KEYS[2]) return 'replica'
@@ -191,8 +199,30 @@ class Metadata:
             transaction=True,
         )
 
-    def heartbeat(self, bid: str, pid: int, ttl: float) -> None:
-        self.redis.execute("SET", self.key("alive", bid), str(pid), "PX", int(ttl * 1000))
+    def heartbeat(self, bid: str, pid: int, ttl: float) -> tuple[bool, str]:
+        """Renew ``bid``'s heartbeat; return whether Redis still holds its registration, and the
+        Redis server's run id (it changes when the server restarts, maybe without its latest data)."""
+        _ok, registered, info = self.redis.pipeline([
+            ("SET", self.key("alive", bid), str(pid), "PX", int(ttl * 1000)),
+            ("SISMEMBER", self.key("backends"), bid),
+            ("INFO", "server"),
+        ])
+        run_id = ""
+        for line in info.splitlines() if isinstance(info, str) else ():
+            if line.startswith("run_id:"):
+                run_id = line[7:].strip()
+        return registered == 1, run_id
+
+    def mark_rebuilding(self, bid: str, ttl: float) -> None:
+        """Tell clients, for ``ttl`` seconds, that a missing record may be one being re-registered."""
+        self.redis.execute("SET", self.key("rebuilding"), bid, "PX", int(ttl * 1000))
+
+    def rebuilding(self) -> bool:
+        """Whether Redis may be missing records that backends are about to re-register: a backend
+        is re-registering, or no backend is registered at all (an empty or replaced Redis)."""
+        marked, registered = self.redis.pipeline([("EXISTS", self.key("rebuilding")),
+                                                  ("SCARD", self.key("backends"))])
+        return marked == 1 or registered == 0
 
     # ----------------------------------------------------------- credentials
     def issue_credential(self, name: str, generation: str) -> None:
@@ -277,25 +307,34 @@ class Metadata:
         self.redis.execute("EVAL", _DEL_IF, 1, self.key("alias", alias), oid)
 
     def register_objects(self, bid: str, records: list[tuple[str, str, str | None]],
-                         roles: dict[str, str] | None = None) -> tuple[list[str], dict[str, str]]:
-        """Register ``(oid, class_path, alias)`` entries held by ``bid``.
+                         roles: dict[str, str] | None = None, replicas: dict[str, list[str]] | None = None,
+                         rebuilding: float = 0.0) -> tuple[list[str], dict[str, str]]:
+        """Register ``(oid, class_path, alias)`` entries held by ``bid`` (as primary unless ``roles``
+        says otherwise; a primary's in-sync replicas in ``replicas``).
 
-        Returns the alias conflicts and each object's verdict: ``primary`` (registered as ours),
-        ``replica`` (we are listed as a replica) or ``stale`` (another backend took it over).
+        Returns the alias conflicts and each object's verdict (see ``_REGISTER``): ``primary``,
+        ``replica``, ``orphan`` or ``stale``. With ``rebuilding`` (seconds), each batch also renews
+        the marker that tells clients the index is being rebuilt.
         """
         conflicts: list[str] = []
         verdicts: dict[str, str] = {}
         for start in range(0, len(records), 500):
             batch = records[start : start + 500]
             cmds: list[tuple] = []
+            if rebuilding:
+                cmds.append(("SET", self.key("rebuilding"), bid, "PX", int(rebuilding * 1000)))
             for oid, path, alias in batch:
                 role = (roles or {}).get(oid, "primary")
-                cmds.append(("EVAL", _REGISTER, 2, self.key("obj", oid), oid, self.ns, bid, path, alias or "", role))
+                reps = ",".join((replicas or {}).get(oid, ())) if role == "primary" else ""
+                cmds.append(("EVAL", _REGISTER, 2, self.key("obj", oid), oid, self.ns, bid, path, alias or "", role,
+                             reps))
                 if alias:
                     cmds.append(("EVAL", _CLAIM, 1, self.key("alias", alias), oid))
             for cmd, reply in zip(cmds, self.redis.pipeline(cmds)):
                 if isinstance(reply, RedisReplyError):
                     raise reply
+                if cmd[0] != "EVAL":
+                    continue
                 if cmd[1] is _CLAIM:
                     if not reply:
                         conflicts.append(cmd[3].split(":", 2)[2])
@@ -304,16 +343,29 @@ class Metadata:
         return conflicts, verdicts
 
     def unregister_object(self, bid: str, oid: str, alias: str | None, replicas: tuple[str, ...] = ()) -> None:
-        cmds: list[tuple] = [("DEL", self.key("obj", oid)), ("SREM", self.key("objs", bid), oid)]
+        """Record a deletion. The record becomes a tombstone for a while, so that a backend still
+        holding an old copy (a primary frozen past a failover, a replica that missed the drop
+        notice) learns the object is gone, rather than taking the missing record for a loss of
+        Redis' data and registering the copy again."""
+        key = self.key("obj", oid)
+        cmds: list[tuple] = [("HSET", key, "backend", "", "replicas", "", "deleted", "1"),
+                             ("PEXPIRE", key, TOMBSTONE_MS), ("SREM", self.key("objs", bid), oid)]
         cmds += [("SREM", self.key("reps", r), oid) for r in replicas]
         if alias:
             cmds.append(("EVAL", _DEL_IF, 1, self.key("alias", alias), oid))
         self.redis.pipeline(cmds)
 
     def object(self, oid: str) -> ObjectRecord:
+        rec = self.lookup(oid)
+        if rec is None or not rec.backend:
+            raise ObjectNotFound(f"no object with id {oid}")
+        return rec
+
+    def lookup(self, oid: str) -> ObjectRecord | None:
+        """The object's record; None if Redis has none, one with ``backend == ""`` if it was deleted."""
         raw = self.redis.execute("HGETALL", self.key("obj", oid))
         if not raw:
-            raise ObjectNotFound(f"no object with id {oid}")
+            return None
         return _object_record(oid, raw)
 
     def objects(self) -> list[ObjectRecord]:
@@ -330,7 +382,9 @@ class Metadata:
             chunk = keys[start : start + 500]
             for key, raw in zip(chunk, self.redis.pipeline([("HGETALL", k) for k in chunk])):
                 if raw and not isinstance(raw, RedisReplyError):
-                    out.append(_object_record(key.rsplit(":", 1)[1], raw))
+                    rec = _object_record(key.rsplit(":", 1)[1], raw)
+                    if rec.backend:  # not a tombstone
+                        out.append(rec)
         return out
 
     # ------------------------------------------------------------ placement

@@ -34,6 +34,14 @@ MAX_BULK = 512 << 20  # Redis' own limit on one string (its default proto-max-bu
 _CHUNK = 1 << 20
 
 
+def _check_loading(replies: list[Any], address: str) -> list[Any]:
+    """A Redis that is loading its data set answers ``LOADING``: transient, like an outage."""
+    for reply in replies:
+        if isinstance(reply, RedisReplyError) and str(reply).startswith("LOADING"):
+            raise CommunicationError(f"Redis at {address} is loading its data set")
+    return replies
+
+
 def _encode(args: Command) -> bytes:
     out = [b"*%d\r\n" % len(args)]
     for a in args:
@@ -168,7 +176,13 @@ class Redis:
         if self._db:
             setup.append(("SELECT", self._db))
         if setup:
-            for reply in self._roundtrip(conn, setup):
+            try:
+                replies = _check_loading(self._roundtrip(conn, setup), self.address)
+            except (OSError, ValueError, CommunicationError) as exc:
+                conn.close()
+                raise exc if isinstance(exc, CommunicationError) else CommunicationError(
+                    f"lost connection to Redis at {self.address}: {exc}") from exc
+            for reply in replies:
                 if isinstance(reply, RedisReplyError):
                     conn.close()
                     raise ConfigError(f"Redis at {self.address} refused the connection setup: {reply}")
@@ -202,7 +216,7 @@ class Redis:
                 conn = None
         if conn is not None:
             conn.close()
-        return replies
+        return _check_loading(replies, self.address)
 
     def execute(self, *args: Any) -> Any:
         """Run one command and return its reply (errors raise :class:`RedisReplyError`)."""

@@ -18,6 +18,7 @@ __all__ = [
     "CommunicationError",
     "ProtocolError",
     "BackendUnavailable",
+    "MetadataRebuilding",
     "AuthenticationError",
     "ObjectNotFound",
     "AliasExists",
@@ -52,6 +53,11 @@ class ProtocolError(CommunicationError):
 
 class BackendUnavailable(CommunicationError):
     """The backend holding the object is dead or unreachable."""
+
+
+class MetadataRebuilding(CommunicationError):
+    """Redis lost (part of) its data and the backends are registering their objects again; an
+    object that exists may not be found until they are done (within seconds). Retryable."""
 
 
 class AuthenticationError(StoreError, PermissionError):

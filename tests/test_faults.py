@@ -20,7 +20,7 @@ import pytest
 
 from storage_api._backend._store import BIG_BUFFER, Store
 from storage_api._deploy import _local
-from storage_api.errors import StorageFull, UnserializableState
+from storage_api.errors import CommunicationError, StorageFull, UnserializableState
 
 from .conftest import Cluster, _installed
 from .models import Counter, Holder
@@ -191,3 +191,149 @@ def test_a_state_that_cannot_be_pickled_names_the_attribute_and_is_undone(client
     with pytest.raises(UnserializableState) as info:
         Holder(data=1, other=threading.Lock()).make_persistent()
     assert info.value.attribute == "other"
+
+
+# ------------------------------------------------------------------ Redis loses its data
+FAST_HEARTBEAT = {"heartbeat_interval": 0.25, "heartbeat_ttl": 1.0}
+
+
+@pytest.fixture
+def fast_cluster(tmp_path) -> Iterator[Cluster]:
+    """Two backends with a short heartbeat (they notice a lost Redis within 0.25 s)."""
+    c = Cluster(_local.start(tmp_path / "deploy", 2, log_level="INFO", settings=FAST_HEARTBEAT))
+    yield c
+    _local.stop(c.dir)
+
+
+def restart_redis_empty(cluster: Cluster, down: float = 0.0) -> None:
+    """kill -9 the deployment's Redis, delete its data, start it again on the same port."""
+    import time
+
+    from storage_api._redis import Redis
+
+    dep = cluster.dep
+    os.kill(dep.redis.pid, signal.SIGKILL)
+    os.waitpid(dep.redis.pid, 0)
+    redis_dir = cluster.dir / "redis"
+    for name in ("appendonly.aof", "dump.rdb"):
+        (redis_dir / name).unlink(missing_ok=True)
+    time.sleep(down)
+    proc = _local._spawn([_local.redis_binary(), str(redis_dir / "redis.conf")], Path(dep.redis.log))
+    dep.redis.pid = proc.pid
+    dep.save()
+    r = Redis(dep.redis_url, timeout=1.0)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            r.execute("PING")
+            break
+        except CommunicationError:
+            assert time.monotonic() < deadline, "Redis did not come back"
+            time.sleep(0.02)
+    r.close()
+
+
+def test_redis_restarted_empty_under_load_loses_nothing(fast_cluster):
+    """Redis killed during a call storm and restarted without its data: the backends register
+    themselves and their objects again (aliases and replica lists included) without a restart,
+    every acknowledged increment is kept, and calls only ever see retryable errors meanwhile."""
+    import time
+
+    cluster = fast_cluster
+    gen = iter(_installed(cluster))
+    client = next(gen)
+    try:
+        counters = [Counter(0) for _ in range(4)]
+        for i, c in enumerate(counters):
+            c.make_persistent(backend=f"b{i % 2}", alias=f"lost-{i}")
+        counters[0].new_replica("b1")
+        blob = Holder(np.arange(100_000))
+        blob.make_persistent(backend="b1", alias="lost-blob")
+        acked = [0] * len(counters)
+        unknown = [0] * len(counters)
+        errors: list[BaseException] = []
+        stop = threading.Event()
+
+        def hammer(i: int) -> None:
+            while not stop.is_set():
+                try:
+                    counters[i].inc()
+                    acked[i] += 1
+                except CommunicationError:
+                    unknown[i] += 1  # retryable, outcome unknown: allowed, counted
+                except BaseException as exc:
+                    errors.append(exc)
+                    return
+
+        threads = [threading.Thread(target=hammer, args=(i,)) for i in range(len(counters))]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        restart_redis_empty(cluster, down=1.5)
+        time.sleep(3)
+        stop.set()
+        for t in threads:
+            t.join(timeout=30)
+        assert not errors
+        ids = {b.name: b.id for b in client.backends() if b.alive}
+        assert set(ids) == {"b0", "b1"}  # registered again, without a restart
+        fresh = cluster.client()
+        try:
+            for i, c in enumerate(counters):
+                again = fresh.get_by_id(c.getID())  # by id, from a client that never saw it
+                value = again.get()
+                assert acked[i] <= value <= acked[i] + unknown[i], (i, acked[i], unknown[i], value)
+                assert fresh.get_by_alias(f"lost-{i}", Counter).get() == value
+                assert acked[i] > 0
+            rec = fresh.placement(counters[0].getID())
+            assert rec.backend == ids["b0"] and rec.replicas == (ids["b1"],)  # the replica list came back
+            np.testing.assert_array_equal(fresh.get_by_alias("lost-blob", Holder).take(), np.arange(100_000))
+            new = Counter(1)
+            new.make_persistent()  # placing new objects works again
+            assert new.inc() == 2
+        finally:
+            fresh.close()
+        assert sum(unknown) <= 8, unknown  # retries absorb the outage; few calls see it at all
+    finally:
+        gen.close()
+
+
+def test_a_deleted_object_is_not_brought_back_by_a_thawed_primary(fast_cluster):
+    """The other side of "a missing record is not a takeover": an old primary frozen past a
+    failover, whose object the new primary then deleted, finds a tombstone and drops its copy
+    (it neither serves it nor registers it again)."""
+    import time
+
+    from storage_api.errors import ObjectNotFound
+
+    from .test_placement import _direct
+
+    cluster = fast_cluster
+    gen = iter(_installed(cluster))
+    client = next(gen)
+    try:
+        c = Counter(0)
+        oid = c.make_persistent(backend="b0", alias="tombstoned")
+        c.new_replica("b1")
+        assert c.inc() == 1
+        cluster.kill("b0", signal.SIGSTOP)
+        try:
+            assert c.inc() == 2  # fails over to b1
+            c.delete_persistent()
+        finally:
+            cluster.kill("b0", signal.SIGCONT)
+        with pytest.raises(ObjectNotFound):
+            _direct(client, "b0", oid, "get")
+        time.sleep(4 * FAST_HEARTBEAT["heartbeat_interval"])  # b0's heartbeats re-check its objects
+        assert {b.name: b.objects for b in client.backends()}["b0"] == 0
+        with pytest.raises(ObjectNotFound):
+            client.get_by_id(oid)
+        with pytest.raises(ObjectNotFound):
+            Counter.get_by_alias("tombstoned")
+        cluster.kill("b0", signal.SIGKILL)  # and its log no longer holds it
+        cluster.restart("b0")
+        with pytest.raises(ObjectNotFound):
+            client.get_by_id(oid)
+        assert {b.name: b.objects for b in client.backends()}["b0"] == 0
+    finally:
+        gen.close()

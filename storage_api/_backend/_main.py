@@ -2,8 +2,11 @@
 
 Start-up order: the log is recovered first, then the listening socket is bound, then the backend
 (re-)registers itself and every object it holds in Redis, so metadata lost with a volatile Redis
-comes back with the backends. SIGTERM/SIGINT stop it gracefully: it stops accepting, is marked down
-in Redis (status reports it dead at once), syncs and closes its log.
+comes back with the backends. Each heartbeat also checks that Redis still knows the backend and is
+the same server (its run id): a Redis that restarted (maybe without its latest writes), was
+flushed or replaced gets everything registered again within a heartbeat, without a restart.
+SIGTERM/SIGINT stop it gracefully: it stops accepting, is marked down in Redis (status reports it
+dead at once), syncs and closes its log.
 """
 
 from __future__ import annotations
@@ -72,6 +75,7 @@ class BackendProcess:
         self.backend = LocalBackend(self.id, self.name, self.store, self.meta, defer_sync=defer_sync)
         self.client = PeerClient(settings, self.backend)
         self.backend.peer = self.client
+        self.backend.reregister = self._reregister
         _context.install(self.client)
         socks = [socket.create_server((settings.host, settings.port), backlog=128)]
         self.unix = ""
@@ -91,7 +95,8 @@ class BackendProcess:
         self._health = ""  # the problem last reported in Redis
         self._stop = threading.Event()
         self._stopping = False
-        self._beat = threading.Lock()  # a heartbeat and the deregistration never interleave
+        self._beat = threading.RLock()  # a heartbeat and the deregistration never interleave
+        self._redis_run_id = ""  # the Redis server we registered with
 
     def _tls(self) -> tuple[object, bytes]:
         """The TLS context of the TCP listener and its certificate's channel binding.
@@ -134,21 +139,44 @@ class BackendProcess:
         }
 
     def register(self) -> None:
+        """Register the backend and every object it holds (at start, and when Redis lost them)."""
         s = self.settings
+        self.meta.mark_rebuilding(self.id, self._rebuild_window())
         self.meta.publish_tls_ca(self.tls_ca)  # for clients that hold the secret but no CA file
         self.meta.register_backend(self.info(), s.heartbeat_ttl)
+        self._health = ""  # info() registers a healthy backend: the next heartbeat corrects it
+        _registered, self._redis_run_id = self.meta.heartbeat(self.id, os.getpid(), s.heartbeat_ttl)
         t0 = time.monotonic()
-        records = self._reconcile()
+        records = self._reconcile(rebuilding=True)
         self.backend.lease_until = t0 + s.heartbeat_ttl * LEASE_FRACTION
         stale = self.meta.owned_objects(self.id) - {oid for oid, _p, _a in records}
         for oid in stale:  # deleted while Redis was not told (e.g. a crash mid-delete)
             self.meta.unregister_object(self.id, oid, None)
         log.info("backend %s (%s) serving %d objects on port %d", self.name, self.id, len(records), self.server.port)
 
-    def _reconcile(self) -> list[tuple[str, str, str | None]]:
-        """(Re-)register every object in the log; drop the copies another backend took over."""
+    def _reregister(self) -> None:
+        """Register everything again unless Redis still knows this backend (a call found an
+        object's record missing before the heartbeat noticed that Redis lost its data)."""
+        with self._beat:
+            if self._stopping:
+                return
+            registered, run_id = self.meta.heartbeat(self.id, os.getpid(), self.settings.heartbeat_ttl)
+            if not registered or run_id != self._redis_run_id:
+                log.warning("Redis lost this backend's registration: registering it and its objects again")
+                self.register()
+
+    def _rebuild_window(self) -> float:
+        # Long enough for every other backend to notice at its next heartbeat and start its own.
+        return 2 * self.settings.heartbeat_ttl
+
+    def _reconcile(self, rebuilding: bool = False) -> list[tuple[str, str, str | None]]:
+        """(Re-)register every object in the log (and the classes loaded); drop the copies another
+        backend took over."""
+        self.backend.publish_classes()
         records = self.backend.registration_records()
-        conflicts, verdicts = self.meta.register_objects(self.id, records, self.backend.roles())
+        conflicts, verdicts = self.meta.register_objects(
+            self.id, records, self.backend.roles(), self.backend.replica_lists(),
+            self._rebuild_window() if rebuilding else 0.0)
         for alias in conflicts:
             log.warning("alias %r is held by another object; this backend's claim was dropped", alias)
         self.backend.apply_verdicts(verdicts)
@@ -162,17 +190,24 @@ class BackendProcess:
                     return
                 t0 = time.monotonic()
                 try:
-                    self.meta.heartbeat(self.id, os.getpid(), s.heartbeat_ttl)
+                    registered, run_id = self.meta.heartbeat(self.id, os.getpid(), s.heartbeat_ttl)
+                    if not registered or run_id != self._redis_run_id:
+                        # Redis restarted, was flushed or replaced: what it knew may be gone.
+                        log.warning("Redis lost this backend's registration (%s): registering it and its "
+                                    "objects again", "server restarted" if registered else "backend unknown")
+                        self.register()
+                    elif not self.backend.lease_ok() or self.backend.orphans:
+                        # We were silent long enough for clients to promote our replicas: check
+                        # every object before serving as its primary again. (Orphans: replicas
+                        # whose primary had not re-registered their object yet.)
+                        if not self.backend.lease_ok():
+                            log.warning("heartbeat lease lapsed: re-checking which objects are still ours")
+                        self._reconcile()
+                    self.backend.lease_until = t0 + s.heartbeat_ttl * LEASE_FRACTION
                     if self.server.problem != self._health:  # status shows why we take no connections
                         self.meta.set_health(self.id, self.server.problem)
                         self._health = self.server.problem
-                    if not self.backend.lease_ok():
-                        # We were silent long enough for clients to promote our replicas: check
-                        # every object before serving as its primary again.
-                        log.warning("heartbeat lease lapsed: re-checking which objects are still ours")
-                        self._reconcile()
-                    self.backend.lease_until = t0 + s.heartbeat_ttl * LEASE_FRACTION
-                except CommunicationError as exc:
+                except Exception as exc:  # the heartbeat must outlive any failure
                     log.warning("heartbeat failed: %s", exc)
 
     def run(self) -> int:

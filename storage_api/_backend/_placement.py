@@ -22,6 +22,13 @@ Redis cannot have expired, so no client can have promoted a replica). When the l
 process was frozen, Redis unreachable), it checks the object's record in Redis before serving, and
 drops copies that another backend took over. A restarted backend does the same for every object
 in its log before it serves, so an old primary never serves stale state.
+
+What counts as "taken over": a record naming another primary that does not list this backend as
+a replica, or a tombstone (the object was deleted). A *missing* record never does: Redis is an
+index the backends rebuild, and a missing record means Redis lost it. The backend registers the
+object again under its own role (a primary with its in-sync replicas); a replica whose object has
+no record keeps its copy unregistered (an *orphan*, answering with a retryable error) until its
+primary registers the object again and lists it, or names another primary.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _messages as m
 from .._object import RESERVED_PREFIX, VOLATILE_PREFIX, ActiveObject, State, state_of
 from .._serial import dumps, loads
-from ..errors import CommunicationError, ObjectMoved, ObjectNotFound, StoreError
+from ..errors import CommunicationError, MetadataRebuilding, ObjectMoved, ObjectNotFound, StoreError
 
 if TYPE_CHECKING:
     from .._client import Client
@@ -119,14 +126,23 @@ class Placement:
 
     def verify(self: LocalBackend, entry: Entry) -> None:
         """Align an entry's role with its Redis record; drop it if another backend took it over."""
-        try:
-            rec = self.meta.object(entry.oid)
-        except ObjectNotFound:
-            rec = None
-        if rec is not None and rec.backend == self.id:
-            entry.role, entry.replicas = "primary", [r for r in rec.replicas if r != self.id]
+        rec = self.meta.lookup(entry.oid)
+        if rec is None:  # Redis lost it: register everything again (see the module's docstring)
+            self.reregister()
+            rec = self.meta.lookup(entry.oid)
+        if rec is None:  # a replica whose primary has not registered the object again (yet)
+            self.orphans.add(entry.oid)
+            raise MetadataRebuilding(f"object {entry.oid} is not in Redis yet: its primary has not registered it again")
+        if rec.backend == self.id:
+            role = "primary"
+            entry.replicas = [r for r in rec.replicas if r != self.id]
+        else:
+            role = "replica" if rec.backend and self.id in rec.replicas else "stale"
+        self.orphans.discard(entry.oid)
+        if role == "primary":
+            entry.role = "primary"
             entry.obj.__dict__.update(_sa_state=State.RESIDENT, _sa_backend=self.id)
-        elif rec is not None and self.id in rec.replicas:
+        elif role == "replica":
             entry.role, entry.replicas = "replica", []
             entry.obj.__dict__.update(_sa_state=State.REPLICA, _sa_backend=None)
         else:
@@ -137,12 +153,19 @@ class Placement:
         """Act on the answers of a (re-)registration (see ``Metadata.register_objects``)."""
         for oid, verdict in verdicts.items():
             entry = self._entries.get(oid)
+            if verdict == "orphan":
+                self.orphans.add(oid)
+                continue
+            self.orphans.discard(oid)
             self.role_hints[oid] = verdict
             if verdict == "stale":
-                log.warning("object %s was taken over by another backend: dropping the stale copy", oid)
+                log.warning("object %s was taken over by another backend or deleted: dropping this copy", oid)
                 self.drop_local(oid)
             elif entry is not None:
-                self.verify(entry)
+                try:
+                    self.verify(entry)
+                except ObjectNotFound:
+                    pass  # dropped meanwhile
 
     def drop_local(self: LocalBackend, oid: str) -> None:
         """Forget a copy without touching Redis (it belongs to another backend now)."""

@@ -88,6 +88,9 @@ class LocalBackend(Placement):
         self.peer: Client | None = None  # this process's client, to reach other backends
         self.lease_until = 0.0  # monotonic time until which no replica can have been promoted
         self.role_hints: dict[str, str] = {}  # roles Redis gave objects not yet loaded
+        self.orphans: set[str] = set()  # replicas whose object Redis lost (see _placement)
+        # Registers the backend and all its objects again if Redis lost them (the process sets it).
+        self.reregister: Callable[[], None] = lambda: None
         self._entries: dict[str, Entry] = {}
         self._load_lock = threading.RLock()
         self._classes: dict[str, type[ActiveObject]] = {}
@@ -336,5 +339,18 @@ class LocalBackend(Placement):
         return [(oid, m["class"], m.get("alias")) for oid, m in self.store.objects().items()]
 
     def roles(self) -> dict[str, str]:
-        return {oid: m.get("role", "primary") for oid, m in self.store.objects().items()}
+        """Each object's role here: the live entry's, else the one its log record was written with."""
+        roles = {oid: m.get("role", "primary") for oid, m in self.store.objects().items()}
+        roles.update((oid, e.role) for oid, e in list(self._entries.items()) if oid in roles)
+        return roles
+
+    def replica_lists(self) -> dict[str, list[str]]:
+        """The in-sync replicas of the objects this backend is the primary of (live entries only:
+        a replica list is kept in memory and Redis, not in the log)."""
+        return {oid: list(e.replicas) for oid, e in list(self._entries.items()) if e.role == "primary" and e.replicas}
+
+    def publish_classes(self) -> None:
+        """Publish the metadata of every class loaded so far (again, after Redis lost it)."""
+        for cls in list(self._classes.values()):
+            self.meta.publish_class(describe_class(cls))
 
