@@ -7,11 +7,16 @@ to be handed its reply or the leadership. A single-threaded caller therefore pay
 receive per call and no thread switch. Calls started with ``wait=False`` (futures) are completed by
 a small pump thread that reads whenever such calls are outstanding.
 
-Liveness: sockets are blocking (a timeout would cost a ``poll`` per receive). A watchdog thread
-per client looks at channels with requests pending a few times per ``liveness_timeout``: it pings a
-silent backend, and gives up on one before it has been silent for ``liveness_timeout`` seconds:
-its socket is shut down, which fails every pending request with :class:`BackendUnavailable`. A call to a dead or
-frozen backend never hangs.
+Liveness is judged by progress, not by a deadline on the whole call: sockets are blocking (a
+timeout would cost a ``poll`` per receive). A watchdog thread per client looks at channels with
+requests pending a few times per ``liveness_timeout``: it pings a silent backend, and gives up on
+one before it has been silent for ``liveness_timeout`` seconds: its socket is shut down, which
+fails every pending request with :class:`BackendUnavailable`. A frame still arriving, or still
+leaving (the backend is taking our bytes: a 2 GiB argument on a slow link), is not silence. A call
+to a dead or frozen backend never hangs; a long transfer to a live one is never cut.
+
+Payloads over the wire limits (:mod:`storage_api._wire`) are refused before anything is sent,
+with :class:`~storage_api.errors.PayloadTooLarge`.
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ class Channel:
     def request(self, body: bytes, buffers: list[Any], *, wait: bool = True, flags: int = 0,
                 on_event: Callable[[bytes], None] | None = None) -> Any:
         """Send a request; return its decoded result (``wait``) or a Future of it."""
+        w.check_payload(len(body), buffers)
         future: Future | None = None if wait else Future()
         slot = _Slot(future, on_event)
         with self._mutex:
@@ -178,7 +184,7 @@ class Channel:
         with self._mutex:
             if not self._pending or self._broken is not None:
                 return
-        silence = now - self.fs.last_rx
+        silence = now - max(self.fs.last_rx, self.fs.last_tx)
         if silence >= self._liveness * (1 - WATCH_FRACTION):  # the next check would be too late
             self._abort = BackendUnavailable(f"backend {self.name} did not answer for {silence:.1f}s")
             self.fs.shutdown()  # wakes the reader, which fails every pending request

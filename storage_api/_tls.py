@@ -16,7 +16,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .errors import AuthenticationError, CommunicationError, ConfigError
@@ -125,7 +125,8 @@ class TlsIO:
                     pass
             self._readable.poll()  # returns at once if readable; shutdown() wakes it
 
-    def write(self, parts: Sequence[Any]) -> None:
+    def write(self, parts: Sequence[Any], progress: Callable[[], None] = lambda: None) -> None:
+        """Send ``parts``; ``progress()`` whenever some of it has left (liveness, see _rpc)."""
         for part in _coalesce(parts):
             whole = memoryview(part).cast("B")
             for at in range(0, len(whole), _MAX_IO):
@@ -140,6 +141,8 @@ class TlsIO:
                         except ssl.SSLWantReadError:
                             wait = select.POLLIN
                     self._wait(wait)
+                    progress()  # writable again: the peer took bytes
+                progress()
 
     def _wait(self, events: int) -> None:
         poller = select.poll()

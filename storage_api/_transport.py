@@ -27,6 +27,7 @@ _IOV_MAX = 512
 _BIG = 16 << 20  # incoming buffers at least this large are mapped, not allocated
 _STREAM_MIN = 4 << 20  # STREAM buffers at least this large go to the backend's log as they arrive
 _MAC_CHUNK = 1 << 20  # buffers are hashed in chunks this large while the rest is in flight
+_SEND_SLICE = 1 << 20  # most bytes per sendmsg: a large frame shows progress (last_tx) as it leaves
 
 Buffer = Any  # bytes-like: bytes, bytearray, memoryview
 
@@ -73,6 +74,7 @@ class FrameSocket:
         self._rpos = 0
         self._rend = 0
         self.last_rx = time.monotonic()
+        self.last_tx = 0.0  # when a send last made progress (the peer is taking our bytes)
         self.closed = False
         # Backends set this: called with a buffer's length for STREAM frames, it returns an object
         # with start(buffer), advance(received) and done(ok) that writes the buffer as it arrives.
@@ -169,7 +171,11 @@ class FrameSocket:
 
     def _write(self, parts: list[Any]) -> None:
         if parts:
-            self.io.write(parts)
+            self.io.write(parts, self._sent_some)
+
+    def _sent_some(self) -> None:
+        """Bytes left: the peer is taking them (liveness is judged by progress, see _rpc)."""
+        self.last_tx = time.monotonic()
 
     # -------------------------------------------------------------- receiving
     def recv(self) -> tuple[int, int, int, bytes, list[Any]]:
@@ -322,11 +328,11 @@ class PlainIO:
                 if time.perf_counter() > deadline:
                     return sock.recv_into(into)
 
-    def write(self, parts: list[Buffer]) -> None:
-        if len(parts) == 1:
+    def write(self, parts: list[Buffer], progress: Callable[[], None] = lambda: None) -> None:
+        if len(parts) == 1 and memoryview(parts[0]).nbytes <= _SEND_SLICE:
             self.sock.sendall(parts[0])
         else:
-            _sendmsg_all(self.sock, parts)
+            _sendmsg_all(self.sock, parts, progress)
 
     def pending(self) -> bool:
         try:
@@ -362,10 +368,19 @@ def _allocate(n: int, aligned: bool = False) -> Any:
     return m
 
 
-def _sendmsg_all(sock: socket.socket, parts: list[Buffer]) -> None:
+def _sendmsg_all(sock: socket.socket, parts: list[Buffer], progress: Callable[[], None]) -> None:
+    """Send every part, at most :data:`_SEND_SLICE` bytes per call, calling ``progress`` after each."""
     views = [memoryview(p).cast("B") for p in parts if len(p)]
     while views:
-        sent = sock.sendmsg(views[:_IOV_MAX])
+        batch: list[memoryview] = []
+        room = _SEND_SLICE
+        for v in views[:_IOV_MAX]:
+            batch.append(v[:room])
+            room -= len(batch[-1])
+            if room <= 0:
+                break
+        sent = sock.sendmsg(batch)
+        progress()
         while sent:
             first = views[0]
             if sent >= len(first):

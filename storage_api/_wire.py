@@ -92,7 +92,8 @@ request in flight.
 
 Limits (:data:`MAX_BODY`, :data:`MAX_BUFFERS`, :data:`MAX_BUFFER`) are checked on every header;
 a frame over a limit, with an unknown kind or a bad MAC is a :class:`ProtocolError` and closes that
-connection only.
+connection only. Senders check them first (:func:`check_payload`): a request or reply over a limit
+is refused before it is sent, with a :class:`~storage_api.errors.PayloadTooLarge` naming the limit.
 
 Work before authentication
 --------------------------
@@ -116,7 +117,7 @@ import hmac
 import struct
 from typing import Any, Final
 
-from .errors import AuthenticationError, ProtocolError
+from .errors import AuthenticationError, PayloadTooLarge, ProtocolError
 
 MAGIC: Final = b"SAPI"
 VERSION: Final = 2
@@ -235,6 +236,20 @@ def check_header(kind: int, nbuf: int, body_len: int) -> None:
         raise ProtocolError(f"frame declares {nbuf} buffers (limit {MAX_BUFFERS})")
     if body_len > MAX_BODY:
         raise ProtocolError(f"frame body of {body_len} bytes exceeds the limit of {MAX_BODY}")
+
+
+def check_payload(body_len: int, buffers: "list | tuple") -> None:
+    """Refuse a message the peer would refuse, before sending any of it."""
+    if body_len > MAX_BODY:
+        raise PayloadTooLarge(f"message of {body_len} bytes exceeds the limit of {MAX_BODY} bytes (1 GiB) for "
+                              "in-band data: send large data as numpy arrays or pickle.PickleBuffer, which travel "
+                              "out of band")
+    if len(buffers) > MAX_BUFFERS:
+        raise PayloadTooLarge(f"message with {len(buffers)} out-of-band buffers exceeds the limit of {MAX_BUFFERS}")
+    for b in buffers:
+        n = memoryview(b).nbytes
+        if n > MAX_BUFFER:
+            raise PayloadTooLarge(f"out-of-band buffer of {n} bytes exceeds the limit of {MAX_BUFFER} bytes (1 TiB)")
 
 
 def check_lengths(lengths: tuple[int, ...]) -> None:

@@ -31,6 +31,7 @@ __all__ = [
     "ObjectDeleted",
     "ObjectMoved",
     "StorageFull",
+    "PayloadTooLarge",
     "UnserializableState",
 ]
 
@@ -101,6 +102,10 @@ class StorageFull(StoreError, OSError):
     """The backend's disk (or quota) is full: the write was not made and left no trace.
 
     Reads keep working; writes work again once space is freed."""
+
+
+class PayloadTooLarge(StoreError, ValueError):
+    """A request or reply exceeds a wire limit (named in the message); nothing was sent."""
 
 
 class UnserializableState(StoreError, TypeError):

@@ -1,15 +1,16 @@
 """The fault suite (short version; ``python -m bench.faults`` runs the long one).
 
-Real faults on real processes: a disk that fills (a small tmpfs, mounted here as root), ...
-Each test checks that every acknowledged operation survived, that failed ones left no trace, and
-that the backend stayed up.
+Real faults on real processes (see ``tests/faultkit.py``): a disk that fills (a small tmpfs,
+mounted here as root), Redis killed and restarted without its data under load, a slow link (a
+throttling proxy) carrying large transfers, calls during repeated moves; compaction racing writes
+is in ``test_faults_compaction.py``. Each test checks that every acknowledged operation survived,
+that failed ones left no trace, and that the backends stayed up.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import threading
 import uuid
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ from storage_api._deploy import _local
 from storage_api.errors import CommunicationError, StorageFull, UnserializableState
 
 from .conftest import Cluster, _installed
+from .faultkit import fill, mount_tmpfs, restart_redis_empty, slow_backend, unmount
 from .models import Counter, Holder
 
 
@@ -35,32 +37,12 @@ def tmpfs(tmp_path: Path) -> Iterator[callable]:
     mounted: list[Path] = []
 
     def mount(path: Path, mib: int) -> Path:
-        path.mkdir(parents=True, exist_ok=True)
-        subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mib}m,mode=0700", "tmpfs", str(path)], check=True)
-        mounted.append(path)
+        mounted.append(mount_tmpfs(path, mib))
         return path
 
     yield mount
     for path in reversed(mounted):
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def _fill(directory: Path, leave: int = 0) -> Path:
-    """Fill the file system of ``directory`` up to ``leave`` free bytes; return the filler file."""
-    filler = directory / "filler"
-    with open(filler, "ab") as f:
-        chunk = b"\0" * (1 << 20)
-        while True:
-            st = os.statvfs(directory)
-            free = st.f_bavail * st.f_frsize - leave
-            if free <= 0:
-                break
-            try:
-                f.write(chunk[: min(len(chunk), free)])
-                f.flush()
-            except OSError:
-                break
-    return filler
+        unmount(path)
 
 
 # ------------------------------------------------------------------ disk full: the log itself
@@ -80,7 +62,7 @@ def test_store_on_a_full_disk_refuses_cleanly_and_recovers(tmp_path, tmpfs):
             acked[oid] = b"big"
     with pytest.raises(StorageFull):
         store.put(str(uuid.uuid4()), {"class": "m.A"}, b"x" * (4 << 20), [])
-    filler = _fill(disk)
+    filler = fill(disk)
     with pytest.raises(StorageFull):  # small records use up what was preallocated, then fail too
         for i in range(1000):
             store.sync(store.put(a, {"class": "m.A"}, b"v2-%d" % i + bytes(64 << 10), []))
@@ -121,7 +103,7 @@ def test_disk_full_on_every_path_is_a_typed_error_and_leaves_no_trace(small_disk
         blob.make_persistent()
         hog = Holder()
         hog.make_persistent()
-        filler = _fill(disk)
+        filler = fill(disk)
         # Writes go on into the log's preallocated tail; use it up with ever smaller ones. Each
         # failed write must leave the previous state in place.
         last = None
@@ -159,7 +141,7 @@ def test_disk_full_on_every_path_is_a_typed_error_and_leaves_no_trace(small_disk
 
         # a backend (re)started on a nearly full disk still stores objects
         filler.unlink()
-        _fill(disk, leave=3 << 20)
+        fill(disk, leave=3 << 20)
         cluster.kill("b0", signal.SIGKILL)
         cluster.restart("b0")
         assert counter.inc() == 6  # the failed calls were not applied later either
@@ -205,34 +187,6 @@ def fast_cluster(tmp_path) -> Iterator[Cluster]:
     _local.stop(c.dir)
 
 
-def restart_redis_empty(cluster: Cluster, down: float = 0.0) -> None:
-    """kill -9 the deployment's Redis, delete its data, start it again on the same port."""
-    import time
-
-    from storage_api._redis import Redis
-
-    dep = cluster.dep
-    os.kill(dep.redis.pid, signal.SIGKILL)
-    os.waitpid(dep.redis.pid, 0)
-    redis_dir = cluster.dir / "redis"
-    for name in ("appendonly.aof", "dump.rdb"):
-        (redis_dir / name).unlink(missing_ok=True)
-    time.sleep(down)
-    proc = _local._spawn([_local.redis_binary(), str(redis_dir / "redis.conf")], Path(dep.redis.log))
-    dep.redis.pid = proc.pid
-    dep.save()
-    r = Redis(dep.redis_url, timeout=1.0)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            r.execute("PING")
-            break
-        except CommunicationError:
-            assert time.monotonic() < deadline, "Redis did not come back"
-            time.sleep(0.02)
-    r.close()
-
-
 def test_redis_restarted_empty_under_load_loses_nothing(fast_cluster):
     """Redis killed during a call storm and restarted without its data: the backends register
     themselves and their objects again (aliases and replica lists included) without a restart,
@@ -269,7 +223,7 @@ def test_redis_restarted_empty_under_load_loses_nothing(fast_cluster):
         for t in threads:
             t.start()
         time.sleep(0.5)
-        restart_redis_empty(cluster, down=1.5)
+        restart_redis_empty(cluster.dep, down=1.5)
         time.sleep(3)
         stop.set()
         for t in threads:
@@ -337,3 +291,76 @@ def test_a_deleted_object_is_not_brought_back_by_a_thawed_primary(fast_cluster):
         assert {b.name: b.objects for b in client.backends()}["b0"] == 0
     finally:
         gen.close()
+
+
+# ------------------------------------------------------------------ a slow link
+SLOW_RATE = 6e6  # bytes/s: a 24 MiB transfer takes 4 s, twice the liveness timeout
+
+
+@pytest.fixture
+def slow_link(tmp_path) -> Iterator[Cluster]:
+    """A deployment whose backend "slow" is reached through a 6 MB/s link."""
+    c = Cluster(_local.start(tmp_path / "deploy", 1, log_level="INFO"))
+    _proc, throttle = slow_backend(c.dep, "slow", SLOW_RATE)
+    try:
+        c.wait_alive("slow")
+        yield c
+    finally:
+        throttle.stop()
+        _local.stop(c.dir)
+
+
+def test_transfers_longer_than_the_liveness_timeout_succeed_on_a_slow_link(slow_link):
+    """Liveness by progress: a frame still leaving or arriving keeps the call alive. (On this link
+    each transfer takes about twice liveness_timeout; they used to fail with BackendUnavailable.)"""
+    import time
+
+    gen = iter(_installed(slow_link))
+    client = next(gen)
+    try:
+        assert client.settings.liveness_timeout == 2.0
+        data = np.random.default_rng(1).integers(0, 1 << 60, size=3 << 20)  # 24 MiB
+        start = time.monotonic()
+        h = Holder(data)
+        h.make_persistent(backend="slow")  # 24 MiB up (a streamed persist)
+        assert time.monotonic() - start > 2 * 1.5
+        h.put(data[::-1].copy())  # 24 MiB as an argument
+        np.testing.assert_array_equal(h.take(), data[::-1])  # 24 MiB back
+    finally:
+        gen.close()
+
+
+def test_a_backend_that_freezes_during_a_large_transfer_still_fails_the_call(slow_link):
+    import time
+
+    from storage_api.errors import BackendUnavailable
+
+    gen = iter(_installed(slow_link))
+    next(gen)
+    try:
+        h = Holder(None)
+        h.make_persistent(backend="slow")
+        slow_link.kill("slow", signal.SIGSTOP)
+        try:
+            start = time.monotonic()
+            with pytest.raises(BackendUnavailable):
+                h.put(np.ones(3 << 20))
+            assert time.monotonic() - start < 15
+        finally:
+            slow_link.kill("slow", signal.SIGCONT)
+    finally:
+        gen.close()
+
+
+@pytest.mark.slow
+def test_a_payload_over_the_wire_limit_is_refused_before_it_is_sent(client):
+    from storage_api import _wire
+    from storage_api.errors import PayloadTooLarge
+
+    h = Holder(None)
+    h.make_persistent()
+    too_big = b"x" * (_wire.MAX_BODY + 1)  # in-band bytes: the limit is 1 GiB
+    with pytest.raises(PayloadTooLarge, match="1 GiB"):
+        h.put(too_big)
+    del too_big
+    assert h.take() is None

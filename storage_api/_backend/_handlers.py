@@ -174,6 +174,7 @@ def dispatch(backend: LocalBackend, body: bytes, buffers: list, streams: list | 
             rbody, rbuffers = dumps(result)
         except Exception as exc:
             raise StoreError(f"the result ({type(result).__name__}) cannot be serialized: {exc}") from exc
+        _wire.check_payload(len(rbody), rbuffers)
         return _wire.REPLY, rbody, rbuffers
     except Exception as exc:
         return _wire.ERROR, dump_error(exc), []
