@@ -34,11 +34,15 @@ MAX_BULK = 512 << 20  # Redis' own limit on one string (its default proto-max-bu
 _CHUNK = 1 << 20
 
 
+class RedisLoading(CommunicationError):
+    """Redis answered ``LOADING``: it is loading its data set (after a restart). Transient, like an
+    outage: callers that retry communication errors wait it out."""
+
+
 def _check_loading(replies: list[Any], address: str) -> list[Any]:
-    """A Redis that is loading its data set answers ``LOADING``: transient, like an outage."""
     for reply in replies:
-        if isinstance(reply, RedisReplyError) and str(reply).startswith("LOADING"):
-            raise CommunicationError(f"Redis at {address} is loading its data set")
+        if isinstance(reply, RedisReplyError) and reply.code == "LOADING":
+            raise RedisLoading(f"Redis at {address} is loading its data set")
     return replies
 
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -131,8 +132,9 @@ def restart_redis_empty(dep: _local.Deployment, down: float = 0.0) -> None:
         while _local._alive(dep.redis.pid):
             time.sleep(0.01)
     redis_dir = Path(dep.dir) / "redis"
-    for name in ("appendonly.aof", "dump.rdb"):
+    for name in ("appendonly.aof", "dump.rdb"):  # Redis 6
         (redis_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(redis_dir / "appendonlydir", ignore_errors=True)  # Redis 7
     time.sleep(down)
     dep.redis.pid = _local._spawn([_local.redis_binary(), str(redis_dir / "redis.conf")], Path(dep.redis.log)).pid
     dep.save()

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -364,3 +366,95 @@ def test_a_payload_over_the_wire_limit_is_refused_before_it_is_sent(client):
         h.put(too_big)
     del too_big
     assert h.take() is None
+
+
+# ------------------------------------------------------------------ up and down
+def _processes_of(directory: Path) -> list[int]:
+    """Pids of processes started for a deployment: Redis on its files, backends naming its config."""
+    pids = set(_local.redis_on(directory))
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if str(directory).encode() in (entry / "cmdline").read_bytes():
+                    pids.add(int(entry.name))
+            except OSError:
+                pass
+    return sorted(p for p in pids if _local._alive(p))
+
+
+def test_up_after_down_waits_for_redis_to_load_its_data(tmp_path):
+    from storage_api._redis import Redis
+
+    d = tmp_path / "deploy"
+    dep = _local.start(d, 1, log_level="WARNING")
+    gen = iter(_installed(Cluster(dep)))
+    next(gen)
+    try:
+        c = Counter(41)
+        oid = c.make_persistent(alias="survives-loading")
+        c.inc()
+    finally:
+        gen.close()
+    r = Redis(dep.redis_url)
+    fill_keys = "for i = ARGV[1], ARGV[2] do redis.call('set', 'junk:' .. i, 'x') end"
+    for start in range(0, 1_000_000, 200_000):  # a data set that takes a while to load
+        r.execute("EVAL", fill_keys, 0, start, start + 199_999)
+    r.execute("BGREWRITEAOF")
+    while "aof_rewrite_in_progress:1" in r.execute("INFO", "persistence") or \
+            "aof_rewrite_scheduled:1" in r.execute("INFO", "persistence"):
+        time.sleep(0.05)
+    r.close()
+    _local.stop(d)
+    for _ in range(2):  # used to fail with LOADING (and leave a redis-server behind)
+        dep = _local.start(d, 1, log_level="WARNING")
+        gen = iter(_installed(Cluster(dep)))
+        client = next(gen)
+        try:
+            assert client.get_by_id(oid).get() == 42
+            assert Counter.get_by_alias("survives-loading").getID() == oid
+        finally:
+            gen.close()
+        _local.stop(d)
+    assert "DB loaded from append only file" in Path(dep.redis.log).read_text()
+    assert _processes_of(d) == []
+
+
+def test_a_failed_up_stops_what_it_started_and_down_finds_a_stray_redis(tmp_path):
+    d = tmp_path / "deploy"
+    with pytest.raises(_local.DeploymentError, match="exited during start-up"):
+        _local.start(d, 2, settings={"log_segment_mb": 0})  # the backends refuse the setting
+    assert _processes_of(d) == [] and _local.Deployment.load(d) is None
+
+    logs = d / "logs"
+    stray, _url = _local._start_redis(d, logs)  # a redis-server on the files that nothing records
+    try:
+        with pytest.raises(_local.DeploymentError, match="still runs on the files"):
+            _local.start(d, 1)  # never a second Redis on the same files
+        assert _local.stop(d)  # `down` finds it
+        assert _processes_of(d) == []
+    finally:
+        if _local._alive(stray.pid):
+            os.kill(stray.pid, signal.SIGKILL)
+    dep = _local.start(d, 1, log_level="WARNING")
+    _local.stop(dep.dir)
+    assert _processes_of(d) == []
+
+
+def test_down_after_an_up_killed_while_it_waited_stops_everything(tmp_path):
+    import sys
+
+    home = tmp_path / "home"
+    env = {**os.environ, "STORAGE_API_HOME": str(home), "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    up = subprocess.Popen([sys.executable, "-m", "storage_api", "up", "--backends", "2"], env=env,
+                          stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    assert up.stderr is not None
+    for line in up.stderr:
+        if "redis-server running" in line:
+            break
+    up.kill()  # killed while it waits for the backends
+    up.wait()
+    d = home / "local"
+    assert _processes_of(d)  # it left processes behind...
+    down = subprocess.run([sys.executable, "-m", "storage_api", "down"], env=env, capture_output=True, text=True)
+    assert down.returncode == 0, down.stderr
+    assert _processes_of(d) == []  # ... and `down` found them all

@@ -14,6 +14,12 @@
 Processes start in their own session, inherit the caller's environment (minus ``STORAGE_API_*``
 settings, which are passed explicitly) and working directory, so ``PYTHONPATH`` and the current
 directory decide which model modules the backends can import.
+
+Robustness: every process is recorded in ``deployment.json`` as soon as it is spawned, before
+anything waits for it, so ``stop`` (``storage-api down``) finds whatever a failed or interrupted
+``start`` left, and a failed ``start`` stops everything it started. ``start`` waits while Redis
+loads its data (``LOADING``), and refuses to run a second ``redis-server`` on the files of one
+that still runs (found by its working directory, the deployment's ``redis/``).
 """
 
 from __future__ import annotations
@@ -123,7 +129,9 @@ def _spawn(cmd: list[str], log_path: Path) -> subprocess.Popen:
     return spawn(cmd, log_path, env=_clean_env())
 
 
-def _start_redis(directory: Path, logs: Path, binary: str | None = None) -> tuple[Process, str]:
+def _start_redis(directory: Path, logs: Path, binary: str | None = None,
+                 record: Any = lambda proc, url: None) -> tuple[Process, str]:
+    """Start Redis; ``record(process, url)`` is called as soon as it is spawned (before waiting)."""
     binary = binary or redis_binary()
     password = secrets.token_hex(24)
     (directory / "redis").mkdir(parents=True, exist_ok=True)
@@ -137,13 +145,30 @@ def _start_redis(directory: Path, logs: Path, binary: str | None = None) -> tupl
         log_path = logs / "redis.log"
         proc = _spawn([binary, str(conf)], log_path)
         url = f"redis://:{password}@127.0.0.1:{port}/0"
+        record(Process("redis", proc.pid, str(log_path)), url)
         if redis_ready(url, proc, 10):
             return Process("redis", proc.pid, str(log_path)), url
         last_error = _tail(str(log_path))
         if proc.poll() is None:
             proc.kill()
-            proc.wait()
+        proc.wait()
     raise DeploymentError(f"redis-server did not start:\n{last_error}")
+
+
+def redis_on(directory: str | os.PathLike[str]) -> list[int]:
+    """Pids of the redis-servers running on a deployment's files (their working directory is its
+    ``redis/``: Redis changes to its data directory), whoever started them."""
+    target = str((Path(directory) / "redis").resolve())
+    found = []
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if (entry / "comm").read_text().strip() == "redis-server" and os.readlink(entry / "cwd") == target:
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return [p for p in found if _alive(p)]
 
 
 def _backend_cmd(config: Path, storage: Path, name: str, fsync: bool, log_level: str) -> list[str]:
@@ -169,6 +194,10 @@ def start(directory: str | os.PathLike[str], backends: int = 2, *, fsync: bool =
     existing = Deployment.load(d)
     if existing is not None and (_alive(existing.redis.pid) or any(_alive(b.pid) for b in existing.backends)):
         raise DeploymentError(f"a deployment is already running in {d} (stop it with `storage-api down`)")
+    stray = redis_on(d)
+    if stray:
+        raise DeploymentError(f"a redis-server (pid {', '.join(map(str, stray))}) still runs on the files of {d}: "
+                              "stop it with `storage-api down` first")
     logs = d / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     os.chmod(d, 0o700)
@@ -179,14 +208,18 @@ def start(directory: str | os.PathLike[str], backends: int = 2, *, fsync: bool =
     # The deployment CA (its key derived from the secret, as the backends derive it): clients
     # check backends against it on TCP.
     ca = _pki.make_ca(d / "tls", _pki.ca_key_file(d / "tls", secret_file.read_text().strip().encode()))
-    redis_proc, url = _start_redis(d, logs, redis_server)
-    dep = Deployment(str(d), url, redis_proc, [], time.time())
-    dep.save()
-    say(f"redis-server running (pid {redis_proc.pid})")
+    dep = Deployment(str(d), "", Process("redis", 0, ""), [], time.time())
+
+    def record(proc: Process, url: str) -> None:  # known to `down` before anything waits for it
+        dep.redis, dep.redis_url = proc, url
+        dep.save()
+
     try:
+        _start_redis(d, logs, redis_server, record)
+        say(f"redis-server running (pid {dep.redis.pid})")
         config = d / "client.toml"
         config.touch(0o600)
-        config.write_text(to_toml({"redis_url": url, "secret_file": str(secret_file), "tls_ca": str(ca),
+        config.write_text(to_toml({"redis_url": dep.redis_url, "secret_file": str(secret_file), "tls_ca": str(ca),
                                    **(settings or {})}))
         for i in range(backends):
             name = f"b{i}"
@@ -194,7 +227,7 @@ def start(directory: str | os.PathLike[str], backends: int = 2, *, fsync: bool =
             log_path = logs / f"{name}.log"
             proc = _spawn(_backend_cmd(config, storage, name, fsync, log_level), log_path)
             dep.backends.append(Process(name, proc.pid, str(log_path), str(storage)))
-        dep.save()
+            dep.save()
         _wait_for_backends(dep, say)
     except BaseException:
         stop(d)
@@ -223,13 +256,17 @@ def _wait_for_backends(dep: Deployment, say: Any) -> None:
 
 
 def stop(directory: str | os.PathLike[str], *, purge: bool = False) -> bool:
-    """Stop what :func:`start` started (backends first, gracefully; then Redis). False if nothing ran."""
+    """Stop what :func:`start` started (backends first, gracefully; then Redis), and any
+    redis-server still running on the deployment's files. False if nothing ran."""
     d = Path(directory)
     dep = Deployment.load(d)
-    if dep is None:
+    stray = redis_on(d) if d.exists() else []
+    if dep is None and not stray:
         return False
-    _terminate([b.pid for b in dep.backends], STOP_TIMEOUT)
-    _terminate([dep.redis.pid], STOP_TIMEOUT)
+    if dep is not None:
+        _terminate([b.pid for b in dep.backends if _runs(b.pid, "storage_api")], STOP_TIMEOUT)
+        stray = sorted({*stray, *([dep.redis.pid] if _runs(dep.redis.pid, "redis-server") else [])})
+    _terminate(stray, STOP_TIMEOUT)
     (d / "deployment.json").unlink(missing_ok=True)
     (d / "client.toml").unlink(missing_ok=True)
     if purge:
@@ -265,6 +302,17 @@ def delete_data(directory: str | os.PathLike[str]) -> None:
             path.unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         d.rmdir()
+
+
+def _runs(pid: int, program: str) -> bool:
+    """Whether ``pid`` runs ``program`` (a recorded pid may since belong to another process)."""
+    if not _alive(pid):
+        return False
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes() + Path(f"/proc/{pid}/comm").read_bytes()
+    except OSError:
+        return True  # no /proc: trust the record
+    return program.encode() in raw
 
 
 def local_dir() -> Path:

@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .._redis import Redis, RedisReplyError
+from .._redis import Redis, RedisLoading
 from ..errors import CommunicationError
 
 
@@ -45,14 +45,13 @@ def redis_ready(url: str, proc: subprocess.Popen, timeout: float) -> bool:
     try:
         while proc.poll() is None and time.monotonic() < deadline:
             try:
-                if client.execute("PING") == "PONG":
+                # EXISTS, unlike PING, is refused (LOADING) until the data set is loaded
+                if client.execute("PING") == "PONG" and client.execute("EXISTS", "storage-api:probe") == 0:
                     return True
+            except RedisLoading:  # it answers, but until its data is in, only that
+                deadline = time.monotonic() + timeout  # it is working: wait as long as the load takes
             except CommunicationError:
                 pass
-            except RedisReplyError as exc:  # LOADING: it answers, but until its data is in, only that
-                if exc.code != "LOADING":
-                    raise
-                deadline = time.monotonic() + timeout  # it is working: wait as long as the load takes
             time.sleep(0.05)
         return False
     finally:
@@ -61,6 +60,8 @@ def redis_ready(url: str, proc: subprocess.Popen, timeout: float) -> bool:
 
 def alive(pid: int) -> bool:
     """Whether ``pid`` runs; a zombie counts as dead (ours is reaped; an orphan's parent may never)."""
+    if pid <= 0:  # not a process (kill(0) would signal our own group)
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
