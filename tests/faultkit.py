@@ -6,6 +6,13 @@
   proxy's address, 127.0.0.2, and listens on 127.0.0.1 at the same port).
 - :func:`restart_redis_empty`: kill -9 a deployment's Redis and start it again without its data.
 - :func:`mount_tmpfs` / :func:`fill`: a small file system, and filling it up.
+
+Workloads that count what was acknowledged and check it after the fault (the short versions run
+in the tests, the long ones in ``bench/faults.py``):
+
+- :func:`kill9_large_writers`: concurrent writers of large arrays (new objects, replacements,
+  deletes) while compactions run, the backend killed with SIGKILL at a random moment each round.
+- :func:`moves_under_calls`: threads calling an object while it moves back and forth.
 """
 
 from __future__ import annotations
@@ -19,10 +26,12 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from storage_api._deploy import _local
 from storage_api._redis import Redis
-from storage_api.errors import CommunicationError
+from storage_api._serial import dumps
+from storage_api.errors import CommunicationError, ObjectNotFound
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -181,6 +190,185 @@ def fill(directory: Path, leave: int = 0) -> Path:
             except OSError:
                 break
     return filler
+
+
+# ------------------------------------------------------------------ workloads
+def _array(gen: int, nbytes: int) -> Any:
+    """A recognisable array: element i is gen * 2**32 + i (a torn or stale copy shows)."""
+    import numpy as np
+
+    return np.arange(nbytes // 8, dtype=np.int64) + (gen << 32)
+
+
+def _check(arr: Any) -> int | None:
+    """The generation an array was made with, or None if it is not one of ours (corrupt)."""
+    import numpy as np
+
+    if arr is None or len(arr) == 0:
+        return None
+    gen = int(arr[0]) >> 32
+    return gen if np.array_equal(arr, _array(gen, arr.nbytes)) else None
+
+
+def log_usage(storage_dir: str | os.PathLike[str]) -> int:
+    """Bytes a backend's log takes on disk (allocated blocks: preallocation included)."""
+    return sum(p.stat().st_blocks * 512 for p in (Path(storage_dir) / "log").glob("*"))
+
+
+def backend_stats(client: Any, name: str) -> dict[str, int]:
+    bid = next(b.id for b in client.backends() if b.name == name)
+    return client._send(bid, *dumps(("stats",)))
+
+
+def kill9_large_writers(cluster: Any, client: Any, rounds: int, *, writers: int = 2,
+                        mib: tuple[int, int] = (20, 50), seconds: tuple[float, float] = (1.0, 4.0), seed: int = 0,
+                        say: Any = lambda msg: None) -> dict[str, Any]:
+    """Rounds of concurrent large writes into backend b0, each ended by kill -9 at a random moment.
+
+    Each writer persists new objects (streamed), replaces the array of existing ones (a mutating
+    call with a large argument) and deletes old ones, remembering what was acknowledged. After each
+    kill the backend is restarted and asked directly for every object: ``lost`` counts acknowledged
+    objects missing or older than acknowledged and acknowledged deletes undone, ``corrupt`` arrays
+    that are not exactly one of ours. The log's disk use is taken after each restart.
+    """
+    import random
+
+    from .models import Holder
+
+    rng = random.Random(seed)
+    lock = threading.Lock()
+    state: dict[str, int] = {}  # oid -> last acknowledged generation (-1: deleted)
+    unknown: dict[str, int] = {}  # oid -> generation (-1: delete) of a write the kill interrupted
+    handles: dict[str, Any] = {}
+    owned: list[list[str]] = [[] for _ in range(writers)]
+    totals: dict[str, Any] = {"rounds": 0, "acked_ops": 0, "lost": 0, "corrupt": 0, "log_bytes": [], "live_bytes": []}
+    gens = iter(range(1, 1 << 30))
+
+    def ack(oid: str, gen: int) -> None:
+        with lock:
+            state[oid] = gen
+            unknown.pop(oid, None)
+            totals["acked_ops"] += 1
+
+    def writer(w: int, wr: random.Random) -> None:
+        mine = owned[w]
+        while True:
+            with lock:
+                gen = next(gens)
+            size = wr.randint(*mib) << 20
+            op = wr.random()
+            try:
+                if op < 0.3 or len(mine) < 2:
+                    h = Holder(_array(gen, size))
+                    oid = h.make_persistent(backend="b0")
+                    handles[oid] = h
+                    mine.append(oid)
+                    ack(oid, gen)
+                elif op < 0.9 or len(mine) < 3:
+                    oid = wr.choice(mine)
+                    with lock:
+                        unknown[oid] = gen
+                    handles[oid].put(_array(gen, size))
+                    ack(oid, gen)
+                else:
+                    oid = mine.pop(0)
+                    with lock:
+                        unknown[oid] = -1
+                    handles[oid].delete_persistent()
+                    ack(oid, -1)
+            except CommunicationError:
+                return  # the kill: this write's outcome is unknown
+
+    def read(oid: str) -> Any:
+        """The object's array as backend b0 itself has it (not routed: Redis may not mask a resurrection)."""
+        bid = next(b.id for b in client.backends() if b.name == "b0")
+        return client._send(bid, *dumps(("call", oid, "take", (), {}, None)))
+
+    for rnd in range(rounds):
+        threads = [threading.Thread(target=writer, args=(w, random.Random(rng.random()))) for w in range(writers)]
+        for t in threads:
+            t.start()
+        time.sleep(rng.uniform(*seconds))
+        cluster.kill("b0", signal.SIGKILL)
+        for t in threads:
+            t.join(timeout=120)
+        cluster.restart("b0")
+        lost = corrupt = 0
+        for oid, gen in list(state.items()):
+            maybe = unknown.get(oid)
+            try:
+                found: int | None = _check(read(oid))
+                exists = True
+            except ObjectNotFound:
+                exists = False
+            if not exists:
+                if gen >= 0 and maybe != -1:
+                    lost += 1
+                state.pop(oid)
+                for mine in owned:
+                    if oid in mine:
+                        mine.remove(oid)
+            elif gen < 0:
+                lost += 1  # an acknowledged delete came undone
+                state.pop(oid)
+            elif found is None:
+                corrupt += 1
+            elif found != gen:
+                if found == maybe:
+                    state[oid] = found  # the interrupted write had been applied: allowed
+                else:
+                    lost += 1
+        unknown.clear()
+        usage = log_usage(cluster.backend("b0").storage_dir)
+        live = backend_stats(client, "b0")["live_bytes"]
+        totals["rounds"] += 1
+        totals["lost"] += lost
+        totals["corrupt"] += corrupt
+        totals["log_bytes"].append(usage)
+        totals["live_bytes"].append(live)
+        say(f"round {rnd + 1}: {totals['acked_ops']} acknowledged operations so far; lost {lost}, corrupt {corrupt}; "
+            f"log {usage / 2**20:.0f} MiB on disk for {live / 2**20:.0f} MiB live ({usage / max(live, 1):.2f}x)")
+    return totals
+
+
+def moves_under_calls(client: Any, moves: int, threads: int = 6, names: tuple[str, str] = ("b0", "b1")
+                      ) -> dict[str, int]:
+    """``threads`` threads increment a counter while it moves ``moves`` times between two backends.
+
+    Returns the calls made, the call errors (there must be none), and how many increments were
+    lost or applied twice (the final value against the acknowledged results).
+    """
+    from .models import Counter
+
+    c = Counter(0)
+    c.make_persistent(backend=names[0])
+    results: list[int] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def call() -> None:
+        while not stop.is_set():
+            try:
+                results.append(c.inc())
+            except Exception as exc:
+                errors.append(exc)
+
+    pool = [threading.Thread(target=call) for _ in range(threads)]
+    for t in pool:
+        t.start()
+    try:
+        for i in range(moves):
+            c.move(names[(i + 1) % 2])
+    finally:
+        stop.set()
+        for t in pool:
+            t.join()
+    final = c.get()
+    return {"moves": moves, "calls": len(results), "errors": len(errors),
+            "lost": final - len(set(results)) if final < len(results) else 0,
+            "repeated": len(results) - len(set(results)),
+            "final_matches": int(final == len(results) and sorted(results) == list(range(1, final + 1))),
+            "first_error": repr(errors[0]) if errors else ""}  # type: ignore[dict-item]
 
 
 if __name__ == "__main__":

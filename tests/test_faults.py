@@ -26,7 +26,8 @@ from storage_api._deploy import _local
 from storage_api.errors import CommunicationError, StorageFull, UnserializableState
 
 from .conftest import Cluster, _installed
-from .faultkit import fill, mount_tmpfs, restart_redis_empty, slow_backend, unmount
+from .faultkit import (fill, kill9_large_writers, mount_tmpfs, moves_under_calls, restart_redis_empty, slow_backend,
+                       unmount)
 from .models import Counter, Holder
 
 
@@ -458,3 +459,30 @@ def test_down_after_an_up_killed_while_it_waited_stops_everything(tmp_path):
     down = subprocess.run([sys.executable, "-m", "storage_api", "down"], env=env, capture_output=True, text=True)
     assert down.returncode == 0, down.stderr
     assert _processes_of(d) == []  # ... and `down` found them all
+
+
+# ------------------------------------------------------------------ kill -9 during large writes
+def test_kill9_during_concurrent_large_writes_and_compactions_loses_nothing(tmp_path):
+    """Two writers of 8-24 MiB arrays (streamed persists, large arguments, deletes) on small log
+    segments, so that compactions run among them; kill -9 at a random moment, three times."""
+    c = Cluster(_local.start(tmp_path / "deploy", 1, log_level="INFO", settings={"log_segment_mb": 16}))
+    gen = iter(_installed(c))
+    client = next(gen)
+    try:
+        totals = kill9_large_writers(c, client, rounds=3, mib=(8, 24), seconds=(1.0, 2.5), seed=12)
+        assert totals["acked_ops"] >= 10
+        assert totals["lost"] == 0 and totals["corrupt"] == 0, totals
+        compactions = Path(c.backend("b0").log).read_text().count("compacted ")
+        assert compactions >= 1  # the kills met compactions, not just appends
+        live, usage = totals["live_bytes"][-1], totals["log_bytes"][-1]
+        assert usage <= 3 * live + (64 << 20), totals  # bounded: live data, garbage below the threshold
+    finally:
+        gen.close()
+        _local.stop(c.dir)
+
+
+# ------------------------------------------------------------------ calls during moves
+def test_calls_during_repeated_moves_never_fail(cluster, client):
+    totals = moves_under_calls(client, moves=30, threads=6)
+    assert totals["errors"] == 0, totals["first_error"]
+    assert totals["final_matches"] and totals["calls"] > 0, totals
