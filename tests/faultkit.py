@@ -12,6 +12,10 @@ in the tests, the long ones in ``bench/faults.py``):
 
 - :func:`kill9_large_writers`: concurrent writers of large arrays (new objects, replacements,
   deletes) while compactions run, the backend killed with SIGKILL at a random moment each round.
+- :func:`empty_redis_rounds`: Redis killed and restarted without its data while threads call
+  counters; the objects must answer again by id and alias, without restarting the backends.
+- :func:`disk_full_run`: writes until the disk is full, then checks that nothing acknowledged
+  was lost and nothing refused was applied, live and after a restart.
 - :func:`moves_under_calls`: threads calling an object while it moves back and forth.
 """
 
@@ -331,9 +335,147 @@ def kill9_large_writers(cluster: Any, client: Any, rounds: int, *, writers: int 
     return totals
 
 
-def moves_under_calls(client: Any, moves: int, threads: int = 6, names: tuple[str, str] = ("b0", "b1")
-                      ) -> dict[str, int]:
-    """``threads`` threads increment a counter while it moves ``moves`` times between two backends.
+def empty_redis_rounds(cluster: Any, client: Any, rounds: int, *, counters: int = 4, down: float = 1.5,
+                       after: float = 3.0, say: Any = lambda msg: None) -> dict[str, Any]:
+    """Rounds of: threads increment counters (on b0 and b1, with aliases; the first with a replica on
+    b1), Redis is killed with SIGKILL and restarted empty ``down`` seconds later, calls go on for
+    ``after`` seconds. Then every counter must be found by id and by alias from a fresh client and
+    hold every acknowledged increment (at most the increments whose outcome a failure hid more);
+    the first counter's replica list must be back."""
+    from .models import Counter
+
+    objs = [Counter(0) for _ in range(counters)]
+    for i, c in enumerate(objs):
+        c.make_persistent(backend=f"b{i % 2}", alias=f"redis-loss-{i}")
+    objs[0].new_replica("b1")
+    acked = [0] * counters
+    unknown = [0] * counters
+    totals: dict[str, Any] = {"rounds": 0, "acked_ops": 0, "lost": 0, "call_errors": 0, "other_errors": [],
+                              "missing_by_id": 0, "missing_by_alias": 0, "replicas_lost": 0, "new_persist_failed": 0}
+
+    def hammer(i: int, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                objs[i].inc()
+                acked[i] += 1
+            except CommunicationError:
+                unknown[i] += 1
+            except Exception as exc:
+                totals["other_errors"].append(repr(exc))
+                return
+
+    for rnd in range(rounds):
+        stop = threading.Event()
+        pool = [threading.Thread(target=hammer, args=(i, stop)) for i in range(counters)]
+        for t in pool:
+            t.start()
+        time.sleep(0.5)
+        restart_redis_empty(cluster.dep, down=down)
+        time.sleep(after)
+        stop.set()
+        for t in pool:
+            t.join(timeout=60)
+        fresh = cluster.client()
+        try:
+            ids = {b.name: b.id for b in fresh.backends() if b.alive}
+            for i, c in enumerate(objs):
+                try:
+                    value = fresh.get_by_id(c.getID()).get()
+                except ObjectNotFound:
+                    totals["missing_by_id"] += 1
+                    continue
+                if not acked[i] <= value <= acked[i] + unknown[i]:
+                    totals["lost"] += max(0, acked[i] - value)
+                try:
+                    fresh.get_by_alias(f"redis-loss-{i}", Counter)
+                except ObjectNotFound:
+                    totals["missing_by_alias"] += 1
+                acked[i] = value  # the base of the next round
+                unknown[i] = 0
+            if fresh.placement(objs[0].getID()).replicas != (ids.get("b1"),):
+                totals["replicas_lost"] += 1
+            try:
+                new = Counter(1)
+                new.make_persistent()
+            except Exception:
+                totals["new_persist_failed"] += 1
+        finally:
+            fresh.close()
+        totals["rounds"] += 1
+        totals["acked_ops"] = sum(acked)
+        say(f"round {rnd + 1}: Redis restarted empty; {sum(acked)} increments acknowledged so far, "
+            f"lost {totals['lost']}, call errors {sum(unknown)}")
+        totals["call_errors"] += sum(unknown)
+    return totals
+
+
+def disk_full_run(cluster: Any, client: Any, disk: Path, say: Any = lambda msg: None) -> dict[str, Any]:
+    """Fill backend b0's disk (a small file system at ``disk``) with persists of 256 KiB-4 MiB arrays
+    (small and streamed) and counter increments until they fail; every failure must be
+    ``StorageFull``. Then read everything back, free the space, write again, restart the backend
+    and read everything again."""
+    import random
+
+    import numpy as np
+
+    from storage_api.errors import StorageFull
+
+    from .models import Counter, Holder
+
+    rng = random.Random(3)
+    counter = Counter(0)
+    counter.make_persistent(backend="b0")
+    kept: dict[str, tuple[Any, int]] = {}
+    acked_incs = refused = other = 0
+    filler = fill(disk, leave=64 << 20)  # leave a little room: the writes fill the rest
+    while refused < 50:
+        gen = len(kept) + 1
+        try:
+            if rng.random() < 0.5:
+                h = Holder(_array(gen, rng.choice([256 << 10, 1 << 20, 4 << 20, 6 << 20])))
+                h.make_persistent(backend="b0")
+                kept[h.getID()] = (h, gen)
+            else:
+                counter.inc()
+                acked_incs += 1
+        except StorageFull:
+            refused += 1
+        except Exception as exc:
+            other += 1
+            say(f"unexpected {exc!r}")
+    corrupt = lost = 0
+
+    def verify() -> None:
+        nonlocal corrupt, lost
+        for oid, (h, gen) in kept.items():
+            try:
+                if _check(h.take()) != gen:
+                    corrupt += 1
+            except ObjectNotFound:
+                lost += 1
+        if counter.get() != acked_incs:
+            lost += abs(counter.get() - acked_incs)
+
+    verify()
+    filler.unlink()
+    counter.inc()
+    acked_incs += 1
+    extra = Holder(np.ones(1 << 20))
+    extra.make_persistent(backend="b0")
+    cluster.kill("b0", signal.SIGKILL)
+    cluster.restart("b0")
+    verify()
+    result = {"acked_persists": len(kept), "acked_increments": acked_incs, "refused_storage_full": refused,
+              "other_errors": other, "lost": lost, "corrupt": corrupt}
+    say(f"disk full: {len(kept)} persists and {acked_incs} increments acknowledged, {refused} refused with "
+        f"StorageFull, {other} other errors; after freeing space and kill -9: lost {lost}, corrupt {corrupt}")
+    return result
+
+
+def moves_under_calls(moves: int, threads: int = 6, names: tuple[str, str] = ("b0", "b1"), pause: float = 0.01
+                      ) -> dict[str, Any]:
+    """``threads`` threads increment a counter while it moves ``moves`` times between two backends
+    (``pause`` seconds apart, so that calls run between the moves as well as during them).
 
     Returns the calls made, the call errors (there must be none), and how many increments were
     lost or applied twice (the final value against the acknowledged results).
@@ -359,16 +501,17 @@ def moves_under_calls(client: Any, moves: int, threads: int = 6, names: tuple[st
     try:
         for i in range(moves):
             c.move(names[(i + 1) % 2])
+            time.sleep(pause)
     finally:
         stop.set()
         for t in pool:
             t.join()
     final = c.get()
     return {"moves": moves, "calls": len(results), "errors": len(errors),
-            "lost": final - len(set(results)) if final < len(results) else 0,
+            "lost": max(0, len(results) - final),
             "repeated": len(results) - len(set(results)),
             "final_matches": int(final == len(results) and sorted(results) == list(range(1, final + 1))),
-            "first_error": repr(errors[0]) if errors else ""}  # type: ignore[dict-item]
+            "first_error": repr(errors[0]) if errors else ""}
 
 
 if __name__ == "__main__":
