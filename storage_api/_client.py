@@ -169,11 +169,11 @@ class Client:
         live = self._live(oid)
         if live is not None:
             return live
-        rec = self._indexed(lambda: self._record(oid))
+        rec = self._indexed(lambda: self.meta.object(oid))
         return make_handle(self.resolve_class(rec.class_path), oid, rec.backend)
 
     def get_by_alias(self, alias: str, cls: type[ActiveObject]) -> Any:
-        oid = self._indexed(lambda: self._alias(alias))
+        oid = self._indexed(lambda: self.meta.alias(alias))
         obj = self.get_by_id(oid)
         if cls is not ActiveObject and not _same_class(type(obj), cls):
             raise ObjectNotFound(f"alias {alias!r} names a {obj._sa_class_path}, not a {cls._sa_class_path}")
@@ -323,25 +323,6 @@ class Client:
         """Which of the backends holding an object serves a read (any: they all hold every write)."""
         return random.choice(choices)
 
-    def _record(self, oid: str) -> ObjectRecord:
-        """The object's record in Redis (:class:`MetadataRebuilding` when it is missing while the
-        backends are registering their objects again: it may be one of them)."""
-        rec = self.meta.lookup(oid)
-        if rec is None and self.meta.rebuilding():
-            raise MetadataRebuilding(f"object {oid} is not in Redis, whose data the backends are rebuilding")
-        if rec is None or not rec.backend:  # none, or a tombstone
-            raise ObjectNotFound(f"no object with id {oid}")
-        return rec
-
-    def _alias(self, alias: str) -> str:
-        try:
-            return self.meta.alias(alias)
-        except ObjectNotFound:
-            if self.meta.rebuilding():
-                raise MetadataRebuilding(f"alias {alias!r} is not in Redis, whose data the backends are "
-                                         "rebuilding") from None
-            raise
-
     def _indexed(self, read: Callable[[], Any]) -> Any:
         """``read()``, retried under the retry policy while Redis is being rebuilt."""
         try:
@@ -357,7 +338,7 @@ class Client:
 
     def _refresh(self, obj: ActiveObject | None, oid: str) -> ObjectRecord:
         """Re-read an object's record; update the caches and the handle."""
-        rec = self._record(oid)
+        rec = self.meta.object(oid)
         self._locations[oid] = rec.backend
         self._replicas[oid] = (time.monotonic() + _REPLICAS_TTL, rec.replicas)
         if obj is not None and obj._sa_state is State.PROXY:
@@ -405,7 +386,7 @@ class Client:
     def _locate(self, oid: str) -> str:
         bid = self._locations.get(oid)
         if bid is None:
-            bid = self._record(oid).backend
+            bid = self.meta.object(oid).backend
             self._locations[oid] = bid
         return bid
 

@@ -226,6 +226,12 @@ class MetaPromote(NamedTuple):
     op = "meta_promote"
 
 
+class MetaRebuilding(NamedTuple):
+    """Whether the backends are registering their objects again into a Redis that lost them."""
+
+    op = "meta_rebuilding"
+
+
 # ------------------------------------------------------------------ shipped tasks
 class Task(NamedTuple):
     ref: tuple
@@ -297,7 +303,8 @@ Message = Any  # one of the NamedTuple types of MESSAGES
 MESSAGES: dict[str, type] = {cls.op: cls for cls in (  # type: ignore[attr-defined]
     Call, GetAttr, SetAttr, Persist, New, Delete, LoadClass,
     Move, Replicate, Unreplicate, Copy, Install, ReplicaPut, ReplicaDrop,
-    Stats, Ping, MetaBackends, MetaObject, MetaAlias, MetaClass, MetaPromote, Task, TaskResult, TaskDrop,
+    Stats, Ping, MetaBackends, MetaObject, MetaAlias, MetaClass, MetaPromote, MetaRebuilding, Task, TaskResult,
+    TaskDrop,
 )}
 # the field holding a Blob, per type that has one
 _BLOB = {cls: cls._fields.index("state") for cls in MESSAGES.values() if "state" in cls._fields}

@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._redis import Redis, RedisReplyError
-from .errors import AliasExists, ObjectNotFound
+from .errors import AliasExists, MetadataRebuilding, ObjectNotFound
 
 CONTROL_REPLY_TTL_MS = 60_000  # a control reply nobody collected expires
 VERSION_LINK_TTL_S = 7 * 24 * 3600  # version links outlive any COMPSs run
@@ -356,7 +356,12 @@ class Metadata:
         self.redis.pipeline(cmds)
 
     def object(self, oid: str) -> ObjectRecord:
+        """The object's record: :class:`ObjectNotFound` if there is none or it was deleted, and
+        :class:`MetadataRebuilding` if there is none while the backends re-register their objects
+        (it may be one of them)."""
         rec = self.lookup(oid)
+        if rec is None and self.rebuilding():
+            raise MetadataRebuilding(f"object {oid} is not in Redis, whose data the backends are rebuilding")
         if rec is None or not rec.backend:
             raise ObjectNotFound(f"no object with id {oid}")
         return rec
@@ -407,6 +412,8 @@ class Metadata:
 
     def alias(self, alias: str) -> str:
         oid = self.redis.execute("GET", self.key("alias", alias))
+        if oid is None and self.rebuilding():
+            raise MetadataRebuilding(f"alias {alias!r} is not in Redis, whose data the backends are rebuilding")
         if oid is None:
             raise ObjectNotFound(f"no object with alias {alias!r}")
         return oid

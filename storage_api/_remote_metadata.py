@@ -47,6 +47,9 @@ class RemoteMetadata:
     def promote(self, oid: str, dead: str) -> str:
         return self._ask(m.MetaPromote(oid, dead))
 
+    def rebuilding(self) -> bool:
+        return self._ask(m.MetaRebuilding())
+
     def tls_ca(self) -> str | None:
         return None  # such a client has the CA in its settings (tls_ca)
 

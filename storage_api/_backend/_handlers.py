@@ -113,6 +113,10 @@ def _meta_promote(b: LocalBackend, msg: m.MetaPromote) -> str:
     return b.meta.promote(_text(msg.oid), _text(msg.dead))
 
 
+def _meta_rebuilding(b: LocalBackend, msg: m.MetaRebuilding) -> bool:
+    return b.meta.rebuilding()
+
+
 def _text(value: Any) -> str:
     if not isinstance(value, str):
         raise InvalidArguments(f"expected a string, got {type(value).__name__}")
@@ -142,6 +146,7 @@ HANDLERS: dict[type, Handler] = {
     m.MetaAlias: _meta_alias,
     m.MetaClass: _meta_class,
     m.MetaPromote: _meta_promote,
+    m.MetaRebuilding: _meta_rebuilding,
     **TASK_HANDLERS,  # shipped tasks: see _tasks
 }
 
