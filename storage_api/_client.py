@@ -444,10 +444,12 @@ class Client:
     def _watch(self) -> None:
         """Liveness of every channel with calls pending (see :mod:`storage_api._rpc`)."""
         period = self.settings.liveness_timeout * WATCH_FRACTION
+        planned = time.monotonic() + period
         while not self._closed.wait(period):
             now = time.monotonic()
             for ch in list(self._channels.values()):
-                ch.check_liveness(now)
+                ch.check_liveness(now, late=now - planned)
+            planned = time.monotonic() + period
 
     def _connect(self, bid: str) -> Channel:
         last: CommunicationError | None = None

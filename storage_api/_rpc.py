@@ -179,13 +179,19 @@ class Channel:
         else:
             slot.future.set_result(value)
 
-    def check_liveness(self, now: float) -> None:
-        """Called by the watchdog: ping a silent backend, give up on one silent for too long."""
+    def check_liveness(self, now: float, late: float = 0.0) -> None:
+        """Called by the watchdog: ping a silent backend, give up on one silent for too long.
+
+        ``late`` is how much later than planned the watchdog runs: a client process starved of
+        CPU measures a silence of its own making, so it looks again before giving up. Bytes that
+        arrived but that our reader has not taken yet are not silence either.
+        """
         with self._mutex:
             if not self._pending or self._broken is not None:
                 return
         silence = now - max(self.fs.last_rx, self.fs.last_tx)
-        if silence >= self._liveness * (1 - WATCH_FRACTION):  # the next check would be too late
+        if (silence >= self._liveness * (1 - WATCH_FRACTION)  # the next check would be too late
+                and late < self._liveness * WATCH_FRACTION and not self._unread()):
             self._abort = BackendUnavailable(f"backend {self.name} did not answer for {silence:.1f}s")
             self.fs.shutdown()  # wakes the reader, which fails every pending request
             if not self._reader.acquire(blocking=False):
@@ -201,6 +207,13 @@ class Channel:
                 self.fs.send(w.PING, 0, b"")
             except CommunicationError:
                 pass
+
+    def _unread(self) -> bool:
+        """Whether a reader is at work and bytes wait for it (the peer is alive, we are slow)."""
+        if self._reader.acquire(blocking=False):
+            self._reader.release()
+            return False
+        return self.fs.pending()
 
     def _fail(self, exc: BaseException) -> None:
         if not isinstance(exc, CommunicationError):

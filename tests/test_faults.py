@@ -374,7 +374,7 @@ def test_a_failed_up_stops_what_it_started_and_down_finds_a_stray_redis(tmp_path
     logs = d / "logs"
     stray, _url = _local._start_redis(d, logs)  # a redis-server on the files that nothing records
     try:
-        with pytest.raises(_local.DeploymentError, match="still runs on the files"):
+        with pytest.raises(_local.DeploymentError, match="still run on the files"):
             _local.start(d, 1)  # never a second Redis on the same files
         assert _local.stop(d)  # `down` finds it
         assert _processes_of(d) == []

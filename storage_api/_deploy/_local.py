@@ -16,8 +16,10 @@ settings, which are passed explicitly) and working directory, so ``PYTHONPATH`` 
 directory decide which model modules the backends can import.
 
 Robustness: every process is recorded in ``deployment.json`` as soon as it is spawned, before
-anything waits for it, so ``stop`` (``storage-api down``) finds whatever a failed or interrupted
-``start`` left, and a failed ``start`` stops everything it started. ``start`` waits while Redis
+anything waits for it, and ``stop`` (``storage-api down``) also looks for processes on the
+deployment's files (backends started with its settings file, a redis-server in its ``redis/``),
+so it finds whatever a failed or interrupted ``start`` left; a failed ``start`` stops everything
+it started. ``start`` waits while Redis
 loads its data (``LOADING``), and refuses to run a second ``redis-server`` on the files of one
 that still runs (found by its working directory, the deployment's ``redis/``).
 """
@@ -159,16 +161,33 @@ def redis_on(directory: str | os.PathLike[str]) -> list[int]:
     """Pids of the redis-servers running on a deployment's files (their working directory is its
     ``redis/``: Redis changes to its data directory), whoever started them."""
     target = str((Path(directory) / "redis").resolve())
+    return [pid for pid, comm, _cmd in _processes() if comm == "redis-server" and _cwd(pid) == target]
+
+
+def backends_of(directory: str | os.PathLike[str]) -> list[int]:
+    """Pids of the backends started with a deployment's settings file (recorded or not: one
+    spawned just before ``start`` was killed is in no record)."""
+    config = str((Path(directory) / "client.toml").resolve()).encode()
+    return [pid for pid, _comm, cmd in _processes() if b"storage_api\0backend" in cmd and config in cmd]
+
+
+def _processes() -> list[tuple[int, str, bytes]]:
+    """``(pid, comm, cmdline)`` of every live process we can see (none without /proc)."""
     found = []
     for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if (entry / "comm").read_text().strip() == "redis-server" and os.readlink(entry / "cwd") == target:
-                found.append(int(entry.name))
-        except OSError:
-            continue
-    return [p for p in found if _alive(p)]
+        if entry.name.isdigit():
+            try:
+                found.append((int(entry.name), (entry / "comm").read_text().strip(), (entry / "cmdline").read_bytes()))
+            except OSError:
+                continue
+    return [f for f in found if _alive(f[0])]
+
+
+def _cwd(pid: int) -> str:
+    try:
+        return os.readlink(f"/proc/{pid}/cwd")
+    except OSError:
+        return ""
 
 
 def _backend_cmd(config: Path, storage: Path, name: str, fsync: bool, log_level: str) -> list[str]:
@@ -194,10 +213,10 @@ def start(directory: str | os.PathLike[str], backends: int = 2, *, fsync: bool =
     existing = Deployment.load(d)
     if existing is not None and (_alive(existing.redis.pid) or any(_alive(b.pid) for b in existing.backends)):
         raise DeploymentError(f"a deployment is already running in {d} (stop it with `storage-api down`)")
-    stray = redis_on(d)
+    stray = redis_on(d) + backends_of(d)  # never two processes on one set of files
     if stray:
-        raise DeploymentError(f"a redis-server (pid {', '.join(map(str, stray))}) still runs on the files of {d}: "
-                              "stop it with `storage-api down` first")
+        raise DeploymentError(f"processes of an earlier deployment (pid {', '.join(map(str, stray))}) still run on "
+                              f"the files of {d}: stop them with `storage-api down` first")
     logs = d / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     os.chmod(d, 0o700)
@@ -260,13 +279,15 @@ def stop(directory: str | os.PathLike[str], *, purge: bool = False) -> bool:
     redis-server still running on the deployment's files. False if nothing ran."""
     d = Path(directory)
     dep = Deployment.load(d)
-    stray = redis_on(d) if d.exists() else []
-    if dep is None and not stray:
-        return False
+    backends = set(backends_of(d)) if d.exists() else set()
+    redis = set(redis_on(d)) if d.exists() else set()
     if dep is not None:
-        _terminate([b.pid for b in dep.backends if _runs(b.pid, "storage_api")], STOP_TIMEOUT)
-        stray = sorted({*stray, *([dep.redis.pid] if _runs(dep.redis.pid, "redis-server") else [])})
-    _terminate(stray, STOP_TIMEOUT)
+        backends |= {b.pid for b in dep.backends if _runs(b.pid, "storage_api")}
+        redis |= {dep.redis.pid} if _runs(dep.redis.pid, "redis-server") else set()
+    if dep is None and not backends and not redis:
+        return False
+    _terminate(sorted(backends), STOP_TIMEOUT)
+    _terminate(sorted(redis), STOP_TIMEOUT)
     (d / "deployment.json").unlink(missing_ok=True)
     (d / "client.toml").unlink(missing_ok=True)
     if purge:
