@@ -262,6 +262,7 @@ def slow_link(tmp_path) -> Iterator[Cluster]:
         _local.stop(c.dir)
 
 
+@pytest.mark.slow
 def test_transfers_longer_than_the_liveness_timeout_succeed_on_a_slow_link(slow_link):
     """Liveness by progress: a frame still leaving or arriving keeps the call alive. (On this link
     each transfer takes about twice liveness_timeout; they used to fail with BackendUnavailable.)"""
@@ -328,6 +329,7 @@ def _processes_of(directory: Path) -> list[int]:
     return sorted(p for p in pids if _local._alive(p))
 
 
+@pytest.mark.slow
 def test_up_after_down_waits_for_redis_to_load_its_data(tmp_path):
     from storage_api._redis import Redis
 
@@ -407,6 +409,7 @@ def test_down_after_an_up_killed_while_it_waited_stops_everything(tmp_path):
 
 
 # ------------------------------------------------------------------ kill -9 during large writes
+@pytest.mark.slow
 def test_kill9_during_concurrent_large_writes_and_compactions_loses_nothing(tmp_path):
     """Two writers of 8-24 MiB arrays (streamed persists, large arguments, deletes) on small log
     segments, so that compactions run among them; kill -9 at a random moment, three times."""
