@@ -20,8 +20,10 @@ Scenarios (the workloads are in ``tests/faultkit.py``, shared with ``tests/test_
   throttling proxy, timed against the link's own time for the bytes (size / rate), in the same run.
 
 Printed per scenario: rounds, acknowledged operations, lost, corrupt, and for ``kill9`` the log's
-disk use against the live data after each restart. Results go to ``bench/results/faults.json``;
-the exit status is 1 if anything acknowledged was lost or corrupt or a call failed where none may.
+disk use against the live data after each restart. Results go to ``bench/results/faults.json``.
+Targets (``--check`` exits with status 1 when one is missed): nothing acknowledged lost or corrupt,
+no call error during the moves or the Redis restarts' retries, the log at most 3x the live data
+after each kill -9 round, each slow-link transfer within 1.5x the link's own time.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench._targets import Target, add_check_option, exit_status, report
 from storage_api import _context
 from storage_api._client import Client
 from storage_api._deploy import _local
@@ -72,7 +75,6 @@ def kill9(quick: bool) -> dict:
     ratios = [u / max(v, 1) for u, v in zip(t["log_bytes"], t["live_bytes"])]
     t["log_to_live_max"] = round(max(ratios), 2)
     t["log_to_live_median"] = round(sorted(ratios)[len(ratios) // 2], 2)
-    t["ok"] = t["lost"] == 0 and t["corrupt"] == 0
     return t
 
 
@@ -82,15 +84,13 @@ def redis(quick: bool) -> dict:
         t = faultkit.empty_redis_rounds(dep.cluster, dep.client, rounds=2 if quick else 5, say=print)
     finally:
         dep.close()
-    t["ok"] = (t["lost"] == t["missing_by_id"] == t["missing_by_alias"] == t["replicas_lost"]
-               == t["new_persist_failed"] == 0 and not t["other_errors"])
     return t
 
 
 def diskfull(quick: bool) -> dict:
     if os.geteuid() != 0:
         print("diskfull: skipped (mounting a tmpfs needs root)")
-        return {"skipped": "needs root", "ok": True}
+        return {"skipped": "needs root"}
     disk: list[Path] = []
 
     def prepare(d: Path) -> None:
@@ -102,7 +102,6 @@ def diskfull(quick: bool) -> dict:
     finally:
         dep.close()
         faultkit.unmount(disk[0])
-    t["ok"] = t["lost"] == t["corrupt"] == t["other_errors"] == 0
     return t
 
 
@@ -114,7 +113,7 @@ def moves(quick: bool) -> dict:
         dep.close()
     print(f"moves: {t['moves']} moves under 6 threads, {t['calls']} calls, {t['errors']} call errors, "
           f"each increment applied once: {bool(t['final_matches'])}")
-    t["ok"] = t["errors"] == 0 and bool(t["final_matches"])
+    t["lost"] = t["lost"] + t["repeated"] + (0 if t["final_matches"] else 1)
     return t
 
 
@@ -137,7 +136,7 @@ def link(quick: bool, gib: float, rate: float) -> dict:
         t0 = time.monotonic()
         h.put(data)  # the same bytes as an argument of a mutating call
         argument_s = time.monotonic() - t0
-        ok = bool(h.total() == float(7 * (size // 8)))
+        corrupt = int(h.total() != float(7 * (size // 8)))
     finally:
         throttle.stop()
         dep.close()
@@ -145,7 +144,7 @@ def link(quick: bool, gib: float, rate: float) -> dict:
           f"make_persistent {persist_s:.1f} s ({persist_s / link_s:.2f}x), argument {argument_s:.1f} s "
           f"({argument_s / link_s:.2f}x)")
     return {"bytes": size, "rate": rate, "link_s": round(link_s, 2), "persist_s": round(persist_s, 2),
-            "argument_s": round(argument_s, 2), "ok": ok}
+            "argument_s": round(argument_s, 2), "corrupt": corrupt}
 
 
 def main() -> int:
@@ -154,6 +153,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="small sizes and few rounds")
     ap.add_argument("--link-gib", type=float, default=2.0, help="payload of the slow-link scenario (GiB)")
     ap.add_argument("--link-rate", type=float, default=50e6, help="bytes/s of the slow link")
+    add_check_option(ap)
     args = ap.parse_args()
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in SCENARIOS]
@@ -171,11 +171,39 @@ def main() -> int:
     out = Path("bench/results")
     out.mkdir(parents=True, exist_ok=True)
     (out / "faults.json").write_text(json.dumps(results, indent=2))
-    print("\nscenario  ok     " + "details")
+    print("\nscenario  " + "figures")
     for name, r in results.items():
-        keys = ("rounds", "acked_ops", "lost", "corrupt", "call_errors", "errors", "log_to_live_max")
-        print(f"{name:9} {str(r['ok']):6} " + ", ".join(f"{k}={r[k]}" for k in keys if k in r))
-    return 0 if all(r["ok"] for r in results.values()) else 1
+        keys = ("rounds", "acked_ops", "acked_persists", "acked_increments", "refused_storage_full", "calls",
+                "lost", "corrupt", "call_errors", "errors", "log_to_live_max", "persist_s", "argument_s", "link_s")
+        print(f"{name:9} " + ", ".join(f"{k}={r[k]}" for k in keys if k in r))
+    targets, values = _targets(results)
+    lines, met = report(targets, values)
+    print("\n".join(lines))
+    return exit_status(met, args.check)
+
+
+def _targets(results: dict) -> tuple[list[Target], dict[str, float | None]]:
+    targets: list[Target] = []
+    values: dict[str, float | None] = {}
+    for name, r in results.items():
+        if r.get("skipped"):
+            continue
+        for key in ("lost", "corrupt", "errors", "other_errors"):
+            if isinstance(r.get(key), (int, float)):
+                targets.append(Target(f"{name} {key}", "<=", 0))
+                values[f"{name} {key}"] = r[key]
+        if name == "redis":
+            targets.append(Target("redis unanswered", "<=", 0))
+            values["redis unanswered"] = r["missing_by_id"] + r["missing_by_alias"] + r["replicas_lost"] + \
+                r["new_persist_failed"] + len(r["other_errors"])
+        if "log_to_live_max" in r:
+            targets.append(Target(f"{name} log / live", "<=", 3.0, "x"))
+            values[f"{name} log / live"] = r["log_to_live_max"]
+        if "link_s" in r:
+            for key in ("persist_s", "argument_s"):
+                targets.append(Target(f"link {key[:-2]} / link", "<=", 1.5, "x"))
+                values[f"link {key[:-2]} / link"] = r[key] / r["link_s"]
+    return targets, values
 
 
 if __name__ == "__main__":
