@@ -16,8 +16,9 @@ import uuid
 
 import pytest
 
-from storage_api._backend import _store
 from storage_api._backend._store import BIG_BUFFER, DataStream, Store
+
+STREAMED = 4 << 20  # a buffer the transport streams into the log as it arrives (at least 4 MiB)
 
 
 def _id() -> str:
@@ -102,7 +103,7 @@ def _write_with_compaction_after_step(tmp_path, kind: str, at: int) -> int:
     background = _fill(store)
     survivors = {i: bytes(store.load(i)[2][0]) for i in background}
     steps = _Steps(store, at)
-    data = os.urandom(_store.STREAM_BUFFER + 12_345)
+    data = os.urandom(STREAMED + 12_345)
     oid = _id()
     if kind == "streamed":
         stream, buf = _stream(store, steps, data)
@@ -151,8 +152,8 @@ def test_concurrent_large_writers_racing_compactions_lose_nothing(tmp_path):
         try:
             for _ in range(25):
                 oid = rng.choice(ids)
-                data = rng.randbytes(rng.choice([BIG_BUFFER + 7, 3 * BIG_BUFFER, _store.STREAM_BUFFER + 99]))
-                if streamed and len(data) >= _store.STREAM_BUFFER:
+                data = rng.randbytes(rng.choice([BIG_BUFFER + 7, 3 * BIG_BUFFER, STREAMED + 99]))
+                if streamed and len(data) >= STREAMED:
                     stream = store.open_stream(len(data))
                     buf = mmap.mmap(-1, len(data))
                     stream.start(buf)
@@ -203,8 +204,8 @@ def test_a_stream_nobody_claims_stops_pinning_its_segment(tmp_path):
 
     store = Store(tmp_path, segment_bytes=8 << 20, compact_min=0)
     _fill(store)
-    stream = store.open_stream(_store.STREAM_BUFFER)
-    buf = mmap.mmap(-1, _store.STREAM_BUFFER)
+    stream = store.open_stream(STREAMED)
+    buf = mmap.mmap(-1, STREAMED)
     stream.start(buf)
     stream.advance(1 << 20)
     stream.done(ok=False)  # the connection died mid-transfer
