@@ -262,7 +262,7 @@ def kill9_large_writers(cluster: Any, client: Any, rounds: int, *, writers: int 
             size = wr.randint(*mib) << 20
             op = wr.random()
             try:
-                if op < 0.3 or len(mine) < 2:
+                if len(mine) < 2 or (op < 0.3 and len(mine) < 4):  # at most 4 objects per writer
                     h = Holder(_array(gen, size))
                     oid = h.make_persistent(backend="b0")
                     handles[oid] = h
