@@ -11,7 +11,7 @@ import pytest
 
 from storage_api._metadata import Metadata, ObjectRecord
 from storage_api._redis import Redis
-from storage_api.errors import AliasExists, ObjectNotFound
+from storage_api.errors import AliasExists, MetadataRebuilding, ObjectNotFound
 
 CLASS = "tests.models.Counter"
 
@@ -20,6 +20,9 @@ CLASS = "tests.models.Counter"
 def meta(redis_url: str) -> Iterator[Metadata]:
     """Metadata in a namespace of its own, so tests share the Redis but no keys."""
     m = Metadata(Redis(redis_url), namespace=f"t{uuid.uuid4().hex[:12]}")
+    # one backend registered: with none, a missing record may be one the backends have yet to
+    # register again (an emptied Redis), and look-ups answer MetadataRebuilding
+    m.redis.execute("SADD", m.key("backends"), "b-registered")
     yield m
     keys = m.redis.execute("KEYS", m.key("*"))
     if keys:
@@ -137,7 +140,10 @@ def test_drop_replica_of_a_deleted_object_does_not_recreate_it(meta: Metadata) -
     oid = _placed(meta, "b0", ("b1",))
     meta.unregister_object("b0", oid, None, ("b1",))
     meta.drop_replica(oid, "b1")
-    assert meta.redis.execute("EXISTS", meta.key("obj", oid)) == 0
+    rec = meta.lookup(oid)  # the deletion's tombstone, still without a backend or replicas
+    assert rec is not None and rec.backend == "" and rec.replicas == ()
+    with pytest.raises(ObjectNotFound):
+        meta.object(oid)
     assert _set(meta, "reps", "b1") == set()
 
 
@@ -224,6 +230,18 @@ def test_unregister_removes_the_record_its_sets_and_only_its_own_alias(meta: Met
     meta.claim_alias("theirs", other)
     meta.unregister_object("b0", _oid(), "theirs")  # an alias that names another object stays
     assert meta.alias("theirs") == other
+
+
+def test_a_missing_record_is_rebuilding_while_no_backend_is_registered(meta: Metadata) -> None:
+    meta.redis.execute("SREM", meta.key("backends"), "b-registered")  # as after Redis lost its data
+    with pytest.raises(MetadataRebuilding):
+        meta.object(_oid())
+    with pytest.raises(MetadataRebuilding):
+        meta.alias("gone")
+    meta.redis.execute("SADD", meta.key("backends"), "b-registered")
+    with pytest.raises(ObjectNotFound) as err:
+        meta.object(_oid())
+    assert not isinstance(err.value, MetadataRebuilding)
 
 
 # ----------------------------------------------------------------------- the backend registry
