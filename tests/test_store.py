@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import uuid
 
 import pytest
@@ -93,6 +94,29 @@ def test_compaction_keeps_latest_versions_only(tmp_path):
     for i in ids[1:3]:
         assert bytes(s2.load(i)[2][0]) == payload[i]
     s2.close()
+
+
+def test_a_reopened_log_compacts_its_garbage_without_waiting_for_a_write(tmp_path):
+    s = Store(tmp_path, segment_bytes=1 << 20, compact_min=1 << 40)  # no compaction while writing
+    oid = _id()
+    for r in range(30):
+        s.sync(s.put(oid, {"class": "m.A"}, b"r%d" % r, [os.urandom(200_000)]))
+    garbage = s.stats()
+    assert garbage["log_bytes"] > 20 * garbage["live_bytes"] and garbage["segments"] > 2
+    s.close()
+    s2 = Store(tmp_path, segment_bytes=1 << 20, compact_min=1 << 20)
+    deadline = time.monotonic() + 30
+    while s2.stats()["log_bytes"] > 2 * s2.stats()["live_bytes"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    st = s2.stats()
+    assert st["log_bytes"] <= 2 * st["live_bytes"] and st["segments"] < garbage["segments"]
+    assert s2.load(oid)[1] == b"r29"
+    s2.close()
+    assert _reopen_plain(tmp_path).load(oid)[1] == b"r29"
+
+
+def _reopen_plain(path) -> Store:
+    return Store(path, segment_bytes=1 << 20, compact_min=1 << 40)
 
 
 def test_streamed_buffer_is_durable_and_readable(tmp_path):

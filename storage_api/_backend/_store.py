@@ -132,6 +132,9 @@ class Store:
         self._closed = False
         self._no_room = False  # the last compaction found too little free space (logged once)
         self._recover()
+        # Garbage left by writes and a compaction that a kill cut short is reclaimed now, not at
+        # the next write (a restarted backend may get none for a long time).
+        self._maybe_compact()
 
     # ------------------------------------------------------------- recovery
     def _recover(self) -> None:
