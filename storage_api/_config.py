@@ -244,7 +244,17 @@ def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise ConfigError(f"config file {path}: unknown keys {unknown} (known: {sorted(FIELDS)})")
-    return {k: _coerce(k, v, str(path)) for k, v in data.items()}
+    values = {k: _coerce(k, v, str(path)) for k, v in data.items()}
+    # A file that names other files names them relative to itself, so that a settings file and
+    # the files beside it can be copied together to another machine (a device's credential).
+    here = Path(path).resolve().parent
+    for k in FILE_SETTINGS:
+        if values.get(k):
+            values[k] = str(here / Path(values[k]).expanduser())
+    return values
+
+
+FILE_SETTINGS = ("secret_file", "credential_file", "tls_ca", "tls_ca_key", "tls_cert", "tls_key")
 
 
 def read_env(environ: dict[str, str] | os._Environ[str] | None = None) -> dict[str, Any]:

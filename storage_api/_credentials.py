@@ -54,8 +54,8 @@ def issue(settings: Settings, name: str, out: Path, backends: list[str] | None =
     config = (out / f"{name}.toml").resolve()
     key = _wire.credential_key(secret, identity).hex()
     fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(to_toml({"backends": ",".join(addresses), "tls_ca": str(ca_path), "credential": f"{identity}:{key}"}))
+    with os.fdopen(fd, "w") as fh:  # tls_ca relative to the file: the two travel together
+        fh.write(to_toml({"backends": ",".join(addresses), "tls_ca": ca_path.name, "credential": f"{identity}:{key}"}))
     return config
 
 

@@ -95,3 +95,16 @@ def test_readme_documents_every_setting():
     readme = (ROOT / "README.md").read_text()
     missing = [name for name in _config.FIELDS if f"`{name}`" not in readme]
     assert not missing, f"README.md does not document {missing}"
+
+
+def test_files_named_in_a_settings_file_are_relative_to_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not the file's folder
+    folder = tmp_path / "device"
+    folder.mkdir()
+    (folder / "secret").write_text("s3cret\n")
+    (folder / "client.toml").write_text('secret_file = "secret"\ntls_ca = "ca.pem"\n'
+                                        f'tls_cert = "{tmp_path}/abs.pem"\nredis_url = "redis://h:1/0"\n')
+    settings = _config.load(folder / "client.toml", use_default_file=False)
+    assert settings.tls_ca == str(folder / "ca.pem") and settings.tls_cert == f"{tmp_path}/abs.pem"
+    assert settings.secret_bytes() == b"s3cret"
+    assert settings.redis_url == "redis://h:1/0"  # other values as written

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -51,10 +52,17 @@ print(json.dumps({"value": again.inc(1), "same": again.getID() == c.getID(),
 
 @pytest.mark.parametrize("local_socket", ["true", "false"])
 def test_a_client_with_only_its_credential_works_through_the_backends(cluster, tmp_path, local_socket):
-    config = _issue(cluster, f"edge-{local_socket}", tmp_path)
+    issued = _issue(cluster, f"edge-{local_socket}", tmp_path)
+    assert oct(issued.stat().st_mode & 0o777) == "0o600"
+    # the two files are copied to the device, and are no longer where they were made
+    device = tmp_path / "device"
+    device.mkdir()
+    for made in (issued, issued.with_name(f"edge-{local_socket}-ca.pem")):
+        shutil.move(made, device / made.name)
+    config = device / issued.name
     settings = _config.read_file(config)
     assert set(settings) == {"backends", "tls_ca", "credential"}  # no Redis URL, no deployment secret
-    assert oct(config.stat().st_mode & 0o777) == "0o600"
+    assert settings["tls_ca"] == str(device / f"edge-{local_socket}-ca.pem")
     env = {k: v for k, v in os.environ.items() if not k.startswith("STORAGE_API_")}
     env.update(STORAGE_API_CONFIG=str(config), STORAGE_API_LOCAL_SOCKET=local_socket,
                STORAGE_API_IMPORT_CLASSES="false")
