@@ -17,30 +17,37 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from .errors import AuthenticationError, CommunicationError, ConfigError
 
 _COALESCE = 16 * 1024  # small parts are joined into one TLS record (at most 16 KiB of plaintext)
 _MAX_IO = 64 << 20  # bytes per OpenSSL call: Python's ssl refuses more than INT_MAX at once
-_contexts: dict[tuple[str, str], ssl.SSLContext] = {}
+_contexts: dict[str, ssl.SSLContext] = {}  # by the CA certificates' PEM text
 _contexts_lock = threading.Lock()
 
 
 def client_context(*, cafile: str = "", cadata: str = "") -> ssl.SSLContext:
     """A context that accepts only TLS 1.3 servers with a certificate from the given CA."""
-    key = (cafile, cadata)
+    if cafile:
+        # Contexts are kept by the CA's content, not its path: a deployment made again in the
+        # same folder (`down --purge`, then `up`) has a new CA in the same file.
+        try:
+            cadata = Path(cafile).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot load the deployment CA ({cafile}): {exc}") from exc
     with _contexts_lock:
-        ctx = _contexts.get(key)
+        ctx = _contexts.get(cadata)
         if ctx is None:
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
             ctx.minimum_version = ssl.TLSVersion.TLSv1_3
             ctx.check_hostname = False  # backends are checked by CA and id (see check_backend), not by name
             try:
-                ctx.load_verify_locations(cafile=cafile or None, cadata=cadata or None)
-            except (OSError, ssl.SSLError, ValueError) as exc:
+                ctx.load_verify_locations(cadata=cadata or None)
+            except (ssl.SSLError, ValueError, TypeError) as exc:
                 raise ConfigError(f"cannot load the deployment CA ({cafile or 'from the deployment'}): {exc}") from exc
-            _contexts[key] = ctx
+            _contexts[cadata] = ctx
     return ctx
 
 

@@ -102,6 +102,21 @@ def test_a_backend_certificate_from_another_ca_is_refused(cluster, client, tmp_p
     assert got.first_bytes == b""  # nothing of ours reached it
 
 
+def test_a_ca_file_made_again_at_the_same_path_is_read_again(cluster, client, tmp_path):
+    """A deployment made again in the same folder (down --purge, up) has a new CA in the same
+    file: a process that talked to the old one must trust the new one, and only it."""
+    ours = Path(cluster.settings().tls_ca).read_text()
+    path = tmp_path / "ca.pem"
+    other = tmp_path / "other"
+    path.write_text(_pki.make_ca(other, _pki.ca_key_file(other, b"an older deployment")).read_text())
+    info = _backend(client)
+    with pytest.raises(AuthenticationError, match="not from the deployment CA"):
+        _handshake.connect(info.host, info.port, _auth(cluster), timeout=5, tls=_tls.client_context(cafile=str(path)))
+    path.write_text(ours)
+    _handshake.connect(info.host, info.port, _auth(cluster), timeout=5,
+                       tls=_tls.client_context(cafile=str(path)), expect_id=info.id).close()
+
+
 def test_the_backend_id_in_the_certificate_is_checked(cluster, client):
     info = _backend(client)
     ctx = _tls.client_context(cafile=cluster.settings().tls_ca)
