@@ -290,17 +290,60 @@ def test_one_address_flooding_past_its_cap_locks_out_nobody_else(lone):
     assert unix < LEGIT_LIMIT and tcp < LEGIT_LIMIT, f"legitimate calls took {unix:.2f} s (unix), {tcp:.2f} s (tcp)"
 
 
+def _closed_by_peer(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(1, socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def _stalled(host: str, port: int, source: str) -> socket.socket:
+    """A connection from ``source`` that stops in the middle of its TLS ClientHello."""
+    sock = socket.create_connection((host, port), source_address=(source, 0))
+    sock.sendall(CLIENT_HELLO[:100])
+    return sock
+
+
+@pytest.mark.parametrize("cap", ["max_pending", "max_pending_per_host"])
+def test_over_a_cap_the_oldest_unauthenticated_connection_is_dropped(tmp_path, cap):
+    """With a cap of 4, 7 stalled handshakes: the 3 oldest are closed, the 4 newest held; under
+    the per-address cap, another address's stalled handshake is held all the while."""
+    settings = {cap: 4, "handshake_timeout": 60.0}
+    lone = Cluster(_local.start(tmp_path / "deploy", 1, log_level="INFO", settings=settings))
+    try:
+        host, port = _address(lone)
+        other = _stalled(host, port, "127.0.0.9") if cap == "max_pending_per_host" else None
+        socks = []
+        for _ in range(7):
+            socks.append(_stalled(host, port, "127.0.0.5"))
+            time.sleep(0.2)  # one at a time: "oldest" is well defined
+        _wait_for(lambda: all(_closed_by_peer(s) for s in socks[:3]), 5, "the 3 oldest to be dropped")
+        time.sleep(0.5)
+        assert [_closed_by_peer(s) for s in socks] == [True] * 3 + [False] * 4
+        if other is not None:
+            assert not _closed_by_peer(other)
+            other.close()
+        for s in socks:
+            s.close()
+        assert _legit_tcp_call(lone, host, port) < LEGIT_LIMIT
+    finally:
+        _local.stop(lone.dir)
+
+
 def test_descriptor_table_pressure_evicts_the_unauthenticated(lone):
     """The backend's descriptor limit at 256 and 400 slow connections: the table would be full."""
     pid = _pid(lone)
     host, port = _address(lone)
     subprocess.run(["prlimit", f"--pid={pid}", "--nofile=256:256"], check=True)
     sources = [f"127.0.1.{i}" for i in range(1, 21)]
-    with _attack(lone, per_source=20, sources=sources):
-        assert _count(pid, "fd") < 256
+    with _attack(lone, per_source=20, sources=sources) as attack:
+        _wait_for(lambda: _count(pid, "fd") > 200, 10, "the backend to hold most of what it can")
         cpu = _cpu_while(pid, 3.0)
         tcp = _legit_tcp_call(lone, host, port)
         unix = _legit_call(lone)
+        assert attack.dropped > 0  # 400 could not all be held: the oldest were let go
     print(f"backend CPU while attacked: {cpu:.1%} of a core; legitimate calls: {unix:.3f} s (unix), {tcp:.3f} s (tcp)")
     assert cpu < CPU_LIMIT, f"backend used {cpu:.0%} of a core while attacked"
     assert unix < LEGIT_LIMIT and tcp < LEGIT_LIMIT, f"legitimate calls took {unix:.2f} s (unix), {tcp:.2f} s (tcp)"
