@@ -93,24 +93,30 @@ class Gate:
         self._evicted: dict[str, int] = {}
         self._reported = 0.0
         self._thread: threading.Thread | None = None
+        self._lifecycle = threading.Lock()
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        for sock, factory in self._listeners:
-            sock.setblocking(False)
-        self._listen(True)
-        self._sel.register(self._wake_r, selectors.EVENT_READ, None)
-        self._thread = threading.Thread(target=self._run, name="storage-api-gate", daemon=True)
-        self._thread.start()
+        with self._lifecycle:  # a SIGTERM during start-up runs stop() in another thread
+            if self._stopping:
+                return
+            for sock, factory in self._listeners:
+                sock.setblocking(False)
+            self._listen(True)
+            self._sel.register(self._wake_r, selectors.EVENT_READ, None)
+            self._thread = threading.Thread(target=self._run, name="storage-api-gate", daemon=True)
+            self._thread.start()
 
     def stop(self) -> None:
-        self._stopping = True
+        with self._lifecycle:
+            self._stopping = True
+            thread = self._thread
         try:
             self._wake_w.send(b"x")
         except OSError:
             pass
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout=5)
 
     @property
     def pending(self) -> int:

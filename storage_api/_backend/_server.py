@@ -120,7 +120,10 @@ class Server:
         return self.gate.problem
 
     def serve_forever(self) -> None:
-        """Serve until :meth:`stop` (the gate and the promoter are daemon threads)."""
+        """Serve until :meth:`stop` (the gate and the promoter are daemon threads); at once
+        if it already ran."""
+        if self._stopping.is_set():
+            return
         threading.Thread(target=self._promoter, name="storage-api-promoter", daemon=True).start()
         self.gate.start()
         # Wake up now and then: a signal delivered to another thread only runs its Python handler
