@@ -132,7 +132,8 @@ def main(argv=None):
     from workflows.quiet import quiet_import
 
     hide = ("torch",)  # only dislib's tensors use torch; its ds-arrays do not
-    warm_up("dislib.classification", "workflows.models.blocks", hide=hide)  # the executor's workers, meanwhile
+    # the executor's workers and, with --storage, the backends, while the data is made
+    warm_up("dislib.classification", "workflows.models.blocks", hide=hide, backends=args.storage)
     with quiet_import(hide=hide):
         from dislib.classification import CascadeSVM
         from dislib.data.array import Array

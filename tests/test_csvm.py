@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,42 @@ if __name__ == "__main__":
     for backend_pid, (task_pid, block_pid, cls, shape) in out:
         assert task_pid == backend_pid == block_pid  # the task ran in the block's backend, on the live block
         assert cls == "PersistentBlock" and shape == [1, 2]
+
+
+def test_warm_up_has_every_backend_import_the_modules_before_any_task_needs_them(cluster, tmp_path: Path) -> None:
+    probe = f"warmprobe_{uuid.uuid4().hex[:8]}"
+    (tmp_path / f"{probe}.py").write_text("import os\nIMPORTED_BY = os.getpid()\n")
+    app = tmp_path / "warm.py"
+    app.write_text(f'''
+import json, os, sys, time
+import storage_api
+from pycompss.api.task import task
+from pycompss.api.api import compss_wait_on
+from workflows.executor import warm_up
+from workflows.models.blocks import PersistentBlock
+
+@task(returns=1)
+def imported_here(block):
+    deadline = time.monotonic() + 30  # the warm-up runs beside this task: give it time to finish
+    while "{probe}" not in sys.modules and time.monotonic() < deadline:
+        time.sleep(0.05)
+    module = sys.modules.get("{probe}")
+    return [os.getpid(), getattr(module, "IMPORTED_BY", None)]
+
+if __name__ == "__main__":
+    warm_up("{probe}", backends=True)
+    out = []
+    for b in sorted(storage_api.backends(), key=lambda b: b.name):
+        blk = PersistentBlock([[1.0]])
+        blk.make_persistent(backend=b)
+        out.append([b.pid, compss_wait_on(imported_here(blk))])
+    print("RESULT " + json.dumps(out))
+''')
+    proc = launch(cluster, str(app))
+    out = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("RESULT "))[7:])
+    assert len(out) == 2
+    for backend_pid, (task_pid, imported_by) in out:
+        assert task_pid == backend_pid == imported_by  # the backend imported it, though no task names it
 
 
 def test_backend_tasks_inout_results_and_errors(cluster, tmp_path: Path) -> None:

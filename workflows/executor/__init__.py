@@ -42,13 +42,14 @@ def main(argv: list[str] | None = None) -> int:
     return _main(argv)
 
 
-def warm_up(*modules: str, hide: tuple[str, ...] = ()) -> None:
-    """Have the local workers import ``modules`` now, in the background (as COMPSs' workers have
-    their libraries loaded before tasks arrive), without their import-time notices and without the
+def warm_up(*modules: str, hide: tuple[str, ...] = (), backends: bool = False) -> None:
+    """Have the local workers, and with ``backends`` the store's live backends (where tasks on
+    persistent data run), import ``modules`` now, in the background (as COMPSs' workers have their
+    libraries loaded before tasks arrive), without their import-time notices and without the
     packages in ``hide`` (see :mod:`workflows.quiet`). Outside the executor it does nothing."""
     engine = current()
     if engine is not None:
-        engine.warm_up(list(modules), hide)
+        engine.warm_up(list(modules), hide, backends)
 
 
 def bytes_moved() -> dict[str, int] | None:

@@ -487,14 +487,17 @@ class Engine:
             for child in multiprocessing.active_children():  # only our workers: multiprocessing's own
                 child.terminate()
 
-    def warm_up(self, modules: list[str], hide: tuple[str, ...] = ()) -> None:
-        """Have each local worker import ``modules`` now (quietly, without ``hide``), while the app
-        prepares its run, instead of in the middle of the first tasks that need them."""
+    def warm_up(self, modules: list[str], hide: tuple[str, ...] = (), backends: bool = False) -> None:
+        """Have each local worker, and with ``backends`` each live backend, import ``modules`` now
+        (quietly, without ``hide``), while the app prepares its run, instead of in the middle of
+        the first tasks that need them."""
         from ._worker import warm
 
         pool = self.start_pool()
         for _ in range(self.workers):  # one each, as a rule: a worker that misses it imports lazily
             pool.submit(warm, list(modules), tuple(hide))
+        if backends:
+            self.remote.warm(list(modules), tuple(hide))
 
     def close(self) -> None:
         try:

@@ -45,6 +45,14 @@ class Backends:
         msg = m.Task(ref, self.engine.paths, args, kwargs, list(task.writes), task.outputs, task.key)
         return self.client.send(bid, msg, wait=False)
 
+    def warm(self, modules: list[str], hide: tuple[str, ...]) -> None:
+        """Have every live backend import ``modules`` now, in the background (a task of
+        ``_worker.warm`` each), so that the first tasks shipped there do not pay for it."""
+        ref = ("module", "workflows.executor._worker", "warm")
+        for info in self.client.backends():
+            if info.alive:
+                self.client.send(info.id, m.Task(ref, self.engine.paths, [modules, hide], {}, [], [], None), wait=False)
+
     def fetch(self, bid: str, key: str, path: tuple) -> Any:
         return self.client.send(bid, m.TaskResult(key, path))
 
