@@ -151,8 +151,10 @@ def _check_backend(name: str, backends: list[Any]) -> None:
 
 
 def _delete(trainer: Any, *, wait: bool) -> None:
-    """Delete the trainer. After an error or Ctrl-C it may still be training, and a delete waits for
-    that call: the request is sent, and served when the call ends, but the app does not wait."""
+    """Delete the trainer. After an error or Ctrl-C it may still be training: the interrupted
+    call's connection is closed, so the backend stops the training at its next epoch
+    (``CallCancelled``) and the delete, which waits for it, follows. Up to a minute is waited
+    for that; a second Ctrl-C stops waiting."""
     if wait:
         trainer.delete_persistent()
         return
@@ -160,13 +162,23 @@ def _delete(trainer: Any, *, wait: bool) -> None:
 
     from storage_api.errors import StoreError
 
-    def delete() -> None:
-        with contextlib.suppress(StoreError):  # e.g. the embedded deployment stopped: nothing is left
-            trainer.delete_persistent()
+    failed: list[BaseException] = []
 
+    def delete() -> None:
+        try:
+            trainer.delete_persistent()
+        except StoreError as exc:  # e.g. the embedded deployment stopped: nothing is left
+            failed.append(exc)
+
+    print(f"lstm_offload: deleting the trainer {trainer.getID()} (its training stops at its next epoch)",
+          file=sys.stderr, flush=True)
     thread = threading.Thread(target=delete, daemon=True)
     thread.start()
-    thread.join(1.0)  # enough to reconnect (Ctrl-C closed the connection) and send the request
+    thread.join(60.0)
+    if thread.is_alive() or failed:
+        why = "still waiting after 60 s" if thread.is_alive() else str(failed[0])
+        print(f"lstm_offload: the trainer {trainer.getID()} may be left in the store ({why}); "
+              "`storage-api status --objects` lists what is", file=sys.stderr, flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -97,7 +97,14 @@ class Channel:
         if future is not None:
             self._ensure_pump()
             return future
-        self._wait(slot)
+        try:
+            self._wait(slot)
+        except BaseException:
+            # Interrupted (Ctrl-C) while waiting: the call is abandoned, and the connection may
+            # stop in the middle of a frame. Closing it also tells the backend, which cancels the
+            # call at its next progress report (CallCancelled). The next call reconnects.
+            self._fail(CommunicationError("a call on this connection was interrupted"))
+            raise
         if slot.error is not None:
             raise slot.error
         assert slot.frame is not None

@@ -33,6 +33,7 @@ __all__ = [
     "StorageFull",
     "PayloadTooLarge",
     "UnserializableState",
+    "CallCancelled",
 ]
 
 
@@ -120,6 +121,12 @@ class UnserializableState(StoreError, TypeError):
 
     def __str__(self) -> str:
         return str(self.args[0])
+
+
+class CallCancelled(StoreError):
+    """Raised inside an active method by ``report_progress`` when the method's caller is gone (its
+    process ended, or its call was interrupted, by Ctrl-C say): the method stops at its next
+    report instead of running to the end for nobody. Not retryable."""
 
 
 class ConfigError(StoreError, ValueError):

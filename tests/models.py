@@ -190,6 +190,23 @@ class Trainer(ActiveObject):
         return self.epochs_done
 
     @activemethod
+    def train_slowly(self, epochs: int, pause: float) -> int:
+        """``train`` with ``pause`` seconds per epoch: long enough to walk away from."""
+        import time
+
+        from storage_api import report_progress
+
+        for epoch in range(1, epochs + 1):
+            time.sleep(pause)
+            self.epochs_done += 1
+            report_progress({"epoch": epoch})
+        return self.epochs_done
+
+    @activemethod(readonly=True)
+    def done(self) -> int:
+        return self.epochs_done
+
+    @activemethod
     def train_other(self, other: Any, epochs: int) -> int:
         """Progress of a call to another backend reaches our own caller."""
         return other.train(epochs)

@@ -9,6 +9,7 @@ the test's directory, so "nothing left on disk" is checked there.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -268,6 +269,25 @@ def test_ctrl_c_during_a_training(run: Run) -> None:
     assert proc.returncode == 130
     assert "Traceback" not in stderr
     assert stderr.replace("\r", "\n").strip().splitlines()[-1] == "lstm_offload: interrupted"  # after the bar
+    run.check_clean()
+
+
+@pytest.mark.slow  # the backend imports torch
+def test_ctrl_c_during_a_training_on_a_running_deployment_stops_it_and_deletes_the_trainer(run: Run) -> None:
+    """On a deployment the app did not start, Ctrl-C must not leave the backend training for
+    nobody: the interrupted call's connection closes, the training stops at its next epoch, the
+    trainer is deleted before the app exits, and the backend is free for the next call."""
+    up = run(*cli("up", "--backends", "1"), clean=False)
+    assert up.returncode == 0, up.stderr
+    try:
+        proc = run.popen(*app("lstm_offload.py", "--epochs", "500"))
+        stderr = _interrupt_when(proc, b"pass=1 of 2").decode()
+        assert proc.returncode == 130, stderr
+        assert "deleting the trainer" in stderr and "may be left" not in stderr, stderr
+        listing = json.loads(run(*cli("status", "--json"), clean=False).stdout)
+        assert listing["objects"] == [] and [b["objects"] for b in listing["backends"]] == [0]
+    finally:
+        assert run(*cli("down", "--purge"), clean=False).returncode == 0
     run.check_clean()
 
 

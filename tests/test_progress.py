@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
+import time
+
+import pytest
 
 import storage_api
+from tests.conftest import ROOT
 from tests.models import Trainer
 
 
@@ -48,3 +55,40 @@ def test_local_objects_report_to_the_local_listener():
     with storage_api.on_progress(lambda e: seen.append(e["epoch"])):
         t.train(3)
     assert seen == [1, 2, 3]
+
+
+# A client that starts 2,000 epochs of 50 ms (100 s) and goes away after its third report: by being
+# killed, or by a Ctrl-C it survives (it then asks, on the same client, how far the training got).
+_WALK_AWAY = """
+import os, signal, sys, time
+import storage_api
+from tests.models import Trainer
+
+t = storage_api.get_by_id(sys.argv[1])
+def on_epoch(event):
+    if event["epoch"] == 3:
+        print("third", flush=True)
+        os.kill(os.getpid(), signal.SIGINT if sys.argv[2] == "interrupt" else signal.SIGKILL)
+try:
+    with storage_api.on_progress(on_epoch):
+        t.train_slowly(2000, 0.05)
+except KeyboardInterrupt:
+    start = time.monotonic()
+    print("done", t.done(), round(time.monotonic() - start, 1), flush=True)
+"""
+
+
+@pytest.mark.parametrize("how", ["killed", "interrupt"])
+def test_a_caller_that_goes_away_cancels_its_call_at_the_next_report(cluster, client, how):
+    t = Trainer()
+    t.make_persistent(backend="b0")
+    proc = subprocess.run([sys.executable, "-c", _WALK_AWAY, t.getID(), how], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "STORAGE_API_CONFIG": str(cluster.dep.config_path)}, timeout=90)
+    assert "third" in proc.stdout, proc.stderr[-2000:]
+    if how == "interrupt":  # the interrupted process itself sees the training stopped
+        done, waited = proc.stdout.split("done ")[1].split()
+        assert 3 <= int(done) < 2000 and float(waited) < 30, proc.stdout
+    start = time.monotonic()
+    done = t.done()  # waits for the training's write lock: it is released once the call stopped
+    assert 3 <= done < 2000 and time.monotonic() - start < 30
+    t.delete_persistent()

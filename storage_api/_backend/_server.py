@@ -29,7 +29,7 @@ from .. import _progress
 from .. import _wire as w
 from .._serial import dump_error
 from .._transport import FrameSocket
-from ..errors import CommunicationError, ProtocolError, StoreError
+from ..errors import CallCancelled, CommunicationError, ProtocolError, StoreError
 from ._accept import Accepted, HmacAccept, TlsAccept
 from ._gate import Gate, Limits
 from ._handlers import dispatch
@@ -291,11 +291,15 @@ class Connection:
             self.send_reply(rid, kind, rbody, rbuffers)
 
     def send_event(self, rid: int, value: Any) -> None:
-        """A progress report for the request ``rid`` (lost, harmlessly, if the caller is gone)."""
+        """A progress report for the request ``rid``. If its caller is gone (this connection
+        closed), the call is cancelled: :class:`CallCancelled` is raised in the active method."""
+        if self._closed:
+            raise CallCancelled(f"the caller of this call ({self.addr}) is gone: the call is cancelled")
         try:
             self.fs.send(w.EVENT, rid, pickle.dumps(value, protocol=5))
-        except CommunicationError:
+        except CommunicationError as exc:
             self.close()
+            raise CallCancelled(f"the caller of this call ({self.addr}) is gone: the call is cancelled") from exc
 
     def send_reply(self, rid: int, kind: int, body: bytes, buffers: list) -> None:
         try:
