@@ -8,6 +8,7 @@ measured), so that a script or CI job can act on it.
 from __future__ import annotations
 
 import argparse
+import os
 from dataclasses import dataclass
 
 
@@ -29,8 +30,11 @@ def add_check_option(parser: argparse.ArgumentParser) -> None:
 
 
 def report(targets: list[Target], values: dict[str, float | None]) -> tuple[list[str], bool]:
-    """Lines saying whether each target is met, and whether all are."""
-    lines = ["targets:"]
+    """Lines saying whether each target is met, and whether all are; they say how busy the
+    machine was, since the targets are for one that runs nothing else."""
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    busy = f"; the machine was busy (load average {load:.1f} on {cores} cores): timings suffer" if load > cores else ""
+    lines = [f"targets (for an otherwise idle machine{busy}):"]
     for t in targets:
         value = values.get(t.key)
         shown = "-" if value is None else f"{value:,.1f}"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -16,6 +17,9 @@ def test_report_and_check() -> None:
     lines, met = report(targets, {"p50_us": 61.0, "rate": 1000.0})  # too slow, and one not measured
     assert not met and [line.rsplit("  ", 1)[-1] for line in lines[1:]] == ["NOT met", "met", "NOT met"]
     assert exit_status(True, check=True) == 0 and exit_status(False, check=False) == 0
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    assert lines[0].startswith("targets (for an otherwise idle machine")
+    assert ("the machine was busy" in lines[0]) == (load > cores) or abs(load - cores) < 0.5  # load moves
     assert exit_status(False, check=True) == 1
 
 
