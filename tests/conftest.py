@@ -9,7 +9,8 @@
 
 Backends are started from the repository root, so they import the test models as
 ``tests.models``; everything they write lives under pytest's temporary directories, which are
-deleted once their test passed (``tmp_path_retention_policy``) and deployments as they stop.
+deleted once their test passed (``tmp_path_retention_policy``) and deployments as they stop
+(a failed test's private deployment keeps its files, logs included).
 Waits are on conditions (:func:`wait_for`) with generous deadlines, never on fixed sleeps.
 """
 
@@ -145,12 +146,21 @@ def _shared_cluster_left_as_found(request: pytest.FixtureRequest) -> Iterator[No
         janitor.close()
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """Note on the test whether its body failed (fixtures keep their evidence then)."""
+    outcome = yield
+    if call.when == "call":
+        item.sa_failed = outcome.get_result().failed  # type: ignore[attr-defined]
+
+
 @pytest.fixture
-def own_cluster(tmp_path: Path) -> Iterator[Cluster]:
-    """A private deployment for tests that kill or stop backends (with a short heartbeat)."""
+def own_cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+    """A private deployment for tests that kill or stop backends (with a short heartbeat). After
+    a failure its files (logs, Redis, the backends' logs) stay in the kept temporary directory."""
     c = _start(tmp_path / "deploy", 2, FAST_HEARTBEAT)
     yield c
-    _local.stop(c.dir, purge=True)
+    _local.stop(c.dir, purge=not getattr(request.node, "sa_failed", False))
 
 
 @pytest.fixture(scope="session")
