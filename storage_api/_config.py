@@ -95,6 +95,7 @@ class Settings:
             raise ConfigError("max_pending and max_pending_per_host must be at least 1")
         if not self.namespace or ":" in self.namespace:
             raise ConfigError("namespace must be non-empty and contain no ':'")
+        check_log_level(self.log_level)
         network_suffix(self.network, self.network_suffixes)
         self.backend_addresses()
         return self
@@ -178,6 +179,17 @@ class Settings:
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+
+
+#: The levels ``log_level`` takes (any case), as the logging module names them.
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def check_log_level(level: str) -> str:
+    """``level`` in upper case; a :class:`ConfigError` unless it is one of :data:`LOG_LEVELS`."""
+    if level.upper() not in LOG_LEVELS:
+        raise ConfigError(f"log_level {level!r} is not a level: use one of {', '.join(LOG_LEVELS)}")
+    return level.upper()
 
 
 def network_suffix(network: str, suffixes: str) -> str:

@@ -34,9 +34,9 @@ def issue(settings: Settings, name: str, out: Path, backends: list[str] | None =
     """Issue (or re-issue) credential ``name``; write ``out/<name>.toml`` and ``out/<name>-ca.pem``."""
     if not _NAME.fullmatch(name):
         raise ConfigError(f"credential name {name!r}: use 1 to 64 letters, digits, '.', '_' or '-'")
-    secret = settings.secret_bytes()
-    meta = _meta(settings)
+    meta = _meta(settings)  # first: with no deployment at all, its error says to start one
     try:
+        secret = settings.secret_bytes()
         ca = settings.tls_ca and Path(settings.tls_ca).read_text() or meta.tls_ca()
         if not ca:
             raise ConfigError("no deployment CA: set tls_ca, or start a backend first (backends publish it)")

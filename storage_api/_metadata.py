@@ -163,6 +163,7 @@ class BackendInfo:
     replicas: int = 0  # objects it holds a replica of
     unix: str = ""  # abstract Unix socket name (without the leading NUL), for same-host clients
     health: str = ""  # why it takes no new connections now ("" when it does)
+    stopped: bool = False  # it stopped gracefully and deregistered (it is not alive, but did not fail)
 
     @property
     def address(self) -> str:
@@ -292,6 +293,7 @@ class Metadata:
                     replicas=int(reps or 0),
                     unix=h.get("unix", ""),
                     health=h.get("health", ""),
+                    stopped=not alive and h.get("state") == "down",
                 )
             )
         out.sort(key=lambda b: natural_key(b.name))

@@ -17,7 +17,6 @@ import os
 import secrets
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 from .errors import ConfigError
@@ -80,11 +79,16 @@ def make_backend_cert(directory: Path, ca_cert: Path, ca_key: Path, backend_id: 
     key, cert, csr = directory / "backend.key", directory / "backend.pem", directory / "backend.csr"
     _openssl("genpkey", "-algorithm", "ed25519", "-out", str(key))
     os.chmod(key, 0o600)
-    _openssl("req", "-new", "-key", str(key), "-subj", f"/CN={backend_id}", "-out", str(csr))
-    with tempfile.NamedTemporaryFile("w", suffix=".cnf") as ext:
-        ext.write(_BACKEND_EXT)
-        ext.flush()
+    # The request and the extensions file live beside the key, among the backend's own files, and
+    # go when the certificate is made or its making fails: a process killed meanwhile leaves them
+    # there (deleted with the backend's files), never in the system's temporary directory.
+    ext = directory / "backend.cnf"
+    try:
+        _openssl("req", "-new", "-key", str(key), "-subj", f"/CN={backend_id}", "-out", str(csr))
+        ext.write_text(_BACKEND_EXT)
         _openssl("x509", "-req", "-in", str(csr), "-CA", str(ca_cert), "-CAkey", str(ca_key),
-                 "-set_serial", "0x" + secrets.token_hex(8), "-days", DAYS, "-extfile", ext.name, "-out", str(cert))
-    csr.unlink()
+                 "-set_serial", "0x" + secrets.token_hex(8), "-days", DAYS, "-extfile", str(ext), "-out", str(cert))
+    finally:
+        csr.unlink(missing_ok=True)
+        ext.unlink(missing_ok=True)
     return cert, key

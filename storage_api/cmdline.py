@@ -9,6 +9,10 @@ their ``main`` through :func:`run`:
 * Ctrl-C prints ``PROG: interrupted`` and exits with 130 (128 + SIGINT, what shells expect);
 * anything else is a bug: its traceback, exit status 1.
 
+A reader that goes away (``storage-api status | head -1``) is no reason to fail, nor to stop half
+way: what is printed after it closed the pipe is dropped, and the command does all it would have
+done and ends with its own status.
+
 ``--debug`` (:func:`add_debug_option`) or ``STORAGE_API_DEBUG=1`` shows the traceback of every
 error instead; the variable reaches the processes a command starts, so ``storage-api --debug run
 APP.py`` debugs the app too. The argument checkers (:func:`positive_int`, :func:`input_file`) are
@@ -60,6 +64,49 @@ def add_debug_option(parser: argparse.ArgumentParser) -> None:
 def exit_status(prog: str, main: Callable[[], int | None], *,
                 mistakes: tuple[type[BaseException], ...] = ()) -> int:
     """Run ``main()``; return its exit status after reporting an error as the module docstring says."""
+    if sys.stdout is None:  # no standard output at all (pythonw): nothing to guard
+        return _ending(prog, main, mistakes)
+    previous, sys.stdout = sys.stdout, _ReaderProof(sys.stdout)
+    try:
+        return _ending(prog, main, mistakes)
+    finally:
+        sys.stdout.flush()  # here, where a closed pipe is dropped, not in the interpreter's exit
+        sys.stdout = previous
+
+
+class _ReaderProof:
+    """A standard output whose reader may have gone: writes to a closed pipe are dropped."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._drop()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._drop()
+
+    def _drop(self) -> None:
+        # The descriptor itself goes to /dev/null: what is still buffered, and the interpreter's
+        # own flush at exit, then write nowhere instead of failing again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self._stream.fileno())
+        finally:
+            os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _ending(prog: str, main: Callable[[], int | None], mistakes: tuple[type[BaseException], ...]) -> int:
     try:
         return int(main() or 0)
     except SystemExit as exc:  # argparse, or an app's own sys.exit

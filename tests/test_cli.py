@@ -138,6 +138,11 @@ def test_backend_command_as_cluster_scripts_use_it(tmp_path, home_env):
         assert out.stdout.split() == ["socket0", "s01r1b42-ib0", "127.0.0.1", "2"]
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
+        # It deregistered as it stopped: listed as stopped, not DEAD; with no other backend, status 1.
+        status = _cli("status", env={**env, "STORAGE_API_REDIS_URL": url})
+        assert status.returncode == 1, status.stderr
+        row = status.stdout.splitlines()[1].split()
+        assert (row[0], row[6]) == ("socket0", "stopped") and "no backend is alive" in status.stdout
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -100,7 +100,8 @@ def test_a_revoked_credential_is_refused_at_its_next_connection(cluster, client,
     with pytest.raises(AuthenticationError, match="revoked"):
         again.backends()
     again.close()
-    assert _cli(cluster, "credential", "revoke", "lost-phone").returncode == 1  # nothing left to revoke
+    again = _cli(cluster, "credential", "revoke", "lost-phone")  # nothing left to revoke: a mistake
+    assert again.returncode == 2 and "no valid credential named 'lost-phone'" in again.stderr
 
 
 def test_reissuing_a_credential_replaces_the_old_key(cluster, tmp_path):

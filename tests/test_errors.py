@@ -54,11 +54,18 @@ def test_type_error_inside_a_method_is_not_invalid_arguments(client):
 
 
 def test_unknown_class(client):
+    """The backend's error names it and where it imports classes from, which is what to change."""
+    import os
+
     from storage_api._messages import New
 
-    with pytest.raises(ClassNotFound):
-        client.send(client.backends()[0], New("8b2f1e6a-1111-4111-8111-111111111111", "no.such.module.Thing", None,
-                                              (), {}))
+    backend = client.backends()[0]
+    with pytest.raises(ClassNotFound) as info:
+        client.send(backend, New("8b2f1e6a-1111-4111-8111-111111111111", "no.such.module.Thing", None, (), {}))
+    assert str(info.value) == (
+        f"backend {backend.name}: cannot import no.such.module.Thing: no module 'no.such.module'; backends import "
+        "model classes from the working directory and PYTHONPATH of the command that started them (such as "
+        f"`storage-api up`), here {os.getcwd()} and PYTHONPATH={os.environ.get('PYTHONPATH') or '(unset)'}")
     with pytest.raises(ClassNotFound):
         storage_api.stub("tests.models.NoSuchClass")
 

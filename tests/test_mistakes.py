@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -46,6 +47,16 @@ class Run:
         if clean:
             self.check_clean()
         return proc
+
+    def into_closed_pipe(self, *cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """The command with its stdout a pipe whose reader has gone (``CMD | head -0``)."""
+        read, write = os.pipe()
+        os.close(read)
+        try:
+            return subprocess.run(list(cmd), stdout=write, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=self.env,
+                                  timeout=timeout)
+        finally:
+            os.close(write)
 
     def popen(self, *cmd: str) -> subprocess.Popen:
         return subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, env=self.env,
@@ -167,6 +178,97 @@ def test_nothing_up(run: Run) -> None:
     proc = run(*cli("run", "--workers", "2", "apps/csvm.py", "--processors", "1", "--cores-per-processor", "1",
                     "--storage"))
     assert proc.returncode == 2 and one_line(proc.stderr) == f"csvm: {no_redis}"
+    proc = run(*cli("credential", "issue", "sensor-7", "--out", str(run.tmp / "sensor-7")))
+    assert proc.returncode == 2 and one_line(proc.stderr) == f"storage-api: {no_redis}"
+    assert not (run.tmp / "sensor-7").exists()
+
+
+# ----------------------------------------------------------------------- up: checked before anything starts
+@pytest.mark.parametrize("args, line", [
+    (("--redis-server", "/nope/redis"), "storage-api: ConfigError: redis-server /nope/redis: no such file"),
+    (("--redis-server", "/etc"), "storage-api: ConfigError: redis-server /etc: not an executable file"),
+    (("--dir", "/proc/nope"),
+     "storage-api: DeploymentError: cannot make the deployment directory /proc/nope: No such file or directory"),
+    (("--log-level", "LOUD"), "storage-api up: error: argument --log-level: invalid choice: 'LOUD' "
+                              "(choose from 'DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL')"),
+], ids=["redis-server-missing", "redis-server-a-directory", "dir-impossible", "log-level-unknown"])
+def test_up_mistakes_start_nothing(run: Run, args: tuple[str, ...], line: str) -> None:
+    proc = run(*cli("up", *args))
+    assert proc.returncode == 2
+    assert one_line(proc.stderr) == line
+    assert not run.home.exists()  # not even the deployment's directory was made
+
+
+def test_a_redis_server_that_fails_is_reported_with_this_start_s_log_only(run: Run) -> None:
+    """The log of Redis is appended to at each start: the failure quotes this start's lines, not a
+    previous run's (here: a binary that exits at once and writes nothing)."""
+    logs = run.home / "local" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "redis.log").write_text("* Ready to accept connections tcp\n# Redis is now ready to exit, bye bye...\n")
+    proc = run(*cli("up", "--redis-server", "/bin/true"))
+    assert proc.returncode == 2
+    assert one_line(proc.stderr) == (f"storage-api: DeploymentError: /bin/true did not start: it exited with status "
+                                     f"0, writing nothing to {logs / 'redis.log'}")
+
+
+def test_compss_bundle_onto_a_file_or_an_impossible_path(run: Run, tmp_path: Path) -> None:
+    taken = tmp_path / "few.csv"
+    taken.write_text("a,b\n")
+    proc = run(*cli("compss-bundle", str(taken)))
+    assert proc.returncode == 2
+    assert one_line(proc.stderr) == (f"storage-api: {taken} is a file: DEST names the bundle's directory (made if it "
+                                     "does not exist)")
+    assert taken.read_text() == "a,b\n"
+    proc = run(*cli("compss-bundle", "/proc/x/y"))
+    assert proc.returncode == 2
+    assert one_line(proc.stderr) == "storage-api: cannot make the bundle directory /proc/x/y: No such file or directory"
+
+
+def test_revoking_an_unknown_credential(cluster, run: Run) -> None:
+    run.env["STORAGE_API_CONFIG"] = str(cluster.dep.config_path)
+    proc = run(*cli("credential", "revoke", "nosuch"))
+    assert proc.returncode == 2
+    assert one_line(proc.stderr) == ("storage-api: no valid credential named 'nosuch' (never issued, or revoked "
+                                     "already): `storage-api credential list` lists the valid ones")
+
+
+def test_certificates_are_made_among_the_deployment_s_files(run: Run, tmp_path: Path) -> None:
+    """The openssl extensions file of a backend's certificate lies among the deployment's files and is
+    gone once the certificate is made: an interrupted start leaves nothing in the temporary directory.
+    (An openssl on PATH records where it was told to read it, then runs the real one.)"""
+    record, bin_dir = tmp_path / "extfiles", tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "openssl").write_text(
+        "#!/bin/sh\nprev=\nfor a in \"$@\"; do [ \"$prev\" = -extfile ] && echo \"$a\" >> " + str(record)
+        + "; prev=$a; done\nexec " + shutil.which("openssl") + " \"$@\"\n")
+    (bin_dir / "openssl").chmod(0o755)
+    run.env["PATH"] = f"{bin_dir}{os.pathsep}{run.env['PATH']}"
+    up = run(*cli("up", "--backends", "1"), clean=False)
+    try:
+        assert up.returncode == 0, up.stderr
+        [extfile] = record.read_text().split()
+        assert Path(extfile).parent == run.home / "local" / "backends" / "b0" / "tls"
+        assert not Path(extfile).exists()
+    finally:
+        run(*cli("down", "--purge"))
+
+
+# ----------------------------------------------------------------------- a reader that goes away
+def test_a_closed_stdout_neither_fails_a_command_nor_cuts_it_short(run: Run) -> None:
+    """`up | head -0`: `up` still starts the whole deployment and says so with its status (0), and
+    `status` into a closed pipe ends with the status of what it found, no traceback either way."""
+    up = run.into_closed_pipe(*cli("up", "--backends", "1"))
+    assert up.returncode == 0 and "Traceback" not in up.stderr, up.stderr
+    assert up.stderr.splitlines()[-1] == "storage-api: 1 backends serving"
+    try:
+        for args in (("status",), ("status", "--json")):
+            status = run.into_closed_pipe(*cli(*args))
+            assert status.returncode == 0 and status.stderr == "", status.stderr
+        table = run(*cli("status"), clean=False)
+        assert table.returncode == 0 and table.stdout.splitlines()[1].split()[6] == "yes"
+    finally:
+        down = run(*cli("down", "--purge"))
+    assert down.returncode == 0 and down.stdout.startswith(f"deployment in {run.home / 'local'} stopped")
 
 
 @pytest.mark.slow
@@ -337,6 +439,39 @@ def test_status_lists_backends_in_natural_order(cluster, run: Run) -> None:
         proc = run(*cli("status"))
         assert proc.returncode == 0, proc.stderr
         assert [line.split()[0] for line in proc.stdout.splitlines()[1:4]] == ["b1", "b2", "b10"]
+    finally:
+        keys = meta.redis.execute("KEYS", f"{namespace}:*")
+        if keys:
+            meta.redis.execute("DEL", *keys)
+        meta.redis.close()
+
+
+def test_status_counts_a_stopped_backend_as_no_failure(cluster, run: Run) -> None:
+    """A backend that deregistered as it stopped is listed as stopped and status still exits 0; one
+    whose heartbeat lapsed without deregistering is DEAD, and status exits 1."""
+    settings = cluster.settings()
+    namespace = f"stopped-{uuid.uuid4().hex[:8]}"
+    meta = Metadata(Redis(settings.redis_url), namespace)
+    ids = {name: uuid.uuid4().hex for name in ("b0", "b1", "b2")}
+
+    def register(name: str, ttl: float) -> None:
+        meta.register_backend({"id": ids[name], "name": name, "host": "127.0.0.1", "port": 1, "compss_name": name,
+                               "pid": 1, "state": "up"}, ttl=ttl)
+
+    try:
+        register("b0", 60)
+        register("b1", 60)
+        meta.mark_down(ids["b1"])  # what a backend does as it stops
+        run.env.update(STORAGE_API_REDIS_URL=settings.redis_url, STORAGE_API_SECRET="s",
+                       STORAGE_API_NAMESPACE=namespace)
+        proc = run(*cli("status"))
+        assert proc.returncode == 0, proc.stdout
+        assert [line.split()[6] for line in proc.stdout.splitlines()[1:3]] == ["yes", "stopped"]
+        register("b2", 0.001)  # its heartbeat lapses at once: it went silent without stopping
+        time.sleep(0.05)
+        proc = run(*cli("status"))
+        assert proc.returncode == 1
+        assert [line.split()[6] for line in proc.stdout.splitlines()[1:4]] == ["yes", "stopped", "DEAD"]
     finally:
         keys = meta.redis.execute("KEYS", f"{namespace}:*")
         if keys:

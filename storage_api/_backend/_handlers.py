@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 from .. import _messages as m
 from .. import _wire
 from .._serial import dump_error, dumps
-from ..errors import ClassNotFound, InvalidArguments, StoreError
+from ..errors import InvalidArguments, StoreError
+from ._runtime import cannot_import
 from ._tasks import TASK_HANDLERS
 
 if TYPE_CHECKING:
@@ -151,11 +152,11 @@ HANDLERS: dict[type, Handler] = {
 }
 
 
-def _decode(body: bytes, buffers: list, streams: list | None) -> Any:
+def _decode(backend: LocalBackend, body: bytes, buffers: list, streams: list | None) -> Any:
     try:
         return m.decode(body, buffers, streams)
     except (ModuleNotFoundError, AttributeError) as exc:
-        raise ClassNotFound(f"the request names something this backend cannot import: {exc}") from exc
+        raise cannot_import(backend.name, f"the request names something it cannot import: {exc}") from exc
     except StoreError:
         raise
     except Exception as exc:
@@ -166,7 +167,7 @@ def dispatch(backend: LocalBackend, body: bytes, buffers: list, streams: list | 
     """Serve one request; return the reply frame's ``(kind, body, buffers)``."""
     try:
         try:
-            msg = _decode(body, buffers, streams)
+            msg = _decode(backend, body, buffers, streams)
             handler = HANDLERS.get(type(msg))
             if handler is None:  # a message type without a handler on this backend
                 raise StoreError(f"unknown operation {msg.op!r}")

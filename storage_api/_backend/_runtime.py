@@ -20,6 +20,7 @@ call that did not become durable leaves no trace, and a retry runs it once.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from .._metadata import Metadata
 from .._object import RESERVED_PREFIX, ActiveObject, State, import_class, state_of
 from .._serial import dump_state, loads
 from .._stub import describe_class
-from ..errors import InvalidArguments, MethodNotFound, ObjectMoved, ObjectNotFound, StoreError
+from ..errors import ClassNotFound, InvalidArguments, MethodNotFound, ObjectMoved, ObjectNotFound, StoreError
 from ._placement import Failed, Placement, remember, replace_state
 from ._rwlock import RWLock
 from ._store import Store
@@ -40,6 +41,14 @@ if TYPE_CHECKING:
     from .._client import Client
 
 log = logging.getLogger("storage.backend")
+
+
+def cannot_import(backend: str, problem: object) -> ClassNotFound:
+    """The error for something backend ``backend`` cannot import: it says where the backend looks,
+    since that is what the user changes (the class's module is usually merely not on its path)."""
+    return ClassNotFound(f"backend {backend}: {problem}; backends import model classes from the working directory "
+                         f"and PYTHONPATH of the command that started them (such as `storage-api up`), here "
+                         f"{os.getcwd()} and PYTHONPATH={os.environ.get('PYTHONPATH') or '(unset)'}")
 
 
 class Entry:
@@ -107,7 +116,10 @@ class LocalBackend(Placement):
             with self._class_lock:
                 cls = self._classes.get(path)
                 if cls is None:
-                    cls = import_class(path)
+                    try:
+                        cls = import_class(path)
+                    except ClassNotFound as exc:
+                        raise cannot_import(self.name, exc) from exc
                     self.meta.publish_class(describe_class(cls))
                     self._classes[path] = cls
         return cls

@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from ..errors import StoreError
+from ..errors import StoreError, UsageError
 
 JAVA_DIR = Path(__file__).resolve().parent / "java"
 SCRIPTS_DIR = Path(__file__).resolve().parent / "scripts"
@@ -106,7 +106,12 @@ def make_bundle(dest: str | os.PathLike[str], build_dir: Path | None = None) -> 
     from ._conf import CONF_KEYS, PROPS_KEYS
 
     d = Path(dest).resolve()
-    d.mkdir(parents=True, exist_ok=True)
+    if d.exists() and not d.is_dir():
+        raise UsageError(f"{dest} is a file: DEST names the bundle's directory (made if it does not exist)")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot make the bundle directory {d}: {exc.strerror}") from None
     shutil.copy2(build_jar(build_dir), d / JAR_NAME)
     pkg_root = Path(__file__).resolve().parents[2]
     python = d / "python"

