@@ -82,5 +82,11 @@ class RemoteMetadata:
                     continue
                 self._client._adopt(f"metadata {name}", self._channel)
                 return self._channel
-            raise BackendUnavailable("no backend of the deployment is reachable"
-                                     + (f" ({'; '.join(errors)})" if errors else " (no addresses configured)"))
+            if not errors:
+                raise BackendUnavailable("no backend of the deployment is reachable (no addresses configured)")
+            # The addresses come from the credential's settings file: ports of the deployment that
+            # issued it, which a deployment started again no longer listens on.
+            raise BackendUnavailable(f"no backend of the deployment is reachable ({'; '.join(errors)}): the backend "
+                                     "addresses configured (setting backends) may be out of date, as a deployment "
+                                     "started again listens on new ports: have the credential issued again "
+                                     "(`storage-api credential issue NAME`) after the deployment's latest start")

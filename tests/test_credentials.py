@@ -13,7 +13,8 @@ import pytest
 
 from storage_api import _config, _context
 from storage_api._client import Client
-from storage_api.errors import AuthenticationError
+from storage_api._deploy._procs import free_port
+from storage_api.errors import AuthenticationError, BackendUnavailable
 from tests.conftest import ROOT
 from tests.models import Counter
 
@@ -113,6 +114,22 @@ def test_reissuing_a_credential_replaces_the_old_key(cluster, tmp_path):
     assert {b.name for b in fresh.backends()} == {"b0", "b1"}
     fresh.close()
     assert "laptop" in _cli(cluster, "credential", "list").stdout
+
+
+def test_a_credential_naming_ports_nobody_listens_on_says_to_issue_it_again(cluster, tmp_path):
+    """A credential pins the backends' ports of the deployment that issued it; after `down` and `up`
+    nothing listens there (here: a port just found free), and the error says what to do."""
+    config = _issue(cluster, "old-ports", tmp_path)
+    gone = f"127.0.0.1:{free_port()}"
+    stale = _thin(config, backends=gone, retry_deadline=0)
+    with pytest.raises(BackendUnavailable) as info:
+        stale.backends()
+    stale.close()
+    message = str(info.value)
+    assert message.startswith(f"no backend of the deployment is reachable ({gone}: ")
+    assert message.endswith("the backend addresses configured (setting backends) may be out of date, as a "
+                            "deployment started again listens on new ports: have the credential issued again "
+                            "(`storage-api credential issue NAME`) after the deployment's latest start")
 
 
 def test_a_forged_credential_is_refused(cluster, tmp_path):
