@@ -187,11 +187,14 @@ def test_nothing_up(run: Run) -> None:
 @pytest.mark.parametrize("args, line", [
     (("--redis-server", "/nope/redis"), "storage-api: ConfigError: redis-server /nope/redis: no such file"),
     (("--redis-server", "/etc"), "storage-api: ConfigError: redis-server /etc: not an executable file"),
+    (("--redis-server", "nosuch-redis"),
+     "storage-api: ConfigError: redis-server nosuch-redis: no such file or command on PATH"),
     (("--dir", "/proc/nope"),
      "storage-api: DeploymentError: cannot make the deployment directory /proc/nope: No such file or directory"),
     (("--log-level", "LOUD"), "storage-api up: error: argument --log-level: invalid choice: 'LOUD' "
                               "(choose from 'DEBUG', 'INFO', 'WARNING', 'ERROR', 'CRITICAL')"),
-], ids=["redis-server-missing", "redis-server-a-directory", "dir-impossible", "log-level-unknown"])
+], ids=["redis-server-missing", "redis-server-a-directory", "redis-server-not-on-path", "dir-impossible",
+        "log-level-unknown"])
 def test_up_mistakes_start_nothing(run: Run, args: tuple[str, ...], line: str) -> None:
     proc = run(*cli("up", *args))
     assert proc.returncode == 2

