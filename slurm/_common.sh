@@ -8,12 +8,17 @@
 # What it started is stopped on exit, on an error, on the timeout signal (#SBATCH --signal=B:USR1@N)
 # and on scancel (SIGTERM), in that order: the running step, a storage_init.sh still starting, the
 # deployment; then the script's own sa_finish hook, if it defines one, writes what results exist.
+# A signal that comes while a process is being started and recorded waits until it is recorded, and
+# signals during the clean-up are ignored (at the time limit SLURM signals every process of the job),
+# so the clean-up neither misses what was started nor stops half-way.
 
 SA_NAME="${SA_NAME:-$(basename "$0")}"
 SA_APP_PID=""      # the step running now (its own process group)
 SA_INIT_PID=""     # a storage_init.sh that has not returned yet
-SA_DEPLOYED=()     # storage_stop.sh arguments of the running deployment
+SA_DEPLOYED=()     # storage_stop.sh arguments of the deployment started (or being started)
 SA_CLEANED=0
+SA_HOLD=0          # 1 while a process is started and recorded: a signal then waits (SA_PENDING)
+SA_PENDING=""
 
 sa_die() {  # a bad parameter or environment: nothing has been started yet
     echo "$SA_NAME: error: $*" >&2
@@ -152,6 +157,7 @@ sa_cpus_here() {  # the CPUs this job may use on this node
 sa_run() {
     local out=$1 err=$2
     shift 2
+    sa_hold
     if [ "$out" = - ] && [ "$err" = - ]; then
         setsid "$@" &
     elif [ "$err" = - ]; then
@@ -164,6 +170,7 @@ sa_run() {
         setsid "$@" > "$out" 2> "$err" &
     fi
     SA_APP_PID=$!
+    sa_release
     local rc=0
     wait "$SA_APP_PID" || rc=$?
     SA_APP_PID=""
@@ -182,18 +189,25 @@ sa_kill_group() {  # PID: TERM its process group, then KILL what is left after 1
 
 # ------------------------------------------------------------------ the store
 # sa_store_up ID MASTER "WORKERS" PROPS VARS: storage_init.sh of STORAGE_HOME (default: this
-# checkout's scripts), then the client configuration it wrote is exported.
+# checkout's scripts), then the client configuration it wrote is exported. The deployment is
+# recorded before it starts: whenever the clean-up comes, it stops what storage_init.sh started.
 sa_store_up() {
     local id=$1 master=$2 workers=$3 props=$4 vars=$5 rc=0
     : > "$vars"
     sa_log "starting the store: deployment $id, Redis on $master, backends on: $workers"
+    SA_DEPLOYED=("$id" "$master" "$master" "$workers" "$NETWORK" "$props")
+    sa_hold
     SA_BUNDLE_PYTHON="$PYTHON" "$STORAGE_HOME/scripts/storage_init.sh" "$id" "$master" "$master" "$workers" \
         "$NETWORK" "$props" "$vars" false "${STORAGE_CPU_AFFINITY:-disabled}" &
     SA_INIT_PID=$!
+    sa_release
     wait "$SA_INIT_PID" || rc=$?
     SA_INIT_PID=""
-    [ "$rc" -eq 0 ] || { echo "$SA_NAME: storage_init.sh failed (exit $rc)" >&2; return "$rc"; }
-    SA_DEPLOYED=("$id" "$master" "$master" "$workers" "$NETWORK" "$props")
+    if [ "$rc" -ne 0 ]; then  # it stopped what it had started
+        SA_DEPLOYED=()
+        echo "$SA_NAME: storage_init.sh failed (exit $rc)" >&2
+        return "$rc"
+    fi
     # shellcheck disable=SC1090
     source "$vars"
     export STORAGE_API_CONFIG
@@ -201,12 +215,28 @@ sa_store_up() {
     SA_STORAGE_CONF="$HOME/.COMPSs/$id/storage/cfgfiles/storage.properties"
 }
 
+# sa_store_down: stop the deployment: a storage_init.sh still starting is interrupted (it stops what
+# it started); a deployment whose state exists, storage_init.sh having returned or not, is stopped
+# by storage_stop.sh, which deletes its data and secrets (unless the props say keep_data=true).
 sa_store_down() {
     [ "${#SA_DEPLOYED[@]}" -gt 0 ] || return 0
     local args=("${SA_DEPLOYED[@]}")
+    if [ -n "$SA_INIT_PID" ] && kill -0 "$SA_INIT_PID" 2>/dev/null; then
+        sa_log "clean-up: interrupting storage_init.sh (it stops what it started)"
+        kill -TERM "$SA_INIT_PID"
+        while kill -0 "$SA_INIT_PID" 2>/dev/null; do  # wait returns early when a trapped signal comes
+            wait "$SA_INIT_PID" 2>/dev/null
+        done
+        SA_INIT_PID=""
+    fi
+    local state="$HOME/.COMPSs/${args[0]}/storage/state.json" tries=0
+    # storage_stop.sh ignores signals once running; one that kills it while it starts is retried
+    while [ -f "$state" ] && [ "$tries" -lt 3 ]; do
+        tries=$((tries + 1))
+        sa_log "stopping the store: deployment ${args[0]}"
+        SA_BUNDLE_PYTHON="$PYTHON" "$STORAGE_HOME/scripts/storage_stop.sh" "${args[@]}" && break
+    done
     SA_DEPLOYED=()
-    sa_log "stopping the store: deployment ${args[0]}"
-    SA_BUNDLE_PYTHON="$PYTHON" "$STORAGE_HOME/scripts/storage_stop.sh" "${args[@]}" || true
     unset STORAGE_API_CONFIG
 }
 
@@ -222,16 +252,16 @@ sa_cleanup() {
     local rc=$?
     [ "$SA_CLEANED" -eq 0 ] || return 0
     SA_CLEANED=1
-    trap - EXIT TERM INT HUP USR1
+    trap - EXIT
+    local sig
+    for sig in TERM INT HUP USR1; do
+        # shellcheck disable=SC2064
+        trap "echo '$SA_NAME: received SIG$sig during the clean-up: ignored' >&2" "$sig"
+    done
     set +e
     if [ -n "$SA_APP_PID" ]; then
         sa_log "clean-up: stopping the running step (pid $SA_APP_PID)"
         sa_kill_group "$SA_APP_PID"
-    fi
-    if [ -n "$SA_INIT_PID" ] && kill -0 "$SA_INIT_PID" 2>/dev/null; then
-        sa_log "clean-up: interrupting storage_init.sh (it stops what it started)"
-        kill -TERM "$SA_INIT_PID"
-        wait "$SA_INIT_PID" 2>/dev/null
     fi
     sa_store_down
     if type sa_finish >/dev/null 2>&1; then
@@ -241,16 +271,32 @@ sa_cleanup() {
     exit "$rc"
 }
 
-sa_signal() {  # the trap of one signal: say so, and exit through the EXIT trap
+sa_signal() {  # the trap of one signal: say so, and exit through the EXIT trap (sa_begin's)
     local sig=$1 code=$2
     echo "$SA_NAME: received SIG$sig${3:+ ($3)}: cleaning up" >&2
+    if [ "$SA_HOLD" -eq 1 ]; then
+        SA_PENDING=$code
+        return 0
+    fi
     exit "$code"
 }
 
-sa_begin() {  # install the traps; from here on everything started is stopped on the way out
-    trap sa_cleanup EXIT
-    trap 'sa_signal TERM 143 "scancel or the end of the time limit"' TERM
-    trap 'sa_signal INT 130' INT
-    trap 'sa_signal HUP 129' HUP
-    trap 'sa_signal USR1 138 "the time limit is near: #SBATCH --signal"' USR1
+# sa_hold ... sa_release around starting a process and recording its pid: bash runs a trap between
+# two commands, and one run between `cmd &` and `PID=$!` would leave that process unknown to the
+# clean-up.
+sa_hold() { SA_HOLD=1; }
+
+sa_release() {
+    SA_HOLD=0
+    [ -z "$SA_PENDING" ] || exit "$SA_PENDING"
 }
+
+sa_begin() {  # from here on everything started is stopped on the way out
+    trap sa_cleanup EXIT
+}
+
+# The signal traps are installed at once: a signal before sa_begin says so and exits, nothing started.
+trap 'sa_signal TERM 143 "scancel or the end of the time limit"' TERM
+trap 'sa_signal INT 130' INT
+trap 'sa_signal HUP 129' HUP
+trap 'sa_signal USR1 138 "the time limit is near: #SBATCH --signal"' USR1

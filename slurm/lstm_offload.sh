@@ -12,13 +12,15 @@
 #
 #   sbatch slurm/lstm_offload.sh
 #   RUNS=20 EPOCHS=100 CSV=$PWD/data/node_3_utilisation_sample_dataset.csv sbatch slurm/lstm_offload.sh
+#   EPOCHS=3 sbatch --ntasks-per-node=1 --cpus-per-task=2 --time=10 slurm/lstm_offload.sh  # 2-CPU nodes
 #
 # The first node runs Redis and one backend (storage_init.sh, as enqueue_compss would); the client
 # runs as a job step (srun) on the second node, or on the first when the job has one node. Each run
 # trains on the backend with a live progress bar (in the job's output) and leaves its figures in
 # RESULTS_DIR/runs/run-N.json; results.csv has one row per run (metrics, train/eval/server time,
 # backend memory, the client's wall time, overhead and RSS). A trap stops everything the job started
-# on exit, error, the time-limit signal (--signal=B:USR1@120) and scancel.
+# on exit, error, the time-limit signal (--signal=B:USR1@120) and scancel, and the store's data and
+# secrets are deleted (the props key keep_data=true, in STORAGE_PROPS, keeps them).
 #
 # Parameters (environment variables; sbatch passes the submitting environment):
 #   MODULES            environment modules loaded first (default: none)

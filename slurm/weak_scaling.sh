@@ -12,6 +12,9 @@
 #
 #   sbatch slurm/weak_scaling.sh                                    # MareNostrum 4: 1 master + 16 nodes
 #   PROCESSORS="2 4" POINTS_PER_BLOCK=128 BLOCKS_PER_CORE=8 sbatch --nodes=3 slurm/weak_scaling.sh
+#   # nodes with fewer CPUs (slurm/local_cluster.sh's): a request that fits, or the job pends for good
+#   PROCESSORS="2 4" CORES_PER_SOCKET=1 POINTS_PER_BLOCK=128 BLOCKS_PER_CORE=2 ARITY=2 ITERATIONS=2 \
+#       sbatch --nodes=3 --ntasks-per-node=1 --cpus-per-task=2 --time=10 slurm/weak_scaling.sh
 #
 # Inside its allocation the job, for every processor count P of PROCESSORS:
 #   * with the store (STORAGE has "on"): starts Redis on the first node and one backend per socket on
@@ -34,7 +37,8 @@
 # size, storage on/off, points, initialization and execution time, bytes moved between processes,
 # score, ...), weak_scaling.png, and logs/. They are written after every run, so a job that dies keeps
 # what it measured. Everything the job starts is stopped by a trap on exit, error, the time-limit
-# signal (--signal=B:USR1@300) and scancel.
+# signal (--signal=B:USR1@300) and scancel, and the store's data and secrets are deleted (the props
+# key keep_data=true, in STORAGE_PROPS, keeps them).
 #
 # Parameters (environment variables; sbatch passes the submitting environment):
 #   MODULES             environment modules loaded first, e.g. "COMPSs/3.3 python/3.12" (default: none)

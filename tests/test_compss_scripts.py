@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -37,9 +39,14 @@ def home(tmp_path: Path) -> Path:
     return h
 
 
-def _script(bundle: Path, home: Path, name: str, *args: str) -> subprocess.CompletedProcess:
+def _script(bundle: Path, home: Path, name: str, *args: str, user: str | None = "") -> subprocess.CompletedProcess:
+    """Run a bundle script; ``user``: ``USER`` in its environment (None: unset; "": ours)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STORAGE_API_")}
     env["HOME"] = str(home)
+    if user is None:
+        env.pop("USER", None)
+    elif user:
+        env["USER"] = user
     return subprocess.run([str(bundle / "scripts" / name), *args], capture_output=True, text=True, timeout=120,
                           cwd=ROOT, env=env)
 
@@ -66,10 +73,12 @@ def _running(pid: int) -> bool:
         return False
 
 
-def test_init_use_stop_on_this_host(bundle: Path, home: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("keep", [False, True], ids=["default", "keep_data"])
+def test_init_use_stop_on_this_host(bundle: Path, home: Path, tmp_path: Path, keep: bool) -> None:
     props = tmp_path / "props"
     data = tmp_path / "data"
-    props.write_text(f"# two backends on this one node\nbackends_per_node=2\nfsync=false\nstorage_dir={data}/$JOB\n")
+    props.write_text(f"# two backends on this one node\nbackends_per_node=2\nfsync=false\nstorage_dir={data}/$JOB\n"
+                     + ("keep_data=true\n" if keep else ""))
     variables = tmp_path / "vars"
     variables.write_text("")
     r = _script(bundle, home, "storage_init.sh", "4242", HOST, HOST, HOST, "ethernet", str(props), str(variables),
@@ -92,6 +101,8 @@ def test_init_use_stop_on_this_host(bundle: Path, home: Path, tmp_path: Path) ->
         assert c.inc(4) == 5
         pids = [*state["pids"], *(b.pid for b in infos)]
         client.close()
+        assert (data / "4242" / HOST / f"{HOST}-1" / "log").is_dir()
+        assert {"secret", "redis.conf", "tls", "cfgfiles"} <= {p.name for p in storage.iterdir()}
     finally:
         _context.install(previous)
         r = _script(bundle, home, "storage_stop.sh", "4242", HOST, HOST, HOST, "ethernet", str(props))
@@ -99,12 +110,68 @@ def test_init_use_stop_on_this_host(bundle: Path, home: Path, tmp_path: Path) ->
     assert "2 backends stopped" in r.stdout
     assert [p for p in pids if _running(p)] == []
     assert _processes_mentioning(str(storage)) == []
+    if not keep:  # nothing of the store is left but its logs
+        assert "its data, secrets and keys deleted" in r.stdout
+        assert not (data / "4242").exists()
+        assert sorted(p.relative_to(storage).as_posix() for p in storage.rglob("*")) == sorted([
+            "logs", f"logs/{HOST}.log", "logs/redis.log"])
+        assert "User requested shutdown" in (storage / "logs" / "redis.log").read_text()
+        assert f"deleted the backends' data ({data / '4242' / HOST})" in (storage / "logs" / f"{HOST}.log").read_text()
+        return
+    assert "kept (keep_data=true)" in r.stdout
+    assert (storage / "secret").is_file() and (storage / "tls" / "ca.key").is_file()
     # The backend flushed its log before exiting: the object and its last state are on disk.
     store = Store(data / "4242" / HOST / f"{HOST}-1", fsync=False)
     try:
         assert oid in store
     finally:
         store.close()
+
+
+def test_init_interrupted_while_backends_start_leaves_nothing(bundle: Path, home: Path, tmp_path: Path) -> None:
+    """SIGTERM to storage_init.sh (a job's clean-up trap, scancel) once its node helper runs and
+    before the backends have registered: it stops what it started and deletes its data and secrets."""
+    props = tmp_path / "props"
+    data = tmp_path / "data"
+    props.write_text(f"backends_per_node=2\nfsync=false\nstorage_dir={data}/$JOB\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STORAGE_API_")}
+    env["HOME"] = str(home)
+    proc = subprocess.Popen([str(bundle / "scripts" / "storage_init.sh"), "99", HOST, HOST, HOST, "ethernet",
+                             str(props)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=env)
+    storage = home / ".COMPSs" / "99" / "storage"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if json.loads((storage / "state.json").read_text())["nodes"][0].get("pid"):
+                break
+        except (OSError, ValueError, IndexError):
+            pass
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert _processes_mentioning(str(storage)) == [] and _processes_mentioning(str(data)) == []
+    assert not (data / "99").exists()
+    assert sorted(p.name for p in storage.iterdir()) == ["logs"], out
+    assert "User requested shutdown" in (storage / "logs" / "redis.log").read_text()
+
+
+@pytest.mark.parametrize("user", [None, "someone-else"], ids=["unset", "other"])
+def test_user_in_storage_dir_is_the_login_name(bundle: Path, home: Path, tmp_path: Path, user: str | None) -> None:
+    """``$USER`` in storage_dir is the login name of the user id, whatever the variable says (batch
+    jobs may not set it), so that users never share a directory."""
+    import pwd
+
+    props = tmp_path / "props"
+    props.write_text(f"backends_per_node=1\nfsync=false\nstorage_dir={tmp_path}/d-$USER/$JOB\n")
+    r = _script(bundle, home, "storage_init.sh", "77", HOST, HOST, HOST, "ethernet", str(props), user=user)
+    try:
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert [p.name for p in tmp_path.glob("d-*")] == [f"d-{pwd.getpwuid(os.getuid()).pw_name}"]
+    finally:
+        r = _script(bundle, home, "storage_stop.sh", "77", HOST, HOST, HOST, "ethernet", str(props))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert not list(tmp_path.glob("d-*/77"))
 
 
 @pytest.mark.parametrize(

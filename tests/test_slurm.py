@@ -3,8 +3,10 @@
 ``.ci/run`` starts a single-node cluster (``slurm/local_cluster.sh start``) and sets
 ``SA_TEST_REQUIRE_SLURM=1``, so there a missing cluster fails these tests instead of skipping
 them. Jobs run tiny sweeps; each test checks the results the job wrote, that the job's own trap
-stopped what it started (the store's logs say it was shut down, not killed), and that no process of
-the job is left once it has ended, also after ``scancel`` in the middle of a run.
+stopped what it started (the store's logs say it was shut down, not killed), that nothing of the
+store is left but its logs (no node-local data, no secret or key), and that no process of the job is
+left once it has ended, also after ``scancel`` in the middle of a run. Jobs run with a temporary
+``HOME``, so their ``$HOME/.COMPSs/<job>`` is the test's.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import csv
 import json
 import math
 import os
+import pwd
 import shutil
 import subprocess
 import sys
@@ -26,6 +29,8 @@ SLURM = ROOT / "slurm"
 STANDINS = Path(__file__).resolve().parent / "standins" / "compss"  # launch_compss, enqueue_compss
 pytestmark = [pytest.mark.slurm, pytest.mark.timeout(600)]
 CPUS = str(min(2, os.cpu_count() or 1))
+# storage_dir's default, /tmp/storage-api-$USER/$JOB: every node of the test cluster is this machine
+NODE_DATA = Path(f"/tmp/storage-api-{pwd.getpwuid(os.getuid()).pw_name}")
 TINY_CSVM = {"PROCESSORS": "1 2", "SOCKETS_PER_NODE": "2", "CORES_PER_SOCKET": "1", "POINTS_PER_BLOCK": "128 256",
              "BLOCKS_PER_CORE": "2 1", "ARITY": "2", "ITERATIONS": "2", "STORAGE": "on off"}
 
@@ -61,6 +66,15 @@ def three_nodes(slurm) -> None:
         if os.environ.get("SA_TEST_REQUIRE_SLURM") == "1":
             pytest.fail(problem)
         pytest.skip(problem)
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A temporary HOME for the jobs (sbatch passes the environment) and for ``Path.home()`` here."""
+    h = tmp_path / "home"
+    h.mkdir()
+    monkeypatch.setenv("HOME", str(h))
+    return h
 
 
 def _env(**values: str) -> dict[str, str]:
@@ -133,13 +147,22 @@ def survivors(job: str, timeout: float = 15) -> list[str]:
 
 def assert_stopped(deployment: str) -> None:
     """storage_stop.sh ran (the job's trap, or the COMPSs job script): state gone, Redis shut down by
-    command, backends stopped."""
+    command, backends stopped, and nothing of the store left but its logs."""
     d = Path.home() / ".COMPSs" / deployment / "storage"
     assert d.is_dir(), f"no deployment {deployment} was started"
     assert not (d / "state.json").exists(), "storage_stop.sh did not run (state.json is still there)"
     redis_log = (d / "logs" / "redis.log").read_text()
     assert "User requested shutdown" in redis_log, redis_log[-2000:]
     assert "stopping" in "".join(p.read_text() for p in (d / "logs").glob("*.log") if p.name != "redis.log")
+    assert_nothing_left(deployment)
+
+
+def assert_nothing_left(deployment: str) -> None:
+    """No node-local data of the deployment on any node, and of its job state only the logs (its
+    secret, CA key and the files with the Redis password deleted)."""
+    assert not (NODE_DATA / deployment).exists(), sorted(str(p) for p in (NODE_DATA / deployment).rglob("*"))
+    d = Path.home() / ".COMPSs" / deployment / "storage"
+    assert [p.name for p in d.iterdir()] == ["logs"], sorted(str(p) for p in d.rglob("*"))
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:
@@ -253,15 +276,45 @@ def test_weak_scaling_scancel_mid_run_leaves_nothing(three_nodes, tmp_path):
 
 
 def test_weak_scaling_time_limit_signal_cleans_up(slurm, tmp_path):
-    """#SBATCH --signal=B:USR1@N: the script cleans up before SLURM's time limit kills the job."""
+    """#SBATCH --signal=B:USR1@N: the script cleans up before SLURM's time limit kills the job.
+
+    slurmctld checks every 30 s and signals at its first check from N + 30 s before the end: with
+    a 1-minute limit and N = 10, 20 to 50 s after the start, when the app runs against the store
+    (ITERATIONS makes it run longer than that), leaving 10 to 40 s, and the 30 s between SLURM's
+    SIGTERM at the limit and its SIGKILL, for the clean-up."""
     results = tmp_path / "results"
     env = _env(RESULTS_DIR=str(results), PROCESSORS="2", SOCKETS_PER_NODE="2", CORES_PER_SOCKET="2",
-               POINTS_PER_BLOCK="128", BLOCKS_PER_CORE="400", ARITY="2", STORAGE="on")
-    rc, job = sbatch("weak_scaling.sh", tmp_path, env, extra=["--time=1", "--signal=B:USR1@50"])
+               POINTS_PER_BLOCK="128", BLOCKS_PER_CORE="400", ARITY="2", ITERATIONS="50", STORAGE="on")
+    rc, job = sbatch("weak_scaling.sh", tmp_path, env, extra=["--time=1", "--signal=B:USR1@10"])
     out = job_output(tmp_path, job)
     assert rc == 138, out  # 128 + SIGUSR1: ended by the script, not killed at the limit
     assert "received SIGUSR1 (the time limit is near" in out and "clean-up done (exit 138)" in out, out
+    assert "stopping the running step" in out, out
     assert_stopped(f"{job}.p2")
+    assert survivors(job) == []
+
+
+def test_weak_scaling_signal_while_the_store_starts_leaves_nothing(slurm, tmp_path):
+    """The time-limit signal while storage_init.sh is starting the store (SLURM may send it that
+    early): storage_init.sh is interrupted, stops what it started, and nothing is left."""
+    results = tmp_path / "results"
+    env = _env(RESULTS_DIR=str(results), PROCESSORS="2", SOCKETS_PER_NODE="2", CORES_PER_SOCKET="1",
+               POINTS_PER_BLOCK="128", BLOCKS_PER_CORE="2", ARITY="2", ITERATIONS="2", STORAGE="on")
+    _rc, job = sbatch("weak_scaling.sh", tmp_path, env, wait=False)
+    d = Path.home() / ".COMPSs" / f"{job}.p2" / "storage"
+    deadline = time.monotonic() + 120
+    while not (d / "state.json").exists():  # Redis is starting; the backends come next
+        assert time.monotonic() < deadline, "the job never started the store"
+        time.sleep(0.02)
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)
+    wait_finished(job)
+    out = job_output(tmp_path, job)
+    assert exit_code(job) == 138, out
+    assert "received SIGUSR1" in out and "interrupting storage_init.sh" in out, out
+    assert "clean-up done (exit 138)" in out and "storage_init: Redis on" not in out, out
+    assert not (d / "state.json").exists()
+    assert "shutdown" in (d / "logs" / "redis.log").read_text()
+    assert_nothing_left(f"{job}.p2")
     assert survivors(job) == []
 
 

@@ -31,7 +31,10 @@ CONF_KEYS: dict[str, tuple[str, str]] = {
     "control_timeout": ("120", "Java: seconds newVersion/newReplica wait for a backend's answer"),
 }
 PROPS_KEYS: dict[str, tuple[str, str]] = {
-    "storage_dir": ("/tmp/storage-api-$USER/$JOB", "node-local directory of the backends' logs ($USER, $JOB expanded)"),
+    "storage_dir": ("/tmp/storage-api-$USER/$JOB", "node-local directory of the backends' logs ($USER: the login name "
+                    "of the user id, $JOB: the job id)"),
+    "keep_data": ("false", "storage_stop.sh keeps the backends' storage_dir and the job's secrets and keys (debugging); "
+                  "by default it deletes them and keeps the logs"),
     "backends_per_node": ("0", "backends per node; 0: one per socket (NUMA node)"),
     "numactl": ("auto", "pin each backend to its socket with numactl: auto (if installed and >1 socket), yes, no"),
     "launcher": ("auto", "how to reach other nodes: auto (srun inside SLURM, else ssh), srun, ssh"),

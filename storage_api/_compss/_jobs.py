@@ -20,20 +20,32 @@ complete and returns once every backend is registered, having written, in
     cfgfiles/client.toml          the same for plain storage_api clients (exported as STORAGE_API_CONFIG)
     cfgfiles/backend.toml         the backends' settings
     secret                        the deployment secret (mode 0600)
-    tls/ca.pem                    the deployment CA certificate (its key is derived from the secret)
+    tls/ca.pem, tls/ca.key        the deployment CA (its key is derived from the secret)
+    redis.conf, redis/            Redis's configuration (with its password) and working directory
     state.json                    what was started, for ``stop``
     logs/                         redis.log and one log per node
 
 ``stop`` asks every backend to stop through its control queue (each flushes its log and
 deregisters, as on SIGTERM), waits for the node helpers to exit, then shuts Redis down; what does
-not exit in time is terminated. Errors are printed and make the scripts exit non-zero.
+not exit in time is terminated. Then, unless the props say ``keep_data=true``, nothing of the store
+is left but its logs: each node helper deletes its node's ``storage_dir`` once its backends have
+exited, and ``stop`` deletes the secret, the keys and the configuration files holding the Redis
+password (``init`` does the same when it fails or is interrupted). Errors are printed and make the
+scripts exit non-zero.
+
+Signals: ``init`` turns SIGTERM, SIGINT and SIGHUP into a clean-up of what it started, delayed
+while it starts a process and records it, so that no process is started and forgotten. ``stop``,
+and ``init``'s clean-up, ignore them: they run in a job's clean-up while the batch system may be
+signalling every process of the job, and an interrupted stop would leave the store running.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import pwd
 import re
 import secrets
 import shlex
@@ -56,6 +68,11 @@ from .._deploy._procs import alive as _alive, free_port, redis_config, redis_rea
 from .._deploy._procs import tail as _tail, terminate as _terminate, wait_gone as _wait_gone
 
 STOP_TIMEOUT = 60.0
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+# In $HOME/.COMPSs/<job>/storage: what gives access to the deployment (the secret, the CA key, the
+# Redis password) and so is deleted with the store; logs/ stays.
+SECRET_FILES = ("secret", "redis.conf")
+SECRET_DIRS = ("tls", "cfgfiles", "redis")
 
 
 class UsageError(StoreError):
@@ -68,6 +85,55 @@ def _this_host(node: str) -> bool:
     if os.environ.get("SLURMD_NODENAME"):  # SLURM's name of this node, which may differ from its hostname
         names.add(os.environ["SLURMD_NODENAME"])
     return node in names or node.split(".")[0] in names
+
+
+def login_name() -> str:
+    """This user id's login name, for ``$USER`` in ``storage_dir`` (the variable may be unset in a
+    batch job, and then every user would share one directory)."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # a user id without a passwd entry (some containers)
+        return str(os.getuid())
+
+
+def remove_storage_dir(path: Path) -> None:
+    """Delete a node's backend directories, and the job's directory above them once it is empty."""
+    shutil.rmtree(path, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        path.parent.rmdir()
+
+
+class _Interrupts:
+    """SIGTERM, SIGINT and SIGHUP raise ``SystemExit(128 + signal)``, except inside ``held()``:
+    there they are remembered and raised on leaving it (a process started but not yet recorded
+    would escape the clean-up)."""
+
+    def __init__(self) -> None:
+        self.holding = False
+        self.pending = 0
+        for sig in SIGNALS:
+            signal.signal(sig, self._handle)
+
+    def _handle(self, sig: int, _frame: Any) -> None:
+        if self.holding:
+            self.pending = sig
+            return
+        raise SystemExit(128 + sig)
+
+    @contextlib.contextmanager
+    def held(self) -> Any:
+        self.holding = True
+        try:
+            yield
+        finally:
+            self.holding = False
+        if self.pending:
+            raise SystemExit(128 + self.pending)
+
+
+def _ignore_interrupts() -> None:
+    for sig in SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
 
 
 def job_dir(job: str) -> Path:
@@ -144,7 +210,7 @@ def init(argv: list[str]) -> int:
             pass
 
     # SIGTERM (scancel, a job script's clean-up trap) must not skip the clean-up below.
-    signal.signal(signal.SIGTERM, _raise_exit)
+    interrupts = _Interrupts()
     d = job_dir(job)
     state_path = d / "state.json"
     if state_path.exists():
@@ -158,14 +224,27 @@ def init(argv: list[str]) -> int:
     os.chmod(d, 0o700)
     local_only = all(_this_host(n) for n in [storage_master, *workers])
     python = props["python"] or sys.executable
-    state: dict[str, Any] = {"job": job, "dir": str(d), "pids": [], "redis_pid": 0, "nodes": []}
+    storage_dir = props["storage_dir"].replace("$USER", login_name()).replace("$JOB", job)
+    state: dict[str, Any] = {"job": job, "dir": str(d), "pids": [], "redis_pid": 0, "nodes": [],
+                             "storage_dir": storage_dir,
+                             "keep_data": props["keep_data"].lower() in ("1", "true", "yes", "on")}
 
     def save() -> None:
-        state_path.write_text(json.dumps(state, indent=2))
+        tmp = state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, state_path)
+
+    def start(cmd: list[str], log: Path, record: dict[str, Any], key: str = "pid") -> subprocess.Popen:
+        """Start a process and record it (its pid as ``record[key]``) before a signal can act."""
+        with interrupts.held():
+            proc = _spawn(cmd, log)
+            record[key] = proc.pid
+            state["pids"].append(proc.pid)
+            save()
+        return proc
 
     try:
-        url = _start_redis(props, storage_master, port, local_only, d, logs, state)
-        save()
+        url = _start_redis(props, storage_master, port, local_only, d, logs, state, start)
         secret = d / "secret"
         secret.touch(0o600)
         secret.write_text(secrets.token_hex(32))
@@ -176,7 +255,6 @@ def init(argv: list[str]) -> int:
         _write_toml(backend_cfg, {**common, **tls, "network": network, "network_suffixes": props["network_suffixes"],
                                   "fsync": props["fsync"].lower() in ("1", "true", "yes", "on"),
                                   "log_level": props["log_level"]})
-        storage_dir = props["storage_dir"].replace("$USER", os.environ.get("USER", "user")).replace("$JOB", job)
         launcher = props["launcher"]
         for node in workers:
             cname = node + suffix
@@ -184,10 +262,11 @@ def init(argv: list[str]) -> int:
                    "--storage-dir", str(Path(storage_dir) / node), "--name-prefix", node, "--compss-name", cname,
                    "--per-node", str(per_node), "--numactl", props["numactl"],
                    "--affinity", "/".join(affinity), "--host", "127.0.0.1" if local_only else "0.0.0.0"]
-            proc = _spawn(_remote(_launcher(node, launcher), cmd), logs / f"{node}.log")
-            state["nodes"].append({"node": node, "compss_name": cname, "pid": proc.pid})
-            state["pids"].append(proc.pid)
-            save()
+            if not state["keep_data"]:
+                cmd.append("--remove-storage-dir")
+            entry = {"node": node, "compss_name": cname}
+            state["nodes"].append(entry)
+            start(_remote(_launcher(node, launcher), cmd), logs / f"{node}.log", entry)
         _wait_registered(url, props["namespace"], state, logs, start_timeout)
         save()
         conf = {k: props[k] for k in _conf.CONF_KEYS}
@@ -198,17 +277,15 @@ def init(argv: list[str]) -> int:
             with open(variables, "a") as fh:
                 fh.write(f"export STORAGE_API_CONFIG={shlex.quote(str(cfg / 'client.toml'))}\n")
     except BaseException:
+        _ignore_interrupts()  # a second signal must not cut the clean-up short
         _stop_state(state, None)
+        _remove_job_files(state)
         state_path.unlink(missing_ok=True)
         raise
     n = sum(len(x.get("backends", [])) for x in state["nodes"])
     print(f"storage_init: Redis on {storage_master}, {n} backends on {len(workers)} nodes; "
           f"storage conf {cfg / 'storage.properties'}")
     return 0
-
-
-def _raise_exit(sig: int, _frame: Any) -> None:
-    raise SystemExit(128 + sig)
 
 
 def _write_toml(path: Path, values: dict[str, Any]) -> None:
@@ -218,7 +295,7 @@ def _write_toml(path: Path, values: dict[str, Any]) -> None:
 
 
 def _start_redis(props: dict[str, str], node: str, port: int, local_only: bool, d: Path, logs: Path,
-                 state: dict[str, Any]) -> str:
+                 state: dict[str, Any], start: Any) -> str:
     from .._deploy._local import redis_binary
 
     here = _this_host(node)
@@ -230,9 +307,8 @@ def _start_redis(props: dict[str, str], node: str, port: int, local_only: bool, 
     bind = "127.0.0.1" if local_only else "0.0.0.0"
     (d / "redis").mkdir(exist_ok=True)
     conf.write_text(redis_config(port, bind, password, d / "redis", append_only=False, protected=False))
-    proc = _spawn(_remote(_launcher(node, props["launcher"]), [binary, str(conf)]), logs / "redis.log")
-    state["redis_pid"] = proc.pid
-    state["pids"].append(proc.pid)
+    proc = start(_remote(_launcher(node, props["launcher"]), [binary, str(conf)]), logs / "redis.log", state,
+                 "redis_pid")
     url = f"redis://:{password}@{'127.0.0.1' if local_only else node}:{port}/0"
     if not redis_ready(url, proc, 20):
         raise StoreError(f"redis-server did not start on {node}:\n{_tail(logs / 'redis.log', 20)}")
@@ -276,18 +352,22 @@ def stop(argv: list[str]) -> int:
     state_path = d / "state.json"
     if not state_path.exists():
         raise UsageError(f"no storage was started for job {job} ({state_path} is missing)")
+    _ignore_interrupts()  # see the module's docstring: a stop cut short leaves the store running
     state = json.loads(state_path.read_text())
     conf_path = d / "cfgfiles" / "storage.properties"
     conf = _conf.read_conf(conf_path) if conf_path.exists() else None
     stopped = _stop_state(state, conf)
+    _remove_job_files(state)
     state_path.unlink(missing_ok=True)
-    print(f"storage_stop: job {job}: {stopped} backends stopped, Redis shut down")
+    kept = ("its data, secrets and keys kept (keep_data=true)" if state.get("keep_data") else
+            "its data, secrets and keys deleted")
+    print(f"storage_stop: job {job}: {stopped} backends stopped, Redis shut down; {kept}; logs in {d / 'logs'}")
     return 0
 
 
 def _stop_state(state: dict[str, Any], conf: dict[str, str] | None) -> int:
     """Stop what ``state`` records: backends through their control queues, then Redis."""
-    node_pids = [n["pid"] for n in state.get("nodes", [])]
+    node_pids = [n["pid"] for n in state.get("nodes", []) if "pid" in n]
     stopped = 0
     redis = None
     if conf is not None:
@@ -311,9 +391,24 @@ def _stop_state(state: dict[str, Any], conf: dict[str, str] | None) -> int:
         except (CommunicationError, StoreError):
             pass  # the connection closes as Redis exits
         redis.close()
-    if state.get("redis_pid"):
-        _terminate(_wait_gone([state["redis_pid"]], 10.0), 5.0)
+    if state.get("redis_pid"):  # without a conf nobody asked it to shut down: no use waiting
+        _terminate(_wait_gone([state["redis_pid"]], 10.0 if redis is not None else 0.0), 5.0)
     return stopped
+
+
+def _remove_job_files(state: dict[str, Any]) -> None:
+    """Unless ``keep_data``: the job's secrets and keys, and the storage dirs of the nodes that are
+    this host, in case a node helper was killed before it deleted its own; the logs stay."""
+    if state.get("keep_data", True):  # a state written before keep_data existed: as it was
+        return
+    for entry in state.get("nodes", []):
+        if _this_host(entry["node"]):
+            remove_storage_dir(Path(state["storage_dir"]) / entry["node"])
+    d = Path(state["dir"])
+    for name in SECRET_FILES:
+        (d / name).unlink(missing_ok=True)
+    for name in SECRET_DIRS:
+        shutil.rmtree(d / name, ignore_errors=True)
 
 
 # ------------------------------------------------------------------ node helper
@@ -352,32 +447,43 @@ def node(argv: list[str]) -> int:
     p.add_argument("--numactl", default="auto")
     p.add_argument("--affinity", default="")
     p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--remove-storage-dir", action="store_true", help="delete --storage-dir once the backends exit")
     a = p.parse_args(argv)
     groups = _affinity_groups(a.affinity)
     count = len(groups) or a.per_node or _sockets()
     numactl = shutil.which("numactl")
     if a.numactl == "yes" and not numactl:
         raise UsageError("numactl=yes but numactl is not installed on this node")
+    procs: list[subprocess.Popen] = []
+    stopping: list[int] = []
+
+    def forward(sig: int, _frame: Any) -> None:
+        stopping.append(sig)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(sig)
+
+    # Installed first: a signal during the start-up stops what has started and starts nothing more.
+    for sig in SIGNALS:
+        signal.signal(sig, forward)
     settings = Settings(**read_file(a.config)).validate()
     meta = Metadata(Redis(settings.require_redis()), settings.namespace)
     meta.expect_backends(a.compss_name, count)
     meta.redis.close()
-    procs: list[subprocess.Popen] = []
     for i in range(count):
+        if stopping:
+            break
         name = f"{a.name_prefix}-{i}"
         prefix = pin_prefix(i, groups, a.numactl, numactl, shutil.which("taskset"), _sockets())
         cmd = [*prefix, sys.executable, "-m", "storage_api", "backend", "--config", a.config, "--storage-dir",
                str(Path(a.storage_dir) / name), "--name", name, "--host", a.host, "--compss-name", a.compss_name]
         procs.append(subprocess.Popen(cmd, stdin=subprocess.DEVNULL))
-
-    def forward(sig: int, _frame: Any) -> None:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(sig)
-
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(sig, forward)
+    if stopping:  # it may have come between a start and its append
+        forward(stopping[0], None)
     codes = [proc.wait() for proc in procs]
+    if a.remove_storage_dir:
+        remove_storage_dir(Path(a.storage_dir))
+        print(f"storage_api node: deleted the backends' data ({a.storage_dir})", file=sys.stderr, flush=True)
     return 0 if all(c in (0, -signal.SIGTERM) for c in codes) else 1
 
 
