@@ -14,6 +14,8 @@
 #            (so they are oversubscribed) and a share of the memory; the names are added to
 #            /etc/hosts as 127.0.0.1. Jobs then span "nodes" the way they do on a cluster: job
 #            steps (srun) land on other slurmd daemons, node lists have several names.
+# EnforcePartLimits=ALL: sbatch refuses a request no node can ever run (the sbatch scripts' defaults
+# ask for MareNostrum's nodes) instead of queueing it to pend for good.
 set -euo pipefail
 
 CONF=/etc/slurm/slurm.conf
@@ -45,6 +47,7 @@ SlurmctldLogFile=/var/log/slurm/slurmctld.log
 SlurmUser=root
 ReturnToService=2
 KillWait=30
+EnforcePartLimits=ALL
 CONF
     if [ "$n" -eq 1 ]; then
         cat <<CONF
