@@ -331,6 +331,7 @@ class PlainIO:
     def write(self, parts: list[Buffer], progress: Callable[[], None] = lambda: None) -> None:
         if len(parts) == 1 and memoryview(parts[0]).nbytes <= _SEND_SLICE:
             self.sock.sendall(parts[0])
+            progress()  # a large buffer leaves as many such pieces (see FrameSocket.send)
         else:
             _sendmsg_all(self.sock, parts, progress)
 

@@ -291,3 +291,20 @@ def test_many_threads_many_calls_one_connection(pair) -> None:
         results = list(pool.map(work, range(16)))
     stop.set()
     assert not errors and all(all(r) for r in results)
+
+
+def test_a_large_buffer_leaving_slowly_shows_progress_all_along(pair, callers) -> None:
+    """Liveness is judged by progress: while a 16 MiB buffer leaves (the peer takes it slowly,
+    over ~1 s), the time of the last progress keeps moving, so the watchdog sees no silence.
+    (Sent over a Unix socket in 1 MiB pieces, these used to show no progress at all.)"""
+    channel, peer = pair
+    size = 16 << 20
+    callers.submit(channel.request, b"big", [bytearray(size)])
+    raw = peer.fs.io.sock
+    raw.settimeout(10)
+    got, seen = 0, set()
+    while got < size:
+        got += len(raw.recv(1 << 20))
+        seen.add(channel.fs.last_tx)
+        time.sleep(0.06)
+    assert len(seen) >= 8, f"progress was recorded {len(seen)} times while 16 MiB left"
