@@ -131,11 +131,15 @@ def dump_error(exc: BaseException) -> bytes:
     """Encode an exception raised while serving a request, with its traceback."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     type_name = f"{type(exc).__module__}.{type(exc).__qualname__}"
-    try:
-        payload = pickle.dumps(exc, protocol=5)
-        pickle.loads(payload)  # refuse exceptions that pickle but cannot be rebuilt
-    except Exception:
-        payload = b""
+    payload = b""
+    # SystemExit, KeyboardInterrupt and other non-Exception errors are sent as a RemoteError: a
+    # method's exit must not exit (or interrupt) the program that called it.
+    if isinstance(exc, Exception):
+        try:
+            payload = pickle.dumps(exc, protocol=5)
+            pickle.loads(payload)  # refuse exceptions that pickle but cannot be rebuilt
+        except Exception:
+            payload = b""
     return pickle.dumps((payload, type_name, str(exc), tb), protocol=5)
 
 

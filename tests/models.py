@@ -207,6 +207,16 @@ class Trainer(ActiveObject):
         return self.epochs_done
 
     @activemethod
+    def quit(self, how: str) -> None:
+        """Leave the way a careless library does: ``sys.exit`` or a raised KeyboardInterrupt."""
+        import sys
+
+        self.epochs_done = -1
+        if how == "exit":
+            sys.exit(3)
+        raise KeyboardInterrupt
+
+    @activemethod
     def train_other(self, other: Any, epochs: int) -> int:
         """Progress of a call to another backend reaches our own caller."""
         return other.train(epochs)

@@ -12,7 +12,7 @@ from storage_api._object import RemoteMethod
 from storage_api.errors import (AliasExists, ClassNotFound, InvalidArguments, MethodNotFound, ObjectNotFound,
                                 RemoteError, StoreError)
 from tests.conftest import unique
-from tests.models import Counter, Holder
+from tests.models import Counter, Holder, Trainer
 
 
 def test_remote_exception_keeps_its_type_and_traceback(client):
@@ -24,6 +24,19 @@ def test_remote_exception_keeps_its_type_and_traceback(client):
     assert "tests/models.py" in tb and "in fail" in tb and "raise ValueError(message)" in tb
     assert any("Remote traceback" in n for n in getattr(info.value, "__notes__", []))
     assert c.get() == -1  # the mutation made before the error is kept (and durable)
+
+
+@pytest.mark.parametrize("how, type_name", [("exit", "builtins.SystemExit"), ("interrupt", "builtins.KeyboardInterrupt")])
+def test_a_method_that_exits_is_its_callers_remote_error_and_the_backend_serves_on(client, how, type_name):
+    t = Trainer()
+    t.make_persistent()
+    with pytest.raises(RemoteError) as info:
+        t.quit(how)  # the caller neither exits nor hangs
+    assert info.value.type_name == type_name and "in quit" in info.value.remote_traceback
+    assert t.done() == -1  # the state it left is kept, as for any exception
+    with pytest.raises(RemoteError):  # a retry-safe repeat, on the same connection: same answer
+        t.quit(how)
+    t.delete_persistent()
 
 
 def test_unknown_method(client):

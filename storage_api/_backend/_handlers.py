@@ -182,5 +182,5 @@ def dispatch(backend: LocalBackend, body: bytes, buffers: list, streams: list | 
             raise StoreError(f"the result ({type(result).__name__}) cannot be serialized: {exc}") from exc
         _wire.check_payload(len(rbody), rbuffers)
         return _wire.REPLY, rbody, rbuffers
-    except Exception as exc:
+    except BaseException as exc:  # SystemExit, KeyboardInterrupt raised by user code: the caller's error
         return _wire.ERROR, dump_error(exc), []

@@ -281,7 +281,7 @@ class LocalBackend(Placement):
             outcome: Any = None
             try:
                 outcome = result = _invoke(func, (entry.obj, *args), kwargs, what)
-            except Exception as exc:
+            except BaseException as exc:  # SystemExit too: a method's exit is its caller's error
                 outcome = Failed(exc)
                 raise
             finally:
