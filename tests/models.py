@@ -104,6 +104,12 @@ class Holder(ActiveObject):
         self.data = data
 
     @activemethod
+    def swap(self, data: Any) -> Any:
+        """Store ``data``; answer what was there."""
+        old, self.data = self.data, data
+        return old
+
+    @activemethod
     def put_unpicklable(self) -> None:
         """Store a value that cannot be pickled (a lock): saving the new state must fail."""
         import threading

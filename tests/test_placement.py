@@ -13,7 +13,7 @@ from storage_api import get_by_id
 from storage_api._backend._placement import NotPrimary
 from storage_api._retry import Backoff, Retry
 from storage_api._messages import Call, GetAttr
-from storage_api.errors import CommunicationError, ObjectNotFound
+from storage_api.errors import CommunicationError, ObjectNotFound, StoreError
 
 from .conftest import wait_for
 from .models import Counter, Holder
@@ -266,6 +266,22 @@ def test_a_retried_call_is_answered_from_its_first_run(cluster, client):
     assert c.get() == -1
     assert _direct(client, "b0", oid, "inc", 1, rid="another") == 0
     assert _direct(client, "b1", oid, "get") == 0  # the replica took each write once
+
+
+def test_a_retried_call_whose_result_was_too_large_to_keep_is_not_run_twice(cluster, client):
+    """Results kept for retries are bounded (they stay with the object, and travel with it on
+    moves and to replicas): a retry of an applied call with a large result says so."""
+    h = Holder(np.arange(1 << 17, dtype=np.float64))  # 1 MiB
+    oid = h.make_persistent(backend="b0")
+    first = _direct(client, "b0", oid, "swap", np.ones(4), rid="large-answer")
+    np.testing.assert_array_equal(first, np.arange(1 << 17, dtype=np.float64))
+    with pytest.raises(StoreError, match=r"applied, but its result \(\d+ bytes\) was too large to keep"):
+        _direct(client, "b0", oid, "swap", np.full(4, 2.0), rid="large-answer")
+    np.testing.assert_array_equal(h.take(), np.ones(4))  # the retry did not run again
+    assert _direct(client, "b0", oid, "swap", np.zeros(2), rid="small-answer").tolist() == [1.0] * 4
+    assert _direct(client, "b0", oid, "swap", np.full(2, 9.0), rid="small-answer").tolist() == [1.0] * 4  # kept
+    np.testing.assert_array_equal(h.take(), np.zeros(2))
+    h.delete_persistent()
 
 
 def test_a_client_reconnects_to_a_restarted_backend(own_cluster, own_client):

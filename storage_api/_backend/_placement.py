@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("storage.backend")
 
 APPLIED_KEPT = 1024  # request ids remembered per object (for exactly-once retries)
+RESULT_KEPT_MAX = 64 << 10  # bytes: larger results are not kept with them (they travel on moves and replicas)
 
 
 class NotPrimary(ObjectMoved):
@@ -64,6 +65,36 @@ class Failed:
 
     def __init__(self, error: BaseException) -> None:
         self.error = error
+
+
+class NotKept:
+    """The outcome of an applied call whose result was too large to keep for a retry."""
+
+    __slots__ = ("nbytes",)
+
+    def __init__(self, nbytes: int) -> None:
+        self.nbytes = nbytes
+
+    def __reduce__(self) -> tuple:
+        return NotKept, (self.nbytes,)
+
+    def error(self) -> StoreError:
+        return StoreError(f"this call was applied, but its result ({self.nbytes} bytes) was too large to keep for a "
+                          f"retry (at most {RESULT_KEPT_MAX} bytes are): it is not run twice; read what it changed "
+                          "with another call")
+
+
+def keepable(outcome: Any) -> Any:
+    """``outcome`` itself if it is small enough to keep for retries, else a :class:`NotKept`
+    (measured without copying: large buffers are counted, not pickled)."""
+    if outcome is None or isinstance(outcome, (bool, int, float, Failed)):
+        return outcome
+    try:
+        body, buffers = dumps(outcome)
+    except Exception:  # its reply fails the same way: keep it as it is, as before
+        return outcome
+    nbytes = len(body) + sum(memoryview(b).nbytes for b in buffers)
+    return outcome if nbytes <= RESULT_KEPT_MAX else NotKept(nbytes)
 
 
 def remember(entry: Entry, rid: str | None, result: Any) -> None:

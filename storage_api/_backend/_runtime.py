@@ -32,7 +32,7 @@ from .._object import RESERVED_PREFIX, ActiveObject, State, import_class, state_
 from .._serial import dump_state, loads
 from .._stub import describe_class
 from ..errors import ClassNotFound, InvalidArguments, MethodNotFound, ObjectMoved, ObjectNotFound, StoreError
-from ._placement import Failed, Placement, remember, replace_state
+from ._placement import Failed, NotKept, Placement, keepable, remember, replace_state
 from ._rwlock import RWLock
 from ._store import Store
 from ._tasks import TaskResults
@@ -277,6 +277,8 @@ class LocalBackend(Placement):
                 prior = entry.applied[rid]
                 if isinstance(prior, Failed):
                     raise prior.error
+                if isinstance(prior, NotKept):
+                    raise prior.error()
                 return prior
             outcome: Any = None
             try:
@@ -286,6 +288,7 @@ class LocalBackend(Placement):
                 raise
             finally:
                 lsn, body, buffers = self._save_state(entry)
+                outcome = keepable(outcome) if rid is not None else None
                 if rid is not None:
                     remember(entry, rid, outcome)
                 if entry.replicas:
