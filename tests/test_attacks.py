@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -329,6 +330,44 @@ def test_over_a_cap_the_oldest_unauthenticated_connection_is_dropped(tmp_path, c
             s.close()
         assert _legit_tcp_call(lone, host, port) < LEGIT_LIMIT
     finally:
+        _local.stop(lone.dir)
+
+
+def test_another_local_users_flood_evicts_only_its_own_handshakes(tmp_path):
+    """Any local user may connect to the Unix socket: the per-address cap counts each local user
+    apart, so a flood of 40 stalled handshakes by user nobody leaves ours (the oldest) alone."""
+    lone = Cluster(_local.start(tmp_path / "deploy", 1, log_level="INFO", settings={"handshake_timeout": 60.0}))
+    name = _handshake.local_socket_name(_backend_id(lone))
+    ours = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    ours.connect(name)
+    ours.settimeout(5)
+    assert len(ours.recv(_wire.HELLO.size)) == _wire.HELLO.size  # then we stall, as the flood will
+    ours.settimeout(None)  # _closed_by_peer must not wait
+    ready_r, ready_w = os.pipe()
+    child = os.fork()
+    if child == 0:  # the flooder: user nobody, 40 stalled handshakes (only socket calls after fork)
+        try:
+            os.setgid(65534)
+            os.setuid(65534)
+            socks = []
+            for _ in range(40):
+                s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                s.connect(name)
+                socks.append(s)
+            os.write(ready_w, b"x")
+            time.sleep(30)
+        finally:
+            os._exit(0)
+    os.close(ready_w)
+    try:
+        assert os.read(ready_r, 1) == b"x"
+        time.sleep(0.5)
+        assert not _closed_by_peer(ours), "another user's flood evicted our pending handshake"
+    finally:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        os.close(ready_r)
+        ours.close()
         _local.stop(lone.dir)
 
 

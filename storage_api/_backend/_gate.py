@@ -28,6 +28,7 @@ import os
 import resource
 import selectors
 import socket
+import struct
 import threading
 import time
 from collections import OrderedDict
@@ -61,6 +62,16 @@ def _open_descriptors(at_least: int) -> int:
         return len(os.listdir("/proc/self/fd")) - 1  # minus the one listdir itself opened
     except OSError:  # no /proc: the highest descriptor seen is the best estimate
         return at_least + 1
+
+
+def _local_peer(sock: socket.socket) -> str:
+    """The per-address cap's key for a Unix-socket peer: its user, so that one local user's
+    flood of handshakes evicts only that user's own (any local user may connect)."""
+    try:
+        _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    except (OSError, AttributeError, struct.error):  # no peer credentials on this platform
+        return "local"
+    return f"local:uid={uid}"
 
 
 class _Pending:
@@ -199,7 +210,7 @@ class Gate:
                 continue  # ECONNABORTED and the like: that connection is gone, not the listener
             if self._problem_kind == "accept":
                 self._healthy()
-            host = addr[0] if isinstance(addr, tuple) and addr else "local"
+            host = addr[0] if isinstance(addr, tuple) and addr else _local_peer(sock)
             self._make_room(host, sock.fileno())
             try:
                 hs = factory(sock)
