@@ -136,6 +136,13 @@ def test_backend_command_as_cluster_scripts_use_it(tmp_path, home_env):
         out = run_python(code, env={**env, "STORAGE_API_REDIS_URL": url})
         assert out.returncode == 0, out.stderr
         assert out.stdout.split() == ["socket0", "s01r1b42-ib0", "127.0.0.1", "2"]
+        # a second backend on the same directory (one log, two writers), or under the same name
+        for storage, name, says in ((tmp_path / "b", "socket1", "is in use by another backend"),
+                                    (tmp_path / "c", "socket0", "already named 'socket0'")):
+            second = subprocess.run([sys.executable, "-m", "storage_api", "backend", "--redis", url, "--storage-dir",
+                                     str(storage), "--name", name, "--host", "127.0.0.1"],
+                                    env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+            assert second.returncode == 2 and says in second.stderr and "Traceback" not in second.stderr, second.stderr
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
         # It deregistered as it stopped: listed as stopped, not DEAD; with no other backend, status 1.

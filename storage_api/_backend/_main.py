@@ -11,6 +11,7 @@ dead at once), syncs and closes its log.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -59,6 +60,44 @@ def _identity(storage_dir: Path, name: str) -> tuple[str, str]:
     return ident["id"], ident["name"]
 
 
+LOCK_WAIT = 5.0  # seconds a backend waits for a previous process on its directory to finish exiting
+
+
+def _lock_storage_dir(storage_dir: Path) -> int:
+    """Hold an exclusive lock on the storage directory for the life of the process (the kernel
+    drops it when the process dies, kill -9 included): two backends on one log would corrupt it."""
+    fd = os.open(storage_dir / "backend.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + LOCK_WAIT
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+                os.close(fd)
+                raise ConfigError(f"storage directory {storage_dir} is in use by another backend (pid {holder}): "
+                                  "one backend per directory") from None
+            time.sleep(0.05)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
+def _check_name_free(meta: Metadata, bid: str, name: str) -> None:
+    """Refuse a name that a live backend of the deployment already has: calls naming it would go
+    to either one. (The same backend restarted on its directory has the same id: that is fine.)"""
+    try:
+        others = meta.backends()
+    except Exception as exc:  # Redis not ready yet: registering deals with that (it waits)
+        log.info("could not check whether name %r is taken: %s", name, exc)
+        return
+    for other in others:
+        if other.name == name and other.id != bid and other.alive:
+            raise ConfigError(f"a live backend of this deployment is already named {name!r} (pid {other.pid} on "
+                              f"{other.host}, storage {other.storage_dir or '?'}): choose another --name, or stop it")
+
+
 class BackendProcess:
     def __init__(self, settings: Settings) -> None:
         if not settings.storage_dir:
@@ -66,12 +105,14 @@ class BackendProcess:
         self.settings = settings
         self.storage_dir = Path(settings.storage_dir).resolve()
         self.storage_dir.mkdir(parents=True, exist_ok=True)
+        self._dir_lock = _lock_storage_dir(self.storage_dir)
         self.id, self.name = _identity(self.storage_dir, settings.name)
         self.secret = settings.secret_bytes()
         self.store = Store(self.storage_dir, fsync=settings.fsync, segment_bytes=settings.log_segment_mb << 20,
                            prealloc=settings.log_prealloc_mb << 20)
         self.redis = Redis(settings.require_redis())
         self.meta = Metadata(self.redis, settings.namespace)
+        _check_name_free(self.meta, self.id, self.name)
         self.backend = LocalBackend(self.id, self.name, self.store, self.meta, defer_sync=defer_sync)
         self.client = PeerClient(settings, self.backend)
         self.backend.peer = self.client
