@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from ._transport import PROGRESS_MIN
 from .errors import AuthenticationError, CommunicationError, ConfigError
 
 _COALESCE = 16 * 1024  # small parts are joined into one TLS record (at most 16 KiB of plaintext)
@@ -149,7 +150,8 @@ class TlsIO:
                             wait = select.POLLIN
                     self._wait(wait)
                     progress()  # writable again: the peer took bytes
-                progress()
+                if len(view) >= PROGRESS_MIN:  # small sends (pings) leave even to a frozen peer
+                    progress()
 
     def _wait(self, events: int) -> None:
         poller = select.poll()

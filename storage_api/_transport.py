@@ -28,6 +28,9 @@ _BIG = 16 << 20  # incoming buffers at least this large are mapped, not allocate
 _STREAM_MIN = 4 << 20  # STREAM buffers at least this large go to the backend's log as they arrive
 _MAC_CHUNK = 1 << 20  # buffers are hashed in chunks this large while the rest is in flight
 _SEND_SLICE = 1 << 20  # most bytes per sendmsg: a large frame shows progress (last_tx) as it leaves
+# A send shows that the peer reads only if it is larger than what socket buffers take without it:
+# a ping or a small request to a frozen backend leaves too, and must not count as progress.
+PROGRESS_MIN = 256 << 10
 
 Buffer = Any  # bytes-like: bytes, bytearray, memoryview
 
@@ -331,7 +334,8 @@ class PlainIO:
     def write(self, parts: list[Buffer], progress: Callable[[], None] = lambda: None) -> None:
         if len(parts) == 1 and memoryview(parts[0]).nbytes <= _SEND_SLICE:
             self.sock.sendall(parts[0])
-            progress()  # a large buffer leaves as many such pieces (see FrameSocket.send)
+            if memoryview(parts[0]).nbytes >= PROGRESS_MIN:  # a large buffer leaves as 1 MiB pieces
+                progress()
         else:
             _sendmsg_all(self.sock, parts, progress)
 
@@ -381,7 +385,8 @@ def _sendmsg_all(sock: socket.socket, parts: list[Buffer], progress: Callable[[]
             if room <= 0:
                 break
         sent = sock.sendmsg(batch)
-        progress()
+        if sent >= PROGRESS_MIN:
+            progress()
         while sent:
             first = views[0]
             if sent >= len(first):

@@ -135,6 +135,18 @@ def test_call_to_a_killed_backend_fails_fast(own_cluster, own_client):
     assert time.monotonic() - start < 2.0
 
 
+def test_call_to_a_frozen_backend_over_tls_fails_instead_of_hanging(own_cluster):
+    """The same over TCP+TLS: the watchdog's own pings leave (into socket buffers) even to a
+    frozen backend, and must not count as progress."""
+    client = own_cluster.client(local_socket=False)
+    previous = _context.install(client)
+    try:
+        test_call_to_a_frozen_backend_fails_instead_of_hanging(own_cluster, client)
+    finally:
+        _context.install(previous)
+        client.close()
+
+
 def test_call_to_a_frozen_backend_fails_instead_of_hanging(own_cluster, own_client):
     c = Counter(0)
     c.make_persistent(backend="b0")
