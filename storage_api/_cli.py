@@ -246,7 +246,7 @@ def parser() -> argparse.ArgumentParser:
                      " exit status 1 if a backend is DEAD (silent without having stopped) or UNHEALTHY, or none is alive.")
     status.add_argument("--config", help="settings file (default: STORAGE_API_CONFIG or the local deployment)")
     status.add_argument("--json", action="store_true", help="print backends and objects as JSON")
-    status.add_argument("--objects", type=int, default=20, metavar="N",
+    status.add_argument("--objects", type=cmdline.non_negative_int, default=20, metavar="N",
                         help="list each object's primary and replicas when there are at most N (default 20)")
     status.set_defaults(func=_cmd_status)
 

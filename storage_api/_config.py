@@ -11,6 +11,7 @@ in a file, unknown ``STORAGE_API_*`` variables and ill-typed values are a :class
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -235,7 +236,10 @@ def _coerce(name: str, value: Any, source: str) -> Any:
         if kind == "float":
             if isinstance(value, bool):
                 raise ValueError(value)
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):  # nan and inf pass float() but no timeout or period means them
+                raise ValueError(value)
+            return number
         if not isinstance(value, str):
             raise ValueError(value)
         return value
@@ -251,8 +255,8 @@ def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
             data = tomllib.load(fh)
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise ConfigError(f"config file {path}: unknown keys {unknown} (known: {sorted(FIELDS)})")

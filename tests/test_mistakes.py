@@ -202,6 +202,29 @@ def test_up_mistakes_start_nothing(run: Run, args: tuple[str, ...], line: str) -
     assert not run.home.exists()  # not even the deployment's directory was made
 
 
+def test_settings_and_arguments_that_cannot_mean_anything(run: Run, tmp_path: Path) -> None:
+    """Bad bytes in a settings file, a timeout of nan or inf, an impossible storage directory, a
+    negative count: one line, status 2, whatever command reads them."""
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\xff\xfe\x00junk = 1\n")
+    proc = run(*cli("status", "--config", str(binary)))
+    assert proc.returncode == 2 and one_line(proc.stderr).startswith(
+        f"storage-api: ConfigError: config file {binary} is not valid TOML: "), proc.stderr
+    for value in ("nan", "inf", "-inf"):
+        (tmp_path / value).mkdir()
+        env_run = Run(tmp_path / value, STORAGE_API_CONNECT_TIMEOUT=value)
+        proc = env_run(*cli("status"))
+        assert proc.returncode == 2 and one_line(proc.stderr) == (
+            f"storage-api: ConfigError: STORAGE_API_CONNECT_TIMEOUT: connect_timeout must be a float, got {value!r}")
+    proc = run(*cli("backend", "--storage-dir", "/proc/1/nope", "--redis", "redis://127.0.0.1:1/0", "--secret-file",
+                    str(binary)))
+    assert proc.returncode == 2 and one_line(proc.stderr) == (
+        "storage-api: ConfigError: cannot create the storage directory /proc/1/nope: No such file or directory")
+    proc = run(*cli("status", "--objects", "-1"))
+    assert proc.returncode == 2 and one_line(proc.stderr) == (
+        "storage-api status: error: argument --objects: must be at least 0, not -1")
+
+
 def test_a_redis_server_that_fails_is_reported_with_this_start_s_log_only(run: Run) -> None:
     """The log of Redis is appended to at each start: the failure quotes this start's lines, not a
     previous run's (here: a binary that exits at once and writes nothing)."""

@@ -104,7 +104,10 @@ class BackendProcess:
             raise ConfigError("a backend needs a storage directory (--storage-dir)")
         self.settings = settings
         self.storage_dir = Path(settings.storage_dir).resolve()
-        self.storage_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.storage_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the storage directory {self.storage_dir}: {exc.strerror}") from None
         self._dir_lock = _lock_storage_dir(self.storage_dir)
         self.id, self.name = _identity(self.storage_dir, settings.name)
         self.secret = settings.secret_bytes()
