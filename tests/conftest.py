@@ -17,8 +17,10 @@ Waits are on conditions (:func:`wait_for`) with generous deadlines, never on fix
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -38,6 +40,26 @@ os.chdir(ROOT)
 # Private deployments exist to kill and freeze backends, and what follows a death waits for the
 # heartbeat to expire (failover, "dead" in status): a short one makes that wait 0.6 s, not 3 s.
 FAST_HEARTBEAT = {"heartbeat_interval": 0.2, "heartbeat_ttl": 0.6}
+
+
+_OWN_BASETEMP = pytest.StashKey[bool]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Each session gets a temporary root of its own: pytest's shared numbered roots are pruned
+    by every session that starts, so two sessions of one user on one machine (two checkouts,
+    say) deleted each other's files mid-run. Removed at the end unless a test failed."""
+    if config.option.basetemp is None:
+        config.option.basetemp = tempfile.mkdtemp(prefix="storage-api-tests-")
+        config.stash[_OWN_BASETEMP] = True
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if session.config.stash.get(_OWN_BASETEMP, False):
+        if session.testsfailed:
+            print(f"\nfiles of the failed tests: {session.config.option.basetemp}")
+        else:
+            shutil.rmtree(session.config.option.basetemp, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
