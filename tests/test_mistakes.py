@@ -9,6 +9,7 @@ the test's directory, so "nothing left on disk" is checked there.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -452,19 +454,15 @@ def test_down_purge_deletes_only_what_a_deployment_writes(run: Run, tmp_path: Pa
 
 
 # ----------------------------------------------------------------------- status lists backends in natural order
-def test_status_lists_backends_in_natural_order(cluster, run: Run) -> None:
+@contextlib.contextmanager
+def _scratch_registry(cluster, run: Run) -> Iterator[Metadata]:
+    """A namespace of the shared Redis of its own, which ``run``'s commands read; emptied after."""
     settings = cluster.settings()
-    namespace = f"natural-{uuid.uuid4().hex[:8]}"
+    namespace = f"scratch-{uuid.uuid4().hex[:8]}"
     meta = Metadata(Redis(settings.redis_url), namespace)
+    run.env.update(STORAGE_API_REDIS_URL=settings.redis_url, STORAGE_API_SECRET="s", STORAGE_API_NAMESPACE=namespace)
     try:
-        for name in ("b10", "b2", "b1"):
-            meta.register_backend({"id": uuid.uuid4().hex, "name": name, "host": "127.0.0.1", "port": 1,
-                                   "compss_name": name, "pid": 1}, ttl=60)
-        run.env.update(STORAGE_API_REDIS_URL=settings.redis_url, STORAGE_API_SECRET="s",
-                       STORAGE_API_NAMESPACE=namespace)
-        proc = run(*cli("status"))
-        assert proc.returncode == 0, proc.stderr
-        assert [line.split()[0] for line in proc.stdout.splitlines()[1:4]] == ["b1", "b2", "b10"]
+        yield meta
     finally:
         keys = meta.redis.execute("KEYS", f"{namespace}:*")
         if keys:
@@ -472,24 +470,29 @@ def test_status_lists_backends_in_natural_order(cluster, run: Run) -> None:
         meta.redis.close()
 
 
+def test_status_lists_backends_in_natural_order(cluster, run: Run) -> None:
+    with _scratch_registry(cluster, run) as meta:
+        for name in ("b10", "b2", "b1"):
+            meta.register_backend({"id": uuid.uuid4().hex, "name": name, "host": "127.0.0.1", "port": 1,
+                                   "compss_name": name, "pid": 1}, ttl=60)
+        proc = run(*cli("status"))
+        assert proc.returncode == 0, proc.stderr
+        assert [line.split()[0] for line in proc.stdout.splitlines()[1:4]] == ["b1", "b2", "b10"]
+
+
 def test_status_counts_a_stopped_backend_as_no_failure(cluster, run: Run) -> None:
     """A backend that deregistered as it stopped is listed as stopped and status still exits 0; one
     whose heartbeat lapsed without deregistering is DEAD, and status exits 1."""
-    settings = cluster.settings()
-    namespace = f"stopped-{uuid.uuid4().hex[:8]}"
-    meta = Metadata(Redis(settings.redis_url), namespace)
     ids = {name: uuid.uuid4().hex for name in ("b0", "b1", "b2")}
+    with _scratch_registry(cluster, run) as meta:
 
-    def register(name: str, ttl: float) -> None:
-        meta.register_backend({"id": ids[name], "name": name, "host": "127.0.0.1", "port": 1, "compss_name": name,
-                               "pid": 1, "state": "up"}, ttl=ttl)
+        def register(name: str, ttl: float) -> None:
+            meta.register_backend({"id": ids[name], "name": name, "host": "127.0.0.1", "port": 1,
+                                   "compss_name": name, "pid": 1, "state": "up"}, ttl=ttl)
 
-    try:
         register("b0", 60)
         register("b1", 60)
         meta.mark_down(ids["b1"])  # what a backend does as it stops
-        run.env.update(STORAGE_API_REDIS_URL=settings.redis_url, STORAGE_API_SECRET="s",
-                       STORAGE_API_NAMESPACE=namespace)
         proc = run(*cli("status"))
         assert proc.returncode == 0, proc.stdout
         assert [line.split()[6] for line in proc.stdout.splitlines()[1:3]] == ["yes", "stopped"]
@@ -498,8 +501,3 @@ def test_status_counts_a_stopped_backend_as_no_failure(cluster, run: Run) -> Non
         proc = run(*cli("status"))
         assert proc.returncode == 1
         assert [line.split()[6] for line in proc.stdout.splitlines()[1:4]] == ["yes", "stopped", "DEAD"]
-    finally:
-        keys = meta.redis.execute("KEYS", f"{namespace}:*")
-        if keys:
-            meta.redis.execute("DEL", *keys)
-        meta.redis.close()
