@@ -49,6 +49,11 @@ def pytest_configure(config: pytest.Config) -> None:
     """Each session gets a temporary root of its own: pytest's shared numbered roots are pruned
     by every session that starts, so two sessions of one user on one machine (two checkouts,
     say) deleted each other's files mid-run. Removed at the end unless a test failed."""
+    # A suite started in the background by a shell without job control inherits Ctrl-C (SIGINT)
+    # ignored, and so would every process it starts: the tests of Ctrl-C need it delivered. (A
+    # handled signal is reset to its default in the programs we start.)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     if config.option.basetemp is None:
         config.option.basetemp = tempfile.mkdtemp(prefix="storage-api-tests-")
         config.stash[_OWN_BASETEMP] = True
