@@ -89,11 +89,17 @@ def keepable(outcome: Any) -> Any:
     (measured without copying: large buffers are counted, not pickled)."""
     if outcome is None or isinstance(outcome, (bool, int, float, Failed)):
         return outcome
-    try:
-        body, buffers = dumps(outcome)
-    except Exception:  # its reply fails the same way: keep it as it is, as before
-        return outcome
-    nbytes = len(body) + sum(memoryview(b).nbytes for b in buffers)
+    # Mutating calls are a hot path: sized without pickling where the size is at hand.
+    if isinstance(outcome, (str, bytes, bytearray)):
+        nbytes = len(outcome)
+    elif isinstance(getattr(outcome, "nbytes", None), int):  # numpy arrays, memoryviews
+        nbytes = outcome.nbytes
+    else:
+        try:
+            body, buffers = dumps(outcome)
+        except Exception:  # its reply fails the same way: keep it as it is, as before
+            return outcome
+        nbytes = len(body) + sum(memoryview(b).nbytes for b in buffers)
     return outcome if nbytes <= RESULT_KEPT_MAX else NotKept(nbytes)
 
 
