@@ -62,10 +62,12 @@ class Broken:
     """Stands in for an instance of a class that cannot be imported here; keeps its data.
 
     ``__class_path__`` names the missing class; ``__args__`` and ``__state__`` hold what the
-    pickle carried, so the value can be inspected or sent back unchanged.
+    pickle carried, so the value can be inspected or sent back unchanged (``__made_by__`` is
+    what rebuilds it where its module exists: the class, or the function its pickle calls).
     """
 
     __class_path__ = "?"
+    __made_by__ = "?"
     __args__: tuple
     __state__: Any
 
@@ -81,17 +83,30 @@ class Broken:
     def __setstate__(self, state: Any) -> None:
         object.__setattr__(self, "__state__", state)
 
-    def __reduce__(self) -> Any:  # round-trips to the real class where it exists
-        module, _, name = self.__class_path__.rpartition(".")
+    def __reduce__(self) -> Any:  # round-trips to the real value where its module exists
+        module, _, name = self.__made_by__.rpartition(".")
         return (_rebuild_broken, (module, name, self.__args__, self.__state__))
 
     def __repr__(self) -> str:
         return f"<Broken {self.__class_path__} (its module is not importable here)>"
 
 
+# Values whose pickle calls a module function rather than their class: what the function makes.
+_MADE_BY = {
+    "numpy._core.numeric._frombuffer": "numpy.ndarray",
+    "numpy.core.numeric._frombuffer": "numpy.ndarray",
+    "numpy._core.multiarray._reconstruct": "numpy.ndarray",
+    "numpy.core.multiarray._reconstruct": "numpy.ndarray",
+    "numpy._core.multiarray.scalar": "numpy scalar",
+    "numpy.core.multiarray.scalar": "numpy scalar",
+    "torch._utils._rebuild_tensor_v2": "torch.Tensor",
+    "torch._utils._rebuild_parameter": "torch.nn.Parameter",
+}
+
+
 def _rebuild_broken(module: str, name: str, args: tuple, state: Any) -> Any:
-    cls = _find(module, name)
-    obj = cls.__new__(cls, *args)
+    maker = _find(module, name)
+    obj = maker.__new__(maker, *args) if isinstance(maker, type) else maker(*args)
     if state is not None:
         if hasattr(obj, "__setstate__"):
             obj.__setstate__(state)
@@ -113,7 +128,10 @@ def broken_class(module: str, name: str) -> type:
     key = (module, name)
     cls = _broken_classes.get(key)
     if cls is None:
-        cls = type(name.rpartition(".")[2], (Broken,), {"__class_path__": f"{module}.{name}", "__module__": module})
+        made_by = f"{module}.{name}"
+        what = _MADE_BY.get(made_by, made_by)
+        cls = type(what.rpartition(".")[2], (Broken,),
+                   {"__class_path__": what, "__made_by__": made_by, "__module__": module})
         _broken_classes[key] = cls
     return cls
 

@@ -59,7 +59,11 @@ def test_stub_client_without_model_numpy_or_torch(cluster, client):
         holder = storage_api.get_by_id({h.getID()!r})
         out["holder_type"] = type(holder).__name__
         out["total"] = holder.total()
-        out["placeholder"] = isinstance(holder.take(), Broken)
+        arr = holder.take()
+        out["placeholder"] = isinstance(arr, Broken)
+        out["placeholder_repr"] = repr(arr)
+        holder.put(arr)  # sent back unchanged: a real array again on the backend
+        out["total_after_round_trip"] = holder.total()
         try:
             c.fail("thin")
         except ValueError as exc:
@@ -76,6 +80,8 @@ def test_stub_client_without_model_numpy_or_torch(cluster, client):
     assert out["doc"] == "Add ``n`` and return the new value."
     assert out["class_doc"] == "Counts; the canonical example."
     assert out["holder_type"] == "Holder" and out["total"] == 45.0 and out["placeholder"]
+    assert out["placeholder_repr"].startswith("<Broken numpy.ndarray ")
+    assert out["total_after_round_trip"] == 45.0
     assert out["error"] == "thin"
     assert out["blocked"] == []
     # the object the thin client created is a real Counter for a full client
