@@ -202,7 +202,10 @@ def _cmd_credential(args: argparse.Namespace) -> int:
         return 0
     import time
 
-    for name, issued in sorted(_credentials.listing(settings).items()):
+    valid = _credentials.listing(settings)
+    if not valid:
+        print("no valid credentials (`storage-api credential issue NAME` issues one)")
+    for name, issued in sorted(valid.items()):
         print(f"{name}  issued {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(issued))}")
     return 0
 

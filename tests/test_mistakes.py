@@ -501,3 +501,10 @@ def test_status_counts_a_stopped_backend_as_no_failure(cluster, run: Run) -> Non
         proc = run(*cli("status"))
         assert proc.returncode == 1
         assert [line.split()[6] for line in proc.stdout.splitlines()[1:4]] == ["yes", "stopped", "DEAD"]
+
+
+def test_credential_list_says_when_there_are_none(cluster, run: Run) -> None:
+    with _scratch_registry(cluster, run):
+        proc = run(*cli("credential", "list"))
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == "no valid credentials (`storage-api credential issue NAME` issues one)"
