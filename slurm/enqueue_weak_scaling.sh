@@ -107,4 +107,8 @@ cmd=(sbatch --job-name=sa-weak-scaling-report --dependency="afterany:$deps" --nt
      --wrap="$(printf '%q ' "$PYTHON" "$SA_CHECKOUT/apps/slurm_results.py" csvm "$RESULTS_DIR" --plot)")
 report=$(submit "${cmd[@]}")
 echo "report $report" >> "$RESULTS_DIR/jobs.txt"
-echo "$SA_NAME: ${#JOBS[@]} jobs and a report job submitted; results will be in $RESULTS_DIR (jobs: $RESULTS_DIR/jobs.txt)"
+if [ "$DRY_RUN" = 1 ]; then
+    echo "$SA_NAME: dry run: ${#JOBS[@]} jobs and a report job would be submitted (nothing was); the commands are above"
+else
+    echo "$SA_NAME: ${#JOBS[@]} jobs and a report job submitted; results will be in $RESULTS_DIR (jobs: $RESULTS_DIR/jobs.txt)"
+fi

@@ -431,6 +431,7 @@ def test_enqueue_dry_run_prints_the_compss_submissions(tmp_path):
     report = next(ln for ln in proc.stderr.splitlines() if ln.startswith("sbatch "))
     assert "--dependency=afterany:DRYRUN1:DRYRUN2:DRYRUN3:DRYRUN4 " in report and "slurm_results.py" in report
     assert len((results / "jobs.txt").read_text().splitlines()) == 5
+    assert "would be submitted (nothing was)" in proc.stdout and "submitted;" not in proc.stdout
 
 
 # ------------------------------------------------------------------ with COMPSs' commands (stand-ins)
