@@ -6,9 +6,9 @@ installed from the package registries while dislib imports ``pycompss.api``. The
 (``storage-api run APP.py [args]`` or ``python -m workflows.executor APP.py [args]``) puts a small
 ``pycompss`` shim on ``sys.path`` (only when the real one is not importable) and runs the app as
 ``__main__`` with an engine that implements the ``pycompss.api`` subset dislib 1.0 uses:
-``@task`` (``returns=`` as an int, a type, a tuple of types or a parameter name; directions IN,
-OUT, INOUT, COMMUTATIVE, CONCURRENT, IN_DELETE, FILE_*, COLLECTION_* and ``{Type: ..., Depth: ...}``;
-``target_direction`` for methods), ``@constraint`` (recorded), ``@on_failure``, ``@reduction``
+``@task`` (``returns=`` counted as PyCOMPSs does, see :mod:`._returns`; directions IN, OUT, INOUT,
+COMMUTATIVE, CONCURRENT, IN_DELETE, FILE_*, COLLECTION_* (to any depth, elements followed by
+identity, see :mod:`._structure`) and ``{Type: ..., Depth: ...}``; ``target_direction`` for methods), ``@constraint`` (recorded), ``@on_failure``, ``@reduction``
 (one call on the whole collection), ``compss_wait_on`` (futures, nested lists), ``compss_delete_object``,
 ``compss_barrier`` and the rest of ``pycompss.api.api`` in its sequential form.
 
@@ -31,8 +31,9 @@ from storage_api._transport import traffic
 
 from ._current import current
 from ._engine import Future, TaskCancelled
+from ._serial import UnresolvedFuture
 
-__all__ = ["main", "bytes_moved", "warm_up", "Future", "TaskCancelled", "current"]
+__all__ = ["main", "bytes_moved", "warm_up", "Future", "TaskCancelled", "UnresolvedFuture", "current"]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import sys
 from typing import Any, Callable
 
+from . import _returns
 from ._current import current
 
 # Directions, as the shim's pycompss.api.parameter spells them.
@@ -29,12 +31,15 @@ FILE_WRITES = {"FILE_OUT", "FILE_INOUT", "FILE_CONCURRENT", "FILE_COMMUTATIVE", 
                "COLLECTION_FILE_INOUT", "DIRECTORY_OUT", "DIRECTORY_INOUT"}
 
 
+UNLIMITED = sys.maxsize  # PyCOMPSs' default collection depth: look all the way down
+
+
 class Param:
     """How one parameter travels: its direction and, for collections, how deep to look."""
 
     __slots__ = ("direction", "depth")
 
-    def __init__(self, direction: str, depth: int = 1) -> None:
+    def __init__(self, direction: str, depth: int = UNLIMITED) -> None:
         self.direction = direction
         self.depth = depth
 
@@ -55,7 +60,7 @@ def _param(value: Any) -> Param | None:
     if isinstance(value, str) and value in _DIRECTIONS:
         return Param(value)
     if isinstance(value, dict) and "type" in value:
-        return Param(str(value["type"]), int(value.get("depth", 1)))
+        return Param(str(value["type"]), int(value.get("depth", UNLIMITED)))
     return None
 
 
@@ -67,6 +72,7 @@ class TaskSpec:
         self.wrapper: Callable = func
         self.name = f"{func.__module__}.{func.__qualname__}"
         self.returns = options.pop("returns", None)
+        self._inferred: int | None = None  # the count read from the source, once
         self.target_direction = options.pop("target_direction", "INOUT")
         self.params: dict[str, Param] = {}
         for key, value in list(options.items()):
@@ -78,27 +84,37 @@ class TaskSpec:
         self.signature = inspect.signature(func)
         names = list(self.signature.parameters)
         self.is_method = bool(names) and names[0] == "self"
+        named = _returns.param_name(self.returns)
+        if named is not None and named not in names:
+            raise TypeError(f"@task(returns={self.returns!r}) of {self.name}: it has no parameter {named!r}")
         self.constraints: dict[str, Any] = getattr(func, "_compss_constraints", {})
         self.on_failure: dict[str, Any] | None = getattr(func, "_compss_on_failure", None)
 
     def n_returns(self, bound: inspect.BoundArguments) -> int:
-        """The number of futures a call yields (PyCOMPSs' rules for ``returns=``)."""
+        """The number of values a call yields (PyCOMPSs' rules, see :mod:`._returns`)."""
         r = self.returns
-        if r is None or r is False:
+        if r is None:
+            if self._inferred is None:
+                self._inferred = _returns.inferred(self.func, self.is_method)
+            return self._inferred
+        if r is False:
             return 0
         if isinstance(r, bool):
             return 1
         if isinstance(r, int):
             return r
         if isinstance(r, str):
-            if r.isdigit():
-                return int(r)
-            if r in bound.arguments:  # returns="param": that argument's value at call time
-                return int(bound.arguments[r])
-            return 1
+            return _returns.from_string(r, self.func, bound.arguments)
         if isinstance(r, (tuple, list)):
             return len(r)
         return 1  # a type: exactly one value
+
+    def return_type(self, i: int) -> Any:
+        """The type declared for return value ``i`` (``None`` if none was)."""
+        r = self.returns
+        if isinstance(r, (tuple, list)):
+            return r[i] if i < len(r) else None
+        return r if i == 0 and inspect.isclass(r) else None
 
     def direction(self, name: str) -> Param:
         p = self.params.get(name)

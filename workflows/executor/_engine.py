@@ -30,7 +30,10 @@ from typing import Any
 
 from storage_api._messages import Kept, Stash
 
+from . import _returns
 from ._decorators import Param, TaskSpec
+from ._serial import dumps_task, pending
+from ._structure import SHARED_VALUES, at, leaf_paths, rebuild, set_at, write_back
 from ._remote import Backends
 
 
@@ -49,6 +52,15 @@ class Future:
 
     def __repr__(self) -> str:
         return f"<Future of {self.task.spec.name} #{self.task.n}{list(self.path)}>"
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        return pending(self)  # a future the engine did not see: see _serial.Pending
+
+    def __copy__(self) -> Future:
+        return self  # a reference to a value to come: copies of a structure share it
+
+    def __deepcopy__(self, memo: dict) -> Future:
+        return self
 
 
 class Task:
@@ -76,47 +88,14 @@ class Task:
         self.force_local = False
 
 
-def _get(answer: Any, path: tuple) -> Any:
-    for step in path:
-        answer = answer[step]
-    return answer
-
-
-def _rebuild(value: Any, leaf: Any, swap: Any = None) -> Any:
-    """A copy of the list/tuple/dict structure of ``value`` with every leaf passed through ``leaf``.
-
-    ``swap`` first replaces any node (a list too) that has a newer version (an INOUT result).
-    """
-    if swap is not None:
-        value = swap(value)
-        if type(value) is list:
-            return [_rebuild(v, leaf, swap) for v in value]
-        if type(value) is tuple:
-            return tuple(_rebuild(v, leaf, swap) for v in value)
-        if type(value) is dict:
-            return {k: _rebuild(v, leaf, swap) for k, v in value.items()}
-        return leaf(value)
-    t = type(value)
-    if t is list:
-        return [_rebuild(v, leaf) for v in value]
-    if t is tuple:
-        return tuple(_rebuild(v, leaf) for v in value)
-    if t is dict:
-        return {k: _rebuild(v, leaf) for k, v in value.items()}
-    return leaf(value)
-
-
-def _leaf_paths(value: Any, depth: int) -> list[tuple]:
-    if depth <= 0 or type(value) not in (list, tuple):
-        return [()]
-    return [(i, *p) for i, v in enumerate(value) for p in _leaf_paths(v, depth - 1)]
-
-
-def _set_path(container: Any, path: tuple, new: Any) -> None:
-    for step in path[:-1]:
-        container = container[step]
-    if type(container) is list:
-        container[path[-1]] = new
+def _empty_instance(cls: Any) -> Any:
+    """``cls()`` for a user class that can be built without arguments, else ``None``."""
+    if not inspect.isclass(cls) or cls.__module__ == "builtins":
+        return None
+    try:
+        return cls()
+    except TypeError:  # needs arguments: a plain future, as PyCOMPSs falls back to
+        return None
 
 
 def _is_psco(v: Any) -> bool:
@@ -165,10 +144,10 @@ class Engine:
         bound = spec.signature.bind(*args, **kwargs)
         task = Task(next(self._count), spec)
         deps: list[Task] = []
-        positional = [n for n, p in spec.signature.parameters.items()
-                      if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+        positional = self._positional(spec)
         n_positional = len(bound.args)
         registrations: list[Any] = []
+        given = dict(bound.arguments)  # the caller's objects (tracking replaces them by snapshots)
         with self._lock:
             for name, value in list(bound.arguments.items()):
                 param = spec.direction(name)
@@ -198,8 +177,24 @@ class Engine:
         if n == 0:
             return None
         if n == 1:
-            return Future(task, (0,))
-        return tuple(Future(task, (0, i)) for i in range(n))
+            return self._returned(task, Future(task, (0,)), 0, given)
+        return tuple(self._returned(task, Future(task, (0, i)), i, given) for i in range(n))
+
+    def _returned(self, task: Task, fut: Future, i: int, given: dict[str, Any]) -> Any:
+        """What the caller holds for return value ``i``: the future, or as PyCOMPSs, an object
+        that stands for it and whose next version it is: the argument ``returns="{{name}}"``
+        names, or an empty instance of a user class declared in ``returns`` (so that the class's
+        task methods can be called on it before it is computed)."""
+        name = _returns.param_name(task.spec.returns)
+        if name is not None:
+            stand_in = given.get(name)
+        else:
+            stand_in = _empty_instance(task.spec.return_type(i))
+        if stand_in is None or isinstance(stand_in, SHARED_VALUES):
+            return fut
+        with self._lock:
+            self._versions[id(stand_in)] = (stand_in, fut)
+        return stand_in
 
     def _track(self, task: Task, value: Any, param: Param, deps: list[Task], base: tuple,
                registrations: list) -> Any:
@@ -220,16 +215,24 @@ class Engine:
                 self._order(task, ("file", v), writes, deps)
             return v
 
-        snapshot = (_rebuild(value, leaf, self._latest) if param.collection or param.direction == "IN"
+        snapshot = (rebuild(value, leaf, self._latest) if param.collection or param.direction == "IN"
                     else leaf(self._latest(value)))
         if not base and param.direction != "IN":
             return snapshot
         if param.collection and param.writes:
-            for lp in _leaf_paths(value, param.depth):
+            for lp in leaf_paths(value, param.depth):
+                element = at(value, lp)
+                if _is_psco(element):  # its state is the store's: ordered above, nothing to return
+                    continue
                 index = len(task.outputs)
                 task.outputs.append(base + lp)
                 fut = Future(task, (1 + index,))
-                registrations.append(lambda lp=lp, fut=fut: _set_path(value, lp, fut))
+                for depth in range(len(lp)):  # a newer version of every element supersedes the rows'
+                    self._versions.pop(id(at(value, lp[:depth])), None)
+                if isinstance(element, SHARED_VALUES):  # no identity to follow: replace it in place
+                    registrations.append(lambda lp=lp, fut=fut: set_at(value, lp, fut))
+                else:  # followed by identity, in whichever container it is passed next
+                    self._versions[id(element)] = (element, fut)
         elif param.direction in ("INOUT", "OUT", "CONCURRENT", "COMMUTATIVE") and not _is_psco(value):
             index = len(task.outputs)
             task.outputs.append(base)
@@ -279,9 +282,10 @@ class Engine:
         target = None if task.force_local else self._placement(task)
         if target is None:
             self.tasks_local += 1
-            args = _rebuild(task.args, self._local_value)
-            kwargs = _rebuild(task.kwargs, self._local_value)
-            payload = pickle.dumps((task.spec.wrapper, args, kwargs, task.outputs), protocol=5)
+            args = rebuild(task.args, self._local_value)
+            kwargs = rebuild(task.kwargs, self._local_value)
+            payload = dumps_task((task.spec.wrapper, args, kwargs, task.outputs), args, kwargs,
+                                 self._positional(task.spec))
             self.worker_bytes += len(payload)
             from workflows.quiet import kept_out
 
@@ -298,8 +302,8 @@ class Engine:
         """Ship the task to ``target`` (at most ``backend_slots`` in flight there: the others queue)."""
         stashes: list[tuple[Task, tuple]] = []
         try:
-            args = _rebuild(task.args, lambda v: self._remote_value(v, target, stashes))
-            kwargs = _rebuild(task.kwargs, lambda v: self._remote_value(v, target, stashes))
+            args = rebuild(task.args, lambda v: self._remote_value(v, target, stashes))
+            kwargs = rebuild(task.kwargs, lambda v: self._remote_value(v, target, stashes))
             fut = self.remote.submit(target, task, args, kwargs)
         except BaseException as exc:  # noqa: BLE001 - e.g. an argument that cannot be pickled
             self._finish(task, ("error", exc))
@@ -308,6 +312,11 @@ class Engine:
         self.tasks_remote += 1
         self._kept.setdefault(target, []).append(task.key)
         fut.add_done_callback(lambda f: self._events.put(("done", task, ("remote", f, target, stashes))))
+
+    @staticmethod
+    def _positional(spec: TaskSpec) -> list[str]:
+        return [n for n, p in spec.signature.parameters.items()
+                if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
 
     def _placement(self, task: Task) -> str | None:
         """The backend of the first persistent argument; else the backend keeping the task's first
@@ -325,8 +334,8 @@ class Engine:
             elif isinstance(v, Future) and v.task.where is not None and v.task.where not in holders:
                 holders.append(v.task.where)
 
-        _rebuild(task.args, leaf)
-        _rebuild(task.kwargs, leaf)
+        rebuild(task.args, leaf)
+        rebuild(task.kwargs, leaf)
         if pscos:
             return pscos[0]
         if not holders:
@@ -347,7 +356,7 @@ class Engine:
         if target in t.stashed.get(v.path, ()):
             return Kept(target, f"{t.key}/{v.path}", (0,))
         stashes.append((t, v.path))
-        return Stash(f"{t.key}/{v.path}", _get(t.answer, v.path))
+        return Stash(f"{t.key}/{v.path}", at(t.answer, v.path))
 
     def _finish(self, task: Task, outcome: tuple) -> None:
         if outcome[0] == "local":
@@ -406,7 +415,7 @@ class Engine:
                 self._failures = [f for f in self._failures if f is not t.error]
             raise t.error
         if t.where is None:
-            return _get(t.answer, fut.path)
+            return at(t.answer, fut.path)
         if fut.path not in t.cache:
             t.cache[fut.path] = self.remote.fetch(t.where, t.key, fut.path)
         return t.cache[fut.path]
@@ -423,7 +432,15 @@ class Engine:
                         raise writer.error
             return v
 
-        return _rebuild(obj, leaf, self._latest)
+        synced = rebuild(obj, leaf, self._latest)
+        if type(obj) is list and type(synced) is list and self._stale(obj):
+            obj[:] = synced  # a list a task updated as a whole: as a sequential run leaves it
+        else:
+            write_back(obj, synced, self._stale)
+        return synced
+
+    def _stale(self, v: Any) -> bool:
+        return isinstance(v, Future) or self._latest(v) is not v
 
     def forget(self, obj: Any) -> None:
         """``compss_delete_object``: stop tracking versions of ``obj`` (persistent objects stay)."""

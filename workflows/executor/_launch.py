@@ -29,6 +29,9 @@ def parser(prog: str = "python -m workflows.executor") -> argparse.ArgumentParse
                    help="local worker processes for tasks that do not run on a backend (default: cores)")
     p.add_argument("--backend-slots", type=cmdline.positive_int, default=1,
                    help="tasks one backend runs at a time (default 1: one core per backend)")
+    p.add_argument("--pythonpath", default="", metavar="DIRS",
+                   help="colon-separated directories the app, the local workers and the backends' tasks "
+                        "import from, ahead of the app's own directory (runcompss' --pythonpath)")
     p.add_argument("app", type=cmdline.input_file, help="the PyCOMPSs application script")
     p.add_argument("args", nargs=argparse.REMAINDER, help="the app's own arguments")
     return p
@@ -43,18 +46,25 @@ def main(argv: list[str] | None = None, prog: str = "python -m workflows.executo
               f"  runcompss --storage_impl=storage_api --storage_conf=<conf> {opts.app} {' '.join(opts.args)}\n"
               "(storage-api compss-bundle DEST assembles the storage bundle)", file=sys.stderr)
         return 3
-    return run(opts.app, opts.args, workers=opts.workers, backend_slots=opts.backend_slots)
+    return run(opts.app, opts.args, workers=opts.workers, backend_slots=opts.backend_slots,
+               pythonpath=[d for d in opts.pythonpath.split(os.pathsep) if d])
 
 
-def run(app: str, args: list[str], *, workers: int, backend_slots: int = 1) -> int:
+def run(app: str, args: list[str], *, workers: int, backend_slots: int = 1, pythonpath: list[str] = ()) -> int:  # type: ignore[assignment]
     from . import _current, _engine
 
     app_path = str(Path(app).resolve())
     app_dir = str(Path(app_path).parent)
-    for p in (app_dir, SHIM):
-        if p not in sys.path:
-            sys.path.insert(0, p)
-    engine = _engine.Engine(workers, paths=[SHIM, app_dir], script=app_path, backend_slots=backend_slots)
+    # sys.path[0] first: the shim, the --pythonpath directories in their order, the app's directory
+    # (spawned workers start with this process's sys.path; backends get it with each task)
+    paths = [SHIM, *(str(Path(d).resolve()) for d in pythonpath), app_dir]
+    for p in reversed(paths):
+        if p in sys.path:
+            sys.path.remove(p)
+        sys.path.insert(0, p)
+    if pythonpath:  # and programs the app starts, as runcompss exports it
+        os.environ["PYTHONPATH"] = os.pathsep.join([*paths[1:-1], *filter(None, [os.environ.get("PYTHONPATH")])])
+    engine = _engine.Engine(workers, paths=paths, script=app_path, backend_slots=backend_slots)
     _current.install(engine)
     saved_argv, saved_main = sys.argv, sys.modules["__main__"]
     sys.argv = [app_path, *args]
@@ -68,7 +78,7 @@ def run(app: str, args: list[str], *, workers: int, backend_slots: int = 1) -> i
     sys.modules["__main__"] = app
     code = 0
     try:
-        program = compile(Path(app_path).read_text(), app_path, "exec")
+        program = compile(Path(app_path).read_text(), app_path, "exec", dont_inherit=True)  # not our __future__s
         engine.start_pool()  # the workers' start-up overlaps the app's
         exec(program, app.__dict__)
     except SystemExit as exc:

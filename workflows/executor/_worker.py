@@ -11,6 +11,8 @@ import pickle
 
 from storage_api._messages import value_at
 
+from ._serial import dumps
+
 
 def setup() -> None:
     """Each worker's start: Ctrl-C in a terminal reaches the whole process group, but it is the
@@ -61,4 +63,4 @@ def run(payload: bytes, keep_out: tuple[str, ...] = ()) -> bytes:
         func, args, kwargs, outputs = pickle.loads(payload)
     result = func(*args, **kwargs)
     answer = [result, *(value_at(args, kwargs, tuple(p)) for p in outputs)]
-    return pickle.dumps((answer, _traffic_total() - before), protocol=5)
+    return dumps((answer, _traffic_total() - before))
