@@ -21,10 +21,69 @@ from .errors import RemoteError, UnserializableState
 _broken_classes: dict[tuple[str, str], type] = {}
 
 
+# ``bytes`` values at least this large travel out of band too. Pickle copies a bytes value into
+# its stream holding the GIL, which for hundreds of MB takes seconds on a loaded machine: a backend
+# pickling such a result could not answer the liveness pings of its other connections meanwhile.
+_OOB_BYTES = 1 << 20
+_LIFT_DEPTH = 4  # how deep into tuples, lists and dicts large bytes are looked for ...
+_LIFT_WIDTH = 64  # ... in containers of at most this many items (states, arguments, small results)
+
+
+class _OutOfBandBytes:
+    """A large ``bytes`` that pickles as ``bytes(<out-of-band buffer>)``: the same value for any
+    unpickler, without a copy into the stream."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: bytes) -> None:
+        self.value = value
+
+    def __reduce_ex__(self, protocol: int) -> Any:
+        return bytes, (pickle.PickleBuffer(self.value),)
+
+
+_WALKED = (tuple, list, dict)
+
+
+def _lift(obj: Any, depth: int, memo: dict[int, Any]) -> Any:
+    """``obj`` with its large ``bytes`` wrapped for out-of-band travel. Containers are rebuilt only
+    where something changed, once each, so values shared within ``obj`` stay shared; small
+    values are skipped without a call (this runs on every message)."""
+    kind = type(obj)
+    if kind is bytes:
+        if len(obj) < _OOB_BYTES:
+            return obj
+        if id(obj) not in memo:
+            memo[id(obj)] = _OutOfBandBytes(obj)
+        return memo[id(obj)]
+    if depth == 0 or kind not in _WALKED or len(obj) > _LIFT_WIDTH:
+        return obj
+    if id(obj) in memo:
+        return memo[id(obj)]
+    changed: dict[Any, Any] = {}
+    for key, value in (obj.items() if kind is dict else enumerate(obj)):
+        vkind = type(value)
+        if (vkind is bytes and len(value) >= _OOB_BYTES) or (vkind in _WALKED and value):
+            lifted = _lift(value, depth - 1, memo)
+            if lifted is not value:
+                changed[key] = lifted
+    if not changed:
+        return obj
+    if kind is dict:
+        new: Any = {**obj, **changed}
+    else:
+        items = list(obj)
+        for i, lifted in changed.items():
+            items[i] = lifted
+        new = items if kind is list else tuple(items)
+    memo[id(obj)] = new
+    return new
+
+
 def dumps(obj: Any) -> tuple[bytes, list[memoryview]]:
     """Pickle ``obj``; return the in-band body and the out-of-band buffers (as byte views)."""
     buffers: list[pickle.PickleBuffer] = []
-    body = pickle.dumps(obj, protocol=5, buffer_callback=buffers.append)
+    body = pickle.dumps(_lift(obj, _LIFT_DEPTH, {}), protocol=5, buffer_callback=buffers.append)
     return body, [_as_bytes_view(b) for b in buffers]
 
 

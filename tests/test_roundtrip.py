@@ -7,6 +7,7 @@ import pytest
 
 import storage_api
 from storage_api import State
+from storage_api._serial import dumps
 from storage_api.errors import ObjectDeleted, ObjectNotFound
 from tests.conftest import unique
 from tests.models import Counter, Holder, Node
@@ -190,6 +191,21 @@ def test_transient_objects_run_locally(client):
     c = Counter(1)
     assert c.inc() == 2  # no store involved
     assert c.getID() is None
+
+
+def test_large_bytes_travel_out_of_band_and_stay_bytes(client):
+    """Large ``bytes`` (an argument, the stored state, a result) leave the pickle stream as buffers:
+    pickling hundreds of MB in-band held the GIL for seconds, long enough for a loaded backend to
+    miss its callers' liveness pings. They come back as the same bytes, sharing kept."""
+    blob = bytes(range(256)) * (32 << 12)  # 32 MiB
+    body, buffers = dumps((blob, [blob], {"k": blob}))
+    assert len(body) < 1024 and [len(b) for b in buffers] == [len(blob)]  # one buffer, no copy in the body
+    h = Holder()
+    h.make_persistent()
+    h.put([blob, {"again": blob}, b"small"])
+    back = h.take()
+    assert type(back[0]) is bytes and back[0] == blob and back[1]["again"] is back[0] and back[2] == b"small"
+    assert h.swap(None)[0] == blob
 
 
 def test_large_in_band_values(client):
