@@ -12,6 +12,7 @@ dead at once), syncs and closes its log.
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import json
 import logging
 import os
@@ -292,6 +293,26 @@ class BackendProcess:
         self._stop.set()
 
 
+# Where the task executor (workflows/, installed beside this package) keeps its stand-in ``pycompss``.
+_STAND_IN = Path(__file__).resolve().parents[2] / "workflows" / "executor" / "shim"
+
+
+def add_pycompss_stand_in(stand_in: Path = _STAND_IN) -> str | None:
+    """Put the stand-in ``pycompss`` on ``sys.path`` when no real one is importable; return its folder.
+
+    PyCOMPSs models put ``@task`` methods on persistent classes, so their modules import
+    ``pycompss.api.task`` when a backend loads the class. Without COMPSs, the backend must load
+    them all the same, from its first object on (not only once some shipped task brought the
+    stand-in along). It goes last on the path: it never shadows anything the deployment provides.
+    Nothing of the executor is imported here; a model that imports the stand-in imports it.
+    """
+    if importlib.util.find_spec("pycompss") is not None or not (stand_in / "pycompss").is_dir():
+        return None
+    if str(stand_in) not in sys.path:
+        sys.path.append(str(stand_in))
+    return str(stand_in)
+
+
 def main(settings: Settings) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -300,5 +321,8 @@ def main(settings: Settings) -> int:
     )
     if os.getcwd() not in sys.path:  # user classes are imported relative to the working directory
         sys.path.insert(0, os.getcwd())
+    stand_in = add_pycompss_stand_in()
     proc = BackendProcess(settings)
+    if stand_in:  # said once the settings are known good: a mistake ends with its one line
+        log.info("no pycompss installed: model modules import the task executor's stand-in (%s)", stand_in)
     return proc.run()
