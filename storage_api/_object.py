@@ -285,7 +285,11 @@ class BoundRemoteMethod:
 
 
 class RemoteField:
-    """Descriptor of a declared attribute on a handle (shadows class-level defaults)."""
+    """Descriptor of a state attribute on a handle: reads and writes go to the backend.
+
+    One is installed for every declared field and every class-level data attribute (``value = 0``),
+    so that a class default never hides the value the backend holds.
+    """
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -297,6 +301,26 @@ class RemoteField:
 
     def __set__(self, obj: Any, value: Any) -> None:
         _context.current().set_attr(obj, self.name, value)
+
+
+def _class_defaults(cls: type) -> list[str]:
+    """Names of class-level data attributes (``value = 0``, ``myd = {}``) of ``cls`` and its bases.
+
+    Such a default would be found before ``__getattr__`` on a handle, whose instance holds no state;
+    methods, properties and other descriptors, machinery and volatile names are left alone.
+    """
+    names: dict[str, None] = {}
+    for klass in reversed(cls.__mro__):
+        if klass in (object, ActiveObject):
+            continue
+        for name, value in klass.__dict__.items():
+            if name.startswith((RESERVED_PREFIX, VOLATILE_PREFIX)) or (name.startswith("__") and name.endswith("__")):
+                continue
+            if callable(value) or hasattr(type(value), "__get__"):
+                names.pop(name, None)  # a method or descriptor here overrides a base's default
+            else:
+                names[name] = None
+    return list(names)
 
 
 def _handle_getattr(self: Any, name: str) -> Any:
@@ -336,7 +360,7 @@ def handle_class(cls: type[ActiveObject]) -> type[ActiveObject]:
         return cls
     ns: dict[str, Any] = dict(_HANDLE_NS, __module__=cls.__module__, __qualname__=cls.__qualname__)
     ns["__doc__"] = cls.__doc__
-    for name in cls._sa_fields:
+    for name in (*cls._sa_fields, *_class_defaults(cls)):
         ns[name] = RemoteField(name)
     for name, spec in cls._sa_methods.items():
         ns[name] = RemoteMethod(name, spec.readonly, None, getattr(cls, name).__doc__)
