@@ -24,6 +24,7 @@ from typing import Any
 
 from storage_api import StorageObject
 from storage_api import _context
+from storage_api.errors import InvalidArguments, StoreError
 
 __all__ = [
     "init",
@@ -35,9 +36,30 @@ __all__ = [
     "getByID",
     "TaskContext",
     "StorageObject",
+    # the module-level names COMPSs' own storage backends add, which apps and models import
+    "StorageException",
+    "make_persistent",
+    "makePersistent",
+    "delete_persistent",
+    "deletePersistent",
+    "get_by_ID",
+    "init_worker",
+    "finish_worker",
+    "task_context",
 ]
 
+# PyCOMPSs reads this flag to fetch a task's persistent arguments with one getByID(*ids) call;
+# its worker then assigns each Parameter to the fetched *object's* ``content`` attribute instead of
+# the reverse, which on a persistent object would write that Parameter into the store. One
+# getByID per argument is what it does without the flag.
+__pipelining__ = False
+
 log = logging.getLogger("storage.api")
+
+
+class StorageException(StoreError):
+    """The storage error COMPSs' storage API names; the store raises the subclasses of StoreError."""
+
 _lock = threading.Lock()
 _conf_path: str | None = None  # the storage conf of the last init/initWorker
 
@@ -148,3 +170,32 @@ class TaskContext:
             except TypeError:  # getID of a class, not of an object
                 pass
         self.logger.debug("storage task context exited; persistent parameters: %s", [i for i in ids if i])
+
+
+def make_persistent(obj: Any, identifier: str | None = None) -> str:
+    """Store ``obj`` (a StorageObject) under ``identifier`` (default: a fresh id); return its id.
+
+    As the COMPSs manual's ``makePersistent(id)``: the argument is the object's id (a UUID string
+    here), so ``delete_persistent(o); make_persistent(o, old_id)`` stores ``o`` again under its id.
+    """
+    return _storage_object(obj, "make_persistent").make_persistent(identifier)
+
+
+def delete_persistent(obj: Any) -> None:
+    """Remove ``obj`` from the store; it stays usable as a transient object (``getID()`` is None).
+    Deleting an object that is not persistent does nothing."""
+    _storage_object(obj, "delete_persistent").delete_persistent()
+
+
+def _storage_object(obj: Any, what: str) -> StorageObject:
+    if not isinstance(obj, StorageObject):
+        raise InvalidArguments(f"{what}() takes a StorageObject, not a {type(obj).__name__}")
+    return obj
+
+
+makePersistent = make_persistent
+deletePersistent = delete_persistent
+get_by_ID = getByID
+init_worker = initWorker
+finish_worker = finishWorker
+task_context = TaskContext

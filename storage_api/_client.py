@@ -23,7 +23,8 @@ from . import _handshake, _progress, _wire
 from . import _messages as m
 from ._config import Settings
 from ._metadata import BackendInfo, Metadata, ObjectRecord
-from ._object import ActiveObject, RemoteMethod, State, become_handle, import_class, make_handle, state_of
+from ._object import (ActiveObject, RemoteMethod, State, become_handle, become_transient, import_class, make_handle,
+                      state_of)
 from ._redis import Redis
 from ._retry import Backoff, Retry
 from ._rpc import WATCH_FRACTION, Channel, ReplyFrame
@@ -79,16 +80,16 @@ class Client:
         self._watchdog: threading.Thread | None = None
 
     # ============================================================ public ops
-    def persist(self, obj: ActiveObject, *, alias: str | None, backend: Any) -> str:
+    def persist(self, obj: ActiveObject, *, oid: str | None = None, alias: str | None, backend: Any) -> str:
         cls = type(obj)
         path = cls._sa_class_path
+        oid = oid or str(uuid.uuid4())
         if is_stub(cls):
-            return self._new_from_stub(obj, alias, backend)
+            return self._new_from_stub(obj, oid, alias, backend)
         if path.startswith("__main__."):
             raise ClassNotFound(
                 f"{cls.__qualname__} is defined in __main__, which backends cannot import: move it to a module"
             )
-        oid = str(uuid.uuid4())
         self._persist_at(self._choose_backend(backend), obj, oid, path, alias)
         return oid
 
@@ -98,9 +99,8 @@ class Client:
         become_handle(obj, oid, bid)
         self._locations[oid] = bid
 
-    def _new_from_stub(self, obj: ActiveObject, alias: str | None, backend: Any) -> str:
+    def _new_from_stub(self, obj: ActiveObject, oid: str, alias: str | None, backend: Any) -> str:
         args, kwargs = obj.__dict__["_sa_init"]
-        oid = str(uuid.uuid4())
         bid = self._choose_backend(backend)
         self.send(bid, m.New(oid, type(obj)._sa_class_path, alias, args, kwargs))
         become_handle(obj, oid, bid)
@@ -121,14 +121,16 @@ class Client:
         self._object_request(obj, m.SetAttr(obj._sa_id, name, value))
 
     def delete(self, obj: ActiveObject) -> None:
+        """Delete the object from the store; ``obj`` becomes transient, holding its last state."""
         oid = obj._sa_id
         assert oid is not None
-        self._delete(obj, oid)
-        obj.__dict__["_sa_state"] = State.DELETED
+        state = self._delete(obj, oid)
         self._locations.pop(oid, None)
+        become_transient(obj, state)
 
-    def _delete(self, obj: ActiveObject, oid: str) -> None:
-        self._object_request(obj, m.Delete(oid))
+    def _delete(self, obj: ActiveObject, oid: str) -> dict[str, Any] | None:
+        # a stub has no class to hold the state: do not ship it
+        return self._object_request(obj, m.Delete(oid, not is_stub(type(obj))))
 
     # ------------------------------------------------------------ placement
     def move(self, obj: ActiveObject, backend: Any, recursive: bool = False) -> list[str]:

@@ -103,7 +103,10 @@ class New(NamedTuple):
 
 
 class Delete(NamedTuple):
+    """Delete an object; with ``keep_state``, the reply is its last state (COMPSs keeps it on the object)."""
+
     oid: str
+    keep_state: bool = False
     op = "delete"
 
 

@@ -73,10 +73,13 @@ local function has(t, v) for _, x in ipairs(t) do if x == v then return true end
 # A backend (re)registering an object it holds: ARGV ns, bid, class, alias, its local role, and (for a
 # primary) its in-sync replicas, comma-separated. Returns 'primary', 'replica', 'orphan' (a replica
 # of an object Redis does not know: the primary has not re-registered it yet) or 'stale' (another
-# backend is primary and does not list us, or the object was deleted: a tombstone).
+# backend is primary and does not list us, or the object was deleted: a tombstone). ARGV[7] 'new':
+# the object was just made persistent under this id, which a tombstone does not forbid (re-use of
+# a deleted object's id); an old copy elsewhere then finds a record naming another primary.
 _REGISTER = _LUA_LIB + """
 local ns, bid = ARGV[1], ARGV[2]
 local cur = redis.call('hget', KEYS[1], 'backend')
+if cur == '' and ARGV[7] == 'new' then redis.call('del', KEYS[1]) cur = false end
 if not cur then
   if ARGV[5] == 'replica' then return 'orphan' end
   redis.call('hset', KEYS[1], 'class', ARGV[3], 'backend', bid, 'alias', ARGV[4], 'replicas', ARGV[6], 'epoch', '0')
@@ -310,13 +313,14 @@ class Metadata:
 
     def register_objects(self, bid: str, records: list[tuple[str, str, str | None]],
                          roles: dict[str, str] | None = None, replicas: dict[str, list[str]] | None = None,
-                         rebuilding: float = 0.0) -> tuple[list[str], dict[str, str]]:
+                         rebuilding: float = 0.0, new: bool = False) -> tuple[list[str], dict[str, str]]:
         """Register ``(oid, class_path, alias)`` entries held by ``bid`` (as primary unless ``roles``
         says otherwise; a primary's in-sync replicas in ``replicas``).
 
         Returns the alias conflicts and each object's verdict (see ``_REGISTER``): ``primary``,
         ``replica``, ``orphan`` or ``stale``. With ``rebuilding`` (seconds), each batch also renews
-        the marker that tells clients the index is being rebuilt.
+        the marker that tells clients the index is being rebuilt. ``new``: objects just made
+        persistent, which may take a deleted object's id.
         """
         conflicts: list[str] = []
         verdicts: dict[str, str] = {}
@@ -329,7 +333,7 @@ class Metadata:
                 role = (roles or {}).get(oid, "primary")
                 reps = ",".join((replicas or {}).get(oid, ())) if role == "primary" else ""
                 cmds.append(("EVAL", _REGISTER, 2, self.key("obj", oid), oid, self.ns, bid, path, alias or "", role,
-                             reps))
+                             reps, "new" if new else ""))
                 if alias:
                     cmds.append(("EVAL", _CLAIM, 1, self.key("alias", alias), oid))
             for cmd, reply in zip(cmds, self.redis.pipeline(cmds)):

@@ -5,7 +5,7 @@ Lifecycle (one enum, :class:`State`)::
     TRANSIENT --make_persistent()--> PROXY       (on a client: state moves to a backend)
     TRANSIENT --make_persistent()--> RESIDENT    (inside the backend that will own it)
     PENDING   --make_persistent()--> PROXY       (a stub instance: constructed on the backend)
-    PROXY / RESIDENT --delete_persistent()--> DELETED
+    PROXY / RESIDENT --delete_persistent()--> TRANSIENT (holding its last state; a stub: DELETED)
     RESIDENT --move()--> PROXY elsewhere; a new primary's copy is RESIDENT
     RESIDENT --new_replica()--> a REPLICA copy on another backend --failover--> RESIDENT
 
@@ -15,7 +15,7 @@ Lifecycle (one enum, :class:`State`)::
 * ``PROXY``: a handle; attribute reads and writes and active method calls go to the backend.
 * ``REPLICA``: a copy on a backend that is not the primary; it serves read-only methods and
   receives every write from the primary (see :mod:`storage_api._backend._placement`).
-* ``DELETED``: a handle whose object no longer exists.
+* ``DELETED``: a stub instance whose object was deleted (a stub has no class to hold the state).
 
 Attribute conventions: names starting with ``_sa_`` are the store's machinery; names starting with
 ``_v_`` are volatile (never persisted). Every other instance attribute is persistent state;
@@ -32,6 +32,7 @@ import enum
 import inspect
 import sys
 import typing
+import uuid
 import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -136,20 +137,25 @@ class ActiveObject:
         cls._sa_class_path = class_path(cls)
 
     # ----------------------------------------------------------- persistence
-    def make_persistent(self, alias: str | None = None, backend: Any = None) -> str:
-        """Store this object on a backend (``backend``: a record or a name; default: any).
+    def make_persistent(self, identifier: str | None = None, *, alias: str | None = None, backend: Any = None) -> str:
+        """Store this object on a backend and return its id.
 
-        Returns the object's id. On a client, the state moves to the backend and this instance
-        becomes a handle to it.
+        ``identifier``: the id to store it under (a UUID string), as COMPSs' ``makePersistent(id)``;
+        default: a fresh one. ``alias``: a name for :meth:`get_by_alias`. ``backend``: a record or
+        a name (default: any live one). On a client, the state moves to the backend and this
+        instance becomes a handle to it. An object that is already persistent keeps its id.
         """
+        oid = None if identifier is None else check_id(identifier)
         if self._sa_state in (State.RESIDENT, State.PROXY):
             if alias is not None:
                 raise StoreError(f"object {self._sa_id} is already persistent; aliases are given at make_persistent")
+            if oid is not None and oid != self._sa_id:
+                raise StoreError(f"object {self._sa_id} is already persistent: it cannot take the id {oid}")
             assert self._sa_id is not None
             return self._sa_id
         if self._sa_state is State.DELETED:
-            raise ObjectDeleted(f"object {self._sa_id} was deleted")
-        return _context.current().persist(self, alias=alias, backend=backend)
+            raise ObjectDeleted("this stub's object was deleted; a stub holds no state to store again")
+        return _context.current().persist(self, oid=oid, alias=alias, backend=backend)
 
     makePersistent = make_persistent
 
@@ -158,10 +164,15 @@ class ActiveObject:
         return self._sa_id
 
     def delete_persistent(self) -> None:
-        """Remove the object from the store; this handle becomes unusable."""
-        if self._sa_state not in (State.RESIDENT, State.PROXY):
-            raise StoreError("object is not persistent")
-        _context.current().delete(self)
+        """Remove the object from the store (COMPSs' ``deletePersistent``).
+
+        The object stays usable as a transient one, holding the state it had (fetched back from
+        its backend), with ``getID() is None``; it can be made persistent again, also under its
+        old id. Deleting an object that is not persistent does nothing. A stub instance, which
+        has no class here to hold the state, becomes unusable.
+        """
+        if self._sa_state in (State.RESIDENT, State.PROXY):
+            _context.current().delete(self)
 
     deletePersistent = delete_persistent
     delete = delete_persistent
@@ -225,6 +236,14 @@ class ActiveObject:
 
 
 StorageObject = ActiveObject
+
+
+def check_id(identifier: Any) -> str:
+    """An object id given by the caller, in canonical form (ids are UUIDs: the log keys by them)."""
+    try:
+        return str(uuid.UUID(identifier))
+    except (TypeError, ValueError, AttributeError):
+        raise InvalidArguments(f"an object id is a UUID string, not {identifier!r}") from None
 
 
 def _new_transient(cls: type[ActiveObject]) -> ActiveObject:
@@ -395,6 +414,23 @@ def become_handle(obj: Any, oid: str, backend: str | None) -> None:
     d["_sa_backend"] = backend
     object.__setattr__(obj, "__class__", handle_class(type(obj)))
     _handles[oid] = obj
+
+
+def become_transient(obj: Any, state: dict[str, Any] | None) -> None:
+    """A deleted object becomes a plain transient instance of its class, holding ``state`` (its
+    last state, fetched from the backend; ``None`` for a backend's live object, which has it)."""
+    d = obj.__dict__
+    cls = type(obj)
+    if cls.__dict__.get("_sa_stub"):  # no class here to hold the state: the instance is spent
+        d.update(_sa_state=State.DELETED, _sa_id=None, _sa_backend=None)
+        return
+    if state is not None:
+        d.clear()
+        d.update(state)
+    for key in [k for k in d if k.startswith(RESERVED_PREFIX)]:
+        del d[key]
+    if cls.__dict__.get("_sa_generated"):  # a handle: back to the user's class
+        object.__setattr__(obj, "__class__", cls.__mro__[1])
 
 
 def import_class(path: str) -> type[ActiveObject]:

@@ -22,6 +22,7 @@ __all__ = [
     "AuthenticationError",
     "ObjectNotFound",
     "AliasExists",
+    "ObjectExists",
     "ClassNotFound",
     "MethodNotFound",
     "InvalidArguments",
@@ -85,6 +86,10 @@ class ObjectMoved(ObjectNotFound):
 
 class AliasExists(StoreError, ValueError):
     """The alias is already taken by another object."""
+
+
+class ObjectExists(StoreError, ValueError):
+    """``make_persistent`` named an id that a live object already has."""
 
 
 class ClassNotFound(StoreError, ImportError):

@@ -1,9 +1,9 @@
-"""Models written the way COMPSs' storage apps write them: state declared as class-level
-defaults, plain (not active) methods."""
+"""Models written the way COMPSs' storage apps write them: the base class from
+``storage.storage_object``, state declared as class-level defaults, plain (not active) methods."""
 
 from __future__ import annotations
 
-from storage_api import StorageObject
+from storage.storage_object import StorageObject
 from storage_api import activemethod
 
 

@@ -7,11 +7,24 @@ manual's ``makePersistent(id)``/``deletePersistent()`` semantics.
 
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 import textwrap
+import uuid
+from pathlib import Path
 
+import pytest
+
+import storage.api as api
+from storage.storage_object import StorageObject, storage_object
+from storage_api import ActiveObject
+from storage_api.errors import InvalidArguments, ObjectExists, ObjectNotFound, StoreError
 from tests.compss_models import Tally
-from tests.conftest import Cluster, run_python
+from tests.conftest import Cluster, run_python, unique
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 # ------------------------------------------------------------------ class-level defaults
@@ -71,3 +84,125 @@ def test_backends_import_models_that_import_pycompss(own_client) -> None:
     job = job_cls("fit")
     job.make_persistent()
     assert job.describe() == "fit: task decorator from workflows.executor._decorators"
+
+
+# ------------------------------------------------------------------ the storage.api surface
+def test_storage_api_has_what_compss_backends_export() -> None:
+    assert StorageObject is storage_object is api.StorageObject is ActiveObject
+    assert api.makePersistent is api.make_persistent and api.deletePersistent is api.delete_persistent
+    assert api.get_by_ID is api.getByID and api.task_context is api.TaskContext
+    assert api.init_worker is api.initWorker and api.finish_worker is api.finishWorker
+    assert issubclass(api.StorageException, StoreError)
+    assert api.__pipelining__ is False  # PyCOMPSs' pipelined getByID would write into the objects
+    with pytest.raises(InvalidArguments, match="takes a StorageObject, not a dict"):
+        api.make_persistent({"value": 1})
+    with pytest.raises(InvalidArguments):
+        api.delete_persistent(3)
+
+
+# ------------------------------------------------------------------ makePersistent / deletePersistent
+def test_make_persistent_takes_the_id_positionally(cluster: Cluster, client) -> None:
+    oid = str(uuid.uuid4())
+    assert api.make_persistent(Tally(3), oid) == oid
+    other = cluster.client()
+    try:
+        assert other.get_by_id(oid).held() == (3, {}, True)
+    finally:
+        other.close()
+    alias = unique("tally")
+    Tally(4).make_persistent(alias=alias)  # ours: the alias is a keyword
+    assert Tally.get_by_alias(alias).get() == 4
+    with pytest.raises(InvalidArguments, match="UUID"):
+        Tally(1).make_persistent("hits")
+    for _ in range(4):  # either backend: the one holding it, or the other one
+        with pytest.raises(ObjectExists):
+            Tally(1).make_persistent(oid)
+    assert client.get_by_id(oid).get() == 3
+
+
+def test_delete_persistent_leaves_a_transient_object_with_its_state(cluster: Cluster, client) -> None:
+    t = Tally(5)
+    oid = t.make_persistent()
+    t.value = 9
+    t.count("w")
+    api.delete_persistent(t)
+    assert t.getID() is None
+    assert type(t) is Tally and (t.value, t.words) == (9, {"w": 1})
+    t.bump(1)  # a plain object again: runs locally
+    assert t.get() == 10
+    other = cluster.client()
+    try:
+        with pytest.raises(ObjectNotFound):
+            other.get_by_id(oid)
+    finally:
+        other.close()
+    t.delete_persistent()  # not persistent any more: nothing to do
+    api.delete_persistent(Tally(1))
+
+
+def test_a_deleted_stub_instance_is_spent(cluster: Cluster, client) -> None:
+    t = Tally(5)
+    oid = t.make_persistent()
+    out = _thin(cluster, f"""
+        from storage_api.errors import ObjectDeleted
+        h = storage_api.get_by_id({oid!r})
+        h.delete_persistent()
+        try:
+            h.held()  # no class here to hold the state
+        except ObjectDeleted:
+            print("spent", h.getID())
+    """)
+    assert "spent None" in out
+    with pytest.raises(ObjectNotFound):
+        client.get_by_id(oid).held()
+
+
+def test_an_object_is_stored_again_under_its_own_id(cluster: Cluster, client) -> None:
+    t = Tally(5)
+    oid = t.make_persistent()
+    # COMPSs' Redis backend updates objects this way (delete, then persist under the same id)
+    api.delete_persistent(t)
+    t.bump(1)
+    api.make_persistent(t, oid)
+    assert t.getID() == oid
+    other = cluster.client()
+    try:
+        assert other.get_by_id(oid).held() == (6, {}, True)
+    finally:
+        other.close()
+
+
+def test_a_task_on_the_backend_deletes_and_stores_again_its_argument(cluster: Cluster, client,
+                                                                      tmp_path: Path) -> None:
+    t = Tally(5)
+    oid = t.make_persistent()
+    app = tmp_path / "app.py"
+    app.write_text(textwrap.dedent("""
+        import sys
+        from pycompss.api.api import compss_wait_on
+        from pycompss.api.parameter import INOUT
+        from pycompss.api.task import task
+        from storage.api import delete_persistent, getByID, make_persistent
+
+        @task(t=INOUT)
+        def renew(t):
+            oid = t.getID()
+            t.bump(5)
+            delete_persistent(t)  # the task holds the object: this must not wait for itself
+            make_persistent(t, oid)
+
+        if __name__ == "__main__":
+            import storage_api
+            storage_api.connect()
+            t = getByID(sys.argv[1])
+            renew(t)
+            t = compss_wait_on(t)
+            print("after", t.getID(), t.held())
+    """))
+    proc = subprocess.run([sys.executable, "-m", "workflows.executor", "--workers", "1", str(app), oid],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT),
+                               "STORAGE_API_CONFIG": str(cluster.dep.config_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert f"after {oid} (10, {{}}, True)" in proc.stdout
+    assert client.get_by_id(oid).held() == (10, {}, True)

@@ -45,8 +45,8 @@ def _new(b: LocalBackend, msg: m.New) -> None:
     b.construct(msg.oid, msg.class_path, msg.alias, msg.args, msg.kwargs)
 
 
-def _delete(b: LocalBackend, msg: m.Delete) -> None:
-    b.delete(msg.oid)
+def _delete(b: LocalBackend, msg: m.Delete) -> dict[str, Any] | None:
+    return b.delete(msg.oid, msg.keep_state)
 
 
 def _load_class(b: LocalBackend, msg: m.LoadClass) -> dict:

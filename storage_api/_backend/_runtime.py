@@ -23,19 +23,21 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from contextlib import nullcontext
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._messages import ReplicaDrop
 from .._metadata import Metadata
-from .._object import RESERVED_PREFIX, ActiveObject, State, import_class, state_of
+from .._object import RESERVED_PREFIX, ActiveObject, State, become_transient, import_class, state_of
 from .._serial import dump_state, loads
 from .._stub import describe_class
-from ..errors import ClassNotFound, InvalidArguments, MethodNotFound, ObjectMoved, ObjectNotFound, StoreError
+from ..errors import (ClassNotFound, InvalidArguments, MethodNotFound, ObjectExists, ObjectMoved, ObjectNotFound,
+                      StoreError)
 from ._placement import Failed, NotKept, Placement, keepable, remember, replace_state
 from ._rwlock import RWLock
 from ._store import Store
-from ._tasks import TaskResults
+from ._tasks import TaskLocks, TaskResults
 
 if TYPE_CHECKING:
     from .._client import Client
@@ -105,6 +107,7 @@ class LocalBackend(Placement):
         self._classes: dict[str, type[ActiveObject]] = {}
         self._class_lock = threading.Lock()
         self.task_results = TaskResults()  # answers of shipped tasks kept here (see _tasks)
+        self.task_locks = TaskLocks()
         # Asked before a request blocks on durability: True if the server takes over the wait
         # (it then sends the reply once the LSN is on disk; see _server.defer_sync).
         self.defer_sync = defer_sync
@@ -206,16 +209,22 @@ class LocalBackend(Placement):
     def _register_new(self, obj: ActiveObject, oid: str, path: str, alias: str | None, body: bytes,
                       buffers: list[Any], streams: list[Any] | None = None) -> None:
         if oid in self._entries or oid in self.store:
-            raise StoreError(f"object {oid} already exists")
+            raise ObjectExists(f"object {oid} already exists")
         if alias:
             self.meta.claim_alias(alias, oid)
+        lsn = 0
         try:
             lsn = self.store.put(oid, {"class": path, "alias": alias}, body, buffers, streams)
             self.new_entry(obj, oid, alias, "primary").lsn = lsn
             self.store.sync(lsn)
-            self.meta.register_objects(self.id, [(oid, path, alias)])
+            # a caller may name the id (COMPSs' makePersistent(id)): it may be a deleted object's
+            # (reused), or a live object's elsewhere (refused)
+            _, verdicts = self.meta.register_objects(self.id, [(oid, path, alias)], new=True)
+            if verdicts.get(oid) != "primary":
+                raise ObjectExists(f"object {oid} already exists on another backend")
         except BaseException:
-            self._entries.pop(oid, None)
+            if self._entries.pop(oid, None) is not None:
+                self.store.sync(self.store.delete(oid))
             if alias:
                 self.meta.release_alias(alias, oid)
             raise
@@ -333,18 +342,26 @@ class LocalBackend(Placement):
             self.replicate_write(entry, body, buffers, None, None)
         self._durable(lsn)
 
-    def delete(self, oid: str) -> None:
+    def delete(self, oid: str, state: bool = False) -> dict[str, Any] | None:
+        """Delete an object; return its last state when ``state`` (for the caller to keep).
+
+        The live object becomes a plain transient one (code here may still hold it, and may make
+        it persistent again). A shipped task that holds the object's lock may delete it: the lock
+        is not taken twice.
+        """
         entry = self.primary_entry(oid)
-        with entry.lock.writing():
+        with nullcontext() if self.task_locks.holds(entry) else entry.lock.writing():
             entry.check()
             self.store.sync(self.store.delete(oid))
             entry.deleted = True
             self._entries.pop(oid, None)
-            entry.obj.__dict__["_sa_state"] = State.DELETED
+            last = state_of(entry.obj) if state else None
+            become_transient(entry.obj, None)
             replicas = tuple(entry.replicas)
         self.meta.unregister_object(self.id, oid, entry.alias, replicas)
         for r in replicas:
             self._tell(r, ReplicaDrop(oid))
+        return last
 
     # -------------------------------------------------------------- misc
     def stats(self) -> dict[str, Any]:

@@ -69,6 +69,17 @@ class TaskResults:
             return sum(self._kept.pop(k, None) is not None for k in keys)
 
 
+class TaskLocks(threading.local):
+    """The entries whose locks the shipped task running in this thread holds: the task may delete
+    such an object (COMPSs' delete-then-persist-again idiom) without waiting for its own lock."""
+
+    def __init__(self) -> None:
+        self.entries: set[Any] = set()
+
+    def holds(self, entry: Any) -> bool:
+        return entry in self.entries
+
+
 # ------------------------------------------------------------------ function references
 def resolve(ref: tuple, paths: list[str] = ()) -> Any:  # type: ignore[assignment]
     """The callable a reference names (importing its module, or the script by path)."""
@@ -146,22 +157,25 @@ def _task(b: LocalBackend, msg: m.Task) -> Any:
     _owned(b, kwargs, owned)
     writes = set(msg.writes)
     locks = []
+    held = b.task_locks.entries
     try:
         for oid in sorted(owned):  # one global order: two tasks never wait for each other's locks
             entry = b.entry(oid)
             if oid in writes:
                 entry.lock.acquire_write()
-                locks.append((entry.lock.release_write, oid, True))
+                locks.append((entry.lock.release_write, entry, True))
             else:
                 entry.lock.acquire_read()
-                locks.append((entry.lock.release_read, oid, False))
+                locks.append((entry.lock.release_read, entry, False))
+            held.add(entry)
         result = func(*args, **kwargs)
         answer = [result, *(m.value_at(args, kwargs, tuple(p)) for p in msg.outputs)]
-        for _release, oid, write in locks:
-            if write:
-                b.commit_mutation(oid)
+        for _release, entry, write in locks:
+            if write and not entry.deleted:  # one the task deleted (and maybe stored again) is written
+                b.commit_mutation(entry.oid)
     finally:
-        for release, _oid, _write in reversed(locks):
+        for release, entry, _write in reversed(locks):
+            held.discard(entry)
             release()
     if msg.keep is None:
         return answer
