@@ -206,3 +206,44 @@ def test_a_task_on_the_backend_deletes_and_stores_again_its_argument(cluster: Cl
     assert proc.returncode == 0, proc.stderr
     assert f"after {oid} (10, {{}}, True)" in proc.stdout
     assert client.get_by_id(oid).held() == (10, {}, True)
+
+
+# ------------------------------------------------------------------ shipped tasks
+def test_a_task_on_the_backend_gets_the_values_inside_an_object_array(cluster: Cluster, client,
+                                                                        tmp_path: Path) -> None:
+    """dislib keeps grids of task results in numpy object arrays: a result kept on the backend
+    travels inside one as a marker, which the backend replaces by the value before the task runs."""
+    t = Tally(5)
+    oid = t.make_persistent()
+    app = tmp_path / "app.py"
+    app.write_text(textwrap.dedent("""
+        import os, sys
+        import numpy as np
+        from pycompss.api.api import compss_wait_on
+        from pycompss.api.parameter import COLLECTION_IN
+        from pycompss.api.task import task
+        from storage.api import getByID
+
+        @task(returns=1)
+        def twice(t):  # on the backend holding t: the result stays there
+            return t.get() * 2
+
+        @task(returns=1, cells=COLLECTION_IN)
+        def total(t, cells):
+            return [os.getpid(), t.get() + sum(int(c) for c in cells)]
+
+        if __name__ == "__main__":
+            import storage_api
+            storage_api.connect()
+            t = getByID(sys.argv[1])
+            cells = np.empty(2, dtype=object)
+            cells[0], cells[1] = twice(t), 3
+            print("total", compss_wait_on(total(t, cells)))
+    """))
+    proc = subprocess.run([sys.executable, "-m", "workflows.executor", "--workers", "1", str(app), oid],
+                          capture_output=True, text=True, timeout=60, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT),
+                               "STORAGE_API_CONFIG": str(cluster.dep.config_path)})
+    assert proc.returncode == 0, proc.stderr
+    backend_pid = next(b.pid for b in client.backends() if b.id == client.placement(oid).backend)
+    assert f"total [{backend_pid}, 18]" in proc.stdout

@@ -132,15 +132,27 @@ def _substitute(value: Any, b: LocalBackend) -> Any:
         return tuple(_substitute(v, b) for v in value)
     if type(value) is dict:
         return {k: _substitute(v, b) for k, v in value.items()}
+    if _is_object_array(value):
+        out = value.copy()
+        for cell in sys.modules["numpy"].ndindex(value.shape):
+            out[cell] = _substitute(value[cell], b)
+        return out
     return value
+
+
+def _is_object_array(value: Any) -> bool:
+    """A numpy array of Python objects (dislib's grids of task results); numpy is not imported here:
+    such an array exists only if the task's code or its arguments brought numpy in."""
+    np = sys.modules.get("numpy")
+    return np is not None and type(value) is np.ndarray and value.dtype == object
 
 
 def _owned(b: LocalBackend, value: Any, found: dict[str, ActiveObject]) -> None:
     if isinstance(value, ActiveObject):
         if value._sa_state is State.RESIDENT and value._sa_backend == b.id and value._sa_id:
             found[value._sa_id] = value
-    elif type(value) in (list, tuple):
-        for v in value:
+    elif type(value) in (list, tuple) or _is_object_array(value):
+        for v in (value.flat if _is_object_array(value) else value):
             _owned(b, v, found)
     elif type(value) is dict:
         for v in value.values():
