@@ -175,6 +175,20 @@ def identity():
     compss_wait_on(counts)
     return [seen, [b.tolist() for b in synced], [type(b).__name__ for b in blocks], counts]
 
+def released():
+    from workflows.executor import current
+    from pycompss.api.api import compss_barrier
+    entries = current()._versions._entries
+    before = len(entries)
+    blocks = [np.zeros(2) for _ in range(50)]
+    add_one(blocks)
+    compss_barrier()
+    during = len(entries) - before
+    del blocks
+    import gc
+    gc.collect()
+    return [during, len(entries) - before]
+
 def object_array():
     grid = np.empty((2, 2), dtype=object)
     for i in range(2):
@@ -207,7 +221,7 @@ if __name__ == "__main__":
     print("RESULT " + json.dumps(out))
 '''
 
-SECTIONS = ["annotations", "implicit", "named_returns", "class_future", "depth", "identity", "object_array", "hidden", "by_value"]
+SECTIONS = ["annotations", "implicit", "named_returns", "class_future", "depth", "identity", "released", "object_array", "hidden", "by_value"]
 
 
 def launch(tmp_path: Path, app: str, app_args: list[str], *, options: tuple[str, ...] = (), env: dict | None = None,
@@ -266,6 +280,12 @@ def test_collection_updates_follow_the_element_objects_into_any_container(app_ru
     assert synced == [[3.0, 3.0], [3.0, 3.0]]
     assert kinds == ["ndarray", "ndarray"]
     assert counts == [2, 2]
+
+
+def test_elements_are_followed_only_while_the_app_holds_them(app_run: dict) -> None:
+    # 50 blocks updated by a task are followed; once the app drops them, so does the engine
+    # (and the results their versions kept alive)
+    assert app_run["released"] == [50, 0]
 
 
 def test_numpy_object_arrays_are_collections(app_run: dict) -> None:

@@ -2,7 +2,8 @@
 
 A call of a ``@task`` function becomes a :class:`Task` whose results are :class:`Future` objects.
 Dependencies come from the arguments: a future (or a collection holding futures) waits for the
-task that makes it; an object passed INOUT gets a new version (later uses read it); a persistent
+task that makes it; an object passed INOUT, or an element of a collection a task writes, gets a
+new version that later uses read, in whatever container they pass it (:mod:`._versions`); a persistent
 object or a file orders its writers against its readers. One dispatcher thread starts tasks whose
 inputs are ready, so the app's thread only records them.
 
@@ -34,6 +35,7 @@ from . import _returns
 from ._decorators import Param, TaskSpec
 from ._serial import dumps_task, pending
 from ._structure import SHARED_VALUES, at, leaf_paths, rebuild, set_at, write_back
+from ._versions import Versions, followable
 from ._remote import Backends
 
 
@@ -121,7 +123,7 @@ class Engine:
         self._active = 0
         self._count = itertools.count(1)
         self._events: queue.SimpleQueue = queue.SimpleQueue()
-        self._versions: dict[int, tuple[Any, Future]] = {}  # id(obj) -> (obj, its latest version)
+        self._versions = Versions()
         self._writer: dict[Any, Task] = {}
         self._readers: dict[Any, list[Task]] = {}
         self._failures: list[BaseException] = []
@@ -193,7 +195,7 @@ class Engine:
         if stand_in is None or isinstance(stand_in, SHARED_VALUES):
             return fut
         with self._lock:
-            self._versions[id(stand_in)] = (stand_in, fut)
+            self._versions.set(stand_in, fut)
         return stand_in
 
     def _track(self, task: Task, value: Any, param: Param, deps: list[Task], base: tuple,
@@ -228,21 +230,21 @@ class Engine:
                 task.outputs.append(base + lp)
                 fut = Future(task, (1 + index,))
                 for depth in range(len(lp)):  # a newer version of every element supersedes the rows'
-                    self._versions.pop(id(at(value, lp[:depth])), None)
-                if isinstance(element, SHARED_VALUES):  # no identity to follow: replace it in place
+                    self._versions.forget(at(value, lp[:depth]))
+                if followable(element):  # by identity, in whichever container it is passed next
+                    self._versions.set(element, fut)
+                else:  # numbers, strings, plain object() placeholders: replaced where they are
                     registrations.append(lambda lp=lp, fut=fut: set_at(value, lp, fut))
-                else:  # followed by identity, in whichever container it is passed next
-                    self._versions[id(element)] = (element, fut)
-        elif param.direction in ("INOUT", "OUT", "CONCURRENT", "COMMUTATIVE") and not _is_psco(value):
+        elif param.direction in ("INOUT", "OUT", "CONCURRENT", "COMMUTATIVE") and not _is_psco(value) \
+                and not isinstance(value, SHARED_VALUES):  # 5 or "a" INOUT: every other 5 would follow it
             index = len(task.outputs)
             task.outputs.append(base)
             fut = Future(task, (1 + index,))
-            self._versions[id(value)] = (value, fut)
+            self._versions.set(value, fut)
         return snapshot
 
     def _latest(self, v: Any) -> Any:
-        version = self._versions.get(id(v))
-        return version[1] if version is not None and version[0] is v else v
+        return self._versions.latest(v)
 
     def _order(self, task: Task, key: Any, writes: bool, deps: list[Task]) -> None:
         last = self._writer.get(key)
@@ -445,7 +447,7 @@ class Engine:
     def forget(self, obj: Any) -> None:
         """``compss_delete_object``: stop tracking versions of ``obj`` (persistent objects stay)."""
         with self._lock:
-            self._versions.pop(id(obj), None)
+            self._versions.forget(obj)
 
     def barrier(self) -> None:
         """Wait until every submitted task finished; raise the first failure since the last barrier."""
