@@ -27,3 +27,9 @@ class Tally(StorageObject):
     def held(self) -> tuple:
         """What the backend's live object holds (read next to the data)."""
         return self.value, dict(self.words), "value" in self.__dict__
+
+    @activemethod
+    def retire(self) -> int:
+        """Delete this object from inside one of its own methods; return its last value."""
+        self.delete_persistent()
+        return self.value

@@ -157,6 +157,20 @@ def test_a_deleted_stub_instance_is_spent(cluster: Cluster, client) -> None:
         client.get_by_id(oid).held()
 
 
+def test_an_active_method_deletes_its_own_object(cluster: Cluster, client) -> None:
+    t = Tally(5)
+    oid = t.make_persistent()
+    assert t.retire() == 5  # the method holds the object's lock: deleting must not wait for it
+    other = cluster.client()
+    try:
+        with pytest.raises(ObjectNotFound):
+            other.get_by_id(oid)
+    finally:
+        other.close()
+    with pytest.raises(ObjectNotFound):  # and the backend did not write it back after the method
+        t.held()
+
+
 def test_an_object_is_stored_again_under_its_own_id(cluster: Cluster, client) -> None:
     t = Tally(5)
     oid = t.make_persistent()

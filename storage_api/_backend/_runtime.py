@@ -273,7 +273,7 @@ class LocalBackend(Placement):
         lock = entry.lock
         if spec.readonly:
             self.check_readable(entry)
-            with lock.reading():
+            with lock.reading(), self.task_locks.holding(entry):
                 entry.check()
                 result = _invoke(func, (entry.obj, *args), kwargs, what)
             self._durable(entry.lsn)
@@ -290,19 +290,23 @@ class LocalBackend(Placement):
                     raise prior.error()
                 return prior
             outcome: Any = None
+            lsn: int | None = None
             try:
-                outcome = result = _invoke(func, (entry.obj, *args), kwargs, what)
+                with self.task_locks.holding(entry):
+                    outcome = result = _invoke(func, (entry.obj, *args), kwargs, what)
             except BaseException as exc:  # SystemExit too: a method's exit is its caller's error
                 outcome = Failed(exc)
                 raise
             finally:
-                lsn, body, buffers = self._save_state(entry)
-                outcome = keepable(outcome) if rid is not None else None
-                if rid is not None:
-                    remember(entry, rid, outcome)
-                if entry.replicas:
-                    self.replicate_write(entry, body, buffers, rid, outcome)
-        self._durable(lsn)
+                if not entry.deleted:  # a method that deleted its own object leaves nothing to write
+                    lsn, body, buffers = self._save_state(entry)
+                    outcome = keepable(outcome) if rid is not None else None
+                    if rid is not None:
+                        remember(entry, rid, outcome)
+                    if entry.replicas:
+                        self.replicate_write(entry, body, buffers, rid, outcome)
+        if lsn is not None:
+            self._durable(lsn)
         return result
 
     def commit_mutation(self, oid: str) -> None:

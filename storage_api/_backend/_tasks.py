@@ -15,6 +15,8 @@ import importlib
 import importlib.util
 import sys
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from .. import _messages as m
@@ -70,14 +72,24 @@ class TaskResults:
 
 
 class TaskLocks(threading.local):
-    """The entries whose locks the shipped task running in this thread holds: the task may delete
-    such an object (COMPSs' delete-then-persist-again idiom) without waiting for its own lock."""
+    """The entries whose locks the code running in this thread holds (a shipped task, an active
+    method): it may delete such an object (COMPSs' delete-then-persist-again idiom, a method that
+    deletes its own object) without waiting for its own lock."""
 
     def __init__(self) -> None:
         self.entries: set[Any] = set()
 
     def holds(self, entry: Any) -> bool:
         return entry in self.entries
+
+    @contextmanager
+    def holding(self, entry: Any) -> Iterator[None]:
+        """Note ``entry`` as held for the block (its caller holds the entry's lock)."""
+        self.entries.add(entry)
+        try:
+            yield
+        finally:
+            self.entries.discard(entry)
 
 
 # ------------------------------------------------------------------ function references
