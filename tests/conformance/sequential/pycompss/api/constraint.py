@@ -1,0 +1,3 @@
+from ._passthrough import decorator as constraint
+
+__all__ = ["constraint"]

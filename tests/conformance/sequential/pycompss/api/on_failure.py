@@ -1,0 +1,3 @@
+from ._passthrough import decorator as on_failure
+
+__all__ = ["on_failure"]

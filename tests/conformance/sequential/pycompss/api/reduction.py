@@ -1,0 +1,3 @@
+from ._passthrough import decorator as reduction
+
+__all__ = ["reduction"]

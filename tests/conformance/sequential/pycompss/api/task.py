@@ -1,0 +1,3 @@
+from ._passthrough import decorator as task
+
+__all__ = ["task"]
