@@ -9,6 +9,7 @@ absent, unless ``SA_TEST_REQUIRE_CONFORMANCE=1`` (CI), where that is a failure.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import textwrap
@@ -101,10 +102,10 @@ def _sample_run(tmp_path: Path, mode: str) -> _dislib.ModuleRun:
     if mode == "sequential":
         cmd, paths = [sys.executable, str(_dislib.APP), str(out), "sample_module"], [tmp_path, _dislib.SEQUENTIAL]
     else:
-        cmd, paths = _suites.storage_api("run", "--workers", "1", str(_dislib.APP), str(out), "sample_module"), [tmp_path]
+        cmd = _suites.storage_api("run", "--workers", "1", f"--pythonpath={tmp_path}", str(_dislib.APP), str(out),
+                                  "sample_module")
+        paths = []
     done = _process.run(cmd, cwd=tmp_path, env=_suites.env(paths, home=tmp_path), timeout=120)
-    import json
-
     return _dislib.ModuleRun("sample_module", mode, json.loads(out.read_text())["tests"],
                              returncode=done.returncode, output_tail=done.stderr[-2000:])
 

@@ -94,9 +94,19 @@ def _failure(report: str, test: str) -> str:
 
 
 def printed_checks(folder: Path, done: _process.Finished) -> Checks:
-    """The ``- <check>: OK|ERROR`` lines the app prints."""
-    return {name: _check(word == "OK", word)
-            for name, word in re.findall(r"^- (.+?): (OK|ERROR)\s*$", done.stdout, re.M)}
+    """The ``- <check>: OK|ERROR`` lines the app prints (a repeated name numbered from its second
+    line on) and its closing ``- ... FINISHED SUCCESSFULLY.`` line."""
+    checks: Checks = {}
+    for name, word in re.findall(r"^- (.+?): (OK|ERROR)\s*$", done.stdout, re.M):
+        key, n = name, 1
+        while key in checks:
+            n += 1
+            key = f"{name} ({n})"
+        checks[key] = _check(word == "OK", word)
+    final = re.search(r"^- (.+?) FINISHED (SUCCESSFULLY|WITH ERRORS)\.$", done.stdout, re.M)
+    checks["finished successfully"] = _check(bool(final) and final.group(2) == "SUCCESSFULLY",
+                                             final.group(0) if final else "not printed")
+    return checks
 
 
 def counters(*expected: str) -> Callable[[str], Checks]:

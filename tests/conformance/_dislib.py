@@ -2,7 +2,8 @@
 
 A module runs as an app (``unittest_app.py``) with dislib's test folder as the working directory:
 ``sequential`` is plain ``python`` with the stand-in ``pycompss`` of ``sequential/`` first on the
-path; ``launcher`` is ``storage-api run --workers 2``. Each gives {test id: outcome, message}.
+path; ``launcher`` is ``storage-api run --workers 2 --pythonpath=<that folder>``. Each gives
+{test id: outcome, message}.
 """
 
 from __future__ import annotations
@@ -58,8 +59,10 @@ def run(module: str, mode: str, *, timeout: float = 600, workers: int = 2) -> Mo
             cmd = [sys.executable, str(APP), str(out), module]
             env = _suites.env([cwd, SEQUENTIAL])
         else:
-            cmd = _suites.storage_api("run", "--workers", str(workers), str(APP), str(out), module)
-            env = _suites.env([cwd], home=Path(tmp))
+            # as upstream runs it: runcompss --pythonpath=$(pwd) (the folder holding tests/)
+            cmd = _suites.storage_api("run", "--workers", str(workers), f"--pythonpath={cwd}",
+                                      str(APP), str(out), module)
+            env = _suites.env([], home=Path(tmp))
         done = _process.run(cmd, cwd=cwd, env=env, timeout=timeout)
         saved = json.loads(out.read_text()) if out.exists() else {"tests": {}, "running": None}
     result = ModuleRun(module, mode, saved["tests"], seconds=done.seconds, returncode=done.returncode,
