@@ -24,7 +24,7 @@ from tests.conformance import _compss, _dislib, _process, _suites
 # collections, collection elements updated in place, object arrays as collections, local functions
 # in task arguments), chosen to fit the time budget.
 CI_DISLIB_MODULES = ["tests.test_data_utils", "tests.test_lanczos", "tests.test_terasort",
-                     "tests.test_gridsearch", "tests.test_svd", "tests.test_pca"]
+                     "tests.test_gridsearch", "tests.test_svd"]
 
 
 def _require(suite) -> Path:
