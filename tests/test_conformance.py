@@ -23,7 +23,7 @@ from tests.conformance import _compss, _dislib, _process, _suites
 # dislib`): those that exercise the task semantics dislib relies on (implicit returns, nested
 # collections, collection elements updated in place, object arrays as collections, local functions
 # in task arguments), chosen to fit the time budget.
-CI_DISLIB_MODULES = ["tests.test_data_utils", "tests.test_lanczos", "tests.test_terasort",
+CI_DISLIB_MODULES = ["tests.test_data_utils", "tests.test_decision_tree_distributed", "tests.test_terasort",
                      "tests.test_gridsearch", "tests.test_svd"]
 
 
