@@ -231,7 +231,7 @@ def _delete(blocks):
     failed = []
     for block in blocks:
         try:
-            block.delete_persistent()
+            block.delete_persistent(keep_state=False)
         except Exception as exc:  # noqa: BLE001 - e.g. its backend died: report, do not hide the run's outcome
             failed.append(f"{block.getID()}: {exc}")
     if failed:

@@ -156,7 +156,7 @@ def _delete(trainer: Any, *, wait: bool) -> None:
     (``CallCancelled``) and the delete, which waits for it, follows. Up to a minute is waited
     for that; a second Ctrl-C stops waiting."""
     if wait:
-        trainer.delete_persistent()
+        trainer.delete_persistent(keep_state=False)
         return
     import threading
 
@@ -166,7 +166,7 @@ def _delete(trainer: Any, *, wait: bool) -> None:
 
     def delete() -> None:
         try:
-            trainer.delete_persistent()
+            trainer.delete_persistent(keep_state=False)
         except StoreError as exc:  # e.g. the embedded deployment stopped: nothing is left
             failed.append(exc)
 

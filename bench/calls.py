@@ -217,7 +217,7 @@ def _measure_client(out: dict[str, Any], quick: bool, threads: list[int]) -> str
             t = time.perf_counter()
             holder.make_persistent()
             persist.append(time.perf_counter() - t)
-            holder.delete_persistent()
+            holder.delete_persistent(keep_state=False)
         holder = Bench(arr)
         holder.make_persistent()
         for _ in range(repeats):  # the same object fetched again and again
@@ -227,7 +227,7 @@ def _measure_client(out: dict[str, Any], quick: bool, threads: list[int]) -> str
             if not np.array_equal(back, arr):
                 raise AssertionError("fetched array differs")
             del back
-        holder.delete_persistent()
+        holder.delete_persistent(keep_state=False)
         # the first repetition pays first-touch page faults: report the median of the rest
         out["persist_MBps"][str(mb)] = mb / statistics.median(persist[1:])
         out["fetch_MBps"][str(mb)] = mb / statistics.median(fetch[1:])

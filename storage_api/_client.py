@@ -120,17 +120,17 @@ class Client:
     def set_attr(self, obj: ActiveObject, name: str, value: Any) -> None:
         self._object_request(obj, m.SetAttr(obj._sa_id, name, value))
 
-    def delete(self, obj: ActiveObject) -> None:
-        """Delete the object from the store; ``obj`` becomes transient, holding its last state."""
+    def delete(self, obj: ActiveObject, keep_state: bool = True) -> None:
+        """Delete the object from the store; ``obj`` becomes transient, holding its last state
+        (without ``keep_state``, or for a stub, which has no class to hold it: spent)."""
         oid = obj._sa_id
         assert oid is not None
-        state = self._delete(obj, oid)
+        state = self._delete(obj, oid, keep_state and not is_stub(type(obj)))
         self._locations.pop(oid, None)
         become_transient(obj, state)
 
-    def _delete(self, obj: ActiveObject, oid: str) -> dict[str, Any] | None:
-        # a stub has no class to hold the state: do not ship it
-        return self._object_request(obj, m.Delete(oid, not is_stub(type(obj))))
+    def _delete(self, obj: ActiveObject, oid: str, keep_state: bool) -> dict[str, Any] | None:
+        return self._object_request(obj, m.Delete(oid, keep_state))
 
     # ------------------------------------------------------------ placement
     def move(self, obj: ActiveObject, backend: Any, recursive: bool = False) -> list[str]:

@@ -163,16 +163,18 @@ class ActiveObject:
         """The object's id (a UUID4 string), or ``None`` while it is transient."""
         return self._sa_id
 
-    def delete_persistent(self) -> None:
+    def delete_persistent(self, keep_state: bool = True) -> None:
         """Remove the object from the store (COMPSs' ``deletePersistent``).
 
         The object stays usable as a transient one, holding the state it had (fetched back from
         its backend), with ``getID() is None``; it can be made persistent again, also under its
-        old id. Deleting an object that is not persistent does nothing. A stub instance, which
-        has no class here to hold the state, becomes unusable.
+        old id. With ``keep_state=False`` nothing comes back (what clean-up wants: a large
+        object's data need not cross the network to be thrown away) and the instance is spent,
+        as a stub instance always is: it has no class here to hold the state. Deleting an
+        object that is not persistent does nothing.
         """
         if self._sa_state in (State.RESIDENT, State.PROXY):
-            _context.current().delete(self)
+            _context.current().delete(self, keep_state)
 
     deletePersistent = delete_persistent
     delete = delete_persistent
@@ -421,7 +423,8 @@ def become_transient(obj: Any, state: dict[str, Any] | None) -> None:
     last state, fetched from the backend; ``None`` for a backend's live object, which has it)."""
     d = obj.__dict__
     cls = type(obj)
-    if cls.__dict__.get("_sa_stub"):  # no class here to hold the state: the instance is spent
+    if (state is None and cls.__dict__.get("_sa_generated")) or cls.__dict__.get("_sa_stub"):
+        # nothing came back (asked for nothing, or a stub: no class here to hold it): spent
         d.update(_sa_state=State.DELETED, _sa_id=None, _sa_backend=None)
         return
     if state is not None:

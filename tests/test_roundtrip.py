@@ -8,7 +8,8 @@ import pytest
 import storage_api
 from storage_api import State
 from storage_api._serial import dumps
-from storage_api.errors import ObjectNotFound
+from storage_api._transport import traffic
+from storage_api.errors import ObjectDeleted, ObjectNotFound
 from tests.conftest import unique
 from tests.models import Counter, Holder, Node
 
@@ -109,6 +110,27 @@ def test_delete_persistent(client):
     d = Counter(2)
     d.make_persistent(alias=name)  # the alias is free again
     assert d.get() == 2
+
+
+def test_delete_without_keeping_the_state_brings_nothing_back(client):
+    def received() -> int:
+        return sum(got for _, got in traffic().values())
+
+    arr = np.ones(4 << 20)  # 32 MiB
+    kept, dropped = Holder(arr), Holder(arr)
+    kept.make_persistent()
+    oid = dropped.make_persistent()
+    before = received()
+    kept.delete_persistent()  # COMPSs' semantics: the state comes back to the object
+    assert received() - before > arr.nbytes and np.array_equal(kept.data, arr)
+    before = received()
+    dropped.delete_persistent(keep_state=False)
+    assert received() - before < 64 << 10
+    assert dropped.getID() is None
+    with pytest.raises(ObjectDeleted):
+        dropped.total()
+    with pytest.raises(ObjectNotFound):
+        storage_api.get_by_id(oid)
 
 
 def test_numpy_arrays_travel_out_of_band_and_intact(client):

@@ -66,11 +66,11 @@ class PeerClient(Client):
         else:
             super()._persist_at(bid, obj, oid, path, alias)
 
-    def _delete(self, obj: ActiveObject, oid: str) -> dict[str, Any] | None:
+    def _delete(self, obj: ActiveObject, oid: str, keep_state: bool) -> dict[str, Any] | None:
         if obj._sa_state is State.RESIDENT:
             self.backend.delete(oid)  # the live object keeps its state itself
             return None
-        return super()._delete(obj, oid)
+        return super()._delete(obj, oid, keep_state)
 
     def _default_backend(self) -> str:
         return self.backend.id
