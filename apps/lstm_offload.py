@@ -117,7 +117,7 @@ def offload(args: argparse.Namespace, csv_text: str | None, started: float) -> d
     finished = False
     try:
         with cmdline.uninterrupted():  # a Ctrl-C waits for the reply: the object is then known, and deleted
-            trainer.make_persistent(alias=args.alias, backend=args.backend)
+            object_id = trainer.make_persistent(alias=args.alias, backend=args.backend)
         call_start = time.perf_counter()
         with storage_api.on_progress(on_epoch):
             result = trainer.train(args.seed)
@@ -139,7 +139,7 @@ def offload(args: argparse.Namespace, csv_text: str | None, started: float) -> d
         "call_overhead": call_time - result["server_time"],
         "progress_events": len(events),
         "last_event": events[-1] if events else None,
-        "object_id": trainer.getID(),
+        "object_id": object_id,  # also once deleted (getID() is then None)
     }
 
 
@@ -170,14 +170,15 @@ def _delete(trainer: Any, *, wait: bool) -> None:
         except StoreError as exc:  # e.g. the embedded deployment stopped: nothing is left
             failed.append(exc)
 
-    print(f"lstm_offload: deleting the trainer {trainer.getID()} (its training stops at its next epoch)",
+    oid = trainer.getID()
+    print(f"lstm_offload: deleting the trainer {oid} (its training stops at its next epoch)",
           file=sys.stderr, flush=True)
     thread = threading.Thread(target=delete, daemon=True)
     thread.start()
     thread.join(60.0)
     if thread.is_alive() or failed:
         why = "still waiting after 60 s" if thread.is_alive() else str(failed[0])
-        print(f"lstm_offload: the trainer {trainer.getID()} may be left in the store ({why}); "
+        print(f"lstm_offload: the trainer {oid} may be left in the store ({why}); "
               "`storage-api status --objects` lists what is", file=sys.stderr, flush=True)
 
 
