@@ -130,14 +130,18 @@ def test_delete_persistent_leaves_a_transient_object_with_its_state(cluster: Clu
     assert type(t) is Tally and (t.value, t.words) == (9, {"w": 1})
     t.bump(1)  # a plain object again: runs locally
     assert t.get() == 10
+    _assert_gone_for_another_client(cluster, oid)
+    t.delete_persistent()  # not persistent any more: nothing to do
+    api.delete_persistent(Tally(1))
+
+
+def _assert_gone_for_another_client(cluster: Cluster, oid: str) -> None:
     other = cluster.client()
     try:
         with pytest.raises(ObjectNotFound):
             other.get_by_id(oid)
     finally:
         other.close()
-    t.delete_persistent()  # not persistent any more: nothing to do
-    api.delete_persistent(Tally(1))
 
 
 def test_a_deleted_stub_instance_is_spent(cluster: Cluster, client) -> None:
@@ -161,12 +165,7 @@ def test_an_active_method_deletes_its_own_object(cluster: Cluster, client) -> No
     t = Tally(5)
     oid = t.make_persistent()
     assert t.retire() == 5  # the method holds the object's lock: deleting must not wait for it
-    other = cluster.client()
-    try:
-        with pytest.raises(ObjectNotFound):
-            other.get_by_id(oid)
-    finally:
-        other.close()
+    _assert_gone_for_another_client(cluster, oid)
     with pytest.raises(ObjectNotFound):  # and the backend did not write it back after the method
         t.held()
 
