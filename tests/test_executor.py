@@ -188,6 +188,16 @@ if __name__ == "__main__":
     assert "ValueError: never waited on" in proc.stderr
 
 
+def test_an_app_that_exits_at_once_leaves_only_its_own_message(tmp_path: Path) -> None:
+    """An app that stops while its local workers are still starting (a bad flag, say): the
+    workers are stopped and the app's message is the last thing printed, without the pool's
+    shutdown traceback that once raced it."""
+    script = 'import sys\nsys.exit("app: error: bad flag")\n'
+    for _ in range(3):
+        proc = run_launcher(tmp_path, script)
+        assert proc.returncode == 1 and proc.stderr.strip() == "app: error: bad flag", proc.stderr
+
+
 def test_storage_api_run_is_the_same_launcher(tmp_path: Path) -> None:
     app = tmp_path / "app.py"
     app.write_text(SCRIPT)

@@ -526,5 +526,13 @@ class Engine:
             self._events.put(("stop", None, None))
             if self._pool is not None:
                 self._pool.shutdown(wait=not self._aborted)
+                if self._aborted:
+                    # The workers are stopped; let the pool's manager thread finish closing its
+                    # wake-up pipe: at interpreter exit concurrent.futures writes to that pipe, and
+                    # racing the close it printed an "Exception ignored ... Bad file descriptor"
+                    # traceback after the app's own error message (Python < 3.12).
+                    manager = getattr(self._pool, "_executor_manager_thread", None)
+                    if manager is not None:
+                        manager.join(10.0)
             if self._remote is not None:
                 self._remote.drop(self._kept)
