@@ -154,8 +154,9 @@ class Client:
         self._replicas.pop(obj._sa_id, None)  # type: ignore[arg-type]
 
     def placement(self, oid: str) -> ObjectRecord:
-        """The object's record: primary, replicas, epoch (read from Redis)."""
-        return self._refresh(None, oid)
+        """The object's record: primary, replicas, epoch (read from Redis; retried while backends
+        re-register their objects, like every lookup)."""
+        return self._indexed(lambda: self._refresh(None, oid))
 
     def copy(self, oid: str, target: Any = None, new_id: str | None = None) -> str:
         """Copy an object into a new, independent one (a COMPSs *new version*); return its id.
