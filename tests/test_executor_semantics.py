@@ -21,8 +21,8 @@ APP = '''
 import json, sys
 import numpy as np
 from pycompss.api.task import task
-from pycompss.api.parameter import COLLECTION_IN, COLLECTION_OUT, COLLECTION_INOUT, Type, Depth
-from pycompss.api.api import compss_wait_on
+from pycompss.api.parameter import COLLECTION_IN, COLLECTION_OUT, COLLECTION_INOUT, INOUT, FILE_IN, FILE_OUT, Type, Depth
+from pycompss.api.api import compss_wait_on, compss_barrier
 
 N_PARTS = 3
 
@@ -213,6 +213,55 @@ def by_value():
     result = compss_wait_on(make_task(5)(2, lambda v: v * 10))
     return [type(result).__name__, result.v]
 
+@task(a=INOUT, b=INOUT)
+def twice(a, b):
+    a.v += 1
+    b.v += 10
+
+class CodedError(Exception):
+    def __init__(self, message, code):  # cannot be rebuilt from its args
+        super().__init__(message)
+        self.code = code
+
+@task(returns=1)
+def fails_coded(x):
+    raise CodedError("bad input", 7)
+
+@task(path=FILE_IN, returns=1)
+def read_fails(path):
+    raise ValueError("reader failed")
+
+@task(path=FILE_OUT)
+def write_file(path):
+    with open(path, "w") as f:
+        f.write("written")
+
+def aliased():
+    y = Box(0)
+    twice(y, y)   # the same object as both INOUT parameters
+    return compss_wait_on(y).v
+
+def failures():
+    try:
+        compss_wait_on(fails_coded(1))
+        first = "no error"
+    except Exception as exc:
+        first = [type(exc).__name__, str(exc)]
+    later = compss_wait_on(square(4))   # the workers still serve
+    with open("data.txt", "w") as f:
+        f.write("start")
+    try:
+        compss_wait_on(read_fails("data.txt"))
+    except ValueError:
+        pass
+    write_file("data.txt")   # after the failed reader, not failed by it
+    try:
+        compss_barrier()
+    except Exception as exc:
+        return [first, later, repr(exc)]
+    with open("data.txt") as f:
+        return [first, later, f.read()]
+
 
 if __name__ == "__main__":
     out = {}
@@ -221,7 +270,8 @@ if __name__ == "__main__":
     print("RESULT " + json.dumps(out))
 '''
 
-SECTIONS = ["annotations", "implicit", "named_returns", "class_future", "depth", "identity", "released", "object_array", "hidden", "by_value"]
+SECTIONS = ["annotations", "implicit", "named_returns", "class_future", "depth", "identity", "released", "object_array", "hidden",
+            "by_value", "aliased", "failures"]
 
 
 def launch(tmp_path: Path, app: str, app_args: list[str], *, options: tuple[str, ...] = (), env: dict | None = None,
@@ -303,6 +353,18 @@ def test_a_future_hidden_in_an_object_fails_only_when_used_and_names_its_argumen
 def test_what_pickle_refuses_travels_by_value(app_run: dict) -> None:
     # a local task function, a lambda argument and a local class result cross to the worker and back
     assert app_run["by_value"] == ["Local", 25]
+
+
+def test_an_object_passed_twice_as_inout_is_updated_once_per_parameter(app_run: dict) -> None:
+    assert app_run["aliased"] == 11  # it hung: the task waited for its own version of the object
+
+
+def test_a_failed_task_fails_only_what_uses_its_results(app_run: dict) -> None:
+    first, later, written = app_run["failures"]
+    # an exception that cannot be rebuilt arrives named (it broke the worker pool for the rest of the run)
+    assert first == ["RemoteError", "__main__.CodedError: bad input"]
+    assert later == 16
+    assert written == "written"  # a writer after a failed reader runs (it failed with the reader's error)
 
 
 def test_inference_rules_read_like_pycompss() -> None:

@@ -67,7 +67,7 @@ class Future:
 
 class Task:
     __slots__ = ("n", "spec", "args", "kwargs", "outputs", "writes", "pending", "dependents", "deps",
-                 "finished", "error", "answer", "where", "key", "done", "cache", "stashed", "force_local")
+                 "finished", "error", "answer", "where", "key", "done", "cache", "stashed", "force_local", "after")
 
     def __init__(self, n: int, spec: TaskSpec) -> None:
         self.n = n
@@ -78,7 +78,9 @@ class Task:
         self.writes: list[str] = []  # persistent ids the task may mutate
         self.pending = 0
         self.dependents: list[Task] = []
-        self.deps: list[Task] = []
+        self.deps: list[Task] = []  # tasks whose results it reads: their failure is its failure
+        # tasks it only runs after (earlier readers of what it writes): their failure is not its
+        self.after: list[Task] = []
         self.finished = False
         self.error: BaseException | None = None
         self.answer: list | None = None  # local answer: [return value, *outputs]
@@ -149,6 +151,7 @@ class Engine:
         positional = self._positional(spec)
         n_positional = len(bound.args)
         registrations: list[Any] = []
+        versions: list[Any] = []  # new versions the task makes: recorded once every argument is read
         given = dict(bound.arguments)  # the caller's objects (tracking replaces them by snapshots)
         with self._lock:
             for name, value in list(bound.arguments.items()):
@@ -159,13 +162,26 @@ class Engine:
                 base: tuple = (positional.index(name),) if name in positional and positional.index(name) < n_positional else (name,)
                 if kind is inspect.Parameter.VAR_KEYWORD:
                     base = ()
-                bound.arguments[name] = self._track(task, value, param, deps, base, registrations)
+                bound.arguments[name] = self._track(task, value, param, deps, base, registrations, versions)
+            # An object passed twice (two INOUTs, in two collections) is read by both as it was
+            # before the call: recording the task's own version of it before reading the second
+            # made the task wait for itself, and the whole run hung.
+            for record in versions:
+                record()
             task.args = list(bound.args)
             task.kwargs = dict(bound.kwargs)
+            readers, task.after = task.after, []
             for d in deps:
                 if d is task or d in task.deps:
                     continue
                 task.deps.append(d)
+                if not d.finished:
+                    d.dependents.append(task)
+                    task.pending += 1
+            for d in readers:
+                if d is task or d in task.deps or d in task.after:
+                    continue
+                task.after.append(d)
                 if not d.finished:
                     d.dependents.append(task)
                     task.pending += 1
@@ -199,7 +215,7 @@ class Engine:
         return stand_in
 
     def _track(self, task: Task, value: Any, param: Param, deps: list[Task], base: tuple,
-               registrations: list) -> Any:
+               registrations: list, versions: list) -> Any:
         """Record the dependencies of one argument; return what the task will get (a snapshot)."""
         writes = param.writes
 
@@ -230,9 +246,9 @@ class Engine:
                 task.outputs.append(base + lp)
                 fut = Future(task, (1 + index,))
                 for depth in range(len(lp)):  # a newer version of every element supersedes the rows'
-                    self._versions.forget(at(value, lp[:depth]))
+                    versions.append(lambda row=at(value, lp[:depth]): self._versions.forget(row))
                 if followable(element):  # by identity, in whichever container it is passed next
-                    self._versions.set(element, fut)
+                    versions.append(lambda element=element, fut=fut: self._versions.set(element, fut))
                 else:  # numbers, strings, plain object() placeholders: replaced where they are
                     registrations.append(lambda lp=lp, fut=fut: set_at(value, lp, fut))
         elif param.direction in ("INOUT", "OUT", "CONCURRENT", "COMMUTATIVE") and not _is_psco(value) \
@@ -240,7 +256,7 @@ class Engine:
             index = len(task.outputs)
             task.outputs.append(base)
             fut = Future(task, (1 + index,))
-            self._versions.set(value, fut)
+            versions.append(lambda: self._versions.set(value, fut))
         return snapshot
 
     def _latest(self, v: Any) -> Any:
@@ -249,7 +265,9 @@ class Engine:
     def _order(self, task: Task, key: Any, writes: bool, deps: list[Task]) -> None:
         last = self._writer.get(key)
         if writes:
-            deps.extend(self._readers.pop(key, []))
+            # after the readers of the current version, which it must not change under them (only
+            # ordered: as in PyCOMPSs, a reader's failure does not fail the next writer)
+            task.after.extend(self._readers.pop(key, []))
             if last is not None:
                 deps.append(last)
             self._writer[key] = task

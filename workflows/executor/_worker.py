@@ -61,6 +61,27 @@ def run(payload: bytes, keep_out: tuple[str, ...] = ()) -> bytes:
     before = _traffic_total()
     with quiet_import(hide=keep_out):
         func, args, kwargs, outputs = pickle.loads(payload)
-    result = func(*args, **kwargs)
+    try:
+        result = func(*args, **kwargs)
+    except Exception as exc:
+        raise _sendable(exc) from None
     answer = [result, *(value_at(args, kwargs, tuple(p)) for p in outputs)]
     return dumps((answer, _traffic_total() - before))
+
+
+def _sendable(exc: Exception) -> Exception:
+    """``exc`` if the pool can carry it back, else a :class:`RemoteError` naming it. An exception
+    that pickles but cannot be rebuilt (its ``__init__`` takes other arguments than its ``args``)
+    broke the whole pool: every later local task of the run failed with BrokenProcessPool."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:
+        import traceback
+
+        from storage_api.errors import RemoteError
+
+        kind = type(exc)
+        module = "__main__" if kind.__module__ == "__mp_main__" else kind.__module__  # the app, as its author knows it
+        tb = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
+        return RemoteError(f"{module}.{kind.__qualname__}", str(exc), tb)
