@@ -68,6 +68,10 @@ def test_stub_client_without_model_numpy_or_torch(cluster, client):
             c.fail("thin")
         except ValueError as exc:
             out["error"] = str(exc)
+        try:
+            c.plain()  # not an activemethod: it needs the class
+        except AttributeError as exc:
+            out["plain"] = str(exc)
         out["id"] = c.getID()
         out["blocked"] = [m for m in ("numpy", "torch", "tests.models") if m in sys.modules]
         print(json.dumps(out))
@@ -83,6 +87,7 @@ def test_stub_client_without_model_numpy_or_torch(cluster, client):
     assert out["placeholder_repr"].startswith("<Broken numpy.ndarray ")
     assert out["total_after_round_trip"] == 45.0
     assert out["error"] == "thin"
+    assert "Counter.plain is not an @activemethod" in out["plain"]  # it recursed until RecursionError
     assert out["blocked"] == []
     # the object the thin client created is a real Counter for a full client
     full = storage_api.get_by_id(out["id"])

@@ -332,6 +332,11 @@ class LocalBackend(Placement):
         with entry.lock.reading():
             entry.check()
             value = getattr(entry.obj, name)
+        if getattr(value, "__self__", None) is entry.obj:
+            # A method that is not active, asked for by a stub (a handle runs it on its own
+            # class): its pickle names the object, which the stub would ask for again, forever.
+            raise AttributeError(f"{type(entry.obj).__qualname__}.{name} is not an @activemethod: it runs only "
+                                 "in a process that can import the class (a stub cannot call it)")
         self._durable(entry.lsn)
         return value
 
