@@ -429,3 +429,37 @@ if __name__ == "__main__":
     local_pid, local_value = out["local"]
     assert local_value == 4 and local_pid not in (out["app"], out["backend"])  # a local worker
     assert out["remote"] == [out["backend"], 5.0]  # on the block's backend, which imported the module
+
+
+def test_an_app_exception_raised_on_a_backend_keeps_its_class(cluster, tmp_path: Path) -> None:
+    """A task defined in the app script runs on the backend holding its block; the exception class
+    the script defines comes back as that class, so the app's ``except`` catches it."""
+    app = '''
+import json
+from pycompss.api.task import task
+from pycompss.api.api import compss_wait_on
+from workflows.models.blocks import PersistentBlock
+
+class AppError(Exception):
+    pass
+
+@task(returns=1)
+def fails_next_to(block):
+    raise AppError("from the backend")
+
+if __name__ == "__main__":
+    block = PersistentBlock([[5.0]])
+    block.make_persistent()
+    try:
+        compss_wait_on(fails_next_to(block))
+        caught = "no error"
+    except AppError as exc:
+        caught = ["AppError", str(exc)]
+    except Exception as exc:
+        caught = [type(exc).__name__, str(exc)]
+    block.delete_persistent(keep_state=False)
+    print("RESULT " + json.dumps(caught))
+'''
+    out = launch(tmp_path, app, [], command=("-m", "storage_api", "run"),
+                 env={"STORAGE_API_CONFIG": str(cluster.dep.config_path)})
+    assert out == ["AppError", "from the backend"]  # it was a RemoteError naming _sa_script_<hash>.AppError

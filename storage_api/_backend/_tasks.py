@@ -111,8 +111,15 @@ def resolve(ref: tuple, paths: list[str] = ()) -> Any:  # type: ignore[assignmen
     return obj
 
 
+def script_module(path: str) -> str:
+    """The module name under which a backend imports the app script at ``path`` (the launcher
+    gives its app the same name too, so values of the script's classes, errors included, that
+    come back from backends are of the app's own classes)."""
+    return "_sa_script_" + hashlib.sha1(path.encode()).hexdigest()[:12]
+
+
 def _import_file(path: str) -> Any:
-    name = "_sa_script_" + hashlib.sha1(path.encode()).hexdigest()[:12]
+    name = script_module(path)
     module = sys.modules.get(name)
     if module is None:
         spec = importlib.util.spec_from_file_location(name, path)

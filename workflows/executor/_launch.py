@@ -76,6 +76,9 @@ def run(app: str, args: list[str], *, workers: int, backend_slots: int = 1, pyth
     app.__spec__ = None
     app.__builtins__ = __builtins__
     sys.modules["__main__"] = app
+    from storage_api._backend._tasks import script_module
+
+    sys.modules[script_module(app_path)] = app  # how backends name the script's classes
     code = 0
     try:
         program = compile(Path(app_path).read_text(), app_path, "exec", dont_inherit=True)  # not our __future__s
@@ -97,4 +100,5 @@ def run(app: str, args: list[str], *, workers: int, backend_slots: int = 1, pyth
             _current.install(None)
             sys.argv = saved_argv
             sys.modules["__main__"] = saved_main
+            sys.modules.pop(script_module(app_path), None)
     return code
