@@ -23,8 +23,8 @@ from . import _handshake, _progress, _wire
 from . import _messages as m
 from ._config import Settings
 from ._metadata import BackendInfo, Metadata, ObjectRecord
-from ._object import (ActiveObject, RemoteMethod, State, become_handle, become_transient, import_class, make_handle,
-                      state_of)
+from ._object import (ActiveObject, RemoteMethod, State, become_handle, become_transient, canonical_id, import_class,
+                      make_handle, state_of)
 from ._redis import Redis
 from ._retry import Backoff, Retry
 from ._rpc import WATCH_FRACTION, Channel, ReplyFrame
@@ -169,6 +169,7 @@ class Client:
         return self._request(oid, m.Copy(oid, bid, new_id))
 
     def get_by_id(self, oid: str) -> ActiveObject:
+        oid = canonical_id(oid)  # the spelling make_persistent(identifier) accepts and stores
         live = self._live(oid)
         if live is not None:
             return live

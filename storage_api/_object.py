@@ -240,6 +240,15 @@ class ActiveObject:
 StorageObject = ActiveObject
 
 
+def canonical_id(identifier: Any) -> Any:
+    """``identifier`` in the canonical form of ids if it is a UUID in another spelling (upper
+    case, no dashes), else unchanged (looking it up then finds nothing)."""
+    try:
+        return str(uuid.UUID(identifier))
+    except (TypeError, ValueError, AttributeError):
+        return identifier
+
+
 def check_id(identifier: Any) -> str:
     """An object id given by the caller, in canonical form (ids are UUIDs: the log keys by them)."""
     try:

@@ -118,6 +118,10 @@ def test_make_persistent_takes_the_id_positionally(cluster: Cluster, client) -> 
         with pytest.raises(ObjectExists):
             Tally(1).make_persistent(oid)
     assert client.get_by_id(oid).get() == 3
+    other_spelling = oid.upper().replace("-", "")  # the same UUID: found, and taken, alike
+    assert client.get_by_id(other_spelling).getID() == oid
+    with pytest.raises(ObjectExists, match="a live object has that id"):
+        Tally(1).make_persistent(other_spelling)
 
 
 def test_delete_persistent_leaves_a_transient_object_with_its_state(cluster: Cluster, client) -> None:

@@ -209,7 +209,7 @@ class LocalBackend(Placement):
     def _register_new(self, obj: ActiveObject, oid: str, path: str, alias: str | None, body: bytes,
                       buffers: list[Any], streams: list[Any] | None = None) -> None:
         if oid in self._entries or oid in self.store:
-            raise ObjectExists(f"object {oid} already exists")
+            raise ObjectExists(f"object {oid} already exists (a live object has that id)")
         if alias:
             self.meta.claim_alias(alias, oid)
         lsn = 0
@@ -221,7 +221,7 @@ class LocalBackend(Placement):
             # (reused), or a live object's elsewhere (refused)
             _, verdicts = self.meta.register_objects(self.id, [(oid, path, alias)], new=True)
             if verdicts.get(oid) != "primary":
-                raise ObjectExists(f"object {oid} already exists on another backend")
+                raise ObjectExists(f"object {oid} already exists (a live object has that id)")
         except BaseException:
             if self._entries.pop(oid, None) is not None:
                 self.store.sync(self.store.delete(oid))
