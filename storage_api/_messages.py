@@ -247,6 +247,15 @@ class Task(NamedTuple):
     op = "task"
 
 
+def script_module(path: str) -> str:
+    """The module name a backend imports the script of a ``("file", path, qualname)`` task
+    reference under; the launcher gives its app the same name, so that values of the script's
+    classes that come back from backends, errors included, are of the app's own classes."""
+    import hashlib
+
+    return "_sa_script_" + hashlib.sha1(path.encode()).hexdigest()[:12]
+
+
 class TaskResult(NamedTuple):
     """A kept answer, or the value at ``index`` (a path of indices) in it."""
 

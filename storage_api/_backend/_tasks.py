@@ -10,7 +10,6 @@ backend's :class:`TaskResults` until a ``TaskDrop`` names them.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import sys
@@ -111,15 +110,8 @@ def resolve(ref: tuple, paths: list[str] = ()) -> Any:  # type: ignore[assignmen
     return obj
 
 
-def script_module(path: str) -> str:
-    """The module name under which a backend imports the app script at ``path`` (the launcher
-    gives its app the same name too, so values of the script's classes, errors included, that
-    come back from backends are of the app's own classes)."""
-    return "_sa_script_" + hashlib.sha1(path.encode()).hexdigest()[:12]
-
-
 def _import_file(path: str) -> Any:
-    name = script_module(path)
+    name = m.script_module(path)
     module = sys.modules.get(name)
     if module is None:
         spec = importlib.util.spec_from_file_location(name, path)

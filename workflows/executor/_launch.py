@@ -76,7 +76,7 @@ def run(app: str, args: list[str], *, workers: int, backend_slots: int = 1, pyth
     app.__spec__ = None
     app.__builtins__ = __builtins__
     sys.modules["__main__"] = app
-    from storage_api._backend._tasks import script_module
+    from storage_api._messages import script_module
 
     sys.modules[script_module(app_path)] = app  # how backends name the script's classes
     code = 0
