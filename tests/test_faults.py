@@ -308,7 +308,7 @@ def test_a_payload_over_the_wire_limit_is_refused_before_it_is_sent(client):
 
     h = Holder(None)
     h.make_persistent()
-    too_big = b"x" * (_wire.MAX_BODY + 1)  # in-band bytes: the limit is 1 GiB
+    too_big = "x" * (_wire.MAX_BODY + 1)  # an in-band str (large bytes go out of band): the limit is 1 GiB
     with pytest.raises(PayloadTooLarge, match="1 GiB"):
         h.put(too_big)
     del too_big
