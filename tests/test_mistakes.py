@@ -328,8 +328,9 @@ def test_debug_shows_the_traceback(run: Run) -> None:
 
 
 # ----------------------------------------------------------------------- Ctrl-C
-def _interrupt_when(proc: subprocess.Popen, text: bytes, timeout: float = 120) -> bytes:
-    """Send SIGINT to the command's process group (as a terminal's Ctrl-C) once stderr shows ``text``."""
+def _interrupt_when(proc: subprocess.Popen, text: bytes, timeout: float = 120, sig: int = signal.SIGINT) -> bytes:
+    """Send SIGINT to the command's process group (as a terminal's Ctrl-C) once stderr shows ``text``
+    (another ``sig``: to the command's process alone, as ``kill`` or ``timeout`` do)."""
     os.set_blocking(proc.stderr.fileno(), False)
     seen = b""
     deadline = time.monotonic() + timeout
@@ -337,32 +338,50 @@ def _interrupt_when(proc: subprocess.Popen, text: bytes, timeout: float = 120) -
         assert proc.poll() is None and time.monotonic() < deadline, seen.decode(errors="replace")
         seen += proc.stderr.read() or b""
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGINT)
+    if sig == signal.SIGINT:
+        os.killpg(proc.pid, sig)
+    else:
+        os.kill(proc.pid, sig)
     proc.wait(timeout=60)
     os.set_blocking(proc.stderr.fileno(), True)
     return seen + proc.stderr.read()
+
+
+NAPPING_APP = ("import sys, time\n"
+               "from pycompss.api.task import task\n"
+               "from pycompss.api.api import compss_wait_on\n"
+               "@task(returns=1)\n"
+               "def nap(n):\n"
+               "    time.sleep(n)\n"
+               "    return n\n"
+               "futures = [nap(60) for _ in range(2)]\n"
+               "print('napping', file=sys.stderr, flush=True)\n"
+               "compss_wait_on(futures)\n")
 
 
 def test_ctrl_c_in_an_executor_run(run: Run, tmp_path: Path) -> None:
     """Ctrl-C while tasks run in local workers: one line from the launcher, no traceback from any
     worker, and the workers are stopped at once (their task would sleep for a minute)."""
     script = tmp_path / "slow.py"
-    script.write_text("import sys, time\n"
-                      "from pycompss.api.task import task\n"
-                      "from pycompss.api.api import compss_wait_on\n"
-                      "@task(returns=1)\n"
-                      "def nap(n):\n"
-                      "    time.sleep(n)\n"
-                      "    return n\n"
-                      "futures = [nap(60) for _ in range(2)]\n"
-                      "print('napping', file=sys.stderr, flush=True)\n"
-                      "compss_wait_on(futures)\n")
+    script.write_text(NAPPING_APP)
     proc = run.popen(*cli("run", "--workers", "2", str(script)))
     started = time.monotonic()
     stderr = _interrupt_when(proc, b"napping").decode()
     assert time.monotonic() - started < 50
     assert proc.returncode == 130
     assert stderr.strip().splitlines() == ["napping", "storage-api: interrupted"]
+    run.check_clean()
+
+
+def test_sigterm_of_an_executor_run_stops_its_workers(run: Run, tmp_path: Path) -> None:
+    """SIGTERM to the launcher alone (``timeout``, ``scancel``): its workers are stopped too (they
+    were left running, orphaned, until their task ended)."""
+    script = tmp_path / "slow.py"
+    script.write_text(NAPPING_APP)
+    proc = run.popen(*cli("run", "--workers", "2", str(script)))
+    stderr = _interrupt_when(proc, b"napping", sig=signal.SIGTERM).decode()
+    assert proc.returncode == 143, stderr
+    assert stderr.strip().splitlines()[-1] == "terminated (SIGTERM): the run's workers are stopped"
     run.check_clean()
 
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import signal
 import sys
+import threading
 import types
 from pathlib import Path
+from typing import Any
 
 from storage_api import cmdline
 
@@ -80,6 +83,7 @@ def run(app: str, args: list[str], *, workers: int, backend_slots: int = 1, pyth
 
     sys.modules[script_module(app_path)] = app  # how backends name the script's classes
     code = 0
+    previous = _stop_on_sigterm(engine)
     try:
         program = compile(Path(app_path).read_text(), app_path, "exec", dont_inherit=True)  # not our __future__s
         engine.start_pool()  # the workers' start-up overlaps the app's
@@ -101,4 +105,21 @@ def run(app: str, args: list[str], *, workers: int, backend_slots: int = 1, pyth
             sys.argv = saved_argv
             sys.modules["__main__"] = saved_main
             sys.modules.pop(script_module(app_path), None)
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
     return code
+
+
+def _stop_on_sigterm(engine: Any) -> Any:
+    """SIGTERM (``kill``, ``timeout``, ``scancel``, a job's time limit) stops the run as Ctrl-C does:
+    the local workers are stopped and the app exits with 143. By default it ended the launcher
+    alone, and its workers lived on. Returns the previous handler (None off the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminated(signum: int, frame: Any) -> None:
+        engine.abort()
+        print("terminated (SIGTERM): the run's workers are stopped", file=sys.stderr, flush=True)
+        raise SystemExit(128 + signum)
+
+    return signal.signal(signal.SIGTERM, terminated)
