@@ -244,8 +244,8 @@ def canonical_id(identifier: Any) -> Any:
     """``identifier`` in the canonical form of ids if it is a UUID in another spelling (upper
     case, no dashes), else unchanged (looking it up then finds nothing)."""
     try:
-        return str(uuid.UUID(identifier))
-    except (TypeError, ValueError, AttributeError):
+        return check_id(identifier)
+    except InvalidArguments:
         return identifier
 
 
