@@ -15,7 +15,8 @@ identity, see :mod:`._structure`) and ``{Type: ..., Depth: ...}``; ``target_dire
 Tasks return futures and run asynchronously in dependency order. A task whose arguments include a
 persistent object runs on the backend holding the first one; a task whose inputs a backend keeps
 runs there; the others run in a pool of local worker processes (see :mod:`._engine`). Errors
-surface at ``compss_wait_on`` (or ``compss_barrier``) with their original type and traceback.
+surface at ``compss_wait_on`` (or ``compss_barrier``) with their original type and traceback;
+the executor's own reasons to fail a task are :class:`TaskError` subclasses naming it.
 
 Known limits (dev mode): no retries, no task groups, no nesting (tasks called inside tasks run as
 plain calls, as PyCOMPSs without agents), arguments are snapshotted structurally at submission but
@@ -30,10 +31,12 @@ from storage_api._context import peek
 from storage_api._transport import traffic
 
 from ._current import current
-from ._engine import Future, TaskCancelled
+from ._engine import Future
+from ._errors import ArgumentNotSendable, ReturnsMismatch, TaskCancelled, TaskError, TaskTimeout, TaskWorkerDied
 from ._serial import UnresolvedFuture
 
-__all__ = ["main", "bytes_moved", "warm_up", "Future", "TaskCancelled", "UnresolvedFuture", "current"]
+__all__ = ["main", "bytes_moved", "warm_up", "Future", "TaskError", "TaskCancelled", "ReturnsMismatch", "TaskTimeout",
+           "TaskWorkerDied", "ArgumentNotSendable", "UnresolvedFuture", "current"]
 
 
 def main(argv: list[str] | None = None) -> int:

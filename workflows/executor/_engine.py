@@ -33,14 +33,11 @@ from storage_api._messages import Kept, Stash
 
 from . import _returns
 from ._decorators import Param, TaskSpec
-from ._serial import dumps_task, pending
+from ._errors import TaskCancelled
+from ._serial import dumps_task, for_backend, pending
 from ._structure import SHARED_VALUES, at, leaf_paths, rebuild, set_at, write_back
 from ._versions import Versions, followable
 from ._remote import Backends
-
-
-class TaskCancelled(RuntimeError):
-    """A task was not run because a task it depends on failed under ``CANCEL_SUCCESSORS``."""
 
 
 class Future:
@@ -67,7 +64,8 @@ class Future:
 
 class Task:
     __slots__ = ("n", "spec", "args", "kwargs", "outputs", "writes", "pending", "dependents", "deps",
-                 "finished", "error", "answer", "where", "key", "done", "cache", "stashed", "force_local", "after")
+                 "finished", "error", "answer", "where", "key", "done", "cache", "stashed", "force_local", "after",
+                 "n_returns")
 
     def __init__(self, n: int, spec: TaskSpec) -> None:
         self.n = n
@@ -90,6 +88,7 @@ class Task:
         self.cache: dict[tuple, Any] = {}  # remote values fetched to this process
         self.stashed: dict[tuple, set[str]] = {}  # local values already kept on these backends
         self.force_local = False
+        self.n_returns = 1  # values the task declares (see _returns): its process keeps only those
 
 
 def _empty_instance(cls: Any) -> Any:
@@ -146,7 +145,9 @@ class Engine:
     # ================================================================= submission (app thread)
     def submit(self, spec: TaskSpec, args: tuple, kwargs: dict) -> Any:
         bound = spec.signature.bind(*args, **kwargs)
+        n = spec.n_returns(bound)
         task = Task(next(self._count), spec)
+        task.n_returns = n
         deps: list[Task] = []
         positional = self._positional(spec)
         n_positional = len(bound.args)
@@ -191,7 +192,6 @@ class Engine:
             register()
         if ready:
             self._events.put(("ready", task, None))
-        n = spec.n_returns(bound)
         if n == 0:
             return None
         if n == 1:
@@ -304,8 +304,8 @@ class Engine:
             self.tasks_local += 1
             args = rebuild(task.args, self._local_value)
             kwargs = rebuild(task.kwargs, self._local_value)
-            payload = dumps_task((task.spec.wrapper, args, kwargs, task.outputs), args, kwargs,
-                                 self._positional(task.spec))
+            payload = dumps_task((task.spec.wrapper, args, kwargs, task.outputs, task.n_returns, task.spec.name),
+                                 args, kwargs, self._positional(task.spec), task.spec.name)
             self.worker_bytes += len(payload)
             from workflows.quiet import kept_out
 
@@ -324,6 +324,7 @@ class Engine:
         try:
             args = rebuild(task.args, lambda v: self._remote_value(v, target, stashes))
             kwargs = rebuild(task.kwargs, lambda v: self._remote_value(v, target, stashes))
+            args, kwargs = for_backend(args, kwargs, self._positional(task.spec), task.spec.name, rebuild)
             fut = self.remote.submit(target, task, args, kwargs)
         except BaseException as exc:  # noqa: BLE001 - e.g. an argument that cannot be pickled
             self._finish(task, ("error", exc))

@@ -1,9 +1,12 @@
 """Sending tasks to backends: the task messages of :mod:`storage_api._messages` through ``Client.send``.
 
-The function travels by reference: ``("module", name, qualname)``, or ``("file", path, qualname)``
-for functions of the app script (which runs as ``__main__``: the backend imports the file under a
-synthetic name). Arguments are pickled with the store's serializer, so persistent objects travel as
-references (the live object on its owner, a handle elsewhere).
+Every task message names one function, :func:`._worker.shipped`, whose first argument says which
+task function to run and how many values it declares (so that the backend keeps only those); the
+task's own arguments follow. The task function travels by reference: ``("module", name, qualname)``,
+or ``("file", path, qualname)`` for functions of the app script (which runs as ``__main__``: the
+backend imports the file under a synthetic name). Arguments are pickled with the store's serializer,
+so persistent objects travel as references (the live object on its owner, a handle elsewhere);
+what that serializer cannot send as it is goes as :mod:`._serial` prepares it.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from storage_api import _messages as m
 
 if TYPE_CHECKING:
     from ._engine import Engine, Task
+
+
+SHIPPED = ("module", "workflows.executor._worker", "shipped")  # what a backend runs for every task
 
 
 def function_ref(func: Any) -> tuple:
@@ -41,8 +47,10 @@ class Backends:
         return getattr(obj, "_sa_backend", None) or self.client.locate(obj.getID())
 
     def submit(self, bid: str, task: Task, args: list, kwargs: dict) -> Future:
-        ref = function_ref(task.spec.wrapper)
-        msg = m.Task(ref, self.engine.paths, args, kwargs, list(task.writes), task.outputs, task.key)
+        how = (function_ref(task.spec.wrapper), task.n_returns, task.spec.name)
+        # the task's argument paths, past the leading ``how``
+        outputs = [(p[0] + 1, *p[1:]) if isinstance(p[0], int) else p for p in task.outputs]
+        msg = m.Task(SHIPPED, self.engine.paths, [how, *args], kwargs, list(task.writes), outputs, task.key)
         return self.client.send(bid, msg, wait=False)
 
     def warm(self, modules: list[str], hide: tuple[str, ...]) -> None:

@@ -1,17 +1,24 @@
-"""What a local worker process runs: one task from its pickled payload.
+"""What runs a task away from the app: a local worker process (:func:`run`), or a backend (:func:`shipped`).
 
 The function travels by reference (PyCOMPSs does the same): ``module.qualname`` of the ``@task``
-wrapper, which in a worker calls the function directly. Functions of the app script resolve because
-a spawned worker imports the script as ``__mp_main__`` (its ``__main__`` block does not run).
+wrapper, which there calls the function directly. Functions of the app script resolve because
+a spawned worker imports the script as ``__mp_main__`` (its ``__main__`` block does not run); a
+backend imports the script's file under a synthetic name (:func:`._serial.script_attr`).
+
+Either way the task's value is shaped by its declared returns (:func:`declared`) before anything
+serializes it: PyCOMPSs' worker keeps only the values it declares.
 """
 
 from __future__ import annotations
 
+import itertools
 import pickle
+from typing import Any
 
 from storage_api._messages import value_at
 
-from ._serial import dumps
+from ._errors import ReturnsMismatch
+from ._serial import dumps, script_attr
 
 
 def setup() -> None:
@@ -60,9 +67,9 @@ def run(payload: bytes, keep_out: tuple[str, ...] = ()) -> bytes:
 
     before = _traffic_total()
     with quiet_import(hide=keep_out):
-        func, args, kwargs, outputs = pickle.loads(payload)
+        func, args, kwargs, outputs, n_returns, name = pickle.loads(payload)
     try:
-        result = func(*args, **kwargs)
+        result = declared(func(*args, **kwargs), n_returns, name)
     except Exception as exc:
         raise _sendable(exc) from None
     answer = [result, *(value_at(args, kwargs, tuple(p)) for p in outputs)]
@@ -85,3 +92,42 @@ def _sendable(exc: Exception) -> Exception:
         module = "__main__" if kind.__module__ == "__mp_main__" else kind.__module__  # the app, as its author knows it
         tb = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
         return RemoteError(f"{module}.{kind.__qualname__}", str(exc), tb)
+
+
+def declared(value: Any, n: int, task: str) -> Any:
+    """A task's ``value`` as its ``n`` declared returns keep it: nothing for none (a generator, a
+    lock... is never serialized), the value itself for one, else its first ``n`` items (PyCOMPSs'
+    worker zips the value with its return parameters, so extra items are dropped there too)."""
+    if n == 0:
+        return None
+    if n == 1:
+        return value
+    if type(value) is tuple and len(value) == n:
+        return value
+    try:
+        items = tuple(itertools.islice(iter(value), n))
+    except TypeError:
+        raise ReturnsMismatch(f"task {task} declared {n} returns, got one value of type "
+                              f"{type(value).__name__}") from None
+    if len(items) < n:
+        raise ReturnsMismatch(f"task {task} declared {n} returns, got {len(items)} "
+                              f"(a {type(value).__name__} of length {len(items)})")
+    return items
+
+
+def shipped(how: tuple, /, *args: Any, **kwargs: Any) -> Any:
+    """What a backend runs for a task (the function of its ``Task`` message): ``how`` is
+    ``(reference of the task's function, declared returns, task name)``; the reference is
+    ``("module", module, qualname)`` or ``("file", script path, qualname)``."""
+    (kind, where, qualname), n_returns, name = how
+    func = script_attr(where, qualname, name) if kind == "file" else _module_attr(where, qualname)
+    return declared(func(*args, **kwargs), n_returns, name)
+
+
+def _module_attr(module: str, qualname: str) -> Any:
+    import importlib
+
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj

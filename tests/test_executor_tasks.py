@@ -1,0 +1,129 @@
+"""A task call behaves the same whether it runs in a local worker or on the backend holding a
+persistent argument: its declared returns, the functions passed to it, what cannot travel. Each
+test runs an app through the launcher against a real deployment and compares the two places."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.test_executor_semantics import launch
+
+# Every task takes an ``anchor`` first: a plain number keeps it in a local worker, a persistent
+# block sends it to the backend holding the block.
+APP = '''
+import json, os, sys, threading
+from pycompss.api.task import task
+from pycompss.api.api import compss_wait_on, compss_barrier
+from storage_api.errors import StoreError
+from workflows.models.blocks import PersistentBlock
+
+@task()
+def emit(anchor):   # no return statement, a generator: no values declared
+    yield anchor
+
+@task(returns=0)
+def start(anchor):
+    return threading.Lock()   # a value nobody declared (and pickle refuses)
+
+@task(returns=2)
+def two(anchor):
+    return 1
+
+@task(returns=3)
+def three(anchor):
+    return 1, 2
+
+@task(returns=2)
+def extra(anchor):
+    return 1, 2, 3   # PyCOMPSs keeps the first two
+
+@task(returns=1)
+def apply(anchor, f):
+    return [os.getpid(), f(3)]
+
+def square(x):
+    return x * x
+
+def adder(k):
+    def add(v):
+        return v + k
+    return add
+
+def failure(call):
+    try:
+        compss_wait_on(call)
+        return "no error"
+    except Exception as exc:
+        return [type(exc).__name__, isinstance(exc, StoreError), str(exc)]
+
+def sections(anchor):
+    out = {"undeclared": [emit(anchor), start(anchor)]}
+    compss_barrier()   # it failed: the worker or the backend pickled the generator
+    out["mismatch"] = [failure(two(anchor)[1]), failure(three(anchor)[0]), compss_wait_on(list(extra(anchor)))]
+    calls = [apply(anchor, square), apply(anchor, lambda v: v + 1), apply(anchor, adder(10))]
+    out["pids"] = sorted({pid for pid, _ in compss_wait_on(calls)})
+    out["functions"] = [value for _, value in compss_wait_on(calls)]
+    out["unsendable"] = failure(apply(anchor, threading.Lock()))
+    return out
+
+if __name__ == "__main__":
+    block = PersistentBlock([[5.0]])
+    block.make_persistent()
+    out = {"local": sections(0), "backend": sections(block), "app": os.getpid()}
+    block.delete_persistent(keep_state=False)
+    print("RESULT " + json.dumps(out))
+'''
+
+
+def test_a_task_behaves_the_same_in_a_local_worker_and_on_a_backend(cluster, tmp_path: Path) -> None:
+    out = launch(tmp_path, APP, [], command=("-m", "storage_api", "run"),
+                 env={"STORAGE_API_CONFIG": str(cluster.dep.config_path)})
+    backend_pids = {b.pid for b in cluster.dep.backends}
+    local, remote = out["local"], out["backend"]
+    assert out["app"] not in local["pids"] + remote["pids"]
+    assert set(local["pids"]).isdisjoint(backend_pids) and len(remote["pids"]) == 1 and set(remote["pids"]) <= backend_pids
+    for place in (local, remote):
+        # no values declared: none kept, so nothing pickled (the run failed on the generator)
+        assert place["undeclared"] == [None, None]
+        (kind2, store2, msg2), (kind3, store3, msg3), kept = place["mismatch"]
+        assert kind2 == kind3 == "ReturnsMismatch" and not store2 and not store3
+        assert "two" in msg2 and "declared 2 returns" in msg2 and "int" in msg2  # was TypeError: 'int' ... not subscriptable
+        assert "three" in msg3 and "declared 3 returns" in msg3 and "got 2" in msg3  # was IndexError
+        assert kept == [1, 2]
+        # a function of the app script, a lambda, a closure (on backends: ClassNotFound, PicklingError)
+        assert place["functions"] == [9, 4, 13]
+        kind, is_store_error, message = place["unsendable"]
+        assert kind == "ArgumentNotSendable" and is_store_error
+        assert "argument 'f'" in message and "apply" in message and "lock" in message
+
+
+def test_a_script_without_a_main_guard_is_named_when_its_top_level_fails_on_a_backend(cluster, tmp_path: Path) -> None:
+    """A backend imports the app script to find its task functions, so code outside the
+    ``__main__`` guard runs there too; when it fails there (here: it reads the app's arguments),
+    the task's error says so and how to fix it (it was a bare ``RemoteError`` of the int() call)."""
+    app = '''
+import json, sys
+from pycompss.api.task import task
+from pycompss.api.api import compss_wait_on
+from workflows.executor import TaskError
+from workflows.models.blocks import PersistentBlock
+
+SIZE = int(sys.argv[1])   # top-level code: a backend has no such argument
+
+@task(returns=1)
+def first(block):
+    return SIZE
+
+block = PersistentBlock([[5.0]])
+block.make_persistent()
+try:
+    out = compss_wait_on(first(block))
+except TaskError as exc:
+    out = str(exc)
+block.delete_persistent(keep_state=False)
+print("RESULT " + json.dumps(out))
+'''
+    out = launch(tmp_path, app, ["7"], command=("-m", "storage_api", "run"),
+                 env={"STORAGE_API_CONFIG": str(cluster.dep.config_path)})
+    assert "top-level code raised" in out and "task __main__.first" in out and "backend" in out
+    assert 'if __name__ == "__main__":' in out
