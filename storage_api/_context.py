@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from ._client import Client
@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 _lock = threading.Lock()
 _runtime: Client | None = None
 _inherited: Settings | None = None  # settings of a runtime dropped at fork, for the child's reconnection
+# Called with an object before it is deleted: a task executor running in this process installs
+# one that waits for the object's pending tasks (a delete is ordered after the app's earlier
+# calls, as in a sequential run; otherwise the queued writes were lost).
+settle: Callable[[Any], None] | None = None
 
 
 def current() -> Client:

@@ -21,5 +21,10 @@ def current() -> Engine | None:
 
 
 def install(engine: Engine | None) -> None:
+    """Make ``engine`` the run's; the store's ``delete_persistent`` then waits for the pending
+    tasks of the object it deletes."""
     global _engine
     _engine = engine
+    from storage_api import _context
+
+    _context.settle = engine.settle if engine is not None else None

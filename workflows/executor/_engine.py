@@ -460,6 +460,17 @@ class Engine:
             write_back(obj, synced, self._stale)
         return synced
 
+    def settle(self, obj: Any) -> None:
+        """Wait until the submitted tasks that read or write persistent ``obj`` are done (before
+        the app deletes it, as a sequential run would have run them first)."""
+        if not _is_psco(obj):
+            return
+        key = ("psco", obj.getID())
+        with self._lock:  # a writer runs after the readers before it: the last one and its readers
+            pending = [t for t in (self._writer.get(key), *self._readers.get(key, ())) if t is not None]
+        for t in pending:
+            t.done.wait()
+
     def _stale(self, v: Any) -> bool:
         return isinstance(v, Future) or self._latest(v) is not v
 
