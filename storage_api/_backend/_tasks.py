@@ -14,12 +14,14 @@ import importlib
 import importlib.util
 import sys
 import threading
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from .. import _messages as m
-from .._object import ActiveObject, State
+from .._object import ActiveObject, State, state_of
+from .._serial import dump_state
 from ..errors import StoreError
 
 if TYPE_CHECKING:
@@ -181,6 +183,7 @@ def _task(b: LocalBackend, msg: m.Task) -> Any:
     writes = set(msg.writes)
     locks = []
     held = b.task_locks.entries
+    changed: list[Any] = []
     try:
         for oid in sorted(owned):  # one global order: two tasks never wait for each other's locks
             entry = b.entry(oid)
@@ -191,19 +194,38 @@ def _task(b: LocalBackend, msg: m.Task) -> Any:
                 entry.lock.acquire_read()
                 locks.append((entry.lock.release_read, entry, False))
             held.add(entry)
-        result = func(*args, **kwargs)
-        answer = [result, *(m.value_at(args, kwargs, tuple(p)) for p in msg.outputs)]
-        for _release, entry, write in locks:
-            if write and not entry.deleted:  # one the task deleted (and maybe stored again) is written
-                b.commit_mutation(entry.oid)
+        read = {entry: _fingerprint(entry) for _release, entry, write in locks if not write}
+        try:
+            result = func(*args, **kwargs)
+            answer = [result, *(m.value_at(args, kwargs, tuple(p)) for p in msg.outputs)]
+        finally:  # what the task changed is saved even when it failed, as after an active method
+            for _release, entry, write in locks:
+                if write and not entry.deleted:  # one the task deleted (and maybe stored again) is written
+                    b.commit_mutation(entry.oid)
+            changed = [e for e, before in read.items() if not e.deleted and _fingerprint(e) != before]
     finally:
         for release, entry, _write in reversed(locks):
             held.discard(entry)
             release()
+        for entry in changed:  # each alone, once the task's locks are released: no lock order to break
+            with entry.lock.writing():
+                if not entry.deleted:
+                    b.commit_mutation(entry.oid)
     if msg.keep is None:
         return answer
     b.task_results.keep(msg.keep, answer)
     return None
+
+
+def _fingerprint(entry: Any) -> tuple:
+    """What a change to an object's state alters: the state's pickle, and its large buffers by
+    length and CRC-32 (a few GB/s), so that an in-place write into an array counts too.
+
+    A task that changes a persistent object it was given ``IN`` (PyCOMPSs' default direction)
+    changed the live object, which every later call sees: the change is made durable before the
+    task's answer, never left visible and lost at the next crash."""
+    body, buffers = dump_state(state_of(entry.obj), entry.cls._sa_class_path)
+    return body, tuple((view.nbytes, zlib.crc32(view)) for view in buffers)
 
 
 def _task_result(b: LocalBackend, msg: m.TaskResult) -> Any:
