@@ -57,8 +57,9 @@ __pipelining__ = False
 log = logging.getLogger("storage.api")
 
 
-class StorageException(StoreError):
-    """The storage error COMPSs' storage API names; the store raises the subclasses of StoreError."""
+# COMPSs' backends raise StorageException and apps catch it: every error of the store (the
+# subclasses of StoreError: ObjectNotFound, InvalidArguments, ...) is one, whatever raised it.
+StorageException = StoreError
 
 _lock = threading.Lock()
 _conf_path: str | None = None  # the storage conf of the last init/initWorker

@@ -92,8 +92,10 @@ def test_storage_api_has_what_compss_backends_export() -> None:
     assert api.makePersistent is api.make_persistent and api.deletePersistent is api.delete_persistent
     assert api.get_by_ID is api.getByID and api.task_context is api.TaskContext
     assert api.init_worker is api.initWorker and api.finish_worker is api.finishWorker
-    assert issubclass(api.StorageException, StoreError)
+    assert api.StorageException is StoreError  # COMPSs-style `except StorageException` catches the store's errors
     assert api.__pipelining__ is False  # PyCOMPSs' pipelined getByID would write into the objects
+    with pytest.raises(api.StorageException, match="StorageObject"):
+        api.make_persistent([1])  # InvalidArguments, caught as COMPSs apps catch storage errors
     with pytest.raises(InvalidArguments, match="takes a StorageObject, not a dict"):
         api.make_persistent({"value": 1})
     with pytest.raises(InvalidArguments):
