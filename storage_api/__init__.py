@@ -9,7 +9,7 @@ from . import errors
 from ._object import ActiveObject, State, StorageObject, activemethod
 from ._progress import on_progress, report_progress
 from ._serial import Broken
-from .api import backends, connect, get_by_id, local_cluster, stub
+from .api import backends, connect, get_by_alias, get_by_id, local_cluster, stub
 
 __all__ = [
     "ActiveObject",
@@ -17,6 +17,7 @@ __all__ = [
     "State",
     "activemethod",
     "connect",
+    "get_by_alias",
     "get_by_id",
     "backends",
     "stub",

@@ -260,7 +260,7 @@ class Client:
         state = obj._sa_state
         oid = obj._sa_id
         if state is State.DELETED:
-            raise ObjectDeleted(f"object {oid} was deleted")
+            raise ObjectDeleted(f"object {obj.__dict__.get('_sa_deleted_id')} was deleted")
         if state not in (State.PROXY, State.RESIDENT, State.REPLICA):
             raise StoreError(f"object is {state.value}: make it persistent first")
         assert oid is not None

@@ -436,7 +436,7 @@ def become_transient(obj: Any, state: dict[str, Any] | None) -> None:
     cls = type(obj)
     if (state is None and cls.__dict__.get("_sa_generated")) or cls.__dict__.get("_sa_stub"):
         # nothing came back (asked for nothing, or a stub: no class here to hold it): spent
-        d.update(_sa_state=State.DELETED, _sa_id=None, _sa_backend=None)
+        d.update(_sa_state=State.DELETED, _sa_id=None, _sa_backend=None, _sa_deleted_id=d.get("_sa_id"))
         return
     if state is not None:
         d.clear()

@@ -40,6 +40,14 @@ def get_by_id(object_id: str) -> Any:
     return _context.current().get_by_id(object_id)
 
 
+def get_by_alias(alias: str) -> Any:
+    """The persistent object registered under ``alias``, whatever its class (a handle of its class
+    where this process can import it, else a stub); ``ObjectNotFound`` if none."""
+    from ._object import ActiveObject
+
+    return _context.current().get_by_alias(alias, ActiveObject)
+
+
 def backends() -> list[BackendInfo]:
     """The registered backends: ``id``, ``name``, ``host``, ``port``, ``compss_name``, ``pid``, ``alive``."""
     return _context.current().backends()

@@ -127,7 +127,7 @@ def test_delete_without_keeping_the_state_brings_nothing_back(client):
     dropped.delete_persistent(keep_state=False)
     assert received() - before < 64 << 10
     assert dropped.getID() is None
-    with pytest.raises(ObjectDeleted):
+    with pytest.raises(ObjectDeleted, match=f"object {oid} was deleted"):  # the id it had, not None
         dropped.total()
     with pytest.raises(ObjectNotFound):
         storage_api.get_by_id(oid)

@@ -45,6 +45,7 @@ def test_stub_client_without_model_numpy_or_torch(cluster, client):
         out["inc"] = c.inc(2)
         out["value"] = c.value
         out["alias"] = Counter.get_by_alias({alias!r}).get()
+        out["module_alias"] = storage_api.get_by_alias({alias!r}).get()  # no class named at all
         try:
             c.inc(1, 2, 3)
         except InvalidArguments as exc:
@@ -79,7 +80,7 @@ def test_stub_client_without_model_numpy_or_torch(cluster, client):
     proc = run_python(code)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert out["inc"] == 7 and out["value"] == 7 and out["alias"] == 7
+    assert out["inc"] == 7 and out["value"] == 7 and out["alias"] == 7 and out["module_alias"] == 7
     assert "positional" in out["local_check"] and out["ctor_check"]
     assert out["doc"] == "Add ``n`` and return the new value."
     assert out["class_doc"] == "Counts; the canonical example."
