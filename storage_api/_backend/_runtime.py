@@ -50,7 +50,9 @@ def cannot_import(backend: str, problem: object) -> ClassNotFound:
     since that is what the user changes (the class's module is usually merely not on its path)."""
     return ClassNotFound(f"backend {backend}: {problem}; backends import model classes from the working directory "
                          f"and PYTHONPATH of the command that started them (such as `storage-api up`), here "
-                         f"{os.getcwd()} and PYTHONPATH={os.environ.get('PYTHONPATH') or '(unset)'}")
+                         f"{os.getcwd()} and PYTHONPATH={os.environ.get('PYTHONPATH') or '(unset)'} (a client's "
+                         f"path, `storage-api run --pythonpath` included, does not change it: start the backends "
+                         f"again with the model's folder on PYTHONPATH)")
 
 
 class Entry:
