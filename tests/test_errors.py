@@ -78,7 +78,9 @@ def test_unknown_class(client):
     assert str(info.value) == (
         f"backend {backend.name}: cannot import no.such.module.Thing: no module 'no.such.module'; backends import "
         "model classes from the working directory and PYTHONPATH of the command that started them (such as "
-        f"`storage-api up`), here {os.getcwd()} and PYTHONPATH={os.environ.get('PYTHONPATH') or '(unset)'}")
+        f"`storage-api up`), here {os.getcwd()} and PYTHONPATH={os.environ.get('PYTHONPATH') or '(unset)'} (a client's "
+        "path, `storage-api run --pythonpath` included, does not change it: start the backends again with the "
+        "model's folder on PYTHONPATH)")
     with pytest.raises(ClassNotFound):
         storage_api.stub("tests.models.NoSuchClass")
 
