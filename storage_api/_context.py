@@ -23,10 +23,7 @@ if TYPE_CHECKING:
 _lock = threading.Lock()
 _runtime: Client | None = None
 _inherited: Settings | None = None  # settings of a runtime dropped at fork, for the child's reconnection
-# Called with an object before it is deleted: a task executor running in this process installs
-# one that waits for the object's pending tasks (a delete is ordered after the app's earlier
-# calls, as in a sequential run; otherwise the queued writes were lost).
-settle: Callable[[Any], None] | None = None
+_before_delete: Callable[[Any], None] | None = None  # see on_delete
 
 
 def current() -> Client:
@@ -52,6 +49,20 @@ def install(rt: Client | None) -> Client | None:
     global _runtime
     previous, _runtime = _runtime, rt
     return previous
+
+
+def on_delete(hook: Callable[[Any], None] | None) -> None:
+    """Have ``hook(obj)`` called before this process deletes a persistent object (``None``: no
+    hook). A task executor running here installs one that waits for the object's submitted tasks:
+    a delete comes after the app's earlier calls, as in a sequential run, instead of under them."""
+    global _before_delete
+    _before_delete = hook
+
+
+def before_delete(obj: Any) -> None:
+    hook = _before_delete
+    if hook is not None:
+        hook(obj)
 
 
 def _drop_after_fork() -> None:

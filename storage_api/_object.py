@@ -174,8 +174,7 @@ class ActiveObject:
         object that is not persistent does nothing.
         """
         if self._sa_state in (State.RESIDENT, State.PROXY):
-            if _context.settle is not None:
-                _context.settle(self)
+            _context.before_delete(self)
             _context.current().delete(self, keep_state)
 
     deletePersistent = delete_persistent

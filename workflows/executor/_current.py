@@ -25,6 +25,6 @@ def install(engine: Engine | None) -> None:
     tasks of the object it deletes."""
     global _engine
     _engine = engine
-    from storage_api import _context
+    from storage_api._context import on_delete
 
-    _context.settle = engine.settle if engine is not None else None
+    on_delete(engine.settle if engine is not None else None)
