@@ -80,12 +80,12 @@ def test_what_a_task_changes_on_the_backend_survives_kill_9(own_cluster: Cluster
     """A task given a persistent object IN (PyCOMPSs' default) that changes it (an attribute, an
     in-place write into its array) and an INOUT task that changes it and then fails: the changes
     every later call sees are on disk before the tasks are done, so a kill -9 of the backend right
-    after the run keeps them."""
+    after the run keeps them; a change that cannot be stored fails its task and is undone."""
     out = run_app(tmp_path, own_cluster, '''
 import json
 from pycompss.api.task import task
 from pycompss.api.parameter import INOUT
-from pycompss.api.api import compss_barrier
+from pycompss.api.api import compss_barrier, compss_wait_on
 from tests.models import Counter
 from workflows.models.blocks import PersistentBlock
 
@@ -102,6 +102,13 @@ def bump_then_fail(c):
     c.value += 1
     raise ValueError("after the change")
 
+@task(returns=1)
+def set_unpicklable(c):
+    import threading
+    c.value = -1
+    c.lock = threading.Lock()
+    return 0
+
 if __name__ == "__main__":
     c = Counter(0)
     c.make_persistent(alias="changed-in")
@@ -109,13 +116,18 @@ if __name__ == "__main__":
     block.make_persistent(alias="written-in-place")
     set_in(c)
     write_in_place(block)
+    try:
+        refused = compss_wait_on(set_unpicklable(c))
+    except Exception as exc:
+        refused = type(exc).__name__
     bump_then_fail(c)
     try:
         compss_barrier()
     except ValueError:
         pass
-    print("RESULT " + json.dumps([c.getID(), block.getID()]))
+    print("RESULT " + json.dumps([c.getID(), block.getID(), refused]))
 ''')
+    assert out.pop() == "UnserializableState"  # a change that cannot be saved is undone, not left visible
     client = own_cluster.client()
     try:
         names = {b.id: b.name for b in client.backends()}

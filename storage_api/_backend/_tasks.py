@@ -202,7 +202,7 @@ def _task(b: LocalBackend, msg: m.Task) -> Any:
             for _release, entry, write in locks:
                 if write and not entry.deleted:  # one the task deleted (and maybe stored again) is written
                     b.commit_mutation(entry.oid)
-            changed = [e for e, before in read.items() if not e.deleted and _fingerprint(e) != before]
+            changed = [e for e, before in read.items() if not e.deleted and _changed(e, before)]
     finally:
         for release, entry, _write in reversed(locks):
             held.discard(entry)
@@ -215,6 +215,13 @@ def _task(b: LocalBackend, msg: m.Task) -> Any:
         return answer
     b.task_results.keep(msg.keep, answer)
     return None
+
+
+def _changed(entry: Any, before: tuple) -> bool:
+    try:
+        return _fingerprint(entry) != before
+    except Exception:  # noqa: BLE001 - a state the task made unpicklable: saving it fails and undoes it
+        return True
 
 
 def _fingerprint(entry: Any) -> tuple:
