@@ -127,3 +127,72 @@ print("RESULT " + json.dumps(out))
                  env={"STORAGE_API_CONFIG": str(cluster.dep.config_path)})
     assert "top-level code raised" in out and "task __main__.first" in out and "backend" in out
     assert 'if __name__ == "__main__":' in out
+
+
+def test_what_backends_keep_for_a_run_is_freed_once_the_app_drops_it(cluster, tmp_path: Path) -> None:
+    """A backend task's answer stays on its backend for later tasks; it is freed there when the
+    app's future is garbage-collected or deleted (not at the end of the run), and only after the
+    tasks that read it ran. The app asks the backend itself whether it still keeps the answer."""
+    app = '''
+import gc, json, time
+from pycompss.api.task import task
+from pycompss.api.api import compss_wait_on, compss_delete_object, compss_barrier
+from storage_api import _messages as m
+from storage_api._context import current as client
+from storage_api.errors import StoreError
+from workflows.executor import current
+from workflows.models.blocks import PersistentBlock
+
+@task(returns=1)
+def produce(block, i):
+    return [i] * 1000
+
+@task(returns=1)
+def consume(block, xs, delay):
+    time.sleep(delay)
+    return sum(xs)
+
+def kept(where):
+    try:
+        client().send(where[0], m.TaskResult(where[1], None))
+        return True
+    except StoreError:   # "no task result ... on this backend"
+        return False
+
+def place(fut):
+    return (fut.task.where, fut.task.key)
+
+if __name__ == "__main__":
+    block = PersistentBlock([[5.0]])
+    block.make_persistent()
+    out = {}
+    r = produce(block, 1)
+    value = compss_wait_on(r)[0]
+    where = place(r)
+    before = kept(where)
+    del r
+    gc.collect()
+    compss_barrier()
+    out["collected"] = [value, before, kept(where)]
+    r = produce(block, 2)
+    total = consume(block, r, 1.0)   # still to run when r is deleted: it needs r on the backend
+    compss_delete_object(r)
+    out["deleted"] = [compss_wait_on(total), kept(place(r))]
+    compss_barrier()
+    out["deleted"].append(kept(place(r)))
+    del r, total
+    many = [produce(block, i) for i in range(300)]
+    compss_wait_on(many)
+    del many
+    gc.collect()
+    compss_barrier()
+    out["held"] = current()._frees.held   # the app's own bookkeeping: one entry per task, kept until the end
+    block.delete_persistent(keep_state=False)
+    print("RESULT " + json.dumps(out))
+'''
+    out = launch(tmp_path, app, [], command=("-m", "storage_api", "run"),
+                 env={"STORAGE_API_CONFIG": str(cluster.dep.config_path)})
+    assert out["collected"] == [1, True, False]
+    # the answer a pending task reads survives its deletion until that task ran
+    assert out["deleted"] == [2000, True, False]
+    assert out["held"] == 0

@@ -34,6 +34,7 @@ from storage_api._messages import Kept, Stash
 from . import _returns
 from ._decorators import Param, TaskSpec
 from ._errors import TaskCancelled
+from ._frees import Frees
 from ._serial import dumps_task, for_backend, pending
 from ._structure import SHARED_VALUES, at, leaf_paths, rebuild, set_at, write_back
 from ._versions import Versions, followable
@@ -65,7 +66,7 @@ class Future:
 class Task:
     __slots__ = ("n", "spec", "args", "kwargs", "outputs", "writes", "pending", "dependents", "deps",
                  "finished", "error", "answer", "where", "key", "done", "cache", "stashed", "force_local", "after",
-                 "n_returns")
+                 "n_returns", "holders", "users", "deleted", "release", "ordered", "__weakref__")
 
     def __init__(self, n: int, spec: TaskSpec) -> None:
         self.n = n
@@ -89,6 +90,11 @@ class Task:
         self.stashed: dict[tuple, set[str]] = {}  # local values already kept on these backends
         self.force_local = False
         self.n_returns = 1  # values the task declares (see _returns): its process keeps only those
+        self.holders: set[str] = set()  # backends keeping its answer (where it ran, those that fetched it)
+        self.users = 0  # tasks reading its results that have not finished: they need what backends keep
+        self.deleted: set[tuple] = set()  # paths of its results the app compss_delete_object'ed
+        self.release: Any = None  # frees what backends keep of it (see _frees), once
+        self.ordered: list[Any] = []  # the persistent objects and files it reads or writes
 
 
 def _empty_instance(cls: Any) -> Any:
@@ -126,13 +132,13 @@ class Engine:
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._versions = Versions()
         self._writer: dict[Any, Task] = {}
-        self._readers: dict[Any, list[Task]] = {}
+        self._readers: dict[Any, dict[Task, None]] = {}  # of the current versions, until they finish
         self._failures: list[BaseException] = []
         self._pool: Any = None
         self._pool_lock = threading.Lock()
         self._aborted = False
         self._remote: Any = None
-        self._kept: dict[str, list[str]] = {}  # backend id -> keys kept there
+        self._frees = Frees(lambda: self._events.put(("flush", None, None)))
         self.backend_slots = max(1, backend_slots)  # tasks running at once on one backend
         self._inflight: dict[str, int] = {}
         self._queued: dict[str, collections.deque] = {}
@@ -176,6 +182,7 @@ class Engine:
                 if d is task or d in task.deps:
                     continue
                 task.deps.append(d)
+                d.users += 1
                 if not d.finished:
                     d.dependents.append(task)
                     task.pending += 1
@@ -274,7 +281,8 @@ class Engine:
         else:
             if last is not None:
                 deps.append(last)
-            self._readers.setdefault(key, []).append(task)
+            self._readers.setdefault(key, {})[task] = None
+        task.ordered.append(key)
 
     # ================================================================= dispatch (one thread)
     def _dispatch_loop(self) -> None:
@@ -282,14 +290,20 @@ class Engine:
             kind, task, payload = self._events.get()
             if kind == "stop":
                 return
-            try:
-                if kind == "ready":
-                    self._launch(task)
-                else:
-                    self._finish(task, payload)
-            except BaseException as exc:  # noqa: BLE001 - a task's failure, never the loop's
-                if task.finished:
-                    continue
+            if kind == "flush":
+                self._flush(wait=False)
+                continue
+            self._handle(kind, task, payload)
+            del task, payload  # or the last task handled stays alive (and its results kept) until the next event
+
+    def _handle(self, kind: str, task: Task, payload: Any) -> None:
+        try:
+            if kind == "ready":
+                self._launch(task)
+            else:
+                self._finish(task, payload)
+        except BaseException as exc:  # noqa: BLE001 - a task's failure, never the loop's
+            if not task.finished:
                 self._finish(task, ("error", exc))
 
     def _launch(self, task: Task) -> None:
@@ -331,7 +345,6 @@ class Engine:
             return
         self._inflight[target] = self._inflight.get(target, 0) + 1
         self.tasks_remote += 1
-        self._kept.setdefault(target, []).append(task.key)
         fut.add_done_callback(lambda f: self._events.put(("done", task, ("remote", f, target, stashes))))
 
     @staticmethod
@@ -373,6 +386,7 @@ class Engine:
             return v
         t = v.task
         if t.where is not None:
+            t.holders.add(target)  # the target fetches a copy and keeps it until this answer is freed
             return Kept(t.where, t.key, v.path)
         if target in t.stashed.get(v.path, ()):
             return Kept(target, f"{t.key}/{v.path}", (0,))
@@ -399,9 +413,11 @@ class Engine:
             try:
                 f.result()
                 task.where = target
+                task.holders.add(target)
+                self._frees.hold(task)
                 for t, path in stashes:
                     t.stashed.setdefault(path, set()).add(target)
-                    self._kept.setdefault(target, []).append(f"{t.key}/{path}")
+                    self._frees.hold(t)
             except BaseException as exc:  # noqa: BLE001
                 task.error = exc
         else:
@@ -418,6 +434,12 @@ class Engine:
             task.finished = True
             dependents, task.dependents = task.dependents, []
             task.args = task.kwargs = None  # type: ignore[assignment]
+            for d in task.deps:
+                d.users -= 1
+                self._maybe_release(d)
+            task.deps, task.after = [], []  # which would keep every earlier task of the run alive
+            self._unorder(task)
+            self._maybe_release(task)
             for d in dependents:
                 d.pending -= 1
                 if d.pending == 0:
@@ -475,9 +497,38 @@ class Engine:
         return isinstance(v, Future) or self._latest(v) is not v
 
     def forget(self, obj: Any) -> None:
-        """``compss_delete_object``: stop tracking versions of ``obj`` (persistent objects stay)."""
+        """``compss_delete_object``: stop tracking versions of ``obj`` (persistent objects stay); a
+        future, or the future of the version a task made of ``obj``, is deleted: once every result
+        of its task is, and the tasks reading them ran, what backends keep of it is freed."""
         with self._lock:
+            fut = obj if isinstance(obj, Future) else self._versions.latest(obj)
             self._versions.forget(obj)
+            if isinstance(fut, Future):
+                t = fut.task
+                t.deleted.add(fut.path)
+                t.cache.pop(fut.path, None)
+                self._maybe_release(t)
+
+    def _unorder(self, task: Task) -> None:
+        """A finished task orders nothing any more: a later writer need not wait for it, and a later
+        reader needs it only if it failed (whose error that reader then gets)."""
+        for key in task.ordered:
+            readers = self._readers.get(key)
+            if readers is not None:
+                readers.pop(task, None)
+            if self._writer.get(key) is task and task.error is None:
+                del self._writer[key]
+        task.ordered = []
+
+    def _maybe_release(self, t: Task) -> None:
+        if t.release is not None and t.finished and t.users == 0 and t.deleted \
+                and len(t.deleted) >= t.n_returns + len(t.outputs):
+            t.release()
+
+    def _flush(self, wait: bool, everything: bool = False) -> None:
+        batch = self._frees.take(everything)
+        if batch:
+            self.remote.drop(batch, wait=wait)
 
     def barrier(self) -> None:
         """Wait until every submitted task finished; raise the first failure since the last barrier."""
@@ -485,6 +536,7 @@ class Engine:
             while self._active:
                 self._idle.wait()
             failures, self._failures = self._failures, []
+        self._flush(wait=True)
         if failures:
             raise failures[0]
 
@@ -565,4 +617,4 @@ class Engine:
                     if manager is not None:
                         manager.join(10.0)
             if self._remote is not None:
-                self._remote.drop(self._kept)
+                self._flush(wait=True, everything=True)

@@ -64,10 +64,11 @@ class Backends:
     def fetch(self, bid: str, key: str, path: tuple) -> Any:
         return self.client.send(bid, m.TaskResult(key, path))
 
-    def drop(self, kept: dict[str, list[str]]) -> None:
+    def drop(self, kept: dict[str, list[str]], wait: bool = True) -> None:
+        """Free ``kept`` keys, by backend (``wait``: for the replies)."""
         for bid, keys in kept.items():
             try:
-                self.client.send(bid, m.TaskDrop(keys))
+                self.client.send(bid, m.TaskDrop(keys), wait=wait)
             except Exception:  # noqa: BLE001 - cleanup of a dead backend's results: nothing to free
                 pass
 
