@@ -11,7 +11,7 @@ from tests.test_executor_semantics import launch
 # Every task takes an ``anchor`` first: a plain number keeps it in a local worker, a persistent
 # block sends it to the backend holding the block.
 APP = '''
-import json, os, sys, threading
+import json, os, sys, threading, time
 from pycompss.api.task import task
 from pycompss.api.api import compss_wait_on, compss_barrier
 from storage_api.errors import StoreError
@@ -41,6 +41,11 @@ def extra(anchor):
 def apply(anchor, f):
     return [os.getpid(), f(3)]
 
+@task(returns=1, time_out=1)
+def late(anchor, seconds):
+    time.sleep(seconds)
+    return seconds
+
 def square(x):
     return x * x
 
@@ -64,6 +69,8 @@ def sections(anchor):
     out["pids"] = sorted({pid for pid, _ in compss_wait_on(calls)})
     out["functions"] = [value for _, value in compss_wait_on(calls)]
     out["unsendable"] = failure(apply(anchor, threading.Lock()))
+    began = time.monotonic()
+    out["time_out"] = [failure(late(anchor, 4)), time.monotonic() - began, compss_wait_on(late(anchor, 0))]
     return out
 
 if __name__ == "__main__":
@@ -95,6 +102,9 @@ def test_a_task_behaves_the_same_in_a_local_worker_and_on_a_backend(cluster, tmp
         kind, is_store_error, message = place["unsendable"]
         assert kind == "ArgumentNotSendable" and is_store_error
         assert "argument 'f'" in message and "apply" in message and "lock" in message
+        (kind, _, message), waited, after = place["time_out"]
+        assert kind == "TaskTimeout" and "late" in message and "time_out of 1 s" in message
+        assert waited < 3.5 and after == 0  # it waited the 4 s and returned 4
 
 
 def test_a_script_without_a_main_guard_is_named_when_its_top_level_fails_on_a_backend(cluster, tmp_path: Path) -> None:
@@ -196,3 +206,62 @@ if __name__ == "__main__":
     # the answer a pending task reads survives its deletion until that task ran
     assert out["deleted"] == [2000, True, False]
     assert out["held"] == 0
+
+
+def test_a_dead_or_timed_out_local_worker_fails_only_its_task(tmp_path: Path) -> None:
+    """``os._exit`` in a task (a crash, a kill) broke the whole worker pool: that task and every
+    later one failed with BrokenProcessPool. Now that task fails alone, a task stopped with it runs
+    again, and later tasks run in new workers. ``time_out`` stops a task (the worker's alarm), or
+    kills its worker when the task does not get back to the interpreter."""
+    app = '''
+import json, os, signal, time
+from pycompss.api.task import task
+from pycompss.api.api import compss_wait_on
+
+@task(returns=1)
+def crash(x):
+    time.sleep(0.3)
+    os._exit(4)
+
+@task(returns=1)
+def slow(x):
+    time.sleep(1.0)
+    return x
+
+@task(returns=1, time_out=1)
+def sleepy(x):
+    time.sleep(30)
+    return x
+
+@task(returns=1, time_out=1)
+def stubborn(x):
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})   # the alarm cannot stop it
+    time.sleep(30)
+    return x
+
+def attempt(f):
+    try:
+        return compss_wait_on(f)
+    except Exception as e:
+        return [type(e).__name__, str(e)]
+
+if __name__ == "__main__":
+    out = {}
+    crashed, beside = crash(1), slow(2)   # two workers: slow runs while crash's worker dies
+    out["crash"] = [attempt(crashed), attempt(beside), attempt([slow(i) for i in range(3)])]
+    start = time.monotonic()
+    out["sleepy"] = [attempt(sleepy(1)), time.monotonic() - start]
+    start = time.monotonic()
+    out["stubborn"] = [attempt(stubborn(1)), time.monotonic() - start, attempt(slow(9))]
+    print("RESULT " + json.dumps(out))
+'''
+    out = launch(tmp_path, app, [])
+    (kind, message), beside, later = out["crash"]
+    assert kind == "TaskWorkerDied" and "crash" in message and "exit code 4" in message
+    assert beside == 2 and later == [0, 1, 2]
+    (kind, message), took = out["sleepy"]
+    assert kind == "TaskTimeout" and "sleepy" in message and "time_out of 1 s" in message
+    assert took < 10  # it slept 30 s and returned its value
+    (kind, message), took, after = out["stubborn"]
+    assert kind == "TaskTimeout" and "killed" in message and took < 15
+    assert after == 9

@@ -80,7 +80,9 @@ class TaskSpec:
             if p is not None:
                 self.params[key] = p
                 del options[key]
-        self.options = options  # priority, is_replicated, time_out...: accepted, not used here
+        # seconds the task may run (PyCOMPSs' time_out; 0: no limit), see _pool and Engine._send_remote
+        self.time_out: float | None = float(options.pop("time_out", 0) or 0) or None
+        self.options = options  # priority, is_replicated...: accepted, not used here
         self.signature = inspect.signature(func)
         names = list(self.signature.parameters)
         self.is_method = bool(names) and names[0] == "self"

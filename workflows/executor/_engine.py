@@ -27,14 +27,16 @@ import pickle
 import queue
 import threading
 import uuid
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from storage_api._messages import Kept, Stash
 
 from . import _returns
 from ._decorators import Param, TaskSpec
-from ._errors import TaskCancelled
+from ._errors import TaskCancelled, TaskTimeout, TaskWorkerDied
 from ._frees import Frees
+from ._pool import RERUNS, LocalPool
 from ._serial import dumps_task, for_backend, pending
 from ._structure import SHARED_VALUES, at, leaf_paths, rebuild, set_at, write_back
 from ._versions import Versions, followable
@@ -66,7 +68,7 @@ class Future:
 class Task:
     __slots__ = ("n", "spec", "args", "kwargs", "outputs", "writes", "pending", "dependents", "deps",
                  "finished", "error", "answer", "where", "key", "done", "cache", "stashed", "force_local", "after",
-                 "n_returns", "holders", "users", "deleted", "release", "ordered", "__weakref__")
+                 "n_returns", "holders", "users", "deleted", "release", "ordered", "reruns", "__weakref__")
 
     def __init__(self, n: int, spec: TaskSpec) -> None:
         self.n = n
@@ -95,6 +97,7 @@ class Task:
         self.deleted: set[tuple] = set()  # paths of its results the app compss_delete_object'ed
         self.release: Any = None  # frees what backends keep of it (see _frees), once
         self.ordered: list[Any] = []  # the persistent objects and files it reads or writes
+        self.reruns = 0  # times it was stopped with another task's dead worker and run again
 
 
 def _empty_instance(cls: Any) -> Any:
@@ -134,8 +137,7 @@ class Engine:
         self._writer: dict[Any, Task] = {}
         self._readers: dict[Any, dict[Task, None]] = {}  # of the current versions, until they finish
         self._failures: list[BaseException] = []
-        self._pool: Any = None
-        self._pool_lock = threading.Lock()
+        self._local = LocalPool(self.workers)
         self._aborted = False
         self._remote: Any = None
         self._frees = Frees(lambda: self._events.put(("flush", None, None)))
@@ -300,6 +302,13 @@ class Engine:
         try:
             if kind == "ready":
                 self._launch(task)
+            elif kind == "expire":
+                if not task.finished:
+                    self._finish(task, ("error", TaskTimeout(
+                        f"task {task.spec.name} ran past its time_out of {task.spec.time_out:g} s on a backend: "
+                        "the app stopped waiting (the backend runs it to its end and its result is dropped)")))
+            elif task.finished:  # a backend's late answer to a task that timed out
+                self._late(task, payload)
             else:
                 self._finish(task, payload)
         except BaseException as exc:  # noqa: BLE001 - a task's failure, never the loop's
@@ -325,7 +334,8 @@ class Engine:
 
             from ._worker import run
 
-            fut = self.start_pool().submit(run, payload, kept_out())
+            fut = self._local.submit(task.key, task.spec.time_out, run, payload, kept_out(), task.key,
+                                     task.spec.time_out)
             fut.add_done_callback(lambda f: self._events.put(("done", task, ("local", f))))
         elif self._inflight.get(target, 0) >= self.backend_slots:
             self._queued.setdefault(target, collections.deque()).append(task)
@@ -346,6 +356,10 @@ class Engine:
         self._inflight[target] = self._inflight.get(target, 0) + 1
         self.tasks_remote += 1
         fut.add_done_callback(lambda f: self._events.put(("done", task, ("remote", f, target, stashes))))
+        if task.spec.time_out:  # the app stops waiting; the backend runs the task to its end
+            timer = threading.Timer(task.spec.time_out, self._events.put, (("expire", task, None),))
+            timer.daemon = True
+            timer.start()
 
     @staticmethod
     def _positional(spec: TaskSpec) -> list[str]:
@@ -393,6 +407,21 @@ class Engine:
         stashes.append((t, v.path))
         return Stash(f"{t.key}/{v.path}", at(t.answer, v.path))
 
+    def _late(self, task: Task, outcome: tuple) -> None:
+        """What a backend answers for a task the app gave up on: its slot is free, its result freed."""
+        f, target = outcome[1], outcome[2]
+        self._backend_done(target)
+        if f.exception() is None:
+            task.holders.add(target)
+            self._frees.hold(task)
+            task.release()
+
+    def _backend_done(self, target: str) -> None:
+        self._inflight[target] -= 1
+        waiting = self._queued.get(target)
+        if waiting:
+            self._send_remote(waiting.popleft(), target)
+
     def _finish(self, task: Task, outcome: tuple) -> None:
         if outcome[0] == "local":
             f = outcome[1]
@@ -402,14 +431,22 @@ class Engine:
                 answer, worker_traffic = pickle.loads(body)
                 self.worker_bytes += worker_traffic
                 task.answer = answer
+            except BrokenProcessPool:
+                task.error = self._local.verdict(task.key, task.spec.name)
+                if task.error is None and not self._aborted:  # stopped with another task's worker: again
+                    task.reruns += 1
+                    if task.reruns <= RERUNS:
+                        self._local.done(task.key)
+                        self._events.put(("ready", task, None))
+                        return
+                    task.error = TaskWorkerDied(f"task {task.spec.name} was stopped {RERUNS} times with "
+                                                "workers that died running other tasks")
             except BaseException as exc:  # noqa: BLE001
                 task.error = exc
+            self._local.done(task.key)
         elif outcome[0] == "remote":
             f, target, stashes = outcome[1], outcome[2], outcome[3]
-            self._inflight[target] -= 1
-            waiting = self._queued.get(target)
-            if waiting:
-                self._send_remote(waiting.popleft(), target)
+            self._backend_done(target)
             try:
                 f.result()
                 task.where = target
@@ -548,45 +585,15 @@ class Engine:
         return self._remote
 
     def start_pool(self) -> Any:
-        """Start the local workers (spawned, not forked: the app's process has client threads and
-        sockets). Call it while ``sys.modules["__main__"]`` is the app: workers import it as
-        ``__mp_main__`` so the app's functions resolve there.
-
-        Workers ignore Ctrl-C (a terminal sends it to the whole process group; the launcher stops
-        them): they are spawned while this process ignores it, as a child inherits an ignored
-        signal from its very start, before its interpreter could fail on it; a Ctrl-C during those
-        few milliseconds is lost."""
-        with self._pool_lock:
-            if self._pool is None:
-                import multiprocessing
-                import signal
-                from concurrent.futures import ProcessPoolExecutor
-
-                from ._worker import ready, setup
-
-                main = threading.current_thread() is threading.main_thread()
-                previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
-                try:
-                    self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                                     initializer=setup)
-                    for _ in range(self.workers):  # one submission per worker starts them all now
-                        self._pool.submit(ready)
-                finally:
-                    if main:
-                        signal.signal(signal.SIGINT, previous)
-            return self._pool
+        """Start the local workers now (see :meth:`._pool.LocalPool.start`)."""
+        return self._local.start()
 
     def abort(self) -> None:
         """Stop now (Ctrl-C, or the app failed): queued tasks are dropped, local workers stopped
         (they ignore Ctrl-C, so that it does not print a traceback per worker), and :meth:`close`
         does not wait for tasks still running on backends."""
-        import multiprocessing
-
         self._aborted = True
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            for child in multiprocessing.active_children():  # only our workers: multiprocessing's own
-                child.terminate()
+        self._local.abort()
 
     def warm_up(self, modules: list[str], hide: tuple[str, ...] = (), backends: bool = False) -> None:
         """Have each local worker, and with ``backends`` each live backend, import ``modules`` now
@@ -606,14 +613,16 @@ class Engine:
                 self.barrier()
         finally:
             self._events.put(("stop", None, None))
-            if self._pool is not None:
-                self._pool.shutdown(wait=not self._aborted)
+            self._local.stop_reading()
+            pool = self._local.pool
+            if pool is not None:
+                pool.shutdown(wait=not self._aborted)
                 if self._aborted:
                     # The workers are stopped; let the pool's manager thread finish closing its
                     # wake-up pipe: at interpreter exit concurrent.futures writes to that pipe, and
                     # racing the close it printed an "Exception ignored ... Bad file descriptor"
                     # traceback after the app's own error message (Python < 3.12).
-                    manager = getattr(self._pool, "_executor_manager_thread", None)
+                    manager = getattr(pool, "_executor_manager_thread", None)
                     if manager is not None:
                         manager.join(10.0)
             if self._remote is not None:

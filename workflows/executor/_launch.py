@@ -69,7 +69,7 @@ def run(app: str, args: list[str], *, workers: int, backend_slots: int = 1, pyth
         os.environ["PYTHONPATH"] = os.pathsep.join([*paths[1:-1], *filter(None, [os.environ.get("PYTHONPATH")])])
     engine = _engine.Engine(workers, paths=paths, script=app_path, backend_slots=backend_slots)
     _current.install(engine)
-    saved_argv, saved_main = sys.argv, sys.modules["__main__"]
+    saved_argv, saved_main, saved_mp_main = sys.argv, sys.modules["__main__"], sys.modules.get("__mp_main__")
     sys.argv = [app_path, *args]
     # The app runs as __main__ in a module of ours that stays __main__ until its last task ran:
     # local workers (spawned: they import it as __mp_main__) and backends find its functions by
@@ -78,7 +78,9 @@ def run(app: str, args: list[str], *, workers: int, backend_slots: int = 1, pyth
     app.__file__ = app_path
     app.__spec__ = None
     app.__builtins__ = __builtins__
-    sys.modules["__main__"] = app
+    # and as __mp_main__, the name values of the script's classes come back under from workers
+    # (multiprocessing sets that name once, to whatever was __main__ when it was first imported)
+    sys.modules["__main__"] = sys.modules["__mp_main__"] = app
     from storage_api._messages import script_module
 
     sys.modules[script_module(app_path)] = app  # how backends name the script's classes
@@ -104,6 +106,10 @@ def run(app: str, args: list[str], *, workers: int, backend_slots: int = 1, pyth
             _current.install(None)
             sys.argv = saved_argv
             sys.modules["__main__"] = saved_main
+            if saved_mp_main is not None:
+                sys.modules["__mp_main__"] = saved_mp_main
+            else:
+                sys.modules.pop("__mp_main__", None)
             sys.modules.pop(script_module(app_path), None)
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)

@@ -13,21 +13,28 @@ from __future__ import annotations
 
 import itertools
 import pickle
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from storage_api._messages import value_at
 
-from ._errors import ReturnsMismatch
+from ._errors import ReturnsMismatch, TaskTimeout
 from ._serial import dumps, script_attr
 
 
-def setup() -> None:
+_started: Any = None  # where this worker reports each task it starts (see _pool)
+
+
+def setup(started: Any = None) -> None:
     """Each worker's start: Ctrl-C in a terminal reaches the whole process group, but it is the
     launcher's to handle (it stops the workers); a worker would only print a traceback. (Workers
     are spawned with it ignored already; this covers one spawned later, from another thread.)"""
     import signal
 
+    global _started
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _started = started
 
 
 def warm(modules: list[str], keep_out: tuple[str, ...]) -> bool:
@@ -56,24 +63,50 @@ def _traffic_total() -> int:
     return sum(s + r for s, r in transport.traffic().values())
 
 
-def run(payload: bytes, keep_out: tuple[str, ...] = ()) -> bytes:
-    """Run one task; return ``pickle((answer, bytes this worker exchanged with backends))``.
+def run(payload: bytes, keep_out: tuple[str, ...] = (), key: str = "", time_out: float | None = None) -> bytes:
+    """Run task ``key``; return ``pickle((answer, bytes this worker exchanged with backends))``.
 
     Unpickling imports the task's function, as the app's process did: without the notices users
     cannot act on and without the packages the app kept out (``keep_out``, see :mod:`workflows.quiet`).
-    Exceptions propagate: the pool carries them to the engine with their traceback.
+    Exceptions propagate: the pool carries them to the engine with their traceback. With
+    ``time_out``, an alarm stops the task after that many seconds.
     """
+    import os
+
     from workflows.quiet import quiet_import
 
+    if _started is not None:
+        _started.send((key, os.getpid()))
     before = _traffic_total()
     with quiet_import(hide=keep_out):
         func, args, kwargs, outputs, n_returns, name = pickle.loads(payload)
     try:
-        result = declared(func(*args, **kwargs), n_returns, name)
+        with _alarm(time_out, name):
+            result = declared(func(*args, **kwargs), n_returns, name)
     except Exception as exc:
         raise _sendable(exc) from None
     answer = [result, *(value_at(args, kwargs, tuple(p)) for p in outputs)]
     return dumps((answer, _traffic_total() - before))
+
+
+@contextmanager
+def _alarm(seconds: float | None, task: str) -> Iterator[None]:
+    """Raise :class:`TaskTimeout` in the task after ``seconds`` (PyCOMPSs' worker uses SIGALRM too)."""
+    if not seconds:
+        yield
+        return
+    import signal
+
+    def expired(signum: int, frame: Any) -> None:
+        raise TaskTimeout(f"task {task} ran past its time_out of {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def _sendable(exc: Exception) -> Exception:
