@@ -140,3 +140,44 @@ if __name__ == "__main__":
         own_cluster.kill(name)
         own_cluster.restart(name)
     assert read_back(own_cluster, out) == live  # the IN changes were visible, then gone after the crash (0, 1.0)
+
+
+def test_a_task_writes_objects_of_two_backends_in_place(cluster: Cluster, tmp_path: Path) -> None:
+    """A task that changes in place (appends) two persistent objects held by different backends,
+    as two INOUTs and as a COLLECTION_INOUT: both changes are kept (through a handle, the second
+    object's append went to a copy and was lost)."""
+    out = run_app(tmp_path, cluster, '''
+import json
+import storage_api
+from pycompss.api.task import task
+from pycompss.api.parameter import INOUT, COLLECTION_INOUT
+from pycompss.api.api import compss_barrier
+from tests.models import Counter
+
+@task(a=INOUT, b=INOUT)
+def append_both(a, b):
+    a.items.append("a")
+    b.items.append("b")
+
+@task(cs=COLLECTION_INOUT)
+def append_all(cs):
+    for c in cs:
+        c.items.append(len(c.items))
+
+if __name__ == "__main__":
+    objects = []
+    for backend in sorted(storage_api.backends(), key=lambda b: b.name)[:2]:
+        c = Counter(0)
+        c.items = []
+        c.make_persistent(backend=backend)
+        objects.append(c)
+    x, y = objects
+    append_both(x, y)
+    append_all([x, y])
+    compss_barrier()
+    out = [x.items, y.items]
+    for c in objects:
+        c.delete_persistent(keep_state=False)
+    print("RESULT " + json.dumps(out))
+''')
+    assert out == [["a", 1], ["b", 1]]

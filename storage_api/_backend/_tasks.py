@@ -17,7 +17,7 @@ import threading
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from .. import _messages as m
 from .._object import ActiveObject, State, state_of
@@ -130,27 +130,36 @@ def _import_file(path: str) -> Any:
 
 
 # ------------------------------------------------------------------ values
-def _substitute(value: Any, b: LocalBackend) -> Any:
-    """Arguments with every marker replaced by its value (stashed values kept here on the way)."""
-    if isinstance(value, m.Kept):
-        if value.bid == b.id:
-            return b.task_results.get(value.key, value.index)
-        return b.task_results.fetched(value, lambda k: b.peer_client().send(k.bid, m.TaskResult(k.key, k.index)))
-    if isinstance(value, m.Stash):
-        b.task_results.keep(value.key, [value.value])
-        return value.value
+def _rebuild(value: Any, leaf: Callable[[Any], Any]) -> Any:
+    """``value`` with ``leaf`` applied to everything but the containers tasks pass (lists, tuples,
+    dicts, numpy object arrays), which are rebuilt around the results."""
     if type(value) is list:
-        return [_substitute(v, b) for v in value]
+        return [_rebuild(v, leaf) for v in value]
     if type(value) is tuple:
-        return tuple(_substitute(v, b) for v in value)
+        return tuple(_rebuild(v, leaf) for v in value)
     if type(value) is dict:
-        return {k: _substitute(v, b) for k, v in value.items()}
+        return {k: _rebuild(v, leaf) for k, v in value.items()}
     if _is_object_array(value):
         out = value.copy()
         for cell in sys.modules["numpy"].ndindex(value.shape):
-            out[cell] = _substitute(value[cell], b)
+            out[cell] = _rebuild(value[cell], leaf)
         return out
-    return value
+    return leaf(value)
+
+
+def _substitute(value: Any, b: LocalBackend) -> Any:
+    """Arguments with every marker replaced by its value (stashed values kept here on the way)."""
+    def leaf(v: Any) -> Any:
+        if isinstance(v, m.Kept):
+            if v.bid == b.id:
+                return b.task_results.get(v.key, v.index)
+            return b.task_results.fetched(v, lambda k: b.peer_client().send(k.bid, m.TaskResult(k.key, k.index)))
+        if isinstance(v, m.Stash):
+            b.task_results.keep(v.key, [v.value])
+            return v.value
+        return v
+
+    return _rebuild(value, leaf)
 
 
 def _is_object_array(value: Any) -> bool:
@@ -160,16 +169,38 @@ def _is_object_array(value: Any) -> bool:
     return np is not None and type(value) is np.ndarray and value.dtype == object
 
 
-def _owned(b: LocalBackend, value: Any, found: dict[str, ActiveObject]) -> None:
-    if isinstance(value, ActiveObject):
-        if value._sa_state is State.RESIDENT and value._sa_backend == b.id and value._sa_id:
-            found[value._sa_id] = value
-    elif type(value) in (list, tuple) or _is_object_array(value):
-        for v in (value.flat if _is_object_array(value) else value):
-            _owned(b, v, found)
-    elif type(value) is dict:
-        for v in value.values():
-            _owned(b, v, found)
+def _persistent(value: Any) -> dict[str, ActiveObject]:
+    """The persistent objects in the arguments, by id: live ones held here, handles of others."""
+    found: dict[str, ActiveObject] = {}
+
+    def leaf(v: Any) -> Any:
+        if isinstance(v, ActiveObject) and v._sa_id and v._sa_state in (State.RESIDENT, State.PROXY):
+            found[v._sa_id] = v
+        return v
+
+    _rebuild(value, leaf)
+    return found
+
+
+def _gather(b: LocalBackend, args: list, kwargs: dict, writes: set[str]) -> tuple[list, dict]:
+    """Move here the objects the task writes that other backends hold, and give the task them live.
+
+    A task changes the live objects it holds, locked and saved after it; another backend's object
+    reached through a handle would take assignments but silently drop in-place changes (an append,
+    an item set: a handle's attribute reads are copies). The move happens once: the objects stay
+    here."""
+    away = [o for oid, o in _persistent((args, kwargs)).items() if oid in writes and o._sa_state is State.PROXY]
+    if not away:
+        return args, kwargs
+    client = b.peer_client()
+    for handle in away:
+        client.move(handle, b.id)
+    live = {h._sa_id: b.entry(h._sa_id).obj for h in away}
+
+    def leaf(v: Any) -> Any:
+        return live.get(v._sa_id, v) if isinstance(v, ActiveObject) else v
+
+    return _rebuild(args, leaf), _rebuild(kwargs, leaf)
 
 
 # ------------------------------------------------------------------ handlers
@@ -177,10 +208,10 @@ def _task(b: LocalBackend, msg: m.Task) -> Any:
     func = resolve(msg.ref, msg.paths)
     args = list(_substitute(list(msg.args), b))
     kwargs = _substitute(dict(msg.kwargs), b)
-    owned: dict[str, ActiveObject] = {}
-    _owned(b, args, owned)
-    _owned(b, kwargs, owned)
     writes = set(msg.writes)
+    args, kwargs = _gather(b, args, kwargs, writes)
+    owned = {oid: o for oid, o in _persistent((args, kwargs)).items()
+             if o._sa_state is State.RESIDENT and o._sa_backend == b.id}
     locks = []
     held = b.task_locks.entries
     changed: list[Any] = []
