@@ -463,3 +463,35 @@ if __name__ == "__main__":
     out = launch(tmp_path, app, [], command=("-m", "storage_api", "run"),
                  env={"STORAGE_API_CONFIG": str(cluster.dep.config_path)})
     assert out == ["AppError", "from the backend"]  # it was a RemoteError naming _sa_script_<hash>.AppError
+
+
+def test_workers_run_the_script_only_for_its_own_tasks(tmp_path: Path) -> None:
+    """A script without a ``__main__`` guard whose tasks all come from a module: its top-level code
+    runs once, in the app, not again in each local worker (PyCOMPSs' workers import only the
+    modules of the tasks they run); a task of the script itself still finds it in the worker."""
+    (tmp_path / "lib_tasks.py").write_text('''
+from pycompss.api.task import task
+
+@task(returns=1)
+def double(x):
+    return 2 * x
+''')
+    script = tmp_path / "app.py"
+    script.write_text('''
+import json
+from pycompss.api.api import compss_wait_on
+from pycompss.api.task import task
+from lib_tasks import double
+
+print("TOP-LEVEL RAN", flush=True)
+values = compss_wait_on([double(i) for i in range(4)])
+print("RESULT " + json.dumps(values), flush=True)
+''')
+    proc = subprocess.run([sys.executable, "-m", "workflows.executor", "--workers", "2", str(script)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "RESULT [0, 2, 4, 6]" in proc.stdout
+    assert proc.stdout.count("TOP-LEVEL RAN") == 1, proc.stdout  # was 3: the app and both workers
+    # the script's own tasks: each worker that runs one runs the script (guarded: nothing printed)
+    assert launch(tmp_path, APP, ["implicit"])["implicit"]

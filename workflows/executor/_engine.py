@@ -137,7 +137,7 @@ class Engine:
         self._writer: dict[Any, Task] = {}
         self._readers: dict[Any, dict[Task, None]] = {}  # of the current versions, until they finish
         self._failures: list[BaseException] = []
-        self._local = LocalPool(self.workers)
+        self._local = LocalPool(self.workers, self.script)
         self._aborted = False
         self._remote: Any = None
         self._frees = Frees(lambda: self._events.put(("flush", None, None)))

@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import os
 import signal
+import importlib.machinery
 import sys
 import threading
 import types
@@ -72,11 +73,13 @@ def run(app: str, args: list[str], *, workers: int, backend_slots: int = 1, pyth
     saved_argv, saved_main, saved_mp_main = sys.argv, sys.modules["__main__"], sys.modules.get("__mp_main__")
     sys.argv = [app_path, *args]
     # The app runs as __main__ in a module of ours that stays __main__ until its last task ran:
-    # local workers (spawned: they import it as __mp_main__) and backends find its functions by
-    # reference, also for tasks still pending when the script's last line returns.
+    # local workers and backends find its functions by reference, also for tasks still pending
+    # when the script's last line returns. Its spec is named __main__ so that multiprocessing
+    # does not run the script in each worker it spawns: a worker runs it only when a task needs
+    # one of its names (see _worker.setup), as PyCOMPSs' workers import only their tasks' modules.
     app = types.ModuleType("__main__")
     app.__file__ = app_path
-    app.__spec__ = None
+    app.__spec__ = importlib.machinery.ModuleSpec("__main__", None)
     app.__builtins__ = __builtins__
     # and as __mp_main__, the name values of the script's classes come back under from workers
     # (multiprocessing sets that name once, to whatever was __main__ when it was first imported)

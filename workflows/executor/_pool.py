@@ -31,8 +31,9 @@ RERUNS = 3  # times a task may be stopped with another task's dead worker before
 class LocalPool:
     """``workers`` spawned processes; :meth:`submit` a task by key, :meth:`verdict` when it broke."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, script: str | None = None) -> None:
         self.workers = workers
+        self.script = script  # the app script, which each worker runs when one of its tasks arrives
         self._pool: Any = None
         self._lock = threading.Condition()
         self._procs: list[dict] = []  # each pool's pid -> Process (the pool's own, updated as it spawns)
@@ -44,8 +45,8 @@ class LocalPool:
 
     def start(self) -> Any:
         """The pool, started now if it is not (spawned, not forked: the app's process has client
-        threads and sockets). Start it while ``sys.modules["__main__"]`` is the app: workers import
-        it as ``__mp_main__`` so the app's functions resolve there.
+        threads and sockets). Each worker runs the app script when a task first needs one of its
+        names (see ``_worker.setup``), so the app's functions resolve there.
 
         Workers ignore Ctrl-C (a terminal sends it to the whole process group; the launcher stops
         them): they are spawned while this process ignores it, as a child inherits an ignored
@@ -71,7 +72,7 @@ class LocalPool:
                 previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
                 try:
                     self._pool = ProcessPoolExecutor(self.workers, mp_context=context, initializer=setup,
-                                                     initargs=(self._started,))
+                                                     initargs=(self._started, self.script))
                     for _ in range(self.workers):  # one submission per worker starts them all now
                         self._pool.submit(ready)
                     self._procs.append(self._pool._processes)

@@ -2,8 +2,9 @@
 
 The function travels by reference (PyCOMPSs does the same): ``module.qualname`` of the ``@task``
 wrapper, which there calls the function directly. Functions of the app script resolve because
-a spawned worker imports the script as ``__mp_main__`` (its ``__main__`` block does not run); a
-backend imports the script's file under a synthetic name (:func:`._serial.script_attr`).
+a worker's ``__main__`` runs the script (as ``__mp_main__``: its ``__main__`` block does not run)
+when a task first asks it for a name (:func:`setup`); a backend imports the script's file under a
+synthetic name (:func:`._serial.script_attr`).
 
 Either way the task's value is shaped by its declared returns (:func:`declared`) before anything
 serializes it: PyCOMPSs' worker keeps only the values it declares.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import pickle
+import types
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -26,15 +28,38 @@ from ._serial import dumps, script_attr
 _started: Any = None  # where this worker reports each task it starts (see _pool)
 
 
-def setup(started: Any = None) -> None:
+def setup(started: Any = None, script: str | None = None) -> None:
     """Each worker's start: Ctrl-C in a terminal reaches the whole process group, but it is the
     launcher's to handle (it stops the workers); a worker would only print a traceback. (Workers
-    are spawned with it ignored already; this covers one spawned later, from another thread.)"""
+    are spawned with it ignored already; this covers one spawned later, from another thread.)
+    The app ``script`` becomes the worker's ``__main__``, run when a task first needs it."""
     import signal
+    import sys
 
     global _started
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _started = started
+    if script is not None:
+        sys.modules["__main__"] = sys.modules["__mp_main__"] = _Script(script)
+
+
+class _Script(types.ModuleType):
+    """The app script in a worker, run (as ``__mp_main__``: its ``__main__`` block does not) the
+    first time something asks it for a name, i.e. when a task of the script arrives. A worker that
+    runs only tasks of other modules never runs the script's top-level code, as in PyCOMPSs."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__("__mp_main__")
+        self.__file__ = path
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") or self.__dict__.get("_sa_ran"):
+            raise AttributeError(f"module '__main__' has no attribute {name!r}")
+        self.__dict__["_sa_ran"] = True
+        with open(self.__file__) as fh:
+            program = compile(fh.read(), self.__file__, "exec", dont_inherit=True)
+        exec(program, self.__dict__)
+        return getattr(self, name)
 
 
 def warm(modules: list[str], keep_out: tuple[str, ...]) -> bool:
