@@ -495,3 +495,27 @@ print("RESULT " + json.dumps(values), flush=True)
     assert proc.stdout.count("TOP-LEVEL RAN") == 1, proc.stdout  # was 3: the app and both workers
     # the script's own tasks: each worker that runs one runs the script (guarded: nothing printed)
     assert launch(tmp_path, APP, ["implicit"])["implicit"]
+
+
+def test_sys_exit_in_a_local_task_fails_the_task_not_the_app(tmp_path: Path) -> None:
+    """``sys.exit(0)`` in a task on a local worker fails that task with a RemoteError naming
+    SystemExit, as on a backend; it used to come out of ``compss_wait_on`` and end the app,
+    silently, with status 0."""
+    out = launch(tmp_path, '''
+import json, sys
+from pycompss.api.api import compss_wait_on
+from pycompss.api.task import task
+
+@task(returns=1)
+def quits(code):
+    sys.exit(code)
+
+if __name__ == "__main__":
+    try:
+        compss_wait_on(quits(0))
+        caught = "no error"
+    except Exception as exc:
+        caught = [type(exc).__name__, getattr(exc, "type_name", "")]
+    print("RESULT " + json.dumps(caught))
+''', [])
+    assert out == ["RemoteError", "builtins.SystemExit"]

@@ -110,6 +110,8 @@ def run(payload: bytes, keep_out: tuple[str, ...] = (), key: str = "", time_out:
             result = declared(func(*args, **kwargs), n_returns, name)
     except Exception as exc:
         raise _sendable(exc) from None
+    except BaseException as exc:  # sys.exit(), KeyboardInterrupt: the task failed, the app goes on
+        raise _remote_error(exc) from None  # (out of compss_wait_on, SystemExit(0) ended the app with 0)
     answer = [result, *(value_at(args, kwargs, tuple(p)) for p in outputs)]
     return dumps((answer, _traffic_total() - before))
 
@@ -142,14 +144,19 @@ def _sendable(exc: Exception) -> Exception:
         pickle.loads(pickle.dumps(exc))
         return exc
     except Exception:
-        import traceback
+        return _remote_error(exc)
 
-        from storage_api.errors import RemoteError
 
-        kind = type(exc)
-        module = "__main__" if kind.__module__ == "__mp_main__" else kind.__module__  # the app, as its author knows it
-        tb = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
-        return RemoteError(f"{module}.{kind.__qualname__}", str(exc), tb)
+def _remote_error(exc: BaseException) -> Exception:
+    """A :class:`RemoteError` naming ``exc``'s type, with its traceback (what a backend gives)."""
+    import traceback
+
+    from storage_api.errors import RemoteError
+
+    kind = type(exc)
+    module = "__main__" if kind.__module__ == "__mp_main__" else kind.__module__  # the app, as its author knows it
+    tb = "".join(traceback.format_exception(kind, exc, exc.__traceback__))
+    return RemoteError(f"{module}.{kind.__qualname__}", str(exc), tb)
 
 
 def declared(value: Any, n: int, task: str) -> Any:
