@@ -250,10 +250,18 @@ class Task(NamedTuple):
 def script_module(path: str) -> str:
     """The module name a backend imports the script of a ``("file", path, qualname)`` task
     reference under; the launcher gives its app the same name, so that values of the script's
-    classes that come back from backends, errors included, are of the app's own classes."""
+    classes that come back from backends, errors included, are of the app's own classes. The
+    name covers the file's content: a backend that imported an earlier version of the script (a
+    previous run, before an edit) imports the new one afresh instead of running the old code."""
     import hashlib
 
-    return "_sa_script_" + hashlib.sha1(path.encode()).hexdigest()[:12]
+    digest = hashlib.sha1(path.encode() + b"\0")
+    try:
+        with open(path, "rb") as fh:
+            digest.update(fh.read())
+    except OSError:
+        pass  # the import that follows says what is wrong with the path
+    return "_sa_script_" + digest.hexdigest()[:12]
 
 
 class TaskResult(NamedTuple):

@@ -22,11 +22,11 @@ from .conftest import Cluster
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def run_app(tmp_path: Path, cluster: Cluster, app: str) -> object:
+def run_app(tmp_path: Path, cluster: Cluster, app: str, *options: str) -> object:
     """Run ``app`` with ``storage-api run`` against ``cluster``; the JSON it printed after RESULT."""
     script = tmp_path / "app.py"
     script.write_text(app)
-    proc = subprocess.run([sys.executable, "-m", "storage_api", "run", "--workers", "2", str(script)],
+    proc = subprocess.run([sys.executable, "-m", "storage_api", "run", "--workers", "2", *options, str(script)],
                           capture_output=True, text=True, timeout=120, cwd=tmp_path,
                           env={**os.environ, "PYTHONPATH": str(ROOT), "STORAGE_API_CONFIG": str(cluster.dep.config_path)})
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -181,3 +181,34 @@ if __name__ == "__main__":
     print("RESULT " + json.dumps(out))
 ''')
     assert out == [["a", 1], ["b", 1]]
+
+
+SCRIPT_VERSIONS = '''
+import json, time
+import storage_api
+from pycompss.api.task import task
+from pycompss.api.api import compss_wait_on
+from tests.models import Counter
+
+time.sleep(0.3)  # a slow top level: concurrent tasks on a backend arrive while it imports the script
+
+@task(returns=1)
+def version(c):
+    return "VERSION"
+
+if __name__ == "__main__":
+    c = Counter(0)
+    c.make_persistent(backend=sorted(storage_api.backends(), key=lambda b: b.name)[0])
+    out = compss_wait_on([version(c) for _ in range(4)])
+    c.delete_persistent(keep_state=False)
+    print("RESULT " + json.dumps(out))
+'''
+
+
+def test_backends_run_the_current_script_imported_once(cluster: Cluster, tmp_path: Path) -> None:
+    """The same script path, edited between two runs: the backend runs the new task code, not the
+    version it imported first; four tasks arriving at once while it imports the script (four
+    backend slots) all wait for that import instead of seeing the module half-run."""
+    first = run_app(tmp_path, cluster, SCRIPT_VERSIONS.replace("VERSION", "v1"), "--backend-slots", "4")
+    second = run_app(tmp_path, cluster, SCRIPT_VERSIONS.replace("VERSION", "v2"), "--backend-slots", "4")
+    assert (first, second) == (["v1"] * 4, ["v2"] * 4)  # was v1 again (and AttributeErrors with 4 slots)

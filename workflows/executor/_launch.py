@@ -86,7 +86,8 @@ def run(app: str, args: list[str], *, workers: int, backend_slots: int = 1, pyth
     sys.modules["__main__"] = sys.modules["__mp_main__"] = app
     from storage_api._messages import script_module
 
-    sys.modules[script_module(app_path)] = app  # how backends name the script's classes
+    script_name = script_module(app_path)
+    sys.modules[script_name] = app  # how backends name the script's classes
     code = 0
     previous = _stop_on_sigterm(engine)
     try:
@@ -113,7 +114,7 @@ def run(app: str, args: list[str], *, workers: int, backend_slots: int = 1, pyth
                 sys.modules["__mp_main__"] = saved_mp_main
             else:
                 sys.modules.pop("__mp_main__", None)
-            sys.modules.pop(script_module(app_path), None)
+            sys.modules.pop(script_name, None)
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
     return code
