@@ -22,6 +22,7 @@ import json, sys
 import numpy as np
 from pycompss.api.task import task
 from pycompss.api.parameter import COLLECTION_IN, COLLECTION_OUT, COLLECTION_INOUT, INOUT, FILE_IN, FILE_OUT, Type, Depth
+from pycompss.api.parameter import DICTIONARY_IN, DICTIONARY_INOUT, DICT_COLLECTION_INOUT
 from pycompss.api.api import compss_wait_on, compss_barrier
 
 N_PARTS = 3
@@ -236,6 +237,40 @@ def write_file(path):
     with open(path, "w") as f:
         f.write("written")
 
+@task(returns=1)
+def box_value(box):
+    return box.v
+
+@task(d=DICTIONARY_IN, returns=1)
+def dict_total(d):
+    return sum(d.values())
+
+@task(d={Type: DICTIONARY_IN, Depth: 2}, returns=1)
+def dict_pairs(d):
+    return sorted([k, sorted(v.items())] for k, v in d.items())
+
+@task(d=DICTIONARY_INOUT)
+def dict_scale(d):
+    for k in d:
+        d[k] = d[k] * 10
+
+@task(d=DICT_COLLECTION_INOUT)   # the name before PyCOMPSs 2.8
+def dict_bump(d):
+    for k in d:
+        d[k].v += 1
+
+def dictionaries():
+    futures = {"a": square(2), "b": square(3)}
+    numbers = {"a": 1, "b": 2}
+    dict_scale(numbers)
+    dict_scale(numbers)
+    boxes = {"x": Box(1), "y": Box(5)}
+    dict_bump(boxes)
+    seen = box_value(boxes["x"])   # the element's new version, in no dict
+    dict_bump(boxes)
+    return [compss_wait_on(dict_total(futures)), compss_wait_on(dict_pairs({1: {2: "x"}, 3: {4: "y"}})),
+            compss_wait_on(numbers), compss_wait_on(seen), {k: b.v for k, b in compss_wait_on(boxes).items()}]
+
 def aliased():
     y = Box(0)
     twice(y, y)   # the same object as both INOUT parameters
@@ -271,7 +306,7 @@ if __name__ == "__main__":
 '''
 
 SECTIONS = ["annotations", "implicit", "named_returns", "class_future", "depth", "identity", "released", "object_array", "hidden",
-            "by_value", "aliased", "failures"]
+            "by_value", "aliased", "failures", "dictionaries"]
 
 
 def launch(tmp_path: Path, app: str, app_args: list[str], *, options: tuple[str, ...] = (), env: dict | None = None,
@@ -357,6 +392,13 @@ def test_what_pickle_refuses_travels_by_value(app_run: dict) -> None:
 
 def test_an_object_passed_twice_as_inout_is_updated_once_per_parameter(app_run: dict) -> None:
     assert app_run["aliased"] == 11  # it hung: the task waited for its own version of the object
+
+
+def test_dictionary_collections_are_collections_of_the_dict_values(app_run: dict) -> None:
+    # DICTIONARY_IN resolves futures among the values (Depth 2 reaches the inner dicts); INOUT
+    # updates reach the caller's dict, numbers in place, objects by identity in any container
+    assert app_run["dictionaries"] == [13, [[1, [[2, "x"]]], [3, [[4, "y"]]]], {"a": 100, "b": 200}, 2,
+                                       {"x": 3, "y": 7}]
 
 
 def test_a_failed_task_fails_only_what_uses_its_results(app_run: dict) -> None:

@@ -7,8 +7,8 @@ installed from the package registries while dislib imports ``pycompss.api``. The
 ``pycompss`` shim on ``sys.path`` (only when the real one is not importable) and runs the app as
 ``__main__`` with an engine that implements the ``pycompss.api`` subset dislib 1.0 uses:
 ``@task`` (``returns=`` counted as PyCOMPSs does, see :mod:`._returns`; directions IN, OUT, INOUT,
-COMMUTATIVE, CONCURRENT, IN_DELETE, FILE_*, COLLECTION_* (to any depth, elements followed by
-identity, see :mod:`._structure`) and ``{Type: ..., Depth: ...}``; ``target_direction`` for methods), ``@constraint`` (recorded), ``@on_failure``, ``@reduction``
+COMMUTATIVE, CONCURRENT, IN_DELETE, FILE_*, COLLECTION_* and DICTIONARY_* (to any depth, elements
+followed by identity, see :mod:`._structure`) and ``{Type: ..., Depth: ...}``; ``target_direction`` for methods), ``@constraint`` (recorded), ``@on_failure``, ``@reduction``
 (one call on the whole collection), ``compss_wait_on`` (futures, nested lists), ``compss_delete_object``,
 ``compss_barrier`` and the rest of ``pycompss.api.api`` in its sequential form.
 

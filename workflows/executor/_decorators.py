@@ -23,7 +23,7 @@ _DIRECTIONS = {
     "DIRECTORY_IN", "DIRECTORY_OUT", "DIRECTORY_INOUT",
     "COLLECTION_IN", "COLLECTION_OUT", "COLLECTION_INOUT", "COLLECTION_IN_DELETE",
     "COLLECTION_FILE_IN", "COLLECTION_FILE_OUT", "COLLECTION_FILE_INOUT",
-    "DICTIONARY_IN", "DICTIONARY_OUT", "DICTIONARY_INOUT",
+    "DICTIONARY_IN", "DICTIONARY_OUT", "DICTIONARY_INOUT", "DICTIONARY_IN_DELETE",
 }
 WRITES = {"OUT", "INOUT", "CONCURRENT", "COMMUTATIVE", "COLLECTION_OUT", "COLLECTION_INOUT",
           "DICTIONARY_OUT", "DICTIONARY_INOUT"}
@@ -46,6 +46,12 @@ class Param:
     @property
     def collection(self) -> bool:
         return self.direction.startswith(("COLLECTION_", "DICTIONARY_"))
+
+    @property
+    def is_dictionary(self) -> bool:
+        """A ``DICTIONARY_*`` collection: its elements are a dict's values (PyCOMPSs also sends its
+        keys as elements; keys are only read here, as a dict cannot have its keys replaced)."""
+        return self.direction.startswith("DICTIONARY")
 
     @property
     def is_file(self) -> bool:

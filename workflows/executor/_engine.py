@@ -247,7 +247,7 @@ class Engine:
         if not base and param.direction != "IN":
             return snapshot
         if param.collection and param.writes:
-            for lp in leaf_paths(value, param.depth):
+            for lp in leaf_paths(value, param.depth, dicts=param.is_dictionary):
                 element = at(value, lp)
                 if _is_psco(element):  # its state is the store's: ordered above, nothing to return
                     continue

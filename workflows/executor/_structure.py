@@ -52,9 +52,16 @@ def rebuild(value: Any, leaf: Callable[[Any], Any], swap: Callable[[Any], Any] |
     return leaf(value)
 
 
-def leaf_paths(value: Any, depth: int) -> list[tuple]:
-    """The index paths of the elements ``depth`` levels down (or of the leaves above that)."""
-    if depth <= 0 or not is_sequence(value):
+def leaf_paths(value: Any, depth: int, dicts: bool = False) -> list[tuple]:
+    """The index paths of the elements ``depth`` levels down (or of the leaves above that); with
+    ``dicts`` (a ``DICTIONARY_*`` parameter) dicts are walked too, by key, instead of sequences."""
+    if depth <= 0:
+        return [()]
+    if dicts:
+        if type(value) is not dict:
+            return [()]
+        return [(k, *p) for k, v in value.items() for p in leaf_paths(v, depth - 1, dicts)]
+    if not is_sequence(value):
         return [()]
     return [(i, *p) for i, v in enumerate(value) for p in leaf_paths(v, depth - 1)]
 
@@ -66,11 +73,11 @@ def at(container: Any, path: tuple) -> Any:
 
 
 def set_at(container: Any, path: tuple, new: Any) -> None:
-    """Put ``new`` at ``path`` if the container there can take it (a list or an object array)."""
+    """Put ``new`` at ``path`` if the container there can take it (a list, a dict, an object array)."""
     if not path:
         return
     parent = at(container, path[:-1])
-    if type(parent) is list or is_object_array(parent):
+    if type(parent) in (list, dict) or is_object_array(parent):
         parent[path[-1]] = new
 
 
