@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tests.test_executor import run_launcher
 from tests.test_executor_semantics import launch
 
 # Every task takes an ``anchor`` first: a plain number keeps it in a local worker, a persistent
@@ -265,3 +266,32 @@ if __name__ == "__main__":
     (kind, message), took, after = out["stubborn"]
     assert kind == "TaskTimeout" and "killed" in message and took < 15
     assert after == 9
+
+
+def test_an_uncaught_app_error_shows_the_app_frames_only(tmp_path: Path) -> None:
+    """As ``python APP.py`` would print it: the app's frames, and the task's own frame from the
+    worker, not the launcher's and executor's (about 15 of them came first); all with
+    STORAGE_API_DEBUG=1."""
+    app = '''
+from pycompss.api.task import task
+from pycompss.api.api import compss_wait_on
+
+@task(returns=1)
+def boom(x):
+    raise KeyError(f"bad {x}")
+
+def helper():
+    return compss_wait_on(boom(1))
+
+if __name__ == "__main__":
+    helper()
+'''
+    script = tmp_path / "app.py"
+    script.write_text(app)
+    trimmed = run_launcher(tmp_path, app)
+    assert trimmed.returncode == 1
+    files = [line.split('"')[1] for line in trimmed.stderr.splitlines() if line.startswith('  File "')]
+    assert files == [str(script)] * 3, trimmed.stderr  # boom in the worker; <module> and helper in the app
+    assert trimmed.stderr.rstrip().endswith("KeyError: 'bad 1'")
+    full = run_launcher(tmp_path, app, env={"STORAGE_API_DEBUG": "1"})
+    assert full.returncode == 1 and "_launch.py" in full.stderr and "_engine.py" in full.stderr

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from storage_api import cmdline
+from storage_api.errors import StoreError
 
 SHIM = str(Path(__file__).resolve().parent / "shim")
 
@@ -55,6 +56,63 @@ def main(argv: list[str] | None = None, prog: str = "python -m workflows.executo
 
 
 def run(app: str, args: list[str], *, workers: int, backend_slots: int = 1, pythonpath: list[str] = ()) -> int:  # type: ignore[assignment]
+    """Run ``app``; its exit status. An error the app does not catch is printed as Python would
+    print it for ``python APP.py``: from the app's own frames on (not the launcher's before them,
+    nor the executor's after them, unless ``--debug``/``STORAGE_API_DEBUG`` asks for everything),
+    with status 1. The store's errors stay one-line mistakes (status 2, see storage_api.cmdline)."""
+    try:
+        return _run(app, args, workers=workers, backend_slots=backend_slots, pythonpath=pythonpath)
+    except Exception as exc:
+        if isinstance(exc, StoreError) or cmdline.debugging():
+            raise
+        print(app_traceback(exc, str(Path(app).resolve())), end="", file=sys.stderr)
+        return 1
+
+
+def app_traceback(exc: BaseException, app_path: str) -> str:
+    """``exc``'s traceback without the frames before the app's first one, nor the executor's after
+    the app's last one (``compss_wait_on`` raising a task's error, and what it called), nor the
+    worker's own frames around the task's in a local task's traceback (its ``__cause__``)."""
+    import traceback
+
+    error = traceback.TracebackException(type(exc), exc, exc.__traceback__)
+    frames = list(error.stack)
+    mine = [i for i, f in enumerate(frames) if f.filename == app_path]
+    if mine:
+        last = mine[-1] + 1
+        frames = frames[mine[0]:last if last < len(frames) and _internal(frames[last].filename) else None]
+    else:
+        frames = []
+    error.stack = traceback.StackSummary.from_list(frames)
+    cause = error.__cause__
+    if cause is not None and cause.exc_type.__name__ == "_RemoteTraceback" and hasattr(cause, "_str"):
+        cause._str = _without_internal_frames(cause._str)
+    return "".join(error.format())
+
+
+_HERE = str(Path(__file__).resolve().parent)
+_POOL = str(Path(threading.__file__).resolve().parent / "concurrent")
+
+
+def _internal(filename: str) -> bool:
+    return filename.startswith((_HERE, _POOL))
+
+
+def _without_internal_frames(text: str) -> str:
+    """A formatted traceback (a worker's) without the frames of the executor and the process pool."""
+    out: list[str] = []
+    keep = True
+    for line in text.splitlines(keepends=True):
+        if line.startswith('  File "'):
+            keep = not _internal(line.split('"', 2)[1])
+        elif not line.startswith("    "):
+            keep = True
+        if keep:
+            out.append(line)
+    return "".join(out)
+
+
+def _run(app: str, args: list[str], *, workers: int, backend_slots: int, pythonpath: list[str]) -> int:
     from . import _current, _engine
 
     app_path = str(Path(app).resolve())
