@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tests.conftest import run_python
 from tests.test_executor import run_launcher
 from tests.test_executor_semantics import launch
 
@@ -50,6 +51,14 @@ def late(anchor, seconds):
 def square(x):
     return x * x
 
+class Point:   # a class of the app script: a backend knows it by the script's file
+    def __init__(self, x):
+        self.x = x
+
+@task(returns=1)
+def moved(anchor, p):
+    return Point(p.x + 1)
+
 def adder(k):
     def add(v):
         return v + k
@@ -70,6 +79,8 @@ def sections(anchor):
     out["pids"] = sorted({pid for pid, _ in compss_wait_on(calls)})
     out["functions"] = [value for _, value in compss_wait_on(calls)]
     out["unsendable"] = failure(apply(anchor, threading.Lock()))
+    point = compss_wait_on(moved(anchor, Point(1)))
+    out["script_class"] = [type(point) is Point, point.x]
     began = time.monotonic()
     out["time_out"] = [failure(late(anchor, 4)), time.monotonic() - began, compss_wait_on(late(anchor, 0))]
     return out
@@ -100,6 +111,7 @@ def test_a_task_behaves_the_same_in_a_local_worker_and_on_a_backend(cluster, tmp
         assert kept == [1, 2]
         # a function of the app script, a lambda, a closure (on backends: ClassNotFound, PicklingError)
         assert place["functions"] == [9, 4, 13]
+        assert place["script_class"] == [True, 2]  # an object of a class of the app script, there and back
         kind, is_store_error, message = place["unsendable"]
         assert kind == "ArgumentNotSendable" and is_store_error
         assert "argument 'f'" in message and "apply" in message and "lock" in message
@@ -295,3 +307,12 @@ if __name__ == "__main__":
     assert trimmed.stderr.rstrip().endswith("KeyError: 'bad 1'")
     full = run_launcher(tmp_path, app, env={"STORAGE_API_DEBUG": "1"})
     assert full.returncode == 1 and "_launch.py" in full.stderr and "_engine.py" in full.stderr
+
+
+def test_the_thin_client_does_not_import_cloudpickle() -> None:
+    """cloudpickle serves the executor (task payloads pickle refuses); ``import storage_api`` and
+    the COMPSs storage API leave it, numpy and the workflow layer unimported."""
+    out = run_python("import sys, storage_api, storage.api\n"
+                     "print(sorted(m for m in ('cloudpickle', 'numpy', 'workflows') if m in sys.modules))")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

@@ -20,8 +20,8 @@ the executor's own reasons to fail a task are :class:`TaskError` subclasses nami
 
 Known limits (dev mode): no retries, no task groups, no nesting (tasks called inside tasks run as
 plain calls, as PyCOMPSs without agents), arguments are snapshotted structurally at submission but
-arrays inside them are not copied, objects of classes defined in the app's ``__main__`` cannot be
-sent to backends (functions can). Results kept on backends are freed once the app drops or
+arrays inside them are not copied, persistent objects cannot be of classes defined in the app's
+``__main__`` (task arguments of such classes can travel). Results kept on backends are freed once the app drops or
 deletes their futures (see :mod:`._frees`).
 """
 
