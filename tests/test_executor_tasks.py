@@ -4,9 +4,12 @@ test runs an app through the launcher against a real deployment and compares the
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-from tests.conftest import run_python
+from tests.conftest import ROOT, run_python
 from tests.test_executor import run_launcher
 from tests.test_executor_semantics import launch
 
@@ -307,6 +310,36 @@ if __name__ == "__main__":
     assert trimmed.stderr.rstrip().endswith("KeyError: 'bad 1'")
     full = run_launcher(tmp_path, app, env={"STORAGE_API_DEBUG": "1"})
     assert full.returncode == 1 and "_launch.py" in full.stderr and "_engine.py" in full.stderr
+
+
+def test_an_uncaught_backend_task_error_shows_the_app_frames_only(cluster, tmp_path: Path) -> None:
+    """The same for a task that ran on a backend: its remote traceback keeps the task's frames,
+    not the backend's request handling and the executor's around them."""
+    app = '''
+from pycompss.api.task import task
+from pycompss.api.api import compss_wait_on
+from workflows.models.blocks import PersistentBlock
+
+@task(returns=1)
+def boom(block):
+    raise KeyError("bad block")
+
+if __name__ == "__main__":
+    block = PersistentBlock([[5.0]])
+    block.make_persistent()
+    try:
+        compss_wait_on(boom(block))
+    finally:
+        block.delete_persistent(keep_state=False)
+'''
+    script = tmp_path / "app.py"
+    script.write_text(app)
+    proc = subprocess.run([sys.executable, "-m", "storage_api", "run", "--workers", "1", str(script)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), "STORAGE_API_CONFIG": str(cluster.dep.config_path)})
+    assert proc.returncode == 1
+    files = [line.split('"')[1] for line in proc.stderr.splitlines() if line.startswith('  File "')]
+    assert files == [str(script)] * 2, proc.stderr  # <module> in the app, boom on the backend
 
 
 def test_the_thin_client_does_not_import_cloudpickle() -> None:

@@ -72,7 +72,8 @@ def run(app: str, args: list[str], *, workers: int, backend_slots: int = 1, pyth
 def app_traceback(exc: BaseException, app_path: str) -> str:
     """``exc``'s traceback without the frames before the app's first one, nor the executor's after
     the app's last one (``compss_wait_on`` raising a task's error, and what it called), nor the
-    worker's own frames around the task's in a local task's traceback (its ``__cause__``)."""
+    worker's or backend's own frames around the task's in a task's traceback (a local one's
+    ``__cause__``, a backend's note)."""
     import traceback
 
     error = traceback.TracebackException(type(exc), exc, exc.__traceback__)
@@ -87,15 +88,19 @@ def app_traceback(exc: BaseException, app_path: str) -> str:
     cause = error.__cause__
     if cause is not None and cause.exc_type.__name__ == "_RemoteTraceback" and hasattr(cause, "_str"):
         cause._str = _without_internal_frames(cause._str)
+    if getattr(error, "__notes__", None):
+        error.__notes__ = [_without_internal_frames(note) for note in error.__notes__]
     return "".join(error.format())
 
 
 _HERE = str(Path(__file__).resolve().parent)
 _POOL = str(Path(threading.__file__).resolve().parent / "concurrent")
+_BACKEND = str(Path(cmdline.__file__).resolve().parent / "_backend")
 
 
 def _internal(filename: str) -> bool:
-    return filename.startswith((_HERE, _POOL))
+    """A frame of the executor, the process pool, a backend's task handling, or the import system."""
+    return filename.startswith((_HERE, _POOL, _BACKEND, "<frozen importlib"))
 
 
 def _without_internal_frames(text: str) -> str:
