@@ -30,8 +30,8 @@ from ._retry import Backoff, Retry
 from ._rpc import WATCH_FRACTION, Channel, ReplyFrame
 from ._serial import dump_state, dumps, load_error, loads
 from ._stub import is_stub, stub_class
-from .errors import (BackendUnavailable, ClassNotFound, CommunicationError, ConfigError, MetadataRebuilding,
-                     ObjectDeleted, ObjectMoved, ObjectNotFound, StoreError)
+from .errors import (BackendUnavailable, ClassNotFound, CommunicationError, ConfigError, InvalidArguments,
+                     MetadataRebuilding, ObjectDeleted, ObjectMoved, ObjectNotFound, StoreError)
 
 _BACKENDS_TTL = 2.0  # seconds the client trusts its cached list of backends
 _REPLICAS_TTL = 2.0  # seconds it trusts an object's cached list of replicas (for reads)
@@ -177,6 +177,8 @@ class Client:
         return make_handle(self.resolve_class(rec.class_path), oid, rec.backend)
 
     def get_by_alias(self, alias: str, cls: type[ActiveObject]) -> Any:
+        if not isinstance(alias, str):
+            raise InvalidArguments(f"an alias is a string, not {type(alias).__name__}")
         oid = self._indexed(lambda: self.meta.alias(alias))
         obj = self.get_by_id(oid)
         if cls is not ActiveObject and not _same_class(type(obj), cls):

@@ -155,6 +155,12 @@ class ActiveObject:
             return self._sa_id
         if self._sa_state is State.DELETED:
             raise ObjectDeleted("this stub's object was deleted; a stub holds no state to store again")
+        slots = [k.__qualname__ for k in type(self).__mro__ if set(k.__dict__.get("__slots__", ())) - {"__dict__", "__weakref__"}]
+        if slots:  # slot values are not in the instance's __dict__, the state the store keeps: they were dropped
+            raise InvalidArguments(f"{slots[0]} declares __slots__, whose values the store cannot keep: "
+                                   "persistent classes keep their state in instance attributes")
+        if alias is not None and not isinstance(alias, str):
+            raise InvalidArguments(f"alias must be a string, not {type(alias).__name__}")
         return _context.current().persist(self, oid=oid, alias=alias, backend=backend)
 
     makePersistent = make_persistent

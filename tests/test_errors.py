@@ -135,3 +135,22 @@ def test_errors_pickle_and_form_one_tree():
     assert (again.type_name, again.message, again.remote_traceback) == ("pkg.Missing", "boom", "Traceback...")
     assert errors.CommunicationError.retryable and not errors.ObjectNotFound.retryable
     assert issubclass(errors.BackendUnavailable, errors.CommunicationError)
+
+
+class Slotted(Counter):
+    __slots__ = ("extra",)
+
+
+def test_what_the_store_cannot_keep_is_refused_at_make_persistent(client):
+    """A class with ``__slots__`` (its slot values are not instance attributes: they were dropped
+    and the first use failed with AttributeError) and an alias that is not a string are refused
+    before anything is stored; a lookup by a non-string alias is refused too."""
+    s = Slotted(1)
+    s.extra = 2
+    with pytest.raises(InvalidArguments, match="__slots__"):
+        s.make_persistent()
+    assert s.getID() is None
+    with pytest.raises(InvalidArguments, match="alias"):
+        Counter(1).make_persistent(alias=7)
+    with pytest.raises(InvalidArguments, match="alias"):
+        storage_api.get_by_alias(None)

@@ -561,3 +561,27 @@ if __name__ == "__main__":
     print("RESULT " + json.dumps(caught))
 ''', [])
     assert out == ["RemoteError", "builtins.SystemExit"]
+
+
+def test_a_store_error_nobody_waited_on_fails_the_run_with_status_1(tmp_path: Path) -> None:
+    """A task that nobody waited on fails with a store error: the run ends as for any task
+    failure (status 1, the error and its traceback), not as a command-line mistake (status 2, one
+    line naming neither the task nor where it failed)."""
+    script = tmp_path / "app.py"
+    script.write_text('''
+from pycompss.api.task import task
+from storage_api.errors import ObjectNotFound
+
+@task(returns=1)
+def lookup(key):
+    raise ObjectNotFound(f"nothing under {key}")
+
+if __name__ == "__main__":
+    lookup("k")
+''')
+    proc = subprocess.run([sys.executable, "-m", "workflows.executor", "--workers", "1", str(script)],
+                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 1, proc.stderr
+    assert "ObjectNotFound: nothing under k" in proc.stderr and "Traceback" in proc.stderr
+    assert "UnwaitedTaskFailed: a task nobody waited on failed" in proc.stderr

@@ -13,6 +13,12 @@ class TaskError(RuntimeError):
     """A task failed for a reason of the executor's: the message names the task and the reason."""
 
 
+class UnwaitedTaskFailed(TaskError):
+    """A task failed and the app never waited on it: the run ends with status 1 and the task's
+    error as the cause (its traceback), whatever its type. A store error there (say
+    ``ClassNotFound`` from a backend) is not a mistake on the command line, which ends with 2."""
+
+
 class TaskCancelled(TaskError):
     """A task was not run because a task it depends on failed under ``CANCEL_SUCCESSORS``."""
 

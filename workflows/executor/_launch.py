@@ -16,6 +16,8 @@ from typing import Any
 from storage_api import cmdline
 from storage_api.errors import StoreError
 
+from ._errors import UnwaitedTaskFailed
+
 SHIM = str(Path(__file__).resolve().parent / "shim")
 
 
@@ -168,7 +170,10 @@ def _run(app: str, args: list[str], *, workers: int, backend_slots: int, pythonp
         raise
     finally:
         try:
-            engine.close()
+            try:
+                engine.close()
+            except StoreError as exc:
+                raise UnwaitedTaskFailed(f"a task nobody waited on failed: {type(exc).__name__}: {exc}") from exc
         finally:
             _current.install(None)
             sys.argv = saved_argv
