@@ -585,3 +585,39 @@ if __name__ == "__main__":
     assert proc.returncode == 1, proc.stderr
     assert "ObjectNotFound: nothing under k" in proc.stderr and "Traceback" in proc.stderr
     assert "UnwaitedTaskFailed: a task nobody waited on failed" in proc.stderr
+
+
+def test_a_task_module_the_backends_cannot_import_is_named_with_the_way_to_fix_it(cluster, tmp_path: Path) -> None:
+    """A task module found only through the app's own PYTHONPATH runs in local workers, but a
+    backend cannot import it: the task fails with a TaskError naming the module, the backend's path
+    and ``--pythonpath``, not a bare ModuleNotFoundError."""
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "only_here.py").write_text('''
+from pycompss.api.task import task
+
+@task(returns=1)
+def first(value):
+    return float(value[0, 0]) if hasattr(value, "shape") else value
+''')
+    app = '''
+import json
+from pycompss.api.api import compss_wait_on
+from only_here import first
+from workflows.models.blocks import PersistentBlock
+
+if __name__ == "__main__":
+    block = PersistentBlock([[5.0]])
+    block.make_persistent()
+    try:
+        out = ["no error", compss_wait_on(first(block))]
+    except Exception as exc:
+        out = [type(exc).__name__, str(exc)]
+    block.delete_persistent(keep_state=False)
+    print("RESULT " + json.dumps([compss_wait_on(first(4)), *out]))
+'''
+    out = launch(tmp_path, app, [], command=("-m", "storage_api", "run"),
+                 env={"STORAGE_API_CONFIG": str(cluster.dep.config_path), "PYTHONPATH": f"{ROOT}{os.pathsep}{lib}"})
+    local, kind, message = out
+    assert (local, kind) == (4, "TaskError")
+    assert "cannot import only_here" in message and "--pythonpath" in message

@@ -21,7 +21,7 @@ from typing import Any
 
 from storage_api._messages import value_at
 
-from ._errors import ReturnsMismatch, TaskTimeout
+from ._errors import ReturnsMismatch, TaskError, TaskTimeout
 from ._serial import dumps, script_attr
 
 
@@ -185,14 +185,27 @@ def shipped(how: tuple, /, *args: Any, **kwargs: Any) -> Any:
     ``(reference of the task's function, declared returns, task name)``; the reference is
     ``("module", module, qualname)`` or ``("file", script path, qualname)``."""
     (kind, where, qualname), n_returns, name = how
-    func = script_attr(where, qualname, name) if kind == "file" else _module_attr(where, qualname)
+    func = script_attr(where, qualname, name) if kind == "file" else _module_attr(where, qualname, name)
     return declared(func(*args, **kwargs), n_returns, name)
 
 
-def _module_attr(module: str, qualname: str) -> Any:
-    import importlib
+def _own_path() -> list[str]:
+    """This process's import path without Python's own directories."""
+    import sys
 
-    obj: Any = importlib.import_module(module)
+    return [p for p in sys.path if p and "-packages" not in p and not p.startswith((sys.base_prefix, sys.prefix))]
+
+
+def _module_attr(module: str, qualname: str, task: str) -> Any:
+    import importlib
+    import os
+
+    try:
+        obj: Any = importlib.import_module(module)
+    except ImportError as exc:  # a module on the app's PYTHONPATH only: local workers have it, backends not
+        raise TaskError(f"task {task} runs on a backend (pid {os.getpid()}), which cannot import {module}: {exc}; "
+                        f"its path is the deployment's PYTHONPATH and the directories `storage-api run "
+                        f"--pythonpath` gives, here {os.pathsep.join(_own_path())}") from exc
     for part in qualname.split("."):
         obj = getattr(obj, part)
     return obj
