@@ -614,16 +614,6 @@ class Engine:
         finally:
             self._events.put(("stop", None, None))
             self._local.stop_reading()
-            pool = self._local.pool
-            if pool is not None:
-                pool.shutdown(wait=not self._aborted)
-                if self._aborted:
-                    # The workers are stopped; let the pool's manager thread finish closing its
-                    # wake-up pipe: at interpreter exit concurrent.futures writes to that pipe, and
-                    # racing the close it printed an "Exception ignored ... Bad file descriptor"
-                    # traceback after the app's own error message (Python < 3.12).
-                    manager = getattr(pool, "_executor_manager_thread", None)
-                    if manager is not None:
-                        manager.join(10.0)
+            self._local.close(wait=not self._aborted)
             if self._remote is not None:
                 self._flush(wait=True, everything=True)

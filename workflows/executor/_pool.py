@@ -42,6 +42,7 @@ class LocalPool:
         self._running: dict[str, int] = {}  # task key -> pid of the worker running it
         self._killed: set[str] = set()  # tasks whose worker was killed for their time_out
         self._closed = False
+        self._managers: list[threading.Thread] = []  # manager threads of pools shut down without waiting
 
     def start(self) -> Any:
         """The pool, started now if it is not (spawned, not forked: the app's process has client
@@ -134,7 +135,7 @@ class LocalPool:
             pool = self._pool
             if pool is not None and getattr(pool, "_broken", False):
                 self._pool = None  # the next start() makes a new one
-                pool.shutdown(wait=False)
+                self._shut(pool)
 
     def _read_starts(self, reader: Any) -> None:
         while True:
@@ -179,9 +180,32 @@ class LocalPool:
             self._closed = True
             pool = self._pool
         if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            self._shut(pool, cancel_futures=True)
             for child in multiprocessing.active_children():  # only our workers: multiprocessing's own
                 child.terminate()
+
+    def _shut(self, pool: Any, **options: Any) -> None:
+        """Shut ``pool`` down without waiting, keeping its manager thread for :meth:`join`:
+        ``shutdown`` forgets it."""
+        manager = getattr(pool, "_executor_manager_thread", None)
+        if manager is not None:
+            self._managers.append(manager)
+        pool.shutdown(wait=False, **options)
+
+    def close(self, wait: bool) -> None:
+        """Shut the pool down (waiting for its tasks with ``wait``), then let the manager thread of
+        every pool shut down without waiting finish closing its wake-up pipe: at interpreter exit
+        concurrent.futures writes to the pipe of each manager thread still registered, and racing
+        its close that printed an "Exception ignored ... Bad file descriptor" traceback after the
+        app's own last line (Python < 3.12)."""
+        pool = self._pool
+        if pool is not None:
+            if wait:
+                pool.shutdown(wait=True)
+            else:
+                self._shut(pool)
+        for manager in self._managers:
+            manager.join(10.0)
 
     def stop_reading(self) -> None:
         if self._started is not None:
