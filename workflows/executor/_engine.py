@@ -15,7 +15,9 @@ Placement, first match wins:
 3. otherwise a local worker process (``--workers``), which gets the function by reference and its
    arguments pickled, and sends its results back pickled.
 A value made locally and sent to a backend is kept there (:class:`~storage_api._messages.Stash`)
-and named (:class:`~storage_api._messages.Kept`), not re-sent, the next time.
+and named (:class:`~storage_api._messages.Kept`), not re-sent, the next time. What backends keep
+is freed once the app drops or deletes the futures (:mod:`._frees`); local workers, the tasks
+killed with them and ``time_out`` are :mod:`._pool`'s.
 """
 
 from __future__ import annotations
