@@ -36,7 +36,10 @@ persistent arguments it holds are read-locked.
 
 from __future__ import annotations
 
+import functools
+import os
 import pickle
+import threading
 from typing import Any, NamedTuple
 
 from . import _wire
@@ -253,15 +256,55 @@ def script_module(path: str) -> str:
     classes that come back from backends, errors included, are of the app's own classes. The
     name covers the file's content: a backend that imported an earlier version of the script (a
     previous run, before an edit) imports the new one afresh instead of running the old code."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return _script_name(path, None)  # the import that follows says what is wrong with the path
+    return _script_name(path, (st.st_mtime_ns, st.st_size))
+
+
+@functools.lru_cache(maxsize=64)
+def _script_name(path: str, version: tuple | None) -> str:
+    """The name for ``path`` at ``version`` (its mtime and size): its content is read once per
+    version, not at every task that names the script."""
     import hashlib
 
     digest = hashlib.sha1(path.encode() + b"\0")
-    try:
-        with open(path, "rb") as fh:
-            digest.update(fh.read())
-    except OSError:
-        pass  # the import that follows says what is wrong with the path
+    if version is not None:
+        try:
+            with open(path, "rb") as fh:
+                digest.update(fh.read())
+        except OSError:
+            pass
     return "_sa_script_" + digest.hexdigest()[:12]
+
+
+_script_lock = threading.RLock()
+
+
+def import_script(path: str) -> Any:
+    """The app script at ``path`` as the module :func:`script_module` names, imported once per
+    process (its ``__main__`` block does not run). Concurrent callers (a backend's task slots) wait
+    for the one importing it instead of seeing the module half-run; a failed import leaves nothing."""
+    import importlib.util
+    import sys
+
+    name = script_module(path)
+    with _script_lock:
+        module = sys.modules.get(name)
+        if module is not None:
+            return module
+        spec = importlib.util.spec_from_file_location(name, path)
+        if spec is None or spec.loader is None:
+            raise StoreError(f"cannot import the script {path}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+        return module
 
 
 class TaskResult(NamedTuple):

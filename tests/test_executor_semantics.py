@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from workflows.executor._returns import inferred
+from tests.test_executor import run_launcher
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -518,8 +519,7 @@ from pycompss.api.task import task
 def double(x):
     return 2 * x
 ''')
-    script = tmp_path / "app.py"
-    script.write_text('''
+    proc = run_launcher(tmp_path, '''
 import json
 from pycompss.api.api import compss_wait_on
 from pycompss.api.task import task
@@ -529,9 +529,6 @@ print("TOP-LEVEL RAN", flush=True)
 values = compss_wait_on([double(i) for i in range(4)])
 print("RESULT " + json.dumps(values), flush=True)
 ''')
-    proc = subprocess.run([sys.executable, "-m", "workflows.executor", "--workers", "2", str(script)],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "RESULT [0, 2, 4, 6]" in proc.stdout
     assert proc.stdout.count("TOP-LEVEL RAN") == 1, proc.stdout  # was 3: the app and both workers
@@ -567,8 +564,7 @@ def test_a_store_error_nobody_waited_on_fails_the_run_with_status_1(tmp_path: Pa
     """A task that nobody waited on fails with a store error: the run ends as for any task
     failure (status 1, the error and its traceback), not as a command-line mistake (status 2, one
     line naming neither the task nor where it failed)."""
-    script = tmp_path / "app.py"
-    script.write_text('''
+    proc = run_launcher(tmp_path, '''
 from pycompss.api.task import task
 from storage_api.errors import ObjectNotFound
 
@@ -579,9 +575,6 @@ def lookup(key):
 if __name__ == "__main__":
     lookup("k")
 ''')
-    proc = subprocess.run([sys.executable, "-m", "workflows.executor", "--workers", "1", str(script)],
-                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode == 1, proc.stderr
     assert "ObjectNotFound: nothing under k" in proc.stderr and "Traceback" in proc.stderr
     assert "UnwaitedTaskFailed: a task nobody waited on failed" in proc.stderr

@@ -11,7 +11,6 @@ backend's :class:`TaskResults` until a ``TaskDrop`` names them.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import sys
 import threading
 import zlib
@@ -104,29 +103,12 @@ def resolve(ref: tuple, paths: list[str] = ()) -> Any:  # type: ignore[assignmen
         if kind == "module":
             obj: Any = sys.modules.get(where) or importlib.import_module(where)
         elif kind == "file":
-            obj = _import_file(where)
+            obj = m.import_script(where)
         else:
             raise StoreError(f"unknown function reference {ref!r}")
     for part in qualname.split("."):
         obj = getattr(obj, part)
     return obj
-
-
-def _import_file(path: str) -> Any:
-    name = m.script_module(path)
-    module = sys.modules.get(name)
-    if module is None:
-        spec = importlib.util.spec_from_file_location(name, path)
-        if spec is None or spec.loader is None:
-            raise StoreError(f"cannot import the script {path}")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        try:
-            spec.loader.exec_module(module)
-        except BaseException:
-            del sys.modules[name]
-            raise
-    return module
 
 
 # ------------------------------------------------------------------ values

@@ -24,7 +24,7 @@ import threading
 import types
 from typing import Any, Callable, NoReturn
 
-from storage_api._messages import script_module
+from storage_api._messages import import_script
 
 from ._errors import ArgumentNotSendable, TaskError
 
@@ -220,34 +220,14 @@ def script_attr(path: str, qualname: str, task: str | None = None) -> Any:
     the script is imported once under :func:`~storage_api._messages.script_module`'s name, so its
     ``__main__`` block does not run. Code outside that block does: if it fails here (a script
     without the guard that exits or needs its arguments), the error says so."""
-    name = script_module(path)
-    with _script_lock:  # a backend's concurrent tasks: one imports, the others wait for it, not see it half-run
-        module = sys.modules.get(name)
-        if module is None:
-            module = _import_script(name, path, qualname, task)
-    obj: Any = module
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-_script_lock = threading.RLock()
-
-
-def _import_script(name: str, path: str, qualname: str, task: str | None) -> Any:
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(name, path)
-    if spec is None or spec.loader is None:
-        raise TaskError(f"cannot import the app script {path}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
     try:
-        spec.loader.exec_module(module)
+        module = import_script(path)
     except BaseException as exc:  # noqa: BLE001 - SystemExit too: the script's top level ran here
-        del sys.modules[name]
         what = f"task {task}" if task else qualname
         raise TaskError(f"the app script {path} was imported in a backend process to run {what}, and its "
                         f"top-level code raised {type(exc).__name__}: {exc}; put the app's own code under "
                         "`if __name__ == \"__main__\":` (its top level runs wherever its tasks run)") from exc
-    return module
+    obj: Any = module
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
