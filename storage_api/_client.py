@@ -30,6 +30,7 @@ from ._retry import Backoff, Retry
 from ._rpc import WATCH_FRACTION, Channel, ReplyFrame
 from ._serial import dump_state, dumps, load_error, loads
 from ._stub import is_stub, stub_class
+from ._transport import Spin
 from .errors import (BackendUnavailable, ClassNotFound, CommunicationError, ConfigError, InvalidArguments,
                      MetadataRebuilding, ObjectDeleted, ObjectMoved, ObjectNotFound, StoreError)
 
@@ -480,7 +481,8 @@ class Client:
         fs = _handshake.connect(host, port, self._auth, timeout=self.settings.connect_timeout,
                                 unix="\0" + unix if local else None, tls=self._tls_context, expect_id=bid)
         ch = Channel(fs, name, self.settings.liveness_timeout, self._decode)
-        ch.spin = self.settings.spin_seconds(self.settings.spin_us)
+        seconds = self.settings.spin_seconds(self.settings.spin_us)
+        ch.spin = Spin(seconds) if seconds else None
         return ch
 
     def _tls_context(self) -> Any:

@@ -28,7 +28,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from . import _wire as w
-from ._transport import FrameSocket
+from ._transport import FrameSocket, Spin
 from .errors import BackendUnavailable, CommunicationError, StoreError
 
 ReplyFrame = tuple[int, bytes, list[bytearray]]  # kind, body, buffers of a reply (REPLY or ERROR)
@@ -67,7 +67,7 @@ class Channel:
         self._async = 0
         self._pump: threading.Thread | None = None
         self._abort: BaseException | None = None
-        self.spin = 0.0
+        self.spin: Spin | None = None  # polling for replies (see _transport.Spin)
 
     @property
     def usable(self) -> bool:
@@ -145,7 +145,7 @@ class Channel:
         while not done():
             # Poll before sleeping only when ours is the one call in flight: with several, replies
             # keep coming anyway and the other callers need the interpreter to send theirs.
-            fs.spin = self.spin if len(self._pending) <= 1 else 0.0
+            fs.spin = self.spin if len(self._pending) <= 1 else None
             try:
                 kind, _flags, rid, body, buffers = fs.recv()
             except BaseException as exc:  # the connection is unusable for everyone

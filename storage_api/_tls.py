@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from ._transport import PROGRESS_MIN
+from ._transport import PROGRESS_MIN, Spin
 from .errors import AuthenticationError, CommunicationError, ConfigError
 
 _COALESCE = 16 * 1024  # small parts are joined into one TLS record (at most 16 KiB of plaintext)
@@ -107,30 +107,41 @@ class TlsIO:
         self._readable = select.poll()  # used by the one reading thread only
         self._readable.register(self._fd, select.POLLIN)
 
-    def recv_into(self, into: memoryview, spin: float = 0.0) -> int:
+    def recv_into(self, into: memoryview, spin: Spin) -> int:
         """Bytes received into ``into`` (0: the peer closed), waiting as long as it takes.
 
-        With ``spin`` > 0 it polls the socket without sleeping for that long first (see
-        FrameSocket.spin): a reply that comes fast is caught without a wake-up.
+        Before sleeping it polls the socket as ``spin`` says (see :class:`._transport.Spin`).
         """
+        start = 0.0
         while True:
             with self._lock:
                 try:
-                    return self.sock.recv_into(into, min(len(into), _MAX_IO))
+                    n = self.sock.recv_into(into, min(len(into), _MAX_IO))
                 except ssl.SSLWantReadError:
                     want_write = False
                 except ssl.SSLWantWriteError:
                     want_write = True
                 except ssl.SSLZeroReturnError:
                     return 0
+                else:
+                    if start:
+                        spin.missed(time.perf_counter() - start)
+                    return n
             if want_write:
                 self._wait(select.POLLOUT)
                 continue
-            if spin:
+            budget = spin.budget() if not start else 0.0
+            if budget:
                 poll = self._readable.poll
-                deadline = time.perf_counter() + spin
-                while not poll(0) and time.perf_counter() < deadline:
-                    pass
+                now = time.perf_counter()
+                deadline = now + budget
+                while not poll(0):
+                    if time.perf_counter() > deadline:
+                        break
+                else:
+                    spin.caught()
+                    continue
+                start = now
             self._readable.poll()  # returns at once if readable; shutdown() wakes it
 
     def write(self, parts: Sequence[Any], progress: Callable[[], None] = lambda: None) -> None:

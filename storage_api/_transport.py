@@ -83,7 +83,7 @@ class FrameSocket:
         # with start(buffer), advance(received) and done(ok) that writes the buffer as it arrives.
         self.stream_sink: Callable[[int], Any] | None = None
         self.streams: list[Any] = []  # the sinks of the last frame received
-        self.spin = 0.0  # seconds to poll before blocking in recv (see PlainIO.recv_into)
+        self.spin: Spin | None = None  # how long to poll before blocking in recv (see Spin)
         self.label = "other"  # which traffic counter its bytes go to (see traffic())
         self.sent = 0
         self.received = 0
@@ -273,7 +273,7 @@ class FrameSocket:
 
     def _recv_some(self, into: memoryview) -> int:
         try:
-            n = self.io.recv_into(into, self.spin)
+            n = self.io.recv_into(into, self.spin or _NO_SPIN)
         except OSError as exc:
             self.closed = True
             raise CommunicationError(f"connection lost: {exc}") from exc
@@ -306,6 +306,51 @@ class FrameSocket:
         self.io.close()
 
 
+class Spin:
+    """How long one reader polls for its next bytes before it sleeps, adapted to what polling catches.
+
+    Polling pays when the peer answers within the budget: the reader takes the bytes without the
+    wake-up that a sleep costs (an inter-processor interrupt, which on a virtual machine costs more
+    than a whole request). It costs when the answer is slow, above all on a busy machine, where the
+    CPU we poll on is one the peer or other work needs. So a poll that ended in vain, with the bytes
+    arriving much later than the budget, halves the budget; below an eighth of the limit polling
+    stops, and one full poll is tried again every :attr:`RETRY` seconds. A poll that catches its
+    bytes restores the full budget. One reader uses a Spin at a time (no lock).
+    """
+
+    RETRY = 0.05
+    __slots__ = ("limit", "_budget", "_retry_at")
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit  # seconds; 0: never poll
+        self._budget = limit
+        self._retry_at = 0.0
+
+    def budget(self) -> float:
+        """Seconds to poll before sleeping, for the receive about to start."""
+        if self._budget or not self.limit:
+            return self._budget
+        if time.perf_counter() >= self._retry_at:  # backed off: try a full poll now and then
+            return self.limit
+        return 0.0
+
+    def caught(self) -> None:
+        self._budget = self.limit
+
+    def missed(self, waited: float) -> None:
+        """The poll ended without bytes; they came ``waited`` seconds after it started."""
+        if waited <= 2 * self.limit:  # a near miss: the peer is busy but answering, keep polling
+            return
+        budget = self._budget / 2
+        if budget < self.limit / 8:
+            budget = 0.0
+            self._retry_at = time.perf_counter() + self.RETRY
+        self._budget = budget
+
+
+_NO_SPIN = Spin(0.0)
+
+
 class PlainIO:
     """Frame I/O on a plain (Unix) socket: blocking calls, scatter-gather sends."""
 
@@ -313,23 +358,25 @@ class PlainIO:
         sock.setblocking(True)
         self.sock = sock
 
-    def recv_into(self, into: memoryview, spin: float = 0.0) -> int:
-        """Poll without blocking for up to ``spin`` seconds before sleeping in ``recv``.
-
-        A reply (or the next request) usually arrives within tens of microseconds. Catching it
-        while still running spares the peer the cost of waking us, an inter-processor interrupt
-        that on a virtual machine costs more than the whole request.
-        """
+    def recv_into(self, into: memoryview, spin: Spin) -> int:
+        """Bytes received into ``into`` (0: the peer closed); polls first as ``spin`` says."""
         sock = self.sock
-        if not spin:
+        budget = spin.budget()
+        if not budget:
             return sock.recv_into(into)
-        deadline = time.perf_counter() + spin
+        start = time.perf_counter()
+        deadline = start + budget
         while True:
             try:
-                return sock.recv_into(into, 0, socket.MSG_DONTWAIT)
+                n = sock.recv_into(into, 0, socket.MSG_DONTWAIT)
             except BlockingIOError:
                 if time.perf_counter() > deadline:
-                    return sock.recv_into(into)
+                    n = sock.recv_into(into)
+                    spin.missed(time.perf_counter() - start)
+                    return n
+            else:
+                spin.caught()
+                return n
 
     def write(self, parts: list[Buffer], progress: Callable[[], None] = lambda: None) -> None:
         if len(parts) == 1 and memoryview(parts[0]).nbytes <= _SEND_SLICE:

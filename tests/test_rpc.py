@@ -19,7 +19,7 @@ import pytest
 
 from storage_api import _wire as w
 from storage_api._rpc import Channel
-from storage_api._transport import FrameSocket, PlainIO
+from storage_api._transport import FrameSocket, PlainIO, Spin
 from storage_api.errors import BackendUnavailable
 from tests.conftest import wait_for
 
@@ -308,3 +308,32 @@ def test_a_large_buffer_leaving_slowly_shows_progress_all_along(pair, callers) -
         seen.add(channel.fs.last_tx)
         time.sleep(0.06)
     assert len(seen) >= 8, f"progress was recorded {len(seen)} times while 16 MiB left"
+
+
+# ------------------------------------------------------------ polling before sleeping
+def test_a_reader_stops_polling_when_replies_come_late_and_polls_again_when_they_come_fast() -> None:
+    """Replies later than twice the polling budget halve it, down to no polling (a retry now and
+    then); a reply caught while polling restores it. Real sockets: the peer answers late, then at once."""
+    a, b = socket.socketpair()
+    key = os.urandom(32)
+    reader, peer = FrameSocket(PlainIO(a), key, key), FrameSocket(PlainIO(b), key, key)
+    spin = Spin(0.002)
+    reader.spin = spin
+    try:
+        budgets = []
+        for _ in range(4):  # each reply comes 20 ms after the read starts: far beyond 2 x 2 ms
+            timer = threading.Timer(0.02, peer.send, (w.REPLY, 1, b"late"))
+            timer.start()
+            budgets.append(spin.budget())
+            assert reader.recv()[3] == b"late"
+            timer.join()
+        assert budgets[:3] == [0.002, 0.001, 0.0005]
+        assert spin.budget() == 0.0  # polling stopped ...
+        spin._retry_at = 0.0  # ... until its retry time comes (made now instead of in 50 ms)
+        assert spin.budget() == 0.002
+        peer.send(w.REPLY, 2, b"soon")  # bytes there when the poll starts: caught
+        assert reader.recv()[3] == b"soon"
+        assert spin._budget == 0.002  # the full budget again, without waiting for a retry
+    finally:
+        reader.close()
+        peer.close()

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from .. import _progress
 from .. import _wire as w
 from .._serial import dump_error
-from .._transport import FrameSocket
+from .._transport import FrameSocket, Spin
 from ..errors import CallCancelled, CommunicationError, ProtocolError, StoreError
 from ._accept import Accepted, HmacAccept, TlsAccept
 from ._gate import Gate, Limits
@@ -220,7 +220,7 @@ class Connection:
         self._closed = False
         self._inline = False  # the leader is serving a request and still holds the leadership
         fs.stream_sink = server.backend.store.open_stream
-        fs.spin = server.spin
+        fs.spin = Spin(server.spin) if server.spin else None  # its own: adapted to this client
         self._inline_since = 0.0
 
     def work(self) -> None:
