@@ -51,6 +51,10 @@ def listener() -> Callable[[Any], None] | None:
     return getattr(_local, "listener", None) or getattr(_local, "emit", None)
 
 
-def serving(emit: Callable[[Any], None]) -> AbstractContextManager[None]:
-    """Used by backends around a request: reports go to its caller through ``emit``."""
-    return _bound("emit", emit)
+def serve(emit: Callable[[Any], None] | None) -> Callable[[Any], None] | None:
+    """Used by backends around each request (a hot path: no context manager): reports from this
+    thread go to its caller through ``emit`` until the next ``serve``; returns the previous one,
+    which the backend puts back when the request is done (a request served inside another)."""
+    previous = getattr(_local, "emit", None)
+    _local.emit = emit
+    return previous

@@ -7,10 +7,11 @@ from typing import Any
 
 
 class RWLock:
-    __slots__ = ("_cond", "_readers", "_writer", "_writers_waiting", "_shared", "_exclusive")
+    __slots__ = ("_mutex", "_cond", "_readers", "_writer", "_writers_waiting", "_shared", "_exclusive")
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._readers = 0
         self._writer = False
         self._writers_waiting = 0
@@ -26,16 +27,22 @@ class RWLock:
         """``with lock.writing():`` holds the lock exclusively for the block."""
         return self._exclusive
 
+    # Readers take the mutex itself, not the condition (whose methods are Python code): every
+    # read-only call passes here twice.
     def acquire_read(self) -> None:
+        with self._mutex:
+            if not (self._writer or self._writers_waiting):
+                self._readers += 1
+                return
         with self._cond:
             while self._writer or self._writers_waiting:
                 self._cond.wait()
             self._readers += 1
 
     def release_read(self) -> None:
-        with self._cond:
+        with self._mutex:
             self._readers -= 1
-            if not self._readers:
+            if not self._readers and self._writers_waiting:  # only writers wait for readers to leave
                 self._cond.notify_all()
 
     def acquire_write(self) -> None:

@@ -280,10 +280,11 @@ class Connection:
 
     def _serve(self, rid: int, body: bytes, buffers: list, streams: list) -> None:
         _current.conn, _current.lsn = self, 0
+        previous = _progress.serve(lambda value: self.send_event(rid, value))
         try:
-            with _progress.serving(lambda value: self.send_event(rid, value)):
-                kind, rbody, rbuffers = dispatch(self.server.backend, body, buffers, streams or None)
+            kind, rbody, rbuffers = dispatch(self.server.backend, body, buffers, streams or None)
         finally:
+            _progress.serve(previous)
             _current.conn = None
         if _current.lsn and not self.server.backend.store.is_synced(_current.lsn):
             self.server.committer.add(_current.lsn, self, rid, kind, rbody, rbuffers)

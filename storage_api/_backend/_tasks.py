@@ -14,8 +14,6 @@ import importlib
 import sys
 import threading
 import zlib
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Callable
 
 from .. import _messages as m
@@ -82,14 +80,24 @@ class TaskLocks(threading.local):
     def holds(self, entry: Any) -> bool:
         return entry in self.entries
 
-    @contextmanager
-    def holding(self, entry: Any) -> Iterator[None]:
-        """Note ``entry`` as held for the block (its caller holds the entry's lock)."""
-        self.entries.add(entry)
-        try:
-            yield
-        finally:
-            self.entries.discard(entry)
+    def holding(self, entry: Any) -> _Holding:
+        """``with task_locks.holding(entry):`` notes ``entry`` as held for the block (its caller
+        holds the entry's lock). A plain class, not a generator: every call passes here."""
+        return _Holding(self.entries, entry)
+
+
+class _Holding:
+    __slots__ = ("entries", "entry")
+
+    def __init__(self, entries: set[Any], entry: Any) -> None:
+        self.entries = entries
+        self.entry = entry
+
+    def __enter__(self) -> None:
+        self.entries.add(self.entry)
+
+    def __exit__(self, *exc: object) -> None:
+        self.entries.discard(self.entry)
 
 
 # ------------------------------------------------------------------ function references
