@@ -67,6 +67,8 @@ class FrameSocket:
         self.sock = io.sock
         self._send_key = send_key
         self._recv_key = recv_key
+        self._send_macs = None if send_key is None else w.Macs(send_key)
+        self._recv_macs = None if recv_key is None else w.Macs(recv_key)
         self._queue_lock = threading.Lock()
         self._queue: list[tuple[bytes, bytes, bytes, list[Any]]] = []
         self._sending = False
@@ -98,8 +100,11 @@ class FrameSocket:
         frame and returns, and the sending thread writes every queued frame with one ``sendmsg``.
         Frames keep the order in which they were queued (the MAC sequence is assigned then).
         """
-        views = [memoryview(b).cast("B") if not isinstance(b, (bytes, bytearray)) else b for b in buffers]
-        lengths = struct.pack(f"<{len(views)}Q", *(len(v) for v in views)) if views else b""
+        if buffers:
+            views = [memoryview(b).cast("B") if not isinstance(b, (bytes, bytearray)) else b for b in buffers]
+            lengths = struct.pack(f"<{len(views)}Q", *(len(v) for v in views))
+        else:  # most frames: no buffers
+            views, lengths = [], b""
         head = w.HEAD.pack(kind, flags, len(views), req_id & 0xFFFFFFFF, len(body))
         frame = (head, lengths, body, views)
         with self._queue_lock:
@@ -144,8 +149,8 @@ class FrameSocket:
             parts += views
             self.sent += len(head) + len(lengths) + len(body) + sum(memoryview(v).nbytes for v in views)
             return parts
-        trailer = w.body_mac(key, seq, head, lengths, body)
-        first = (head, w.head_mac(key, seq, head), lengths, body, trailer)
+        trailer = self._send_macs.body(seq, head, lengths, body)
+        first = (head, self._send_macs.head(seq, head), lengths, body, trailer)
         if len(body) + len(lengths) < _SMALL:
             parts.append(b"".join(first))
         else:
@@ -192,13 +197,13 @@ class FrameSocket:
         else:
             header = self._read(w.HEADER_SIZE)
             head = header[: w.HEAD.size]
-            if not hmac.compare_digest(w.head_mac(key, seq, head), header[w.HEAD.size :]):
+            if not hmac.compare_digest(self._recv_macs.head(seq, head), header[w.HEAD.size :]):
                 raise ProtocolError("frame header failed authentication (bad MAC)")
         kind, flags, nbuf, req_id, body_len = w.HEAD.unpack(head)
         w.check_header(kind, nbuf, body_len)
         lengths_raw = self._read(8 * nbuf) if nbuf else b""
         body = self._read(body_len)
-        if key is not None and not hmac.compare_digest(w.body_mac(key, seq, head, lengths_raw, body),
+        if key is not None and not hmac.compare_digest(self._recv_macs.body(seq, head, lengths_raw, body),
                                                        self._read(w.MAC_BYTES)):
             raise ProtocolError("frame failed authentication (bad MAC)")
         buffers: list[Any] = []
@@ -227,8 +232,9 @@ class FrameSocket:
                 # The streams above wrote unreachable log records at most: nothing refers to them.
                 raise ProtocolError("frame buffers failed authentication (bad MAC)")
         self._recv_seq += 1
-        macs = 0 if key is None else (w.MAC_BYTES * (3 if nbuf else 2))
-        self.received += w.HEAD.size + len(lengths_raw) + body_len + sum(len(b) for b in buffers) + macs
+        if nbuf:
+            self.received += len(lengths_raw) + sum(len(b) for b in buffers) + (0 if key is None else w.MAC_BYTES)
+        self.received += w.HEAD.size + body_len + (0 if key is None else 2 * w.MAC_BYTES)
         return kind, flags, req_id, body, buffers
 
     def pending(self) -> bool:
@@ -379,12 +385,15 @@ class PlainIO:
                 return n
 
     def write(self, parts: list[Buffer], progress: Callable[[], None] = lambda: None) -> None:
-        if len(parts) == 1 and memoryview(parts[0]).nbytes <= _SEND_SLICE:
-            self.sock.sendall(parts[0])
-            if memoryview(parts[0]).nbytes >= PROGRESS_MIN:  # a large buffer leaves as 1 MiB pieces
-                progress()
-        else:
-            _sendmsg_all(self.sock, parts, progress)
+        if len(parts) == 1:
+            part = parts[0]
+            n = len(part) if isinstance(part, bytes) else memoryview(part).nbytes
+            if n <= _SEND_SLICE:
+                self.sock.sendall(part)
+                if n >= PROGRESS_MIN:  # a large buffer leaves as 1 MiB pieces
+                    progress()
+                return
+        _sendmsg_all(self.sock, parts, progress)
 
     def pending(self) -> bool:
         try:
