@@ -319,9 +319,10 @@ class Spin:
     wake-up that a sleep costs (an inter-processor interrupt, which on a virtual machine costs more
     than a whole request). It costs when the answer is slow, above all on a busy machine, where the
     CPU we poll on is one the peer or other work needs. So a poll that ended in vain, with the bytes
-    arriving much later than the budget, halves the budget; below an eighth of the limit polling
-    stops, and one full poll is tried again every :attr:`RETRY` seconds. A poll that catches its
-    bytes restores the full budget. One reader uses a Spin at a time (no lock).
+    arriving later than even the full budget could have caught, halves the budget; below an eighth
+    of the limit polling stops, and one full poll is tried again every :attr:`RETRY` seconds. Bytes
+    that the full budget would have caught (or did catch) restore it. One reader uses a Spin at a
+    time (no lock).
     """
 
     RETRY = 0.05
@@ -345,7 +346,8 @@ class Spin:
 
     def missed(self, waited: float) -> None:
         """The poll ended without bytes; they came ``waited`` seconds after it started."""
-        if waited <= 2 * self.limit:  # a near miss: the peer is busy but answering, keep polling
+        if waited <= self.limit:  # a budget cut earlier would have caught them: restore it
+            self._budget = self.limit
             return
         budget = self._budget / 2
         if budget < self.limit / 8:
