@@ -74,9 +74,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if not infos:
         print("no backends registered")
         return 1
-    _table([("NAME", "ADDRESS", "COMPSS NAME", "PID", "PRIMARIES", "REPLICAS", "ALIVE", "ID")]
+    _table([("NAME", "ADDRESS", "COMPSS NAME", "PID", "PRIMARIES", "REPLICAS", "ALIVE", "THREADS", "ID")]
            + [(b.name, b.address, b.compss_name, str(b.pid), str(b.objects), str(b.replicas),
-               _liveness(b), b.id) for b in infos])
+               _liveness(b), str(b.threads or "-"), b.id) for b in infos])
     for b in infos:
         if b.alive and b.health:
             print(f"{b.name} is UNHEALTHY: {b.health}")
@@ -145,6 +145,7 @@ def _cmd_backend(args: argparse.Namespace) -> int:
         secret_file=args.secret_file,
         fsync=False if args.no_fsync else None,
         log_level=args.log_level,
+        intra_op_threads=args.threads,
     )
     return backend_main(settings)
 
@@ -244,7 +245,7 @@ def parser() -> argparse.ArgumentParser:
                       help="also delete its data (objects, metadata, logs), even when nothing is running")
     down.set_defaults(func=_cmd_down)
 
-    status = command("status", "list backends (name, address, COMPSs name, objects, liveness) and objects",
+    status = command("status", "list backends (name, address, COMPSs name, objects, liveness, threads) and objects",
                      " A backend stopped gracefully shows as `stopped`;"
                      " exit status 1 if a backend is DEAD (silent without having stopped) or UNHEALTHY, or none is alive.")
     status.add_argument("--config", help="settings file (default: STORAGE_API_CONFIG or the local deployment)")
@@ -265,6 +266,8 @@ def parser() -> argparse.ArgumentParser:
     be.add_argument("--secret-file", help="file with the deployment secret (or set STORAGE_API_SECRET)")
     be.add_argument("--config", help="settings file")
     be.add_argument("--no-fsync", action="store_true", help="do not fsync the log (throwaway data only)")
+    be.add_argument("--threads", type=cmdline.positive_int, metavar="N",
+                    help="intra-op threads of torch/BLAS/OpenMP in its methods (default: the CPUs it may run on)")
     be.add_argument("--log-level", type=str.upper, choices=_config.LOG_LEVELS,
                     help="level of the `storage` loggers (default INFO)")
     be.set_defaults(func=_cmd_backend)

@@ -70,6 +70,8 @@ class Settings:
     log_segment_mb: int = _f(256, "backend: size at which the log starts a new segment file (MiB)")
     log_prealloc_mb: int = _f(64, "backend: largest step by which a log segment is preallocated (MiB; less on a small or full disk)")
     max_workers: int = _f(64, "backend: most requests executed at once per connection")
+    intra_op_threads: int = _f(0, "backend: threads of torch/BLAS/OpenMP in its methods and tasks "
+                                  "(0: OMP_NUM_THREADS if set, else the CPUs it may run on, as numactl/taskset leave them)")
     log_level: str = _f("INFO", "backend: logging level of the 'storage' loggers")
     serve_spin_us: float = _f(100.0, "backend: microseconds a connection polls for the next request after one, at most (as spin_us)")
     handshake_timeout: float = _f(5.0, "backend: seconds a connection has to complete its whole handshake")
@@ -92,6 +94,8 @@ class Settings:
             raise ConfigError("log_segment_mb and log_prealloc_mb must be at least 1")
         if self.max_workers < 1:
             raise ConfigError("max_workers must be at least 1")
+        if self.intra_op_threads < 0:
+            raise ConfigError("intra_op_threads cannot be negative (0: sized to the CPUs the backend may run on)")
         if self.max_pending < 1 or self.max_pending_per_host < 1:
             raise ConfigError("max_pending and max_pending_per_host must be at least 1")
         if not self.namespace or ":" in self.namespace:

@@ -167,6 +167,7 @@ class BackendInfo:
     unix: str = ""  # abstract Unix socket name (without the leading NUL), for same-host clients
     health: str = ""  # why it takes no new connections now ("" when it does)
     stopped: bool = False  # it stopped gracefully and deregistered (it is not alive, but did not fail)
+    threads: int = 0  # intra-op threads (torch, BLAS, OpenMP) its methods use; 0: not reported
 
     @property
     def address(self) -> str:
@@ -297,6 +298,7 @@ class Metadata:
                     unix=h.get("unix", ""),
                     health=h.get("health", ""),
                     stopped=not alive and h.get("state") == "down",
+                    threads=int(h.get("threads", 0) or 0),
                 )
             )
         out.sort(key=lambda b: natural_key(b.name))

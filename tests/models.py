@@ -226,3 +226,19 @@ class Trainer(ActiveObject):
     def train_other(self, other: Any, epochs: int) -> int:
         """Progress of a call to another backend reaches our own caller."""
         return other.train(epochs)
+
+
+class Pools(ActiveObject):
+    """Reports the intra-op thread pools its methods run with."""
+
+    @activemethod(readonly=True)
+    def sizes(self) -> dict[str, Any]:
+        import os
+
+        import threadpoolctl
+        import torch
+
+        torch.ones(64, 64) @ torch.ones(64, 64)  # the pools as a method that computes sees them
+        return {"torch": torch.get_num_threads(), "torch_interop": torch.get_num_interop_threads(),
+                "omp_env": os.environ.get("OMP_NUM_THREADS"),
+                "blas": sorted({p["num_threads"] for p in threadpoolctl.threadpool_info()})}

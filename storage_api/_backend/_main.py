@@ -37,6 +37,7 @@ from ._peer import PeerClient
 from ._runtime import LocalBackend
 from ._server import Server, defer_sync
 from ._store import Store
+from ._threads import size_pools
 
 log = logging.getLogger("storage.backend")
 
@@ -104,6 +105,8 @@ class BackendProcess:
         if not settings.storage_dir:
             raise ConfigError("a backend needs a storage directory (--storage-dir)")
         self.settings = settings
+        # First: the libraries that methods use (numpy, torch) size their pools when they load.
+        self.threads = size_pools(settings.intra_op_threads)
         self.storage_dir = Path(settings.storage_dir).resolve()
         try:
             self.storage_dir.mkdir(parents=True, exist_ok=True)
@@ -179,6 +182,7 @@ class BackendProcess:
             "storage_dir": str(self.storage_dir),
             "unix": self.unix,
             "health": "",
+            "threads": self.threads,
             "state": "up",
             "started": time.time(),
         }
