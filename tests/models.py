@@ -240,5 +240,5 @@ class Pools(ActiveObject):
 
         torch.ones(64, 64) @ torch.ones(64, 64)  # the pools as a method that computes sees them
         return {"torch": torch.get_num_threads(), "torch_interop": torch.get_num_interop_threads(),
-                "omp_env": os.environ.get("OMP_NUM_THREADS"),
+                "omp_env": os.environ.get("OMP_NUM_THREADS"), "omp_wait": os.environ.get("OMP_WAIT_POLICY"),
                 "blas": sorted({p["num_threads"] for p in threadpoolctl.threadpool_info()})}

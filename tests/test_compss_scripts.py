@@ -263,7 +263,8 @@ def test_unknown_network_is_a_config_error() -> None:
     ([], "auto", "/usr/bin/numactl", None, 1, []),
     ([], "yes", "/usr/bin/numactl", None, 1, ["/usr/bin/numactl", "--cpunodebind=0", "--membind=0"]),
     ([], "no", "/usr/bin/numactl", None, 2, []),
-    ([], "auto", None, "/usr/bin/taskset", 2, []),
+    ([], "auto", None, "/usr/bin/taskset", 2, ["/usr/bin/taskset", "-c", "node1-cpus"]),  # no numactl
+    ([], "auto", None, "/usr/bin/taskset", 1, []),
     # COMPSs' CPU affinity map: numactl, else taskset, else nothing
     (["0-3", "4-7"], "auto", "/usr/bin/numactl", "/usr/bin/taskset", 1, ["/usr/bin/numactl", "--physcpubind=4-7"]),
     (["0-3", "4-7"], "no", "/usr/bin/numactl", "/usr/bin/taskset", 1, ["/usr/bin/taskset", "-c", "4-7"]),
@@ -272,4 +273,4 @@ def test_unknown_network_is_a_config_error() -> None:
 def test_backend_pinning(groups, mode, numactl, taskset, sockets, expected) -> None:
     from storage_api._compss._jobs import pin_prefix
 
-    assert pin_prefix(1, groups, mode, numactl, taskset, sockets) == expected
+    assert pin_prefix(1, groups, mode, numactl, taskset, sockets, node_cpus=lambda n: f"node{n}-cpus") == expected

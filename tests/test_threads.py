@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from storage_api._backend._threads import POOL_VARIABLES, affinity_cores, choose, size_pools
+from storage_api._backend._threads import POOL_VARIABLES, WAIT_POLICY, affinity_cores, choose, size_pools
 from storage_api._config import load
 from storage_api.errors import ConfigError
 from tests.conftest import ROOT, run_python
@@ -29,6 +29,16 @@ def test_a_users_pool_variable_is_kept_unless_the_setting_is_given():
     assert env["MKL_NUM_THREADS"] == "7" and env["OPENBLAS_NUM_THREADS"] == str(affinity_cores())
     env = {"MKL_NUM_THREADS": "7"}
     assert size_pools(2, env) == 2 and all(env[v] == "2" for v in POOL_VARIABLES)
+
+
+def test_waiting_openmp_threads_sleep_unless_the_user_chose_a_policy():
+    """A thread that waits for the others must not spin on the core they need (a busy machine)."""
+    env: dict[str, str] = {}
+    size_pools(0, env)
+    assert env[WAIT_POLICY] == "PASSIVE"
+    env = {WAIT_POLICY: "ACTIVE"}
+    size_pools(1, env)
+    assert env[WAIT_POLICY] == "ACTIVE"
 
 
 @pytest.mark.parametrize("value", ["0", "many", "-1"])
@@ -50,7 +60,8 @@ def _pools_on_a_backend(tmp_path, launcher: list[str], extra: list[str]) -> tupl
     logs = tmp_path / "logs"
     logs.mkdir()
     redis_proc, url = _local._start_redis(tmp_path, logs)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STORAGE_API_") and k not in POOL_VARIABLES}
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("STORAGE_API_") and k not in (*POOL_VARIABLES, WAIT_POLICY)}
     env.update(STORAGE_API_SECRET="threads-secret", STORAGE_API_HOME=str(tmp_path / "home"))
     proc = subprocess.Popen([*launcher, sys.executable, "-m", "storage_api", "backend", "--redis", url,
                              "--storage-dir", str(tmp_path / "b"), "--name", "pinned", *extra],
@@ -84,11 +95,11 @@ def test_a_backend_pinned_to_one_cpu_computes_with_one_thread(tmp_path):
     OpenMP as its methods see them (the machine's cores would be the libraries' own choice)."""
     row, pools = _pools_on_a_backend(tmp_path, ["taskset", "-c", str(min(os.sched_getaffinity(0)))], [])
     assert row["name"] == "pinned" and row["threads"] == 1
-    assert pools == {"torch": 1, "torch_interop": 1, "omp_env": "1", "blas": [1]}
+    assert pools == {"torch": 1, "torch_interop": 1, "omp_env": "1", "omp_wait": "PASSIVE", "blas": [1]}
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two CPUs to tell the setting from the affinity")
 def test_the_threads_option_overrides_the_affinity(tmp_path):
     row, pools = _pools_on_a_backend(tmp_path, [], ["--threads", "1"])
     assert row["threads"] == 1
-    assert pools == {"torch": 1, "torch_interop": 1, "omp_env": "1", "blas": [1]}
+    assert pools == {"torch": 1, "torch_interop": 1, "omp_env": "1", "omp_wait": "PASSIVE", "blas": [1]}

@@ -55,6 +55,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -419,14 +420,21 @@ def _sockets() -> int:
         return 1
 
 
+def _node_cpus(node: int) -> str:
+    """The CPU list of NUMA node ``node`` (``0-23``), as the kernel gives it."""
+    return Path(f"/sys/devices/system/node/node{node}/cpulist").read_text().strip()
+
+
 def pin_prefix(i: int, groups: list[str], mode: str, numactl: str | None, taskset: str | None,
-               sockets: int) -> list[str]:
-    """The command prefix that pins backend ``i`` of a node.
+               sockets: int, node_cpus: Callable[[int], str] = _node_cpus) -> list[str]:
+    """The command prefix that pins backend ``i`` of a node (which then sizes its compute threads
+    to those CPUs).
 
     With an affinity map (``groups``), to its CPU group: ``numactl --physcpubind`` unless
     ``mode`` is ``no``, else ``taskset -c``. Without one, to NUMA node ``i % sockets`` with
     ``numactl --cpunodebind --membind``: always with ``mode`` ``yes``, with ``auto`` only when
-    there are several NUMA nodes (on one there is nothing to choose). Nothing without the tools.
+    there are several NUMA nodes (on one there is nothing to choose); without numactl, to that
+    node's CPUs with ``taskset -c`` (its memory is then placed by first touch). Nothing without the tools.
     """
     if groups:
         if numactl and mode != "no":
@@ -434,6 +442,8 @@ def pin_prefix(i: int, groups: list[str], mode: str, numactl: str | None, taskse
         return [taskset, "-c", groups[i]] if taskset else []
     if numactl and (mode == "yes" or (mode == "auto" and sockets > 1)):
         return [numactl, f"--cpunodebind={i % sockets}", f"--membind={i % sockets}"]
+    if not numactl and taskset and mode == "auto" and sockets > 1:
+        return [taskset, "-c", node_cpus(i % sockets)]
     return []
 
 
