@@ -29,12 +29,13 @@ def add_check_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--check", action="store_true", help="exit with status 1 if a target is missed")
 
 
-def report(targets: list[Target], values: dict[str, float | None]) -> tuple[list[str], bool]:
+def report(targets: list[Target], values: dict[str, float | None], heading: str = "") -> tuple[list[str], bool]:
     """Lines saying whether each target is met, and whether all are; they say how busy the
-    machine was, since the targets are for one that runs nothing else."""
+    machine was, since the targets are for one that runs nothing else (unless ``heading`` says
+    what else ran: a benchmark's own load)."""
     load, cores = os.getloadavg()[0], os.cpu_count() or 1
     busy = f"; the machine was busy (load average {load:.1f} on {cores} cores): timings suffer" if load > cores else ""
-    lines = [f"targets (for an otherwise idle machine{busy}):"]
+    lines = [f"targets ({heading or 'for an otherwise idle machine' + busy}):"]
     for t in targets:
         value = values.get(t.key)
         shown = "-" if value is None else f"{value:,.1f}"

@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    python -m bench.lstm_offload [--epochs 100] [--passes 1] [--csv PATH] [--seed 0]
+    python -m bench.lstm_offload [--epochs 100] [--passes 1] [--csv PATH] [--seed 0] [--loaded]
 
 One embedded deployment (Redis + one backend on this machine). The backend loads the trainer
 class and trains once for one epoch before the measured run (the paper's server was up and warm);
@@ -17,6 +17,10 @@ pandas installed) run the same training with the same seed. Printed side by side
 * client memory (RSS at the end) against the baseline's (mean RSS while training, as Table 1);
 * the thin-client environment's site-packages size.
 
+``--loaded`` then runs the offloaded training once more under a fixed CPU load (``bench/_load.py``:
+two busy processes per core, started and stopped by the benchmark) and prints the client's time
+loaded over idle (the quick start's ``--epochs 10`` is the run to try).
+
 ``--passes 1`` is the default here because with 2 passes the paper's definition of overhead
 also contains the untimed first training pass. Results go to ``bench/results/lstm_offload.json``.
 """
@@ -30,6 +34,7 @@ import tempfile
 from pathlib import Path
 
 from apps import lstm_envs
+from bench import _load
 from bench._targets import Target, add_check_option, exit_status, report
 from apps.lstm_report import run_json, warm_up
 
@@ -39,6 +44,7 @@ TARGETS = [  # what the thin client promises (README, LSTM offloading), with hea
     Target("client_rss_mb", "<=", 40.0, "MB"),
     Target("thin_env_mb", "<=", 30.0, "MB"),
 ]
+LOADED_TARGETS = [Target("loaded_over_idle", "<=", 1.5, "x")]  # the same training, loaded / idle
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--passes", type=int, choices=(1, 2), default=1)
     p.add_argument("--csv", help="a timestamp,CPU,MEM file (default: the seeded generator)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--loaded", action="store_true",
+                   help=f"also run the offloaded training under a CPU load ({_load.PER_CORE} busy processes per core)")
     add_check_option(p)
     args = p.parse_args(argv)
     import storage_api
@@ -61,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         warm_up(thin_python, env)
         base = run_json([sys.executable, "-m", "apps.lstm_baseline", *common])
         off = run_json([thin_python, "apps/lstm_offload.py", "--no-progress", *common], env)
+        loaded = None
+        if args.loaded:
+            with _load.cpu_load() as busy:
+                loaded = run_json([thin_python, "apps/lstm_offload.py", "--no-progress", *common], env)
 
     server_extra = off["server_time"] - off["train_time"] - off["eval_time"]
     res = {
@@ -91,6 +103,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:20s} {b:32s} {o}")
     lines, met = report(TARGETS, res)
     print("\n".join(lines))
+    if loaded is not None:
+        res.update(loaded_client_total_s=loaded["client_total"], loaded_server_train_eval_s=loaded["train_time"]
+                   + loaded["eval_time"], loaded_over_idle=loaded["client_total"] / off["client_total"],
+                   loaded_same_metrics=loaded["metrics"] == off["metrics"])
+        print(f"offloaded, idle: client {off['client_total']:.3f} s (server train + eval "
+              f"{res['server_train_eval_s']:.3f} s); {_load.describe(busy)}: client {loaded['client_total']:.3f} s "
+              f"(server train + eval {res['loaded_server_train_eval_s']:.3f} s), {res['loaded_over_idle']:.2f}x idle; "
+              f"same metrics: {res['loaded_same_metrics']}")
+        lines, loaded_met = report(LOADED_TARGETS, res, heading=_load.describe(busy))
+        print("\n".join(lines))
+        met = met and loaded_met
     print(f"same metrics locally and offloaded: {res['same_metrics']}; heavy modules on the client: "
           f"{res['heavy_modules_on_client'] or 'none'}")
     out = ROOT / "bench" / "results"

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from bench._targets import Target, exit_status, report
 from tests.conftest import ROOT
 
@@ -29,3 +31,37 @@ def test_every_benchmark_takes_check() -> None:
                              timeout=60)
         assert out.returncode == 0, out.stderr
         assert "--check" in out.stdout, module
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except FileNotFoundError:
+        return False
+
+
+def test_the_loaded_mode_runs_busy_processes_and_kills_them_on_an_error() -> None:
+    from bench._load import cpu_load
+
+    seen: list[int] = []
+    with pytest.raises(RuntimeError, match="benchmark failed"):
+        with cpu_load(per_core=1) as pids:
+            seen = list(pids)
+            assert len(pids) == len(os.sched_getaffinity(0)) and all(_running(p) for p in pids)
+            raise RuntimeError("benchmark failed")
+    assert seen and not any(_running(p) for p in seen)
+
+
+def test_loaded_comparisons_with_pyro5_and_one_fsync() -> None:
+    from bench.calls import LOADED_TARGETS, _targets, relative
+
+    ours = {"noop_p50_us": 50.0, "inc_p50_us": 300.0, "inc_held_p50_us": {"128": 900.0}}
+    pyro = {"system": "Pyro5 5.17", "noop_p50_us": 100.0, "inc_p50_us": 100.0}
+    floors = {"fsync_us": 400.0}
+    assert relative(ours, [pyro], floors) == {"noop_over_pyro5": 0.5, "inc_over_pyro5_fsync": 0.6}
+    targets, values, _heading = _targets(ours, [pyro], floors, "loaded: 4 busy processes")
+    lines, met = report(targets, values)
+    assert targets == LOADED_TARGETS and met and len(lines) == 1 + len(targets)
+    targets, values, _heading = _targets(ours, [], floors, "loaded: 4 busy processes")  # no Pyro5: not measured
+    assert values["vs.noop_over_pyro5"] is None and not report(targets, values)[1]

@@ -191,6 +191,14 @@ def _throughput_here(make_caller: Callable[[], Callable[[], Any]], seconds: floa
         return None, describe(e)
 
 
+def held_inc(out: dict[str, Any], mb: int, inc: Callable[[], Any], quick: bool) -> None:
+    """p50/p99 of ``inc()`` on an object that also holds an ``mb`` MB array, in ``out["inc_held_p50_us"][mb]``
+    (``..._p99_us``): what a small change costs next to large state."""
+    p50, p99 = latency(inc, 20 if quick else 100)
+    out.setdefault("inc_held_p50_us", {})[str(mb)] = p50
+    out.setdefault("inc_held_p99_us", {})[str(mb)] = p99
+
+
 def summarize_MBps(mb: int, seconds: list[float]) -> tuple[float, float]:
     """(median, best) MB/s of timed repeats."""
     return mb / statistics.median(seconds), mb / min(seconds)

@@ -23,7 +23,8 @@ Measured from one client process, after warm-up:
   data into the store (the state is pickled and sent to the backend in one gRPC message). dataClay
   keeps it in the backend's memory; it reaches disk only under memory pressure or at shutdown,
   so unlike ours it is not durable when the call returns.
-* fetch = ``get()`` activemethod returning the array, checked equal to the original.
+* fetch = ``get()`` activemethod returning the array, checked equal to the original; ``inc``
+  latency again while the object holds the array.
 
 Each size (1, 16, 128 MB of float64; MB = 2**20 bytes) gets one untimed warm-up then 3 timed
 repeats (2 with ``--quick``); the MBps fields are the medians, ``*_best`` the fastest.
@@ -44,7 +45,7 @@ from typing import Any
 
 import numpy as np
 
-from _common import (SIZES_MB, Children, claim_stdout, emit, exit_on_sigterm, free_port, latency, log,
+from _common import (SIZES_MB, Children, claim_stdout, emit, exit_on_sigterm, free_port, held_inc, latency, log,
                      parse_args, record_bulk, throughput, timed_fetches, wait_port)
 
 HERE = Path(__file__).resolve().parent
@@ -138,6 +139,8 @@ def measure(quick: bool, threads: list[int]) -> dict[str, Any]:
             if i < repeats:
                 holder.put(None)  # dataClay 4.3.1 has no delete: free the backend's copy
         fetch = timed_fetches(holder.get, arr, repeats)
+        log(f"inc() next to {mb} MB")
+        held_inc(out, mb, lambda: holder.inc(1), quick)
         holder.put(None)
         record_bulk(out, mb, persist, fetch)
     out["notes"] = (

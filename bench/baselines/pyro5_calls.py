@@ -21,7 +21,7 @@ Measured from one client process, after warm-up:
 * calls/s of ``noop`` from 1 (the main thread), 4 and 16 threads, each with its own proxy (a Pyro5 proxy belongs to
   the thread that uses it; one connection per proxy, one daemon worker thread per connection).
 * persist = ``put(array)`` onto the remote object (memory only); fetch = ``get()`` back, checked
-  equal to the original.
+  equal to the original; ``inc`` latency again while the object holds the array.
 
 Each size (1, 16, 128 MB of float64; MB = 2**20 bytes) gets one untimed warm-up then 3 timed
 repeats (2 with ``--quick``); the MBps fields are the medians, ``*_best`` the fastest.
@@ -43,7 +43,7 @@ import numpy as np
 import Pyro5
 import Pyro5.api
 
-from _common import (SIZES_MB, Children, claim_stdout, emit, exit_on_sigterm, latency, log, parse_args,
+from _common import (SIZES_MB, Children, claim_stdout, emit, exit_on_sigterm, held_inc, latency, log, parse_args,
                      record_bulk, throughput, timed_fetches)
 
 Payload = tuple[bytes, str, list[int]]
@@ -135,6 +135,8 @@ def measure(uri: str, quick: bool, threads: list[int]) -> dict[str, Any]:
             if i:
                 persist.append(time.perf_counter() - t0)
         fetch = timed_fetches(lambda: unpack(obj.get()), arr, repeats)
+        log(f"inc() next to {mb} MB")
+        held_inc(out, mb, lambda: obj.inc(1), quick)
         obj.put(None)
         record_bulk(out, mb, persist, fetch)
     obj._pyroRelease()
