@@ -68,6 +68,7 @@ class Settings:
     tls_key: str = _f("", "backend: the private key of tls_cert")
     fsync: bool = _f(True, "backend: fsync the log before acknowledging (turn off only for throwaway data)")
     log_segment_mb: int = _f(256, "backend: size at which the log starts a new segment file (MiB)")
+    write_watch: bool = _f(True, "backend: store a large buffer again only if it was written since it was stored (Linux; off stores every buffer on every write)")
     log_prealloc_mb: int = _f(64, "backend: largest step by which a log segment is preallocated (MiB; less on a small or full disk)")
     max_workers: int = _f(64, "backend: most requests executed at once per connection")
     intra_op_threads: int = _f(0, "backend: threads of torch/BLAS/OpenMP in its methods and tasks "

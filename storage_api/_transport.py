@@ -417,12 +417,14 @@ def _allocate(n: int, aligned: bool = False) -> Any:
 
     Large buffers, and those written to disk with O_DIRECT (``aligned``), are anonymous mappings:
     page-aligned, not zero-filled by us (the kernel supplies zero pages as they are first written,
-    outside the GIL), and eligible for huge pages. Smaller ones come from the allocator, which
-    recycles memory between calls.
+    outside the GIL), and eligible for huge pages. Private ones, as the allocator's memory is: a
+    forked child gets a copy, and a backend can watch them for writes (see ``_backend._dirty``).
+    Smaller ones come from the allocator, which recycles memory between calls.
     """
     if n < _BIG and not aligned:
         return bytearray(n)
-    m = mmap.mmap(-1, n)
+    private = getattr(mmap, "MAP_PRIVATE", None)  # POSIX; Windows maps have no flags
+    m = mmap.mmap(-1, n) if private is None else mmap.mmap(-1, n, flags=private | mmap.MAP_ANONYMOUS)
     if hasattr(m, "madvise") and hasattr(mmap, "MADV_HUGEPAGE"):
         try:
             m.madvise(mmap.MADV_HUGEPAGE)

@@ -158,6 +158,56 @@ class Holder(ActiveObject):
         return threading.Lock()
 
 
+_shared: list[Any] = []
+
+
+class Dataset(ActiveObject):
+    """A large array and a small counter: most calls change little of a large state."""
+
+    def __init__(self, nbytes: int) -> None:
+        self.data = np.zeros(nbytes, dtype=np.uint8)
+        self.count = 0
+
+    @activemethod
+    def inc(self) -> int:
+        self.count += 1
+        return self.count
+
+    @activemethod
+    def poke(self, i: int, value: int) -> None:
+        """Change one byte of the array in place (the array stays the same object)."""
+        self.data[i] = value
+
+    @activemethod
+    def renew(self, i: int, value: int) -> bool:
+        """Replace the array by a new zeroed one of the same size with one byte set; the old one
+        is freed first, so the new one may get its address (answered)."""
+        n, address = self.data.nbytes, self.data.ctypes.data
+        self.data = None
+        self.data = np.zeros(n, dtype=np.uint8)
+        self.data[i] = value
+        return bool(self.data.ctypes.data == address)
+
+    @activemethod
+    def share(self, name: str) -> None:
+        """Hold the array in shared memory that another process can write (``name``'s)."""
+        from multiprocessing import resource_tracker, shared_memory
+
+        shm = shared_memory.SharedMemory(name)
+        resource_tracker.unregister(shm._name, "shared_memory")  # the test process owns it  # type: ignore[attr-defined]
+        _shared.append(shm)  # never closed: closing it would unmap the array's memory under it
+        self.data = np.ndarray(shm.size, dtype=np.uint8, buffer=shm.buf)
+
+    @activemethod
+    def whole(self) -> Any:
+        """The array, from a method not declared read-only."""
+        return self.data
+
+    @activemethod(readonly=True)
+    def at(self, i: int) -> int:
+        return int(self.data[i])
+
+
 class Node(ActiveObject):
     """A linked structure to test references between persistent objects."""
 

@@ -120,7 +120,8 @@ class BackendProcess:
         self.redis = Redis(settings.require_redis())
         self.meta = Metadata(self.redis, settings.namespace)
         _check_name_free(self.meta, self.id, self.name)
-        self.backend = LocalBackend(self.id, self.name, self.store, self.meta, defer_sync=defer_sync)
+        self.backend = LocalBackend(self.id, self.name, self.store, self.meta, defer_sync=defer_sync,
+                                    watch_writes=settings.write_watch)
         self.client = PeerClient(settings, self.backend)
         self.backend.peer = self.client
         self.backend.reregister = self._reregister

@@ -34,9 +34,10 @@ from .._serial import dump_state, loads
 from .._stub import describe_class
 from ..errors import (ClassNotFound, InvalidArguments, MethodNotFound, ObjectExists, ObjectMoved, ObjectNotFound,
                       StoreError)
+from ._dirty import Kept, plan
 from ._placement import Failed, NotKept, Placement, keepable, remember, replace_state
 from ._rwlock import RWLock
-from ._store import Store
+from ._store import BIG_BUFFER, Store
 from ._tasks import TaskLocks, TaskResults
 
 if TYPE_CHECKING:
@@ -56,7 +57,8 @@ def cannot_import(backend: str, problem: object) -> ClassNotFound:
 
 
 class Entry:
-    __slots__ = ("oid", "obj", "cls", "alias", "lock", "lsn", "deleted", "moved", "role", "replicas", "applied")
+    __slots__ = ("oid", "obj", "cls", "alias", "lock", "lsn", "deleted", "moved", "role", "replicas", "applied",
+                 "kept")
 
     def __init__(self, oid: str, obj: ActiveObject, alias: str | None, lsn: int, role: str = "primary") -> None:
         self.oid = oid
@@ -70,6 +72,7 @@ class Entry:
         self.role = role  # "primary" or "replica" (see _placement)
         self.replicas: list[str] = []  # on a primary: the backends that take its writes
         self.applied: OrderedDict[str, Any] = OrderedDict()  # request id -> result
+        self.kept: list[Kept] = []  # the large buffers of the version at ``lsn`` (see _dirty)
 
     def check(self) -> None:
         """Raise if the object was deleted or moved away while the caller waited for its lock."""
@@ -93,7 +96,7 @@ class LocalBackend(Placement):
     """The objects of one backend, live in memory, and what can be done to them."""
 
     def __init__(self, bid: str, name: str, store: Store, meta: Metadata, *,
-                 defer_sync: Callable[[int], bool] = lambda lsn: False) -> None:
+                 defer_sync: Callable[[int], bool] = lambda lsn: False, watch_writes: bool = True) -> None:
         self.id = bid
         self.name = name
         self.store = store
@@ -113,6 +116,8 @@ class LocalBackend(Placement):
         # Asked before a request blocks on durability: True if the server takes over the wait
         # (it then sends the reply once the LSN is on disk; see _server.defer_sync).
         self.defer_sync = defer_sync
+        # Large buffers not written since they were stored are not stored again (see _dirty).
+        self.watch_writes = watch_writes
 
     # ------------------------------------------------------------- classes
     def load_class(self, path: str) -> type[ActiveObject]:
@@ -240,13 +245,22 @@ class LocalBackend(Placement):
         A state that could not be written must not stay in memory, where reads would see it and
         the next successful write would make it durable: the entry gets back its last written
         state (read from the log) before the caller releases the lock, then the error goes on.
+
+        Large buffers that are the same, unwritten, as in the version before point at its DATA
+        records instead of being written again (what is kept is forgotten first: a failed write
+        must not leave behind a claim that the log holds a buffer as it is now).
         """
+        kept, entry.kept = entry.kept, []
         try:
             body, buffers = dump_state(state_of(entry.obj), entry.cls._sa_class_path)
             meta = {"class": entry.cls._sa_class_path, "alias": entry.alias}
             if entry.role != "primary":
                 meta["role"] = entry.role
-            entry.lsn = self.store.put(entry.oid, meta, body, buffers)
+            # Replicas get a new copy of every buffer with each write: nothing to watch there.
+            watch = self.watch_writes and entry.role == "primary"
+            reuse, now = plan(kept, buffers, BIG_BUFFER) if watch else ({}, [])
+            entry.lsn = self.store.put(entry.oid, meta, body, buffers, reuse=reuse, base=entry.lsn)
+            entry.kept = now
         except BaseException:
             self._restore(entry)
             raise

@@ -41,6 +41,10 @@ each such DATA record *pins* its segment from its reservation until the PUT that
 in the index (or the write is abandoned), and compaction waits for the pins on the segments it
 will delete. Live records whose PUT lies in a newer segment but whose DATA lies in a compacted one
 are copied whole (DATA and PUT), so nothing reachable ever points into a deleted segment.
+
+A new version of an object may point at the DATA records of the version before it for buffers
+that did not change (see ``Store.put``'s ``reuse``): such a record is pinned like a streamed one
+while the new PUT is written, and never taken from a segment that a running compaction will delete.
 """
 
 from __future__ import annotations
@@ -128,6 +132,7 @@ class Store:
         self._compacting = False
         self._compact_lock = threading.Lock()
         self._pins: dict[int, int] = {}  # segment -> DATA records in it not yet referenced by an indexed PUT
+        self._condemned: set[int] = set()  # segments a running compaction will delete
         self._unpinned = threading.Condition(self._append_lock)
         self._closed = False
         self._no_room = False  # the last compaction found too little free space (logged once)
@@ -316,11 +321,17 @@ class Store:
         self._active = self._new_segment()
 
     def put(self, oid: str, meta: dict[str, Any], body: bytes, buffers: list[Any],
-            streams: list[DataStream | None] | None = None) -> int:
+            streams: list[DataStream | None] | None = None, reuse: dict[int, int] | None = None,
+            base: int = 0) -> int:
         """Write a new version of an object; return its LSN (durable after :meth:`sync`).
 
         ``streams[i]``, when given, is the :class:`DataStream` that already wrote ``buffers[i]``;
         the put takes them over (they are released when it returns, whatever happens).
+        ``reuse`` says which buffers are byte for byte the same as external buffers of the version
+        with LSN ``base``: ``{buffer index: its index among that version's DATA records}``. The new
+        record points at those DATA records instead of writing them again, if ``base`` is still
+        the latest version (else, or for a record a running compaction is about to delete, the
+        buffer is written as usual).
         """
         key = uuid.UUID(oid).bytes
         views = [memoryview(b).cast("B") for b in buffers]
@@ -331,9 +342,14 @@ class Store:
         inline_off = 0
         last_data_lsn = 0
         try:
+            reused = self._reusable(key, base, reuse, views, pinned) if reuse else {}
             for i, v in enumerate(views):
                 stream = streams[i] if streams else None
-                if stream is not None:
+                if i in reused:
+                    seg, off, total = reused[i]
+                    descs.append(DESC.pack(EXTERNAL, total - len(v), seg, off, len(v)))
+                    data.append(reused[i])
+                elif stream is not None:
                     stream.wait()
                     last_data_lsn = max(last_data_lsn, stream.lsn)
                     descs.append(DESC.pack(EXTERNAL, stream.delta, stream.seg.seq, stream.offset, len(v)))
@@ -376,6 +392,26 @@ class Store:
                     stream.release()
         self._maybe_compact()
         return lsn
+
+    def _reusable(self, key: bytes, base: int, reuse: dict[int, int], views: list[memoryview],
+                  pinned: list[int]) -> dict[int, tuple[int, int, int]]:
+        """The DATA records of version ``base`` that ``reuse`` names, where they are now (a
+        compaction may have copied them); each pins its segment until the new record is indexed."""
+        found: dict[int, tuple[int, int, int]] = {}
+        with self._append_lock:
+            loc = self._index.get(key)
+            if loc is None or loc.lsn != base:
+                return found
+            for i, slot in reuse.items():
+                if slot >= len(loc.data):
+                    continue
+                seg, off, total = loc.data[slot]
+                if seg in self._condemned or total - len(views[i]) < HEADER.size:
+                    continue
+                self._pins[seg] = self._pins.get(seg, 0) + 1
+                pinned.append(seg)
+                found[i] = (seg, off, total)
+        return found
 
     def _drop_cached(self, regions: list[tuple[int, int, int]]) -> None:
         """Evict synced DATA records from the page cache.
@@ -492,6 +528,16 @@ class Store:
                 self._unpinned.wait()
             if self._closed:
                 return
+            # From here on no new record may point into these segments (see :meth:`_reusable`).
+            self._condemned = set(old)
+        try:
+            self._compact_segments(old)
+        finally:
+            with self._append_lock:
+                self._condemned = set()
+
+    def _compact_segments(self, old: dict[int, _Segment]) -> None:
+        with self._append_lock:
             moving = [(k, loc) for k, loc in self._index.items()
                       if loc.seg in old or any(s in old for s, _o, _t in loc.data)]
             need = sum(loc.nbytes for _k, loc in moving)
@@ -548,6 +594,9 @@ class Store:
         data_locs: list[tuple[int, int, int]] = []
         remap: dict[tuple[int, int], int] = {}
         for sseq, off, total in loc.data:
+            if (sseq, off) in remap:  # one DATA record named twice in the record
+                data_locs.append((out.seq, remap[(sseq, off)], total))
+                continue
             new_off = out.size
             _copy_range(self._segments[sseq].fd, off, total, out.fd, new_off)
             out.size += total

@@ -1,0 +1,193 @@
+"""A mutating call stores what it changed: large buffers it did not write are not written again.
+
+Real backends; the growth of a backend's log (its ``Stats``) shows what a call wrote.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import uuid
+
+import numpy as np
+import pytest
+
+from storage_api import _context
+from storage_api import _messages as m
+from storage_api._backend import _dirty
+from storage_api._backend._store import BIG_BUFFER, Store
+from tests.conftest import _start, wait_for
+from tests.models import Dataset
+
+MB = 1 << 20
+watching = pytest.mark.skipif(not _dirty.available(), reason="no userfaultfd write protection here")
+
+
+def _log_bytes(client, backend: str) -> int:
+    return client.send(backend, m.Stats())["log_bytes"]
+
+
+def _settled(client, backend: str) -> None:
+    """Wait until a compaction that the writes so far started is over (a new version written
+    meanwhile cannot share the records being moved: it is written whole)."""
+
+    def idle() -> bool:
+        st = client.send(backend, m.Stats())
+        return st["log_bytes"] - st["live_bytes"] <= max(64 * MB, st["live_bytes"])
+
+    wait_for(idle, 30, "the end of the compaction")
+
+
+@watching
+def test_unchanged_large_buffer_is_not_written_again(client):
+    ds = Dataset(128 * MB)
+    ds.make_persistent(backend="b0")
+    ds.inc()  # the first mutating call stores the array as it is in the backend's memory
+    _settled(client, "b0")
+    before = _log_bytes(client, "b0")
+    assert [ds.inc() for _ in range(5)] == [2, 3, 4, 5, 6]
+    assert _log_bytes(client, "b0") - before < MB  # five small records, not 5 x 128 MB
+    # a method not declared read-only that returns the array: answered, and not written again
+    before = _log_bytes(client, "b0")
+    assert ds.whole().nbytes == 128 * MB
+    assert _log_bytes(client, "b0") - before < MB
+
+
+@watching
+def test_written_and_replaced_buffers_are_written(client):
+    ds = Dataset(8 * MB)
+    ds.make_persistent(backend="b1")
+    ds.inc()
+    _settled(client, "b1")
+    before = _log_bytes(client, "b1")
+    ds.poke(5 * MB + 3, 7)  # in place: the same array object, one page written
+    grown = _log_bytes(client, "b1") - before
+    assert grown >= 8 * MB
+    assert ds.at(5 * MB + 3) == 7
+    before = _log_bytes(client, "b1")
+    ds.renew(123, 9)  # a new array, possibly at the old one's address
+    assert _log_bytes(client, "b1") - before >= 8 * MB
+    _settled(client, "b1")
+    before = _log_bytes(client, "b1")
+    ds.inc()
+    assert _log_bytes(client, "b1") - before < MB
+    assert ds.at(123) == 9 and ds.at(5 * MB + 3) == 0
+
+
+@watching
+def test_memory_another_process_can_write_is_written_every_time(client):
+    from multiprocessing import shared_memory
+
+    shm = shared_memory.SharedMemory(create=True, size=4 * MB)
+    try:
+        ds = Dataset(MB)
+        ds.make_persistent(backend="b0")
+        ds.share(shm.name)
+        ds.inc()
+        _settled(client, "b0")
+        before = _log_bytes(client, "b0")
+        shm.buf[7] = 3  # behind the backend's page tables: only storing it again keeps it
+        ds.inc()
+        assert _log_bytes(client, "b0") - before >= 4 * MB
+        ds.delete_persistent()
+    finally:
+        shm.close()
+        shm.unlink()
+
+
+def test_in_place_writes_survive_kill9(own_cluster, own_client):
+    ds = Dataset(16 * MB)
+    ds.make_persistent(backend="b0")
+    for i in range(3):
+        ds.inc()  # unchanged array: its stored copy is reused
+        ds.poke(i * 4 * MB + 1, 10 + i)  # changed in place
+        ds.inc()
+    own_cluster.kill("b0", signal.SIGKILL)
+    own_cluster.restart("b0")
+    fresh = own_cluster.client()
+    previous = _context.install(fresh)
+    try:
+        again = fresh.get_by_id(ds.getID())
+        assert again.inc() == 7
+        data = again.whole()
+        expected = np.zeros(16 * MB, dtype=np.uint8)
+        for i in range(3):
+            expected[i * 4 * MB + 1] = 10 + i
+        np.testing.assert_array_equal(data, expected)
+    finally:
+        _context.install(previous)
+        fresh.close()
+
+
+def test_without_write_watch_every_buffer_is_written(tmp_path):
+    cluster = _start(tmp_path / "deploy", 1, {"write_watch": False})
+    from storage_api._deploy import _local
+
+    client = cluster.client()
+    previous = _context.install(client)
+    try:
+        ds = Dataset(4 * MB)
+        ds.make_persistent(backend="b0")
+        ds.inc()
+        before = _log_bytes(client, "b0")
+        ds.inc()
+        assert _log_bytes(client, "b0") - before >= 4 * MB
+        ds.poke(3, 4)
+        assert ds.inc() == 3 and ds.at(3) == 4
+    finally:
+        _context.install(previous)
+        client.close()
+        _local.stop(cluster.dir, purge=True)
+
+
+# ------------------------------------------------------------ the log on its own
+def _id() -> str:
+    return str(uuid.uuid4())
+
+
+def test_reused_data_records_survive_compaction_and_recovery(tmp_path):
+    """Versions that share DATA records with older ones stay exact through compactions (running
+    while new versions are written) and a reopening."""
+    s = Store(tmp_path, segment_bytes=8 * MB, compact_min=MB)
+    rng = np.random.default_rng(7)
+    objs = {_id(): (rng.bytes(2 * MB), bytearray(rng.bytes(BIG_BUFFER + 5))) for _ in range(4)}
+    lsns = {oid: s.put(oid, {"class": "m.A"}, b"v0", [b"small", fixed, moving]) for oid, (fixed, moving) in objs.items()}
+    stop = threading.Event()
+
+    def compacting() -> None:
+        while not stop.is_set():
+            s.compact()
+
+    worker = threading.Thread(target=compacting)
+    worker.start()
+    try:
+        for version in range(1, 60):
+            for n, (oid, (fixed, moving)) in enumerate(objs.items()):
+                reuse = {1: 0, 2: 1}  # the stored copies are the same bytes...
+                if (version + n) % 5 == 0:
+                    moving[version] = version  # ... except where a buffer changed
+                    del reuse[2]
+                lsns[oid] = s.put(oid, {"class": "m.A"}, b"v%d" % version, [b"small", fixed, moving], reuse=reuse,
+                                  base=lsns[oid])
+            s.sync(max(lsns.values()))
+    finally:
+        stop.set()
+        worker.join()
+    s.compact()
+    for store in (s, Store(tmp_path, segment_bytes=8 * MB, compact_min=MB)):
+        for oid, (fixed, moving) in objs.items():
+            _meta, body, buffers = store.load(oid)
+            assert (body, bytes(buffers[0]), bytes(buffers[1]), bytes(buffers[2])) == (b"v59", b"small", fixed,
+                                                                                       bytes(moving))
+        store.close()
+    assert s.stats()["live_bytes"] < 20 * MB  # each buffer's bytes once, not once per version
+
+
+def test_reuse_of_a_superseded_version_writes_the_buffer(tmp_path):
+    s = Store(tmp_path)
+    oid = _id()
+    first = s.put(oid, {"class": "m.A"}, b"v1", [bytes(2 * MB)])
+    s.put(oid, {"class": "m.A"}, b"v2", [b"\x01" * (2 * MB)])
+    s.sync(s.put(oid, {"class": "m.A"}, b"v3", [b"\x02" * (2 * MB)], reuse={0: 0}, base=first))
+    assert bytes(s.load(oid)[2][0]) == b"\x02" * (2 * MB)
+    s.close()
