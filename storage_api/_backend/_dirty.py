@@ -161,7 +161,7 @@ def _take(watcher: _Watcher, start: int, end: int) -> None:
         runs = [(start, end)]  # some marks may be consumed: count the whole range as written
         raise
     finally:
-        for span in list(_spans.values()):
+        for span in list(_spans.values()) if runs else ():
             if any(span.start < e and s < span.end for s, e in runs):
                 span.gen += 1
 
