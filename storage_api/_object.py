@@ -29,7 +29,6 @@ next to the data on the backend pays nothing for the machinery.
 from __future__ import annotations
 
 import enum
-import inspect
 import sys
 import typing
 import uuid
@@ -37,10 +36,13 @@ import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from . import _context
 from .errors import ClassNotFound, InvalidArguments, ObjectDeleted, StoreError
+
+if TYPE_CHECKING:
+    from ._stub import Params
 
 RESERVED_PREFIX = "_sa_"
 VOLATILE_PREFIX = "_v_"
@@ -277,10 +279,10 @@ def _ref(oid: str, path: str, backend: str | None) -> Any:
 class RemoteMethod:
     """Descriptor of an active method on a handle: calling it runs the method remotely."""
 
-    def __init__(self, name: str, readonly: bool, signature: inspect.Signature | None = None, doc: str | None = None):
+    def __init__(self, name: str, readonly: bool, params: Params | None = None, doc: str | None = None):
         self.name = name
         self.readonly = readonly
-        self.signature = signature  # set on stubs: arguments are checked before they travel
+        self.params = params  # set on stubs: arguments are checked before they travel
         self.__doc__ = doc
 
     def __get__(self, obj: Any, owner: type | None = None) -> Any:
@@ -297,10 +299,10 @@ class BoundRemoteMethod:
         self._method = method
 
     def _check(self, args: tuple, kwargs: dict) -> None:
-        sig = self._method.signature
-        if sig is not None:
+        params = self._method.params
+        if params is not None:
             try:
-                sig.bind(None, *args, **kwargs)
+                params.check(args, kwargs)
             except TypeError as exc:
                 raise InvalidArguments(f"{self._method.name}(): {exc}") from None
 

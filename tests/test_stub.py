@@ -114,3 +114,50 @@ def test_thin_client_import_pulls_no_heavy_modules():
     proc = run_python(code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
+
+
+def test_stub_argument_checks_agree_with_python_on_every_kind_of_parameter():
+    """A stub refuses exactly the calls Python would refuse (its own check, not inspect's bind):
+    random signatures of every parameter kind, random calls, each compared with a real call of a
+    real function of that signature."""
+    import inspect
+    import random
+
+    from storage_api._stub import Params, _signature_json
+
+    rng = random.Random(11)
+    kinds = inspect.Parameter
+    compared = refused = 0
+    for _ in range(400):
+        params, default = [], False
+        for kind in sorted(rng.choice([0, 1, 1, 2, 3, 3, 4]) for _ in range(rng.randint(0, 5))):
+            name = "abcdefgh"[len(params)]
+            if kind in (2, 4) and any(p.kind == kind for p in params):
+                continue
+            value = kinds.empty
+            if kind in (0, 1) and (default or rng.random() < 0.3) or kind == 3 and rng.random() < 0.5:
+                value, default = 1, default or kind != 3
+            params.append(inspect.Parameter(name, inspect._ParameterKind(kind), default=value))
+        self_kind = 0 if any(p.kind == 0 for p in params) else 1
+        sig = inspect.Signature([inspect.Parameter("self", inspect._ParameterKind(self_kind)), *params])
+        scope: dict = {}
+        exec(f"def method{sig}: pass", scope)
+        checked = Params(_signature_json(scope["method"]))
+        for _ in range(10):
+            args = tuple(range(rng.randint(0, 4)))
+            kwargs = dict.fromkeys(rng.sample("abcdefghxy", rng.randint(0, 3)), 1)
+            try:
+                scope["method"](None, *args, **kwargs)
+                python_refuses = False
+            except TypeError:
+                python_refuses = True
+            try:
+                checked.check(args, kwargs)
+                stub_refuses = False
+            except TypeError:
+                stub_refuses = True
+            assert stub_refuses == python_refuses, (str(sig), args, kwargs)
+            compared += 1
+            refused += python_refuses
+    assert compared == 4000 and 500 < refused < 3500  # both outcomes were exercised
+
