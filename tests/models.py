@@ -204,6 +204,13 @@ class Dataset(ActiveObject):
         return self.data
 
     @activemethod(readonly=True)
+    def spawn(self, nbytes: int) -> Dataset:
+        """A new persistent Dataset made here, on the backend."""
+        child = Dataset(nbytes)
+        child.make_persistent()
+        return child
+
+    @activemethod(readonly=True)
     def at(self, i: int) -> int:
         return int(self.data[i])
 

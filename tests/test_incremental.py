@@ -42,7 +42,7 @@ def _settled(client, backend: str) -> None:
 def test_unchanged_large_buffer_is_not_written_again(client):
     ds = Dataset(128 * MB)
     ds.make_persistent(backend="b0")
-    ds.inc()  # the first mutating call stores the array as it is in the backend's memory
+    assert ds.inc() == 1
     _settled(client, "b0")
     before = _log_bytes(client, "b0")
     assert [ds.inc() for _ in range(5)] == [2, 3, 4, 5, 6]
@@ -51,6 +51,26 @@ def test_unchanged_large_buffer_is_not_written_again(client):
     before = _log_bytes(client, "b0")
     assert ds.whole().nbytes == 128 * MB
     assert _log_bytes(client, "b0") - before < MB
+
+
+@watching
+@pytest.mark.parametrize("where", ["client", "backend"])
+def test_first_call_after_persisting_does_not_write_the_array_again(client, where):
+    """Persisted from a client (the array arrives, streamed to the log) or made on the backend."""
+    if where == "client":
+        ds = Dataset(32 * MB)
+        ds.make_persistent(backend="b1")
+    else:
+        maker = Dataset(0)
+        maker.make_persistent(backend="b1")
+        ds = maker.spawn(32 * MB)
+    assert client.meta.lookup(ds.getID()).backend == next(b.id for b in client.backends() if b.name == "b1")
+    _settled(client, "b1")
+    before = _log_bytes(client, "b1")
+    assert ds.inc() == 1
+    assert _log_bytes(client, "b1") - before < MB
+    ds.poke(3, 3)
+    assert ds.at(3) == 3
 
 
 @watching

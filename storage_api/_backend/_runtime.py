@@ -34,7 +34,7 @@ from .._serial import dump_state, loads
 from .._stub import describe_class
 from ..errors import (ClassNotFound, InvalidArguments, MethodNotFound, ObjectExists, ObjectMoved, ObjectNotFound,
                       StoreError)
-from ._dirty import Kept, plan
+from ._dirty import Kept, address, plan
 from ._placement import Failed, NotKept, Placement, keepable, remember, replace_state
 from ._rwlock import RWLock
 from ._store import BIG_BUFFER, Store
@@ -80,6 +80,12 @@ class Entry:
             raise ObjectMoved(f"object {self.oid} moved away while the call waited for it")
         if self.deleted:
             raise ObjectNotFound(f"object {self.oid} was deleted")
+
+
+def _big_places(buffers: list[Any]) -> list[tuple[int | None, int, int]]:
+    """Where each buffer that the log stores in a DATA record lies (a read-only one: which object)."""
+    views = [memoryview(b) for b in buffers]
+    return [(address(v), id(v.obj) if v.readonly else 0, v.nbytes) for v in views if v.nbytes >= BIG_BUFFER]
 
 
 def _invoke(func: Any, args: tuple, kwargs: dict, what: str) -> Any:
@@ -221,8 +227,10 @@ class LocalBackend(Placement):
             self.meta.claim_alias(alias, oid)
         lsn = 0
         try:
+            kept = self._watch_new(obj, path, buffers, streams)
             lsn = self.store.put(oid, {"class": path, "alias": alias}, body, buffers, streams)
-            self.new_entry(obj, oid, alias, "primary").lsn = lsn
+            entry = self.new_entry(obj, oid, alias, "primary")
+            entry.lsn, entry.kept = lsn, kept
             self.store.sync(lsn)
             # a caller may name the id (COMPSs' makePersistent(id)): it may be a deleted object's
             # (reused), or a live object's elsewhere (refused)
@@ -235,6 +243,18 @@ class LocalBackend(Placement):
             if alias:
                 self.meta.release_alias(alias, oid)
             raise
+
+    def _watch_new(self, obj: ActiveObject, path: str, buffers: list[Any], streams: list[Any] | None) -> list[Kept]:
+        """What the first write of a new object may reuse of the record about to store ``buffers``:
+        its live state's large buffers, watched from now on, if they are those very buffers (a
+        persisted state's arrays are views of the received buffers), else nothing."""
+        if not self.watch_writes or any(st is not None and memoryview(b).nbytes < BIG_BUFFER
+                                        for b, st in zip(buffers, streams or ())):
+            return []  # a DATA record for a small buffer would shift the slots (see _dirty.plan)
+        _body, live = dump_state(state_of(obj), path)
+        if _big_places(live) != _big_places(buffers):
+            return []
+        return plan([], live, BIG_BUFFER)[1]
 
     def _save(self, entry: Entry) -> int:
         return self._save_state(entry)[0]
