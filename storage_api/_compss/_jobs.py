@@ -204,8 +204,11 @@ def init(argv: list[str]) -> int:
         per_node = int(props["backends_per_node"])
         start_timeout = float(props["start_timeout"])
         port = int(props["redis_port"])
+        threads = int(props["threads"])
     except ValueError as exc:
         raise UsageError(f"storage props: {exc}") from None
+    if threads < 0:
+        raise UsageError(f"storage props: threads cannot be negative (got {threads}; 0: the CPUs of each backend)")
     if variables:
         with open(variables, "a"):  # must be writable; fail before starting anything
             pass
@@ -255,7 +258,7 @@ def init(argv: list[str]) -> int:
         backend_cfg = cfg / "backend.toml"
         _write_toml(backend_cfg, {**common, **tls, "network": network, "network_suffixes": props["network_suffixes"],
                                   "fsync": props["fsync"].lower() in ("1", "true", "yes", "on"),
-                                  "log_level": props["log_level"]})
+                                  "log_level": props["log_level"], "intra_op_threads": threads})
         launcher = props["launcher"]
         for node in workers:
             cname = node + suffix
