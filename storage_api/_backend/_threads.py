@@ -7,7 +7,7 @@ parallel operation waits for the thread that is not running, and a training loop
 slower on a busy machine instead of a little. Worse, OpenMP threads that wait for the others spin
 on their core by default, taking it from the thread they wait for: their waits are made passive
 (``OMP_WAIT_POLICY=PASSIVE``, unless the user chose a policy): on a 2-core machine with two busy
-processes per core, a 10-epoch LSTM training on a backend then took 1.5-2.5x its idle time, not 34x.
+processes per core, a 10-epoch LSTM training on a backend then took 1.3-2.5x its idle time, not 34x.
 
 The count is, in order: the ``intra_op_threads`` setting (``--threads``); else the user's own
 ``OMP_NUM_THREADS``; else the CPUs the process may run on (its affinity, as ``numactl``,
