@@ -74,7 +74,9 @@ def _pools_on_a_backend(tmp_path, launcher: list[str], extra: list[str]) -> tupl
             "p = Pools(); p.make_persistent(backend='pinned')\n"
             "print(json.dumps(p.sizes()))\n"
         )
-        out = run_python(code, env={**env, "STORAGE_API_REDIS_URL": url})
+        # The method's first import of torch holds the pinned backend's one CPU (and its GIL) for
+        # seconds on a busy machine: the client waits that long for its liveness replies.
+        out = run_python(code, env={**env, "STORAGE_API_REDIS_URL": url, "STORAGE_API_LIVENESS_TIMEOUT": "120"})
         assert out.returncode == 0, out.stderr
         status = [subprocess.run([sys.executable, "-m", "storage_api", "status", *args], capture_output=True,
                                  text=True, env={**env, "STORAGE_API_REDIS_URL": url}, cwd=ROOT, timeout=60).stdout
