@@ -211,3 +211,11 @@ def test_reuse_of_a_superseded_version_writes_the_buffer(tmp_path):
     s.sync(s.put(oid, {"class": "m.A"}, b"v3", [b"\x02" * (2 * MB)], reuse={0: 0}, base=first))
     assert bytes(s.load(oid)[2][0]) == b"\x02" * (2 * MB)
     s.close()
+
+
+def test_parts_of_a_bytes_value_are_not_taken_for_one_another():
+    value = bytes(3 * MB)
+    _reuse, kept = _dirty.plan([], [memoryview(value)], BIG_BUFFER)
+    assert _dirty.plan(kept, [memoryview(value)], BIG_BUFFER)[0] == {0: 0}  # the same value: reused
+    _reuse, kept = _dirty.plan([], [memoryview(value)[: 2 * MB]], BIG_BUFFER)
+    assert _dirty.plan(kept, [memoryview(value)[MB:]], BIG_BUFFER)[0] == {}  # same size, other bytes

@@ -272,7 +272,9 @@ def plan(kept: list[Kept], buffers: list[Any], threshold: int) -> tuple[dict[int
             continue
         slot += 1
         exporter = view.obj
-        if type(exporter) is bytes:  # immutable: its identity is its content
+        if type(exporter) is bytes:  # immutable: its identity is its content...
+            if view.nbytes != len(exporter):  # ... if the buffer is all of it
+                continue
             addr = id(exporter)
             old = before.get((addr, view.nbytes))
             if old is not None and old.exporter() is exporter:
