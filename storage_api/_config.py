@@ -223,7 +223,7 @@ def default_config_path() -> Path:
     return home() / "local" / "client.toml"
 
 
-def _coerce(name: str, value: Any, source: str) -> Any:
+def coerce(name: str, value: Any, source: str) -> Any:
     kind = FIELDS[name].type
     try:
         if kind == "bool":
@@ -265,7 +265,7 @@ def read_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     unknown = sorted(set(data) - set(FIELDS))
     if unknown:
         raise ConfigError(f"config file {path}: unknown keys {unknown} (known: {sorted(FIELDS)})")
-    values = {k: _coerce(k, v, str(path)) for k, v in data.items()}
+    values = {k: coerce(k, v, str(path)) for k, v in data.items()}
     # A file that names other files names them relative to itself, so that a settings file and
     # the files beside it can be copied together to another machine (a device's credential).
     here = Path(path).resolve().parent
@@ -287,7 +287,7 @@ def read_env(environ: dict[str, str] | os._Environ[str] | None = None) -> dict[s
         name = key[len(ENV_PREFIX) :].lower()
         if name not in FIELDS:
             raise ConfigError(f"unknown environment variable {key} (settings: {sorted(FIELDS)})")
-        out[name] = _coerce(name, value, key)
+        out[name] = coerce(name, value, key)
     return out
 
 
@@ -305,7 +305,7 @@ def load(config: str | os.PathLike[str] | None = None, *, use_default_file: bool
     elif use_default_file and "redis_url" not in env and "redis_url" not in explicit and default_config_path().exists():
         values.update(read_file(default_config_path()))
     values.update(env)
-    values.update({k: _coerce(k, v, "argument") for k, v in explicit.items()})
+    values.update({k: coerce(k, v, "argument") for k, v in explicit.items()})
     return Settings(**values).validate()
 
 

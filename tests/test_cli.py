@@ -192,3 +192,24 @@ def test_run_without_its_plugin_is_a_clear_error(tmp_path, home_env):
     assert out.returncode == 2
     assert "no installed plugin provides this command" in out.stderr and "workflows" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_up_passes_settings_to_its_backends(home_env):
+    """`up --set` and the STORAGE_API_* variables of up's environment reach the deployment's
+    settings file, which its backends read (seen in what a backend reports); mistakes are refused
+    before anything starts."""
+    env = dict(home_env, STORAGE_API_WRITE_WATCH="false")
+    up = _cli("up", "--backends", "1", "--set", "intra_op_threads=1", "--set", "serve_spin_us=0", env=env)
+    assert up.returncode == 0, up.stderr
+    assert "write_watch = false" in up.stderr and "intra_op_threads = 1" in up.stderr
+    config = (open(os.path.join(home_env["STORAGE_API_HOME"], "local", "client.toml")).read())
+    assert "write_watch = false" in config and "intra_op_threads = 1" in config and "serve_spin_us = 0.0" in config
+    status = _cli("status", "--json", env=home_env)
+    assert status.returncode == 0, status.stderr
+    assert [b["threads"] for b in json.loads(status.stdout)["backends"]] == [1]
+    assert _cli("down", env=home_env).returncode == 0
+    for bad, says in ((["--set", "nosuch=1"], "unknown setting"), (["--set", "write_watch=maybe"], "must be a bool"),
+                      (["--set", "redis_url=redis://x"], "sets it itself"), (["--set", "novalue"], "SETTING=VALUE")):
+        refused = _cli("up", *bad, env=home_env)
+        assert refused.returncode != 0 and says in refused.stderr, (bad, refused.stderr)
+        assert "redis-server running" not in refused.stderr

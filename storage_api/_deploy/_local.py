@@ -45,7 +45,7 @@ from typing import Any
 from .. import _context, _pki
 from ._procs import alive as _alive, free_port, redis_config, redis_ready, spawn
 from ._procs import size as _size, tail as _tail, terminate as _terminate
-from .._config import Settings, check_log_level, home as default_home, read_file, to_toml
+from .._config import FIELDS, Settings, check_log_level, coerce, home as default_home, read_file, to_toml
 from .._metadata import Metadata
 from .._redis import Redis
 from ..errors import ConfigError, StoreError
@@ -132,6 +132,34 @@ def _executable(name: str) -> str:
     if not os.path.exists(name):
         raise ConfigError(f"redis-server {name}: no such file" + ("" if os.sep in name else " or command on PATH"))
     raise ConfigError(f"redis-server {name}: not an executable file")
+
+
+# What a deployment sets itself: where its Redis, secret and CA are (the settings file is theirs).
+OWN_SETTINGS = frozenset({"redis_url", "secret", "secret_file", "backends", "credential", "credential_file",
+                          "tls_ca", "tls_ca_key", "tls_cert", "tls_key", "storage_dir"})
+
+
+def deployment_settings(env: dict[str, Any], given: list[str]) -> dict[str, Any]:
+    """The settings a new deployment writes into its settings file (which its backends and
+    clients read): ``env`` (the ``STORAGE_API_*`` variables of the command that starts it, as
+    ``_config.read_env`` checked them; those naming where to connect are not the deployment's),
+    then ``given`` (``SETTING=VALUE`` strings)."""
+    values = {name: value for name, value in env.items() if name not in OWN_SETTINGS}  # those say where to connect
+    for name, value in (_split_setting(text) for text in given):
+        if name not in FIELDS:
+            raise ConfigError(f"--set {name}: unknown setting (settings: {sorted(FIELDS)})")
+        if name in OWN_SETTINGS:
+            raise ConfigError(f"--set {name}: the deployment sets it itself")
+        values[name] = coerce(name, value, f"--set {name}")
+    Settings(**values).validate()
+    return values
+
+
+def _split_setting(text: str) -> tuple[str, str]:
+    name, eq, value = text.partition("=")
+    if not eq or not name.strip():
+        raise ConfigError(f"--set {text!r}: expected SETTING=VALUE")
+    return name.strip().lower(), value.strip()
 
 
 def _clean_env() -> dict[str, str]:
@@ -366,17 +394,20 @@ def local_dir() -> Path:
 
 @contextmanager
 def local_cluster(backends: int = 2, *, directory: str | os.PathLike[str] | None = None, fsync: bool = True,
-                  log_level: str = "WARNING", redis_server: str | None = None) -> Iterator[Any]:
+                  log_level: str = "WARNING", redis_server: str | None = None,
+                  settings: dict[str, Any] | None = None) -> Iterator[Any]:
     """Start a private deployment for the duration of a ``with`` block; yield a connected client.
 
     The client is installed as the process's runtime while the block runs. Without ``directory``
-    everything lives in a temporary directory that is removed afterwards.
+    everything lives in a temporary directory that is removed afterwards. ``settings`` (e.g.
+    ``{"write_watch": False}``) go to the deployment's settings file, as ``up --set`` does.
     """
     from .._client import Client
 
     tmp = None if directory is not None else tempfile.mkdtemp(prefix="storage-api-")
     d = Path(directory or tmp)  # type: ignore[arg-type]
-    dep = start(d, backends, fsync=fsync, log_level=log_level, redis_server=redis_server)
+    dep = start(d, backends, fsync=fsync, log_level=log_level, redis_server=redis_server,
+                settings=deployment_settings({}, [f"{k}={v}" for k, v in (settings or {}).items()]))
     client = Client(dep.settings())
     previous = _context.install(client)
     try:
