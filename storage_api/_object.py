@@ -129,9 +129,15 @@ class ActiveObject:
     _sa_methods: ClassVar[dict[str, MethodSpec]] = {}
     _sa_class_path: ClassVar[str] = ""
     _sa_generated: ClassVar[bool] = False
+    _sa_write_watch: ClassVar[bool] = True
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, *, write_watch: bool | None = None, **kwargs: Any) -> None:
+        """``class Model(ActiveObject, write_watch=False)``: its backends store every large buffer
+        at every write, instead of only those written since (for memory that devices or the kernel
+        write through pinned pages, which the backend cannot see; inherited by subclasses)."""
         super().__init_subclass__(**kwargs)
+        if write_watch is not None:
+            cls._sa_write_watch = bool(write_watch)
         if cls.__dict__.get("_sa_generated"):
             return
         cls._sa_fields = _collect_fields(cls)

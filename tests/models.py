@@ -215,6 +215,12 @@ class Dataset(ActiveObject):
         return int(self.data[i])
 
 
+class UnwatchedDataset(Dataset, write_watch=False):
+    """A Dataset whose backends store the array at every write (as for memory that a device
+    writes behind the page tables)."""
+
+
+
 class Node(ActiveObject):
     """A linked structure to test references between persistent objects."""
 

@@ -17,7 +17,7 @@ from storage_api import _messages as m
 from storage_api._backend import _dirty
 from storage_api._backend._store import BIG_BUFFER, Store
 from tests.conftest import _start, wait_for
-from tests.models import Dataset
+from tests.models import Dataset, UnwatchedDataset
 
 MB = 1 << 20
 watching = pytest.mark.skipif(not _dirty.available(), reason="no userfaultfd write protection here")
@@ -158,6 +158,24 @@ def test_without_write_watch_every_buffer_is_written(tmp_path):
         _context.install(previous)
         client.close()
         _local.stop(cluster.dir, purge=True)
+
+
+@watching
+def test_a_class_can_turn_write_watching_off(client):
+    """``class M(ActiveObject, write_watch=False)``: every write of its objects stores the array,
+    on a backend that watches the buffers of other classes."""
+    plain, unwatched = Dataset(4 * MB), UnwatchedDataset(4 * MB)
+    for ds in (plain, unwatched):
+        ds.make_persistent(backend="b1")
+        ds.inc()
+    grew = []
+    for ds in (plain, unwatched):
+        _settled(client, "b1")
+        before = _log_bytes(client, "b1")
+        ds.inc()
+        grew.append(_log_bytes(client, "b1") - before)
+    assert grew[0] < MB <= 4 * MB <= grew[1]
+    assert UnwatchedDataset._sa_write_watch is False and Dataset._sa_write_watch is True
 
 
 # ------------------------------------------------------------ the log on its own

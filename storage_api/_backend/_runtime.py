@@ -248,8 +248,9 @@ class LocalBackend(Placement):
         """What the first write of a new object may reuse of the record about to store ``buffers``:
         its live state's large buffers, watched from now on, if they are those very buffers (a
         persisted state's arrays are views of the received buffers), else nothing."""
-        if not self.watch_writes or any(st is not None and memoryview(b).nbytes < BIG_BUFFER
-                                        for b, st in zip(buffers, streams or ())):
+        if not (self.watch_writes and type(obj)._sa_write_watch):
+            return []
+        if any(st is not None and memoryview(b).nbytes < BIG_BUFFER for b, st in zip(buffers, streams or ())):
             return []  # a DATA record for a small buffer would shift the slots (see _dirty.plan)
         _body, live = dump_state(state_of(obj), path)
         if _big_places(live) != _big_places(buffers):
@@ -277,7 +278,7 @@ class LocalBackend(Placement):
             if entry.role != "primary":
                 meta["role"] = entry.role
             # Replicas get a new copy of every buffer with each write: nothing to watch there.
-            watch = self.watch_writes and entry.role == "primary"
+            watch = self.watch_writes and entry.role == "primary" and entry.cls._sa_write_watch
             reuse, now = plan(kept, buffers, BIG_BUFFER) if watch else ({}, [])
             entry.lsn = self.store.put(entry.oid, meta, body, buffers, reuse=reuse, base=entry.lsn)
             entry.kept = now
