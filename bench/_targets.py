@@ -39,7 +39,8 @@ def report(targets: list[Target], values: dict[str, float | None], heading: str 
     for t in targets:
         value = values.get(t.key)
         shown = "-" if value is None else f"{value:,.1f}"
-        lines.append(f"  {t.key:24} {t.op} {t.limit:>9,g} {t.unit:5} {shown:>12}  {'met' if t.met(value) else 'NOT met'}")
+        verdict = "met" if t.met(value) else "NOT met" if value is not None else "not measured (counts as missed)"
+        lines.append(f"  {t.key:24} {t.op} {t.limit:>9,g} {t.unit:5} {shown:>12}  {verdict}")
     return lines, all(t.met(values.get(t.key)) for t in targets)
 
 

@@ -381,7 +381,8 @@ def _relative_lines(ours: dict[str, Any], others: list[dict[str, Any]], floors: 
     noop, inc, p_noop, p_inc = _latencies(ours, others)
     vs = relative(ours, others, floors)
     if None in vs.values():
-        return []
+        return ["no-op and mutating p50 against Pyro5's: not measured (run with --baselines, after "
+                "bash bench/setup_baselines.sh)"]
     fsync = floors["fsync_us"]
     return [f"no-op p50: ours {noop:,.1f} us, Pyro5 {p_noop:,.1f} us ({vs['noop_over_pyro5']:.2f}x Pyro5's)",
             f"mutating p50: ours {inc:,.1f} us (durable), Pyro5 {p_inc:,.1f} us (in memory) + one fdatasync "

@@ -330,5 +330,8 @@ def describe(settings: Settings) -> str:
         value = getattr(settings, f.name)
         if f.name in ("secret", "credential") and value:
             value = "<set>"
+        elif f.name == "redis_url" and "@" in value:  # its password: not for the terminal
+            scheme, _, rest = value.partition("://")
+            value = f"{scheme}://<password>@{rest.rpartition('@')[2]}"
         rows.append(f"{f.name:20} = {value!r:32} # {f.metadata['doc']}  [{ENV_PREFIX}{f.name.upper()}]")
     return "\n".join(rows)

@@ -213,3 +213,30 @@ def test_up_passes_settings_to_its_backends(home_env):
         refused = _cli("up", *bad, env=home_env)
         assert refused.returncode != 0 and says in refused.stderr, (bad, refused.stderr)
         assert "redis-server running" not in refused.stderr
+
+
+def test_down_names_a_backend_that_joined_by_hand(home_env, tmp_path):
+    """A backend started with the deployment's Redis URL and secret (not its settings file) is not
+    `up`'s to stop: `down` says it keeps running, and `status` had listed it."""
+    assert _cli("up", "--backends", "1", env=home_env).returncode == 0
+    local = os.path.join(home_env["STORAGE_API_HOME"], "local")
+    redis_url = [line.split("=", 1)[1].strip().strip('"') for line in open(os.path.join(local, "client.toml"))
+                 if line.startswith("redis_url")][0]
+    env = dict(home_env, STORAGE_API_REDIS_URL=redis_url)
+    extra = subprocess.Popen([sys.executable, "-m", "storage_api", "backend", "--storage-dir", str(tmp_path / "bx"),
+                              "--name", "bx", "--secret-file", os.path.join(local, "secret")], env=env, cwd=ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            status = _cli("status", "--json", env=home_env)
+            if status.returncode == 0 and "bx" in [b["name"] for b in json.loads(status.stdout)["backends"]]:
+                break
+        else:
+            raise AssertionError("the hand-started backend never registered")
+        down = _cli("down", env=home_env)
+        assert down.returncode == 0
+        assert f"backend bx (pid {extra.pid}" in down.stderr and "stop it yourself" in down.stderr
+        assert extra.poll() is None  # not stopped by down
+    finally:
+        extra.terminate()
+        extra.wait(timeout=60)

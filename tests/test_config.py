@@ -83,10 +83,11 @@ def test_default_file_written_by_up_is_found(tmp_path):
 
 
 def test_describe_lists_every_field():
-    text = _config.describe(_config.Settings(secret="hidden"))
+    text = _config.describe(_config.Settings(secret="hidden", redis_url="redis://:pw-hidden@db.example:6379/0"))
     for name in _config.FIELDS:
         assert name in text
     assert "hidden" not in text and "STORAGE_API_REDIS_URL" in text
+    assert "redis://<password>@db.example:6379/0" in text  # where it is, not its password
 
 
 def test_readme_documents_every_setting():

@@ -347,6 +347,24 @@ def stop(directory: str | os.PathLike[str], *, purge: bool = False) -> bool:
     return True
 
 
+def joined_by_hand(directory: str | os.PathLike[str]) -> list[str]:
+    """Live backends registered in a running deployment's Redis that :func:`stop` will not stop:
+    started by hand with its Redis URL and secret instead of its settings file (``--config``)."""
+    d = Path(directory)
+    dep = Deployment.load(d)
+    if dep is None or not _runs(dep.redis.pid, "redis-server"):
+        return []
+    ours = set(backends_of(d)) | {b.pid for b in dep.backends}
+    try:
+        meta = Metadata(Redis(dep.redis_url))
+        try:
+            return [f"{b.name} (pid {b.pid}, {b.address})" for b in meta.backends() if b.alive and b.pid not in ours]
+        finally:
+            meta.redis.close()
+    except (StoreError, OSError):  # Redis is going or gone: nothing to say
+        return []
+
+
 #: What a deployment directory holds besides ``deployment.json`` and ``client.toml`` (see the module doc).
 DATA = ("backends", "redis", "logs", "tls", "secret")
 
