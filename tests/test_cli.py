@@ -209,9 +209,12 @@ def test_up_passes_settings_to_its_backends(home_env):
     assert [b["threads"] for b in json.loads(status.stdout)["backends"]] == [1]
     assert _cli("down", env=home_env).returncode == 0
     for bad, says in ((["--set", "nosuch=1"], "unknown setting"), (["--set", "write_watch=maybe"], "must be a bool"),
-                      (["--set", "redis_url=redis://x"], "sets it itself"), (["--set", "novalue"], "SETTING=VALUE")):
-        refused = _cli("up", *bad, env=home_env)
-        assert refused.returncode != 0 and says in refused.stderr, (bad, refused.stderr)
+                      (["--set", "redis_url=redis://x"], "sets it itself"), (["--set", "port=5555"], "sets it itself"),
+                      (["--set", "novalue"], "SETTING=VALUE"), ({"STORAGE_API_REDIS_URL": "redis://x"}, "sets redis_url"),
+                      ({"STORAGE_API_NAME": "zz"}, "sets name")):
+        args, extra = (bad, {}) if isinstance(bad, list) else ([], bad)
+        refused = _cli("up", *args, env=dict(home_env, **extra))
+        assert refused.returncode == 2 and says in refused.stderr, (bad, refused.stderr)
         assert "redis-server running" not in refused.stderr
 
 
@@ -240,3 +243,36 @@ def test_down_names_a_backend_that_joined_by_hand(home_env, tmp_path):
     finally:
         extra.terminate()
         extra.wait(timeout=60)
+
+
+def test_down_stops_a_backend_restarted_with_the_readme_recipe(home_env):
+    """One killed backend of `up`'s deployment, started again as README shows (the `storage-api`
+    script, the deployment's settings file): it is the deployment's, and `down` stops it."""
+    import shutil
+    import signal
+
+    script = shutil.which("storage-api", path=os.path.dirname(sys.executable)) or shutil.which("storage-api")
+    if script is None:
+        pytest.skip("the storage-api script is not installed")
+    assert _cli("up", "--backends", "1", env=home_env).returncode == 0
+    local = os.path.join(home_env["STORAGE_API_HOME"], "local")
+    first = json.loads(_cli("status", "--json", env=home_env).stdout)["backends"][0]["pid"]
+    os.kill(first, signal.SIGKILL)
+    again = subprocess.Popen([script, "backend", "--config", "client.toml", "--storage-dir", "backends/b0",
+                              "--name", "b0"], env=home_env, cwd=local,  # relative paths: resolved in its cwd
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            rows = json.loads(_cli("status", "--json", env=home_env).stdout or "{}").get("backends", [])
+            if any(b["pid"] == again.pid and b["alive"] for b in rows):
+                break
+        else:
+            raise AssertionError("the restarted backend never came up")
+        refused = _cli("up", env=home_env)
+        assert refused.returncode != 0 and "already running" in refused.stderr
+        down = _cli("down", env=home_env)
+        assert down.returncode == 0 and "joined this deployment by hand" not in down.stderr
+        assert again.wait(timeout=60) is not None  # stopped by down
+    finally:
+        if again.poll() is None:
+            again.kill()

@@ -45,7 +45,7 @@ from typing import Any
 from .. import _context, _pki
 from ._procs import alive as _alive, free_port, redis_config, redis_ready, spawn
 from ._procs import size as _size, tail as _tail, terminate as _terminate
-from .._config import FIELDS, Settings, check_log_level, coerce, home as default_home, read_file, to_toml
+from .._config import ENV_PREFIX, FIELDS, Settings, check_log_level, coerce, home as default_home, read_file, to_toml
 from .._metadata import Metadata
 from .._redis import Redis
 from ..errors import ConfigError, StoreError
@@ -134,17 +134,22 @@ def _executable(name: str) -> str:
     raise ConfigError(f"redis-server {name}: not an executable file")
 
 
-# What a deployment sets itself: where its Redis, secret and CA are (the settings file is theirs).
+# What a deployment sets itself: where its Redis, secret and CA are (the settings file is theirs),
+# and what each backend gets on its command line (its name, address, storage, fsync, log level).
 OWN_SETTINGS = frozenset({"redis_url", "secret", "secret_file", "backends", "credential", "credential_file",
-                          "tls_ca", "tls_ca_key", "tls_cert", "tls_key", "storage_dir"})
+                          "tls_ca", "tls_ca_key", "tls_cert", "tls_key", "storage_dir", "name", "host", "port",
+                          "fsync", "log_level"})
 
 
 def deployment_settings(env: dict[str, Any], given: list[str]) -> dict[str, Any]:
     """The settings a new deployment writes into its settings file (which its backends and
     clients read): ``env`` (the ``STORAGE_API_*`` variables of the command that starts it, as
-    ``_config.read_env`` checked them; those naming where to connect are not the deployment's),
-    then ``given`` (``SETTING=VALUE`` strings)."""
-    values = {name: value for name, value in env.items() if name not in OWN_SETTINGS}  # those say where to connect
+    ``_config.read_env`` checked them), then ``given`` (``SETTING=VALUE`` strings). Settings the
+    deployment makes itself are refused from both."""
+    for name in sorted(OWN_SETTINGS & set(env)):
+        raise ConfigError(f"{ENV_PREFIX}{name.upper()}: the deployment sets {name} itself (unset the variable to "
+                          "start one)")
+    values = dict(env)
     for name, value in (_split_setting(text) for text in given):
         if name not in FIELDS:
             raise ConfigError(f"--set {name}: unknown setting (settings: {sorted(FIELDS)})")
@@ -212,8 +217,31 @@ def redis_on(directory: str | os.PathLike[str]) -> list[int]:
 def backends_of(directory: str | os.PathLike[str]) -> list[int]:
     """Pids of the backends started with a deployment's settings file (recorded or not: one
     spawned just before ``start`` was killed is in no record)."""
-    config = str((Path(directory) / "client.toml").resolve()).encode()
-    return [pid for pid, _comm, cmd in _processes() if b"storage_api\0backend" in cmd and config in cmd]
+    config = (Path(directory) / "client.toml").resolve()
+    return [pid for pid, _comm, cmd in _processes() if _backend_config(pid, cmd) == config]
+
+
+def _backend_config(pid: int, cmd: bytes) -> Path | None:
+    """The settings file a ``storage-api backend`` process was started with (``python -m
+    storage_api backend`` or the ``storage-api`` script; ``--config F`` or ``--config=F``, F
+    relative to its working directory), else None."""
+    args = cmd.split(b"\0")
+    try:
+        at = args.index(b"backend")
+    except ValueError:
+        return None
+    if not any(a == b"storage_api" or a.rsplit(b"/", 1)[-1] == b"storage-api" for a in args[:at]):
+        return None
+    for i, arg in enumerate(args[at + 1 :], at + 1):
+        if arg == b"--config" and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(b"--config="):
+            value = arg[len(b"--config=") :]
+        else:
+            continue
+        path = Path(os.fsdecode(value)).expanduser()
+        return (Path(_cwd(pid) or "/") / path).resolve() if not path.is_absolute() else path.resolve()
+    return None
 
 
 def _processes() -> list[tuple[int, str, bytes]]:
