@@ -39,9 +39,9 @@ def _cmd_down(args: argparse.Namespace) -> int:
     from ._deploy import _local
 
     directory = Path(args.dir or _local.local_dir())
-    for other in _local.joined_by_hand(directory):
-        print(f"storage-api: backend {other} joined this deployment by hand and keeps running without its "
-              "Redis: stop it yourself (SIGTERM)", file=sys.stderr)
+    for other in _local.joined_by_hand(directory)[1]:
+        print(f"storage-api: backend {other} joined this deployment from elsewhere and keeps running without "
+              "its Redis: stop it there (SIGTERM)", file=sys.stderr)
     said = (f"deployment in {directory} stopped" if _local.stop(directory)
             else f"no deployment running in {directory}")
     size = _local.data_size(directory)

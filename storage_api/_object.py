@@ -137,7 +137,9 @@ class ActiveObject:
         write through pinned pages, which the backend cannot see; inherited by subclasses)."""
         super().__init_subclass__(**kwargs)
         if write_watch is not None:
-            cls._sa_write_watch = bool(write_watch)
+            if not isinstance(write_watch, bool):  # "false" would be true: a silent, unsafe mistake
+                raise TypeError(f"{cls.__name__}: write_watch must be True or False, not {write_watch!r}")
+            cls._sa_write_watch = write_watch
         if cls.__dict__.get("_sa_generated"):
             return
         cls._sa_fields = _collect_fields(cls)

@@ -176,6 +176,8 @@ def test_a_class_can_turn_write_watching_off(client):
         grew.append(_log_bytes(client, "b1") - before)
     assert grew[0] < MB <= 4 * MB <= grew[1]
     assert UnwatchedDataset._sa_write_watch is False and Dataset._sa_write_watch is True
+    with pytest.raises(TypeError, match="write_watch must be True or False"):
+        type("Stringly", (Dataset,), {}, write_watch="false")
 
 
 # ------------------------------------------------------------ the log on its own
@@ -237,3 +239,39 @@ def test_parts_of_a_bytes_value_are_not_taken_for_one_another():
     assert _dirty.plan(kept, [memoryview(value)], BIG_BUFFER)[0] == {0: 0}  # the same value: reused
     _reuse, kept = _dirty.plan([], [memoryview(value)[: 2 * MB]], BIG_BUFFER)
     assert _dirty.plan(kept, [memoryview(value)[MB:]], BIG_BUFFER)[0] == {}  # same size, other bytes
+
+
+def test_a_write_waits_for_a_compaction_to_move_the_buffers_it_reuses(tmp_path, monkeypatch):
+    """A write that would reuse a buffer the running compaction is moving waits for the copy and
+    points at it, rather than storing the buffer whole (which would make the copy garbage at once
+    and start the next compaction: a loop while writes go on)."""
+    s = Store(tmp_path, compact_min=MB)
+    oid = _id()
+    base = s.put(oid, {"class": "m.A"}, b"v0", [b"\x07" * (4 * MB)])
+    s.sync(base)
+    moving, release = threading.Event(), threading.Event()
+    copy = s._compact_segments
+
+    def held_copy(old):  # the compaction has condemned the segments; its copying is held here
+        moving.set()
+        release.wait(30)
+        copy(old)
+
+    monkeypatch.setattr(s, "_compact_segments", held_copy)
+    compaction = threading.Thread(target=s.compact)
+    compaction.start()
+    assert moving.wait(30)
+    written: list[int] = []
+    writer = threading.Thread(target=lambda: written.append(
+        s.put(oid, {"class": "m.A"}, b"v1", [b"\x07" * (4 * MB)], reuse={0: 0}, base=base)))
+    writer.start()
+    writer.join(0.5)
+    assert not written  # it waits for the compaction
+    release.set()
+    compaction.join(30)
+    writer.join(30)
+    s.sync(written[0])
+    assert s.stats()["log_bytes"] < 6 * MB  # the compaction's copy of the buffer, and a small record
+    _meta, body, buffers = s.load(oid)
+    assert body == b"v1" and bytes(buffers[0]) == b"\x07" * (4 * MB)
+    s.close()

@@ -55,6 +55,7 @@ import logging
 import os
 import struct
 import threading
+import time
 import uuid
 import weakref
 import zlib
@@ -74,6 +75,7 @@ HSIGNED = HEADER.size - 4
 DESC = struct.Struct("<BxHIQQ")
 INLINE, EXTERNAL = 0, 1
 
+COMPACTION_WAIT = 10.0  # seconds a write waits for a compaction to finish moving the buffers it reuses
 BIG_BUFFER = 1 << 20  # buffers this large go to DATA records (two-phase write)
 PREALLOC = 64 << 20  # the largest preallocation step (the default of the log_prealloc_mb setting)
 PREALLOC_MIN = 1 << 20
@@ -133,6 +135,7 @@ class Store:
         self._compact_lock = threading.Lock()
         self._pins: dict[int, int] = {}  # segment -> DATA records in it not yet referenced by an indexed PUT
         self._condemned: set[int] = set()  # segments a running compaction will delete
+        self._compactions = 0  # compactions that ended (a write waits for the one running, see _reusable)
         self._unpinned = threading.Condition(self._append_lock)
         self._closed = False
         self._no_room = False  # the last compaction found too little free space (logged once)
@@ -399,6 +402,16 @@ class Store:
         compaction may have copied them); each pins its segment until the new record is indexed."""
         found: dict[int, tuple[int, int, int]] = {}
         with self._append_lock:
+            # A compaction moving them: wait for their copies rather than write them whole (which
+            # would make the compaction's copies garbage at once, and start the next compaction).
+            # Only for the compaction running now: the next one may find the copies to move again.
+            deadline, running = time.monotonic() + COMPACTION_WAIT, self._compactions
+            while self._condemned and self._compactions == running and time.monotonic() < deadline:
+                loc = self._index.get(key)
+                if loc is None or not any(loc.data[slot][0] in self._condemned
+                                          for slot in reuse.values() if slot < len(loc.data)):
+                    break
+                self._unpinned.wait(deadline - time.monotonic())
             loc = self._index.get(key)
             if loc is None or loc.lsn != base:
                 return found
@@ -535,6 +548,8 @@ class Store:
         finally:
             with self._append_lock:
                 self._condemned = set()
+                self._compactions += 1
+                self._unpinned.notify_all()  # writes waiting to reuse what it moved (see _reusable)
 
     def _compact_segments(self, old: dict[int, _Segment]) -> None:
         with self._append_lock:

@@ -366,6 +366,7 @@ def stop(directory: str | os.PathLike[str], *, purge: bool = False) -> bool:
         redis |= {dep.redis.pid} if _runs(dep.redis.pid, "redis-server") else set()
     if dep is None and not backends and not redis:
         return False
+    backends |= set(joined_by_hand(d)[0])  # first: they deregister while Redis still runs
     _terminate(sorted(backends), STOP_TIMEOUT)
     _terminate(sorted(redis), STOP_TIMEOUT)
     (d / "deployment.json").unlink(missing_ok=True)
@@ -375,22 +376,39 @@ def stop(directory: str | os.PathLike[str], *, purge: bool = False) -> bool:
     return True
 
 
-def joined_by_hand(directory: str | os.PathLike[str]) -> list[str]:
-    """Live backends registered in a running deployment's Redis that :func:`stop` will not stop:
-    started by hand with its Redis URL and secret instead of its settings file (``--config``)."""
+def joined_by_hand(directory: str | os.PathLike[str]) -> tuple[list[int], list[str]]:
+    """Live backends registered in a running deployment's Redis that it did not start and that
+    were not started with its settings file (``--config``), but with its Redis URL and secret:
+    ``(pids of those running on this machine, names of the others)``. ``stop`` stops the first
+    with the deployment's own (they could not deregister once Redis is gone)."""
     d = Path(directory)
     dep = Deployment.load(d)
     if dep is None or not _runs(dep.redis.pid, "redis-server"):
-        return []
+        return [], []
     ours = set(backends_of(d)) | {b.pid for b in dep.backends}
     try:
         meta = Metadata(Redis(dep.redis_url))
         try:
-            return [f"{b.name} (pid {b.pid}, {b.address})" for b in meta.backends() if b.alive and b.pid not in ours]
+            others = [b for b in meta.backends() if b.alive and b.pid not in ours]
         finally:
             meta.redis.close()
     except (StoreError, OSError):  # Redis is going or gone: nothing to say
-        return []
+        return [], []
+    here = [b for b in others if _serves(b.pid, b.storage_dir)]
+    return [b.pid for b in here], [f"{b.name} (pid {b.pid}, {b.address})" for b in others if b not in here]
+
+
+def _serves(pid: int, storage_dir: str) -> bool:
+    """Whether ``pid`` is, on this machine, the backend process serving ``storage_dir``."""
+    try:
+        cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    args = cmd.split(b"\0")
+    if b"backend" not in args or b"--storage-dir" not in args[:-1]:
+        return False
+    given = Path(os.fsdecode(args[args.index(b"--storage-dir") + 1]))
+    return (Path(_cwd(pid) or "/") / given).resolve() == Path(storage_dir).resolve()
 
 
 #: What a deployment directory holds besides ``deployment.json`` and ``client.toml`` (see the module doc).
