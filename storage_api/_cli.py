@@ -23,7 +23,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from ._deploy import _local
 
     directory = args.dir or _local.local_dir()
-    settings = _local.deployment_settings(_config.read_env(), args.set)
+    settings = _local.deployment_settings(_config.read_env(), [_local.split_setting(text) for text in args.set])
     if settings:
         print(f"storage-api: settings of the deployment: {_config.to_toml(settings).strip()}".replace("\n", ", "),
               file=sys.stderr)

@@ -36,7 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -141,26 +141,28 @@ OWN_SETTINGS = frozenset({"redis_url", "secret", "secret_file", "backends", "cre
                           "fsync", "log_level"})
 
 
-def deployment_settings(env: dict[str, Any], given: list[str]) -> dict[str, Any]:
+def deployment_settings(env: dict[str, Any], given: Iterable[tuple[str, Any]], source: str = "--set") -> dict[str, Any]:
     """The settings a new deployment writes into its settings file (which its backends and
     clients read): ``env`` (the ``STORAGE_API_*`` variables of the command that starts it, as
-    ``_config.read_env`` checked them), then ``given`` (``SETTING=VALUE`` strings). Settings the
-    deployment makes itself are refused from both."""
-    for name in sorted(OWN_SETTINGS & set(env)):
-        raise ConfigError(f"{ENV_PREFIX}{name.upper()}: the deployment sets {name} itself (unset the variable to "
-                          "start one)")
+    ``_config.read_env`` checked them), then ``given`` (``(setting, value)`` pairs, from
+    ``source``). Settings the deployment makes itself are refused from both."""
+    own = sorted(OWN_SETTINGS & set(env))
+    if own:
+        raise ConfigError(f"{ENV_PREFIX}{own[0].upper()}: the deployment sets {own[0]} itself (unset the variable "
+                          "to start one)")
     values = dict(env)
-    for name, value in (_split_setting(text) for text in given):
+    for name, value in given:
         if name not in FIELDS:
-            raise ConfigError(f"--set {name}: unknown setting (settings: {sorted(FIELDS)})")
+            raise ConfigError(f"{source} {name}: unknown setting (settings: {sorted(FIELDS)})")
         if name in OWN_SETTINGS:
-            raise ConfigError(f"--set {name}: the deployment sets it itself")
-        values[name] = coerce(name, value, f"--set {name}")
+            raise ConfigError(f"{source} {name}: the deployment sets it itself")
+        values[name] = coerce(name, value, f"{source} {name}")
     Settings(**values).validate()
     return values
 
 
-def _split_setting(text: str) -> tuple[str, str]:
+def split_setting(text: str) -> tuple[str, str]:
+    """``(setting, value)`` of a ``SETTING=VALUE`` argument."""
     name, eq, value = text.partition("=")
     if not eq or not name.strip():
         raise ConfigError(f"--set {text!r}: expected SETTING=VALUE")
@@ -471,7 +473,7 @@ def local_cluster(backends: int = 2, *, directory: str | os.PathLike[str] | None
     tmp = None if directory is not None else tempfile.mkdtemp(prefix="storage-api-")
     d = Path(directory or tmp)  # type: ignore[arg-type]
     dep = start(d, backends, fsync=fsync, log_level=log_level, redis_server=redis_server,
-                settings=deployment_settings({}, [f"{k}={v}" for k, v in (settings or {}).items()]))
+                settings=deployment_settings({}, (settings or {}).items(), "settings:"))
     client = Client(dep.settings())
     previous = _context.install(client)
     try:
