@@ -74,6 +74,8 @@ class Settings:
     intra_op_threads: int = _f(0, "backend: threads of torch/BLAS/OpenMP in its methods and tasks "
                                   "(0: OMP_NUM_THREADS if set, else the CPUs it may run on, as numactl/taskset leave them)")
     log_level: str = _f("INFO", "backend: logging level of the 'storage' loggers")
+    cpu_slice_us: float = _f(300.0, "backend: CPU time slice it asks the Linux scheduler for (6.12+), so that it runs as soon as "
+                                     "a request or fdatasync wakes it on a busy machine (0: the kernel's default)")
     serve_spin_us: float = _f(100.0, "backend: microseconds a connection polls for the next request after one, at most (as spin_us)")
     handshake_timeout: float = _f(5.0, "backend: seconds a connection has to complete its whole handshake")
     max_pending: int = _f(256, "backend: most connections still authenticating (over it, the oldest is dropped)")
@@ -91,6 +93,8 @@ class Settings:
             raise ConfigError("retry_deadline >= 0 and 0 < retry_backoff <= retry_backoff_cap are required")
         if self.spin_us < 0 or self.serve_spin_us < 0:
             raise ConfigError("spin_us and serve_spin_us cannot be negative")
+        if self.cpu_slice_us and not 100 <= self.cpu_slice_us <= 100_000:
+            raise ConfigError("cpu_slice_us must be 0 (the kernel's default) or between 100 and 100000")
         if self.log_segment_mb < 1 or self.log_prealloc_mb < 1:
             raise ConfigError("log_segment_mb and log_prealloc_mb must be at least 1")
         if self.max_workers < 1:

@@ -174,11 +174,12 @@ class TlsIO:
             if self.sock.pending():
                 return True
         try:
-            return bool(socket.socket.recv(self.sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+            socket.socket.recv(self.sock, 1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError:
-            return True  # let the reader find out what is wrong
+            pass
+        return True  # bytes, the peer's close or an error: let the reader find out which
 
     def shutdown(self) -> None:
         # On the descriptor itself: SSLSocket.shutdown would drop the SSL object under a reader.

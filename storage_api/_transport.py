@@ -238,7 +238,8 @@ class FrameSocket:
         return kind, flags, req_id, body, buffers
 
     def pending(self) -> bool:
-        """Whether more bytes have arrived (in our buffer or in the socket's)."""
+        """Whether a read would not block: more bytes arrived (in our buffer or the socket's), or
+        the peer closed."""
         return self._rend > self._rpos or self.io.pending()
 
     def _read(self, n: int) -> bytes:
@@ -398,12 +399,14 @@ class PlainIO:
         _sendmsg_all(self.sock, parts, progress)
 
     def pending(self) -> bool:
+        """Whether a read would not block: bytes arrived, the peer closed, or the socket failed."""
         try:
-            return bool(self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+            self.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError:
-            return True  # let the reader find out what is wrong
+            pass
+        return True  # let the reader find out what it is
 
     def shutdown(self) -> None:
         self.sock.shutdown(socket.SHUT_RDWR)

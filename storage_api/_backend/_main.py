@@ -36,6 +36,7 @@ from ._gate import Limits
 from ._peer import PeerClient
 from ._runtime import LocalBackend
 from ._server import Server, defer_sync
+from ._slice import request_slice
 from ._store import Store
 from ._threads import size_pools
 
@@ -105,7 +106,9 @@ class BackendProcess:
         if not settings.storage_dir:
             raise ConfigError("a backend needs a storage directory (--storage-dir)")
         self.settings = settings
-        # First: the libraries that methods use (numpy, torch) size their pools when they load.
+        # First: every thread started from now on inherits the slice, and the libraries that
+        # methods use (numpy, torch) size their pools when they load.
+        request_slice(settings.cpu_slice_us)
         self.threads = size_pools(settings.intra_op_threads)
         self.storage_dir = Path(settings.storage_dir).resolve()
         try:

@@ -3,11 +3,12 @@
 Each connection has a small pool of threads. One of them, the *leader*, reads the next frame and
 serves the request itself, in the thread that read it: no queue and no hand-off on its path.
 Leadership passes to another thread (growing the pool when nobody is free, up to ``max_workers``)
-only when a request is still running after :data:`PROMOTE_AFTER` seconds: the server's promoter
-thread hands it over. Short calls, even many of them pipelined by a multi-threaded client, are
+only when a request is still running after :data:`PROMOTE_AFTER` seconds while more waits to be
+read on its connection: the server's promoter thread hands it over. Short calls, even many of them pipelined by a multi-threaded client, are
 served back to back by one thread with no thread switch (waking a thread is the most expensive
 thing a request could do on a small VM, and the GIL lets only one run anyway); a long call delays
-later requests on its connection by at most a couple of milliseconds. ``PING`` frames are answered by the leader, so liveness checks succeed
+later requests on its connection by a couple of milliseconds (up to :data:`PROMOTE_MAX` after a
+while without such delays). ``PING`` frames are answered by the leader, so liveness checks succeed
 while calls run.
 
 Connections are accepted and authenticated by the :class:`~._gate.Gate` (one thread for every
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("storage.server")
 
 PROMOTE_AFTER = 0.002  # a request running this long hands its connection's reading to another thread
+PROMOTE_MAX = 0.016  # ... or up to this long, when the promoter found nothing to do for a while
 
 _current = threading.local()  # what this thread is serving: .conn, and .lsn its reply waits for
 
@@ -180,16 +182,22 @@ class Server:
         return fs
 
     def _promoter(self) -> None:
-        """Give a connection a new reader when its leader has been serving for too long."""
+        """Give a connection a new reader when its leader has been serving for too long.
+
+        It looks every :data:`PROMOTE_AFTER` seconds while that finds work, and backs off to
+        :data:`PROMOTE_MAX` while it does not: each look takes the GIL, and on a busy machine the
+        thread holding it can lose its CPU, stalling the request it looked at.
+        """
+        pause = PROMOTE_AFTER
         while not self._stopping.is_set():
             if not self.busy.wait(timeout=1.0):
                 continue
-            time.sleep(PROMOTE_AFTER)
+            time.sleep(pause)
             now = time.monotonic()
             with self._lock:
                 conns = list(self._conns)
-            for conn in conns:
-                conn.promote_if_slow(now)
+            promoted = sum(conn.promote_if_slow(now) for conn in conns)
+            pause = PROMOTE_AFTER if promoted else min(2 * pause, PROMOTE_MAX)
             if now - self.last_busy > 1.0:  # quiet for a while: sleep until the next request
                 self.busy.clear()
 
@@ -262,11 +270,19 @@ class Connection:
                     continue
             return True  # the promoter passed leadership on while we were serving
 
-    def promote_if_slow(self, now: float) -> None:
+    def promote_if_slow(self, now: float) -> bool:
+        """Pass the reading on if the leader has been serving for long and something waits to be
+        read (a request, a ping, the client's close). Nothing waiting, nobody is kept waiting: a
+        new reader would only poll for bytes that come after the reply, on a CPU (and a GIL) that
+        the running request needs."""
+        if not (self._inline and now - self._inline_since >= PROMOTE_AFTER and self.fs.pending()):
+            return False
         with self._mutex:
             if self._inline and now - self._inline_since >= PROMOTE_AFTER:
                 self._inline = False
                 self._pass_leadership()
+                return True
+        return False
 
     def _pass_leadership(self) -> None:
         """Release the leadership to a waiting thread, starting one if none waits (mutex held)."""
