@@ -13,7 +13,11 @@ requests pending a few times per ``liveness_timeout``: it pings a silent backend
 one before it has been silent for ``liveness_timeout`` seconds: its socket is shut down, which
 fails every pending request with :class:`BackendUnavailable`. A frame still arriving, or still
 leaving (the backend is taking our bytes: a 2 GiB argument on a slow link), is not silence. A call
-to a dead or frozen backend never hangs; a long transfer to a live one is never cut.
+to a dead or frozen backend never hangs; a long transfer to a live one is never cut. A backend
+about to import modules for the first time (seconds with the interpreter lock held, for torch)
+announces the silence first (a ``PONG`` carrying its length, :data:`~._wire.QUIET`): until the
+next bytes from it, the channel does not give up before that silence is over (at most
+:data:`MAX_QUIET`).
 
 Payloads over the wire limits (:mod:`storage_api._wire`) are refused before anything is sent,
 with :class:`~storage_api.errors.PayloadTooLarge`.
@@ -34,6 +38,7 @@ from .errors import BackendUnavailable, CommunicationError, StoreError
 ReplyFrame = tuple[int, bytes, list[bytearray]]  # kind, body, buffers of a reply (REPLY or ERROR)
 
 WATCH_FRACTION = 1 / 8  # the watchdog looks every liveness_timeout / 8: calls fail within the timeout
+MAX_QUIET = 300.0  # the longest announced silence a channel waits out (seconds)
 
 
 class _Slot:
@@ -63,6 +68,7 @@ class Channel:
         self._pending: dict[int, _Slot] = {}
         self._next_id = 1
         self._ping_sent: float | None = None
+        self._quiet = (0.0, 0.0)  # a silence announced: (when its notice arrived, until when)
         self._broken: BaseException | None = None
         self._async = 0
         self._pump: threading.Thread | None = None
@@ -155,6 +161,11 @@ class Channel:
                 return
             if kind == w.PONG:
                 self._ping_sent = None
+                if len(body) == w.QUIET.size:
+                    quiet = w.QUIET.unpack(body)[0]
+                    if 0 < quiet:  # also false for NaN
+                        # until the next bytes from the backend, or the end of the announced silence
+                        self._quiet = (self.fs.last_rx, self.fs.last_rx + min(quiet, MAX_QUIET))
                 continue
             if kind == w.PING:
                 self.fs.send(w.PONG, rid, b"")
@@ -198,7 +209,7 @@ class Channel:
                 return
         silence = now - max(self.fs.last_rx, self.fs.last_tx)
         if (silence >= self._liveness * (1 - WATCH_FRACTION)  # the next check would be too late
-                and late < self._liveness * WATCH_FRACTION and not self._unread()):
+                and late < self._liveness * WATCH_FRACTION and not self._announced(now) and not self._unread()):
             self._abort = BackendUnavailable(f"backend {self.name} did not answer for {silence:.1f}s")
             self.fs.shutdown()  # wakes the reader, which fails every pending request
             if not self._reader.acquire(blocking=False):
@@ -214,6 +225,11 @@ class Channel:
                 self.fs.send(w.PING, 0, b"")
             except CommunicationError:
                 pass
+
+    def _announced(self, now: float) -> bool:
+        """Whether the silence so far is one the backend announced (nothing arrived since)."""
+        since, until = self._quiet
+        return now < until and self.fs.last_rx == since
 
     def _unread(self) -> bool:
         """Whether a reader is at work and bytes wait for it (the peer is alive, we are slow)."""

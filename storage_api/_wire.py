@@ -87,7 +87,9 @@ may write them to its log while they arrive (unreachable there until the frame i
 served).
 ``req_id`` pairs a ``REPLY``/``ERROR`` with its ``REQUEST``; many requests may be in flight on one
 connection and replies come back in any order. ``PING`` is answered by ``PONG`` with the same
-``req_id`` (liveness checks while a call runs). ``EVENT`` frames carry progress reports for a
+``req_id`` (liveness checks while a call runs). A backend also sends a ``PONG`` unasked whose body
+is :data:`QUIET` (seconds, a double) before work that may keep it from answering pings that long
+(a first import, which can hold the interpreter lock for seconds); other ``PONG`` bodies are empty. ``EVENT`` frames carry progress reports for a
 request in flight.
 
 Limits (:data:`MAX_BODY`, :data:`MAX_BUFFERS`, :data:`MAX_BUFFER`) are checked on every header;
@@ -131,6 +133,7 @@ REPLY: Final = 2
 ERROR: Final = 3
 PING: Final = 4
 PONG: Final = 5
+QUIET: Final = struct.Struct("<d")  # the body of a PONG that announces a silence (seconds)
 EVENT: Final = 6
 FLAG_STREAM: Final = 1
 KINDS: Final = frozenset({REQUEST, REPLY, ERROR, PING, PONG, EVENT})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import threading
 import time
 from typing import Any
@@ -305,3 +306,22 @@ class Pools(ActiveObject):
         return {"torch": torch.get_num_threads(), "torch_interop": torch.get_num_interop_threads(),
                 "omp_env": os.environ.get("OMP_NUM_THREADS"), "omp_wait": os.environ.get("OMP_WAIT_POLICY"),
                 "blas": sorted({p["num_threads"] for p in threadpoolctl.threadpool_info()})}
+
+
+class LockHolder(ActiveObject):
+    """Holds the interpreter lock for a while, as loading a large extension module does."""
+
+    @activemethod(readonly=True)
+    def import_module(self, directory: str, name: str) -> str:
+        import importlib
+        import sys
+
+        sys.path.insert(0, directory)
+        try:
+            return importlib.import_module(name).__name__
+        finally:
+            sys.path.remove(directory)
+
+    @activemethod(readonly=True)
+    def hold(self, seconds: float) -> None:
+        ctypes.PyDLL(None).usleep(int(seconds * 1e6))  # PyDLL: the lock stays held

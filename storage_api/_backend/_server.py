@@ -19,9 +19,11 @@ connection only.
 
 from __future__ import annotations
 
+import importlib.abc
 import logging
 import pickle
 import socket
+import sys
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -43,7 +45,23 @@ log = logging.getLogger("storage.server")
 PROMOTE_AFTER = 0.002  # a request running this long hands its connection's reading to another thread
 PROMOTE_MAX = 0.016  # ... or up to this long, when the promoter found nothing to do for a while
 
-_current = threading.local()  # what this thread is serving: .conn, and .lsn its reply waits for
+IMPORT_QUIET = 60.0  # seconds a caller waits without pings answered once a request starts importing
+
+_current = threading.local()  # what this thread is serving: .conn, .lsn its reply waits for, .quiet
+
+
+class ImportNotice(importlib.abc.MetaPathFinder):
+    """Tells the caller of a request, once, when the request starts importing a module not yet
+    loaded (an import hook that finds nothing itself). Loading a large extension (torch) holds the
+    interpreter lock for seconds, up to tens on a busy machine or a cold disk: no thread of the
+    backend can answer pings meanwhile, and the caller would give the live backend up."""
+
+    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> None:
+        conn = getattr(_current, "conn", None)
+        if conn is not None and not _current.quiet:
+            _current.quiet = True
+            conn.send_quiet(IMPORT_QUIET)
+        return None
 
 
 def defer_sync(lsn: int) -> bool:
@@ -98,6 +116,8 @@ class Server:
         """``socks[0]`` is the TCP listener (TLS: ``tls`` is the server context and the channel
         binding of its certificate); the others are Unix sockets."""
         self.backend = backend
+        if not any(isinstance(f, ImportNotice) for f in sys.meta_path):
+            sys.meta_path.insert(0, ImportNotice())
         self.committer = Committer(backend.store)
         self.spin = spin  # seconds a leader polls for the next request before sleeping
         self.socks = socks
@@ -295,7 +315,7 @@ class Connection:
         self._lead.release()
 
     def _serve(self, rid: int, body: bytes, buffers: list, streams: list) -> None:
-        _current.conn, _current.lsn = self, 0
+        _current.conn, _current.lsn, _current.quiet = self, 0, False
         previous = _progress.serve(lambda value: self.send_event(rid, value))
         try:
             kind, rbody, rbuffers = dispatch(self.server.backend, body, buffers, streams or None)
@@ -317,6 +337,13 @@ class Connection:
         except CommunicationError as exc:
             self.close()
             raise CallCancelled(f"the caller of this call ({self.addr}) is gone: the call is cancelled") from exc
+
+    def send_quiet(self, seconds: float) -> None:
+        """Announce that this backend may not answer pings for ``seconds`` (see _wire.QUIET)."""
+        try:
+            self.fs.send(w.PONG, 0, w.QUIET.pack(seconds))
+        except CommunicationError:
+            self.close()
 
     def send_reply(self, rid: int, kind: int, body: bytes, buffers: list) -> None:
         try:
