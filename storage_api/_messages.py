@@ -169,12 +169,20 @@ class Install(NamedTuple):
 
 class ReplicaPut(NamedTuple):
     """Between backends: a primary's write, applied by a replica. ``result``: the call's result,
-    pickled (``None`` when it cannot be), remembered under ``rid`` for retries after a failover."""
+    pickled (``None`` when it cannot be), remembered under ``rid`` for retries after a failover.
+
+    ``version`` names this state (the primary's id and its log's LSN for it). ``same`` lists
+    ``(buffer index, slot)`` pairs: that buffer is the large buffer ``slot`` (counting large
+    buffers only) of the version ``base``, unchanged, and travels empty; a replica that does not
+    hold ``base`` unchanged refuses the write (``ReplicaBehind``) and gets the whole state."""
 
     oid: str
     state: Blob
     rid: str | None
     result: bytes | None
+    version: tuple | None = None
+    base: tuple | None = None
+    same: tuple = ()
     op = "replica_put"
 
 

@@ -275,3 +275,47 @@ def test_a_write_waits_for_a_compaction_to_move_the_buffers_it_reuses(tmp_path, 
     _meta, body, buffers = s.load(oid)
     assert body == b"v1" and bytes(buffers[0]) == b"\x07" * (4 * MB)
     s.close()
+
+
+def _received(client, backend: str) -> int:
+    """Bytes the backend received from its peers (the primary's writes, for a replica)."""
+    return client.send(backend, m.Stats())["traffic"].get("served_peer", (0, 0))[1]
+
+
+@watching
+def test_a_replica_receives_and_stores_only_what_changed(client):
+    ds = Dataset(16 * MB)
+    ds.make_persistent(backend="b0")
+    ds.new_replica("b1")
+    assert [ds.inc(), ds.inc()] == [1, 2]  # the first write after joining carries the whole state
+    _settled(client, "b1")
+    log, got = _log_bytes(client, "b1"), _received(client, "b1")
+    assert [ds.inc() for _ in range(5)] == [3, 4, 5, 6, 7]
+    assert _log_bytes(client, "b1") - log < MB and _received(client, "b1") - got < MB
+    ds.poke(5, 9)  # written in place: it travels, and is stored, whole
+    assert _log_bytes(client, "b1") - log >= 16 * MB and _received(client, "b1") - got >= 16 * MB
+    assert ds.inc() == 8
+    oid = ds.getID()
+    held = client.send("b1", m.GetAttr(oid, "data"))  # the replica's own copy, from its memory
+    assert held[5] == 9 and int(held.sum()) == 9 and client.send("b1", m.GetAttr(oid, "count")) == 8
+
+
+@watching
+def test_a_replicas_reused_records_survive_kill9_and_serve_after_failover(own_cluster, own_client):
+    ds = Dataset(16 * MB)
+    ds.make_persistent(backend="b0")
+    ds.new_replica("b1")
+    for i in range(3):
+        ds.inc()
+        ds.poke(i * 4 * MB + 1, 10 + i)
+        ds.inc()
+    own_cluster.kill("b1", signal.SIGKILL)  # the replica comes back from its log alone
+    own_cluster.restart("b1")
+    own_cluster.kill("b0", signal.SIGKILL)  # ... and takes over
+    assert ds.inc() == 7
+    b1 = next(b.id for b in own_client.backends() if b.name == "b1")
+    assert own_client.placement(ds.getID()).backend == b1
+    expected = np.zeros(16 * MB, dtype=np.uint8)
+    for i in range(3):
+        expected[i * 4 * MB + 1] = 10 + i
+    np.testing.assert_array_equal(ds.whole(), expected)

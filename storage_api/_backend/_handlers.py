@@ -76,7 +76,8 @@ def _install(b: LocalBackend, msg: m.Install) -> None:
 
 
 def _replica_put(b: LocalBackend, msg: m.ReplicaPut) -> None:
-    b.replica_put(msg.oid, msg.state.body, msg.state.buffers, msg.rid, msg.result)
+    b.replica_put(msg.oid, msg.state.body, msg.state.buffers, msg.rid, msg.result, msg.version, msg.base,
+                  tuple(msg.same))
 
 
 def _replica_drop(b: LocalBackend, msg: m.ReplicaDrop) -> None:

@@ -11,8 +11,9 @@ Consistency model (primary-backup, synchronous):
   replica. Since writes reach the replicas before they are acknowledged, a read that starts after
   a write's reply sees that write, wherever it is served.
 * State is shipped, not operations: replicas never re-run user code, so methods need not be
-  deterministic. The price is one state transfer per write, proportional to the object's size:
-  replicate objects that are read much more than written.
+  deterministic. The price is one state transfer per write, proportional to what it changed: large
+  buffers the write left as they were travel empty and the replica takes its own copies (see
+  :meth:`replicate_write`).
 * Mutating calls carry a request id. The primary remembers the ids (and results) of recent calls
   and ships them with the state, so a call retried after a failover or a move that had in fact
   been applied returns its first result instead of running twice.
@@ -43,6 +44,8 @@ from .. import _messages as m
 from .._object import RESERVED_PREFIX, VOLATILE_PREFIX, ActiveObject, State, state_of
 from .._serial import dumps, loads
 from ..errors import CommunicationError, MetadataRebuilding, ObjectMoved, ObjectNotFound, StoreError
+from ._dirty import plan
+from ._store import BIG_BUFFER
 
 if TYPE_CHECKING:
     from .._client import Client
@@ -56,6 +59,10 @@ RESULT_KEPT_MAX = 64 << 10  # bytes: larger results are not kept with them (they
 
 class NotPrimary(ObjectMoved):
     """This backend holds the object, but not as its primary: ask Redis where the primary is."""
+
+
+class ReplicaBehind(StoreError):
+    """A replica cannot apply a write that sends only what changed: it needs the whole state."""
 
 
 class Failed:
@@ -231,14 +238,25 @@ class Placement:
 
     def replicate_write(self: LocalBackend, entry: Entry, state_body: bytes, buffers: list[Any],
                         rid: str | None, result: Any) -> None:
-        """Apply a write to every replica before it is acknowledged (caller holds the write lock)."""
+        """Apply a write to every replica before it is acknowledged (caller holds the write lock).
+
+        Large buffers that the write left as they were (the log reused them, see _dirty) travel
+        empty: a replica holding the version before takes them from its own copy. One that cannot
+        (it restarted, joined since, or the copy was written there) refuses, and gets them all.
+        """
         if not entry.replicas:
             return
         try:
             result_blob = pickle.dumps(result, protocol=5)
         except Exception:
             result_blob = None
-        msg = m.ReplicaPut(entry.oid, m.Blob(state_body, buffers), rid, result_blob)
+        version = (self.id, entry.lsn)
+        base, same = entry.same
+        whole = m.ReplicaPut(entry.oid, m.Blob(state_body, buffers), rid, result_blob, version)
+        msg = whole
+        if same and base:
+            slim = [b"" if i in same else b for i, b in enumerate(buffers)]
+            msg = whole._replace(state=m.Blob(state_body, slim), base=(self.id, base), same=tuple(same.items()))
         peer = self.peer_client()
         pending = []
         for r in list(entry.replicas):
@@ -250,7 +268,10 @@ class Placement:
             try:
                 if isinstance(fut, BaseException):
                     raise fut
-                fut.result()
+                try:
+                    fut.result()
+                except ReplicaBehind:
+                    peer.send(r, whole)
             except Exception as exc:
                 log.warning("replica %s of %s missed a write (%s): removing it", r, entry.oid, exc)
                 self.meta.drop_replica(entry.oid, r)
@@ -293,17 +314,35 @@ class Placement:
         self.store.sync(self._save(entry))
 
     def replica_put(self: LocalBackend, oid: str, state_body: bytes, buffers: list[Any], rid: str | None,
-                    result_blob: bytes | None) -> None:
+                    result_blob: bytes | None, version: tuple | None = None, base: tuple | None = None,
+                    same: tuple = ()) -> None:
+        """Apply a primary's write (see :meth:`replicate_write`): the state as received is stored,
+        pointing at the log's copies of the buffers that arrived empty."""
         entry = self.entry(oid)
         with entry.lock.writing():
             entry.check()
             if entry.role != "replica":
                 raise StoreError(f"backend {self.name} is not a replica of {oid}")
-            replace_state(entry.obj, loads(state_body, buffers))
+            buffers = list(buffers)
+            held = {k.slot: k.exporter() for k in entry.kept}
+            if same and (base is None or base != entry.source
+                         or any(not 0 <= i < len(buffers) or held.get(s) is None for i, s in same)):
+                raise ReplicaBehind(f"backend {self.name} does not hold version {base} of {oid}")
+            for i, s in same:
+                buffers[i] = held[s]
+            watch = self.watch_writes and entry.cls._sa_write_watch
+            kept, entry.kept, entry.source = entry.kept, [], None
+            reuse, now = plan(kept, buffers, BIG_BUFFER) if watch else ({}, [])
+            if any(i not in reuse for i, _s in same):  # written here since it was stored
+                raise ReplicaBehind(f"backend {self.name}: its copy of {oid} changed")
+            state = loads(state_body, buffers)
+            meta = {"class": entry.cls._sa_class_path, "alias": entry.alias, "role": entry.role}
+            entry.lsn = self.store.put(oid, meta, state_body, buffers, reuse=reuse, base=entry.lsn)
+            replace_state(entry.obj, state)
+            entry.kept, entry.source = now, version
             if rid is not None:
                 remember(entry, rid, pickle.loads(result_blob) if result_blob is not None else None)
-            lsn = self._save(entry)
-        self.store.sync(lsn)
+        self.store.sync(entry.lsn)
 
     def replica_drop(self: LocalBackend, oid: str) -> None:
         entry = self._entries.get(oid)

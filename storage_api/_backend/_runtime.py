@@ -58,7 +58,7 @@ def cannot_import(backend: str, problem: object) -> ClassNotFound:
 
 class Entry:
     __slots__ = ("oid", "obj", "cls", "alias", "lock", "lsn", "deleted", "moved", "role", "replicas", "applied",
-                 "kept")
+                 "kept", "same", "source")
 
     def __init__(self, oid: str, obj: ActiveObject, alias: str | None, lsn: int, role: str = "primary") -> None:
         self.oid = oid
@@ -73,6 +73,9 @@ class Entry:
         self.replicas: list[str] = []  # on a primary: the backends that take its writes
         self.applied: OrderedDict[str, Any] = OrderedDict()  # request id -> result
         self.kept: list[Kept] = []  # the large buffers of the version at ``lsn`` (see _dirty)
+        # The last write's unchanged large buffers: the version before it, {buffer index: slot}.
+        self.same: tuple[int, dict[int, int]] = (0, {})
+        self.source: tuple | None = None  # on a replica: the primary's name of the version held
 
     def check(self) -> None:
         """Raise if the object was deleted or moved away while the caller waited for its lock."""
@@ -280,8 +283,9 @@ class LocalBackend(Placement):
             # Replicas get a new copy of every buffer with each write: nothing to watch there.
             watch = self.watch_writes and entry.role == "primary" and entry.cls._sa_write_watch
             reuse, now = plan(kept, buffers, BIG_BUFFER) if watch else ({}, [])
-            entry.lsn = self.store.put(entry.oid, meta, body, buffers, reuse=reuse, base=entry.lsn)
-            entry.kept = now
+            base, entry.same = entry.lsn, (0, {})
+            entry.lsn = self.store.put(entry.oid, meta, body, buffers, reuse=reuse, base=base)
+            entry.kept, entry.same = now, (base, reuse)
         except BaseException:
             self._restore(entry)
             raise
