@@ -16,7 +16,8 @@ and on two, a 128 MB socket transfer into fresh memory and a 128 MB write + fdat
 of the bulk rows), and a 4 KB write + fdatasync (the least a durable call can pay). Ratios compare
 each system with storage_api measured in the same run; all systems are measured by the same loops
 (``bench/baselines/_common.py``). A mutating call is also timed on objects that hold a 1, 16 and
-128 MB array beside the counter it changes. ``--loaded`` runs everything under a fixed CPU load
+128 MB array beside the counter it changes, and on one holding 128 MB with a replica on a second
+backend (ours only: neither baseline replicates writes). ``--loaded`` runs everything under a fixed CPU load
 (``bench/_load.py``: two busy processes per core, started and stopped by the benchmark) and
 compares our no-op with Pyro5's, and our durable mutating call with Pyro5's in-memory one plus
 one fdatasync. Results are also written to ``bench/results/calls.json`` (``calls-loaded.json``).
@@ -221,6 +222,8 @@ def measure_ours(quick: bool, threads: list[int]) -> dict[str, Any]:
                 _context.install(previous)
                 tls.close()
             out.update(thin_client(client.settings, oid))
+        with storage_api.local_cluster(backends=2, directory=f"{tmp}/replicated"):
+            _measure_replicated(out, quick)
     out["notes"] = ("persist = make_persistent() of a new object holding the array (on disk before the reply); "
                     "fetch = a read-only method returning it; medians after one warm-up repetition; "
                     "TCP+TLS rows: the same client code over TCP with TLS 1.3 (as from another host)")
@@ -275,6 +278,19 @@ def _measure_held(out: dict[str, Any], quick: bool) -> None:
         holder.make_persistent()
         held_inc(out, mb, holder.inc, quick)
         holder.delete_persistent(keep_state=False)
+
+
+def _measure_replicated(out: dict[str, Any], quick: bool) -> None:
+    """``inc()`` on an object holding 128 MB with a replica on a second backend: the write reaches
+    the replica's log too before the reply."""
+    from ._model import Bench
+
+    holder = Bench(np.random.default_rng(0).random(128 * 2**20 // 8))
+    holder.make_persistent(backend="b0")
+    holder.new_replica("b1")
+    holder.inc()  # a new replica's first write carries the whole state
+    out["inc_replicated_p50_us"], out["inc_replicated_p99_us"] = latency(holder.inc, 20 if quick else 100)
+    holder.delete_persistent(keep_state=False)
 
 
 _THIN = r"""
@@ -357,6 +373,8 @@ ROWS = [
     *[(label, key, better, key) for label, key, better in _TRANSPORT_ROWS],
     *[(f"mutating call p50, object holding {mb} MB (us)", f"inc_held_p50_us.{mb}", "lower",
        f"inc_held_p50_us.{mb}") for mb in SIZES_MB],
+    ("mutating call p50, object holding 128 MB, one replica (us; no baseline replicates writes)",
+     "inc_replicated_p50_us", "lower", None),
     *[(f"{label}, TCP+TLS", f"tls.{key}", better, key) for label, key, better in _TRANSPORT_ROWS],
     ("thin client import (ms)", "thin_import_ms", "lower", "thin_import_ms"),
     ("thin client RSS after a call over TCP+TLS (MB)", "thin_rss_MB", "lower", "thin_rss_MB"),
@@ -396,6 +414,9 @@ def report(ours: dict[str, Any], others: list[dict[str, Any]], floors: dict[str,
         mine = _get(ours, key)
         cells = [label, "-" if mine is None else f"{mine:,.1f}"]
         for other in others:
+            if base_key is None:  # a row only we measure
+                cells.append("-")
+                continue
             theirs = _get(other, base_key)
             if theirs is None or mine is None:
                 errors = other.get("errors", {})
