@@ -64,14 +64,17 @@ def add_debug_option(parser: argparse.ArgumentParser) -> None:
 def exit_status(prog: str, main: Callable[[], int | None], *,
                 mistakes: tuple[type[BaseException], ...] = ()) -> int:
     """Run ``main()``; return its exit status after reporting an error as the module docstring says."""
-    if sys.stdout is None:  # no standard output at all (pythonw): nothing to guard
+    if sys.stdout is None or sys.stderr is None:  # no standard streams at all (pythonw): nothing to guard
         return _ending(prog, main, mistakes)
-    previous, sys.stdout = sys.stdout, _ReaderProof(sys.stdout)
+    # stderr too: `up 2>&1 | head -1` must not stop `up` half-way (and tear down what it started)
+    previous = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _ReaderProof(sys.stdout), _ReaderProof(sys.stderr)
     try:
         return _ending(prog, main, mistakes)
     finally:
-        sys.stdout.flush()  # here, where a closed pipe is dropped, not in the interpreter's exit
-        sys.stdout = previous
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()  # here, where a closed pipe is dropped, not in the interpreter's exit
+        sys.stdout, sys.stderr = previous
 
 
 class _ReaderProof:

@@ -50,13 +50,14 @@ class Run:
             self.check_clean()
         return proc
 
-    def into_closed_pipe(self, *cmd: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        """The command with its stdout a pipe whose reader has gone (``CMD | head -0``)."""
+    def into_closed_pipe(self, *cmd: str, timeout: float = 120, stderr: bool = False) -> subprocess.CompletedProcess:
+        """The command with its stdout (and ``stderr``: its stderr too) a pipe whose reader has
+        gone (``CMD | head -0``, ``CMD 2>&1 | head -0``)."""
         read, write = os.pipe()
         os.close(read)
         try:
-            return subprocess.run(list(cmd), stdout=write, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=self.env,
-                                  timeout=timeout)
+            return subprocess.run(list(cmd), stdout=write, stderr=write if stderr else subprocess.PIPE, text=True,
+                                  cwd=ROOT, env=self.env, timeout=timeout)
         finally:
             os.close(write)
 
@@ -282,12 +283,15 @@ def test_certificates_are_made_among_the_deployment_s_files(run: Run, tmp_path: 
 
 
 # ----------------------------------------------------------------------- a reader that goes away
-def test_a_closed_stdout_neither_fails_a_command_nor_cuts_it_short(run: Run) -> None:
-    """`up | head -0`: `up` still starts the whole deployment and says so with its status (0), and
-    `status` into a closed pipe ends with the status of what it found, no traceback either way."""
-    up = run.into_closed_pipe(*cli("up", "--backends", "1"))
-    assert up.returncode == 0 and "Traceback" not in up.stderr, up.stderr
-    assert up.stderr.splitlines()[-1] == "storage-api: 1 backends serving"
+@pytest.mark.parametrize("stderr", [False, True], ids=["stdout", "stdout-and-stderr"])
+def test_a_closed_stdout_neither_fails_a_command_nor_cuts_it_short(run: Run, stderr: bool) -> None:
+    """`up | head -0` (and `up 2>&1 | head -0`): `up` still starts the whole deployment and says so
+    with its status (0), and `status` into a closed pipe ends with the status of what it found, no
+    traceback either way."""
+    up = run.into_closed_pipe(*cli("up", "--backends", "1"), stderr=stderr)
+    assert up.returncode == 0
+    if not stderr:
+        assert "Traceback" not in up.stderr and up.stderr.splitlines()[-1] == "storage-api: 1 backends serving"
     try:
         for args in (("status",), ("status", "--json")):
             status = run.into_closed_pipe(*cli(*args))
