@@ -81,9 +81,9 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if not infos:
         print("no backends registered")
         return 1
-    _table([("NAME", "ADDRESS", "COMPSS NAME", "PID", "PRIMARIES", "REPLICAS", "ALIVE", "THREADS", "ID")]
+    _table([("NAME", "ADDRESS", "COMPSS NAME", "PID", "PRIMARIES", "REPLICAS", "ALIVE", "THREADS", "SLICE", "ID")]
            + [(b.name, b.address, b.compss_name, str(b.pid), str(b.objects), str(b.replicas),
-               _liveness(b), str(b.threads or "-"), b.id) for b in infos])
+               _liveness(b), str(b.threads or "-"), f"{b.slice_us:g}us" if b.slice_us else "-", b.id) for b in infos])
     for b in infos:
         if b.alive and b.health:
             print(f"{b.name} is UNHEALTHY: {b.health}")

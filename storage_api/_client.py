@@ -473,7 +473,12 @@ class Client:
             except CommunicationError as exc:
                 last = exc
         assert info is not None
-        raise BackendUnavailable(f"backend {info.name} ({info.address}) is unreachable: {last}") from last
+        where = f"{info.address}, or its local socket" if info.unix else info.address
+        again = f" on {info.storage_dir}" if info.storage_dir else ""
+        raise BackendUnavailable(f"backend {info.name} ({where}) is unreachable: {last} (`storage-api status` shows "
+                                 f"whether it is alive; one that died serves its objects again once started again"
+                                 f"{again}: `storage-api backend --name {info.name} --storage-dir DIR` with the "
+                                 f"deployment's settings)") from last
 
     def _open(self, host: str, port: int, unix: str, bid: str | None, name: str) -> Channel:
         """A new authenticated channel: over the backend's Unix socket when it runs on this host."""

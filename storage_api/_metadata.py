@@ -168,6 +168,7 @@ class BackendInfo:
     health: str = ""  # why it takes no new connections now ("" when it does)
     stopped: bool = False  # it stopped gracefully and deregistered (it is not alive, but did not fail)
     threads: int = 0  # intra-op threads (torch, BLAS, OpenMP) its methods use; 0: not reported
+    slice_us: float = 0.0  # the CPU slice the kernel granted it (cpu_slice_us); 0: the kernel's default
 
     @property
     def address(self) -> str:
@@ -299,6 +300,7 @@ class Metadata:
                     health=h.get("health", ""),
                     stopped=not alive and h.get("state") == "down",
                     threads=int(h.get("threads", 0) or 0),
+                    slice_us=float(h.get("slice_us", 0) or 0),
                 )
             )
         out.sort(key=lambda b: natural_key(b.name))

@@ -242,7 +242,8 @@ class Channel:
         if not isinstance(exc, CommunicationError):
             exc = CommunicationError(str(exc))
         if isinstance(exc, CommunicationError) and not isinstance(exc, BackendUnavailable):
-            exc = BackendUnavailable(f"lost connection to backend {self.name}: {exc}")
+            exc = BackendUnavailable(f"lost connection to backend {self.name}: {exc} (`storage-api status` shows "
+                                     "whether it is alive)")
         with self._mutex:
             if self._broken is None:
                 self._broken = exc

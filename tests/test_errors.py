@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import pickle
+import time
 
 import pytest
 
@@ -46,6 +48,24 @@ def test_unknown_method(client):
         client.call(c, RemoteMethod("nope", False), (), {})
     with pytest.raises(AttributeError):  # MethodNotFound is an AttributeError too
         client.call(c, RemoteMethod("plain", False), (), {})  # exists, but is not active
+
+
+def test_a_method_missing_from_a_class_changed_since_the_backend_imported_it_says_restart(client):
+    """A model edited while the backends run: they still run the class they imported."""
+    import tests.models
+
+    c = Counter(1)
+    c.make_persistent(backend="b0")
+    with pytest.raises(MethodNotFound, match="backend b0 .a backend imports a class once: restart it"):
+        client.call(c, RemoteMethod("added_since", False), (), {})
+    source = tests.models.__file__
+    times = os.stat(source)
+    os.utime(source, (times.st_atime, time.time() + 5))  # as if saved just now
+    try:
+        with pytest.raises(MethodNotFound, match=r"imported it before .*models\.py changed: .* restart the backends"):
+            client.call(c, RemoteMethod("added_since", False), (), {})
+    finally:
+        os.utime(source, ns=(times.st_atime_ns, times.st_mtime_ns))
 
 
 def test_wrong_arguments(client):

@@ -218,9 +218,13 @@ def test_without_replicas_a_dead_primary_fails_at_once(own_cluster, own_client):
     c.make_persistent(backend="b0")
     own_cluster.kill("b0", signal.SIGKILL)
     start = time.monotonic()
-    with pytest.raises(CommunicationError):
+    with pytest.raises(CommunicationError) as failed:
         c.inc()
     assert time.monotonic() - start < 2.0
+    assert "`storage-api status`" in str(failed.value)  # what to do: look...
+    with pytest.raises(CommunicationError, match="is unreachable") as failed:
+        c.inc()
+    assert own_cluster.backend("b0").storage_dir in str(failed.value)  # ... and start it again on its data
 
 
 # ------------------------------------------------------------ retry policy

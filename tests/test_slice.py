@@ -41,11 +41,20 @@ def _slices(pid: int) -> dict[int, int]:
 
 
 @needs_slices
-def test_every_thread_of_a_backend_runs_with_the_short_slice(cluster):
+def test_every_thread_of_a_backend_runs_with_the_short_slice_and_status_says_so(cluster):
     for b in cluster.dep.backends:
         slices = _slices(b.pid)
         assert len(slices) > 3, slices  # the server's threads, not only the main one
         assert set(slices.values()) == {300_000}, f"backend {b.name}: {slices}"
+    client = cluster.client()
+    try:
+        assert {b.name: b.slice_us for b in client.backends()} == {b.name: 300.0 for b in cluster.dep.backends}
+    finally:
+        client.close()
+    table = run_python("from storage_api._cli import main; main(['status'])",
+                       env={"STORAGE_API_CONFIG": str(cluster.dep.config_path)})
+    header, *rows = table.stdout.splitlines()
+    assert header.split()[9] == "SLICE" and all(row.split()[8] == "300us" for row in rows[:2]), table.stdout
 
 
 @needs_slices

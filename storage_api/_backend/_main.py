@@ -108,7 +108,7 @@ class BackendProcess:
         self.settings = settings
         # First: every thread started from now on inherits the slice, and the libraries that
         # methods use (numpy, torch) size their pools when they load.
-        request_slice(settings.cpu_slice_us)
+        self.slice_us = settings.cpu_slice_us if request_slice(settings.cpu_slice_us) else 0.0
         self.threads = size_pools(settings.intra_op_threads)
         self.storage_dir = Path(settings.storage_dir).resolve()
         try:
@@ -187,6 +187,7 @@ class BackendProcess:
             "unix": self.unix,
             "health": "",
             "threads": self.threads,
+            "slice_us": self.slice_us,
             "state": "up",
             "started": time.time(),
         }

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
+import time
 from collections import OrderedDict
 from contextlib import nullcontext
 from collections.abc import Callable
@@ -120,6 +122,7 @@ class LocalBackend(Placement):
         self._load_lock = threading.RLock()
         self._classes: dict[str, type[ActiveObject]] = {}
         self._class_lock = threading.Lock()
+        self._imported: dict[type, float] = {}  # when each class was first loaded here
         self.task_results = TaskResults()  # answers of shipped tasks kept here (see _tasks)
         self.task_locks = TaskLocks()
         # Asked before a request blocks on durability: True if the server takes over the wait
@@ -141,7 +144,20 @@ class LocalBackend(Placement):
                         raise cannot_import(self.name, exc) from exc
                     self.meta.publish_class(describe_class(cls))
                     self._classes[path] = cls
+                    self._imported.setdefault(cls, time.time())
         return cls
+
+    def _stale(self, cls: type[ActiveObject]) -> str:
+        """A hint for an error about ``cls``: whether its source changed since it was imported here."""
+        source = getattr(sys.modules.get(cls.__module__), "__file__", None)
+        try:
+            changed = source is not None and os.path.getmtime(source) > self._imported.get(cls, float("inf"))
+        except OSError:
+            changed = False
+        if changed:
+            return (f" on backend {self.name}, which imported it before {source} changed: a backend imports a "
+                    f"class once, so restart the backends to run the new code (`storage-api down && storage-api up`)")
+        return f" on backend {self.name} (a backend imports a class once: restart it after changing the class)"
 
     def class_metadata(self, path: str) -> dict[str, Any]:
         return describe_class(self.load_class(path))
@@ -308,7 +324,7 @@ class LocalBackend(Placement):
         entry = self.entry(oid)
         spec = entry.cls._sa_methods.get(name)
         if spec is None:
-            raise MethodNotFound(f"{entry.cls._sa_class_path} has no active method {name!r}")
+            raise MethodNotFound(f"{entry.cls._sa_class_path} has no active method {name!r}{self._stale(entry.cls)}")
         func = getattr(entry.cls, name)
         what = f"{entry.cls.__name__}.{name}()"
         lock = entry.lock
