@@ -323,5 +323,11 @@ class LockHolder(ActiveObject):
             sys.path.remove(directory)
 
     @activemethod(readonly=True)
+    def nap(self, seconds: float) -> float:
+        """Sleep (the lock released: the backend answers pings meanwhile)."""
+        time.sleep(seconds)
+        return seconds
+
+    @activemethod(readonly=True)
     def hold(self, seconds: float) -> None:
         ctypes.PyDLL(None).usleep(int(seconds * 1e6))  # PyDLL: the lock stays held

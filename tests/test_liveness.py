@@ -47,3 +47,16 @@ def test_a_backend_silent_for_another_reason_is_still_given_up(impatient, tmp_pa
     assert time.monotonic() - start < HOLD
     time.sleep(HOLD)
     h.hold(0.0)  # the backend itself is fine: a new connection serves the next call
+
+
+def test_a_call_longer_than_a_raised_liveness_timeout_is_not_cut(cluster):
+    """Pings keep being answered however long a call runs, also once no other request comes."""
+    c = cluster.client(liveness_timeout=4.0)
+    previous = _context.install(c)
+    try:
+        h = LockHolder()
+        h.make_persistent(backend="b1")
+        assert h.nap(6.0) == 6.0
+    finally:
+        _context.install(previous)
+        c.close()

@@ -59,8 +59,11 @@ def test_every_thread_of_a_backend_runs_with_the_short_slice_and_status_says_so(
 
 @needs_slices
 def test_threads_started_after_the_request_inherit_it_and_zero_keeps_the_default():
+    """... and the request keeps the process's nice value and policy (a backend started with
+    `nice`, or as SCHED_BATCH, stays so)."""
     code = (
         "import os, re, threading\n"
+        "os.nice(5); os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))\n"
         "from storage_api._backend._slice import request_slice\n"
         "def mine():\n"
         "    text = open(f'/proc/self/task/{threading.get_native_id()}/sched').read()\n"
@@ -70,6 +73,7 @@ def test_threads_started_after_the_request_inherit_it_and_zero_keeps_the_default
         "assert request_slice(450) is True\n"
         "seen = []\n"
         "t = threading.Thread(target=lambda: seen.append(mine())); t.start(); t.join()\n"
+        "assert os.getpriority(os.PRIO_PROCESS, 0) == 5 and os.sched_getscheduler(0) == os.SCHED_BATCH\n"
         "print(before, mine(), seen[0])\n"
     )
     out = run_python(code)

@@ -218,7 +218,9 @@ class Server:
                 conns = list(self._conns)
             promoted = sum(conn.promote_if_slow(now) for conn in conns)
             pause = PROMOTE_AFTER if promoted else min(2 * pause, PROMOTE_MAX)
-            if now - self.last_busy > 1.0:  # quiet for a while: sleep until the next request
+            # No request for a while: sleep until the next one, unless one still runs (a ping, a
+            # request or the caller's close may come for it, and nobody else reads its connection).
+            if now - self.last_busy > 1.0 and not any(conn.serving for conn in conns):
                 self.busy.clear()
 
     def stop(self) -> None:
@@ -289,6 +291,11 @@ class Connection:
                     self._inline = False
                     continue
             return True  # the promoter passed leadership on while we were serving
+
+    @property
+    def serving(self) -> bool:
+        """Whether its leader is serving a request (and nobody reads the connection meanwhile)."""
+        return self._inline
 
     def promote_if_slow(self, now: float) -> bool:
         """Pass the reading on if the leader has been serving for long and something waits to be
