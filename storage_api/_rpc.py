@@ -14,10 +14,9 @@ one before it has been silent for ``liveness_timeout`` seconds: its socket is sh
 fails every pending request with :class:`BackendUnavailable`. A frame still arriving, or still
 leaving (the backend is taking our bytes: a 2 GiB argument on a slow link), is not silence. A call
 to a dead or frozen backend never hangs; a long transfer to a live one is never cut. A backend
-about to import modules for the first time (seconds with the interpreter lock held, for torch)
-announces the silence first (a ``PONG`` carrying its length, :data:`~._wire.QUIET`): until the
-next bytes from it, the channel does not give up before that silence is over (at most
-:data:`MAX_QUIET`).
+about to load modules for the first time (seconds with the interpreter lock held, for torch)
+announces the silence (a ``PONG`` carrying its length, :data:`~._wire.QUIET`, at most
+:data:`MAX_QUIET` taken), and its end (the same with 0): the channel does not give up between.
 
 Payloads over the wire limits (:mod:`storage_api._wire`) are refused before anything is sent,
 with :class:`~storage_api.errors.PayloadTooLarge`.
@@ -68,7 +67,7 @@ class Channel:
         self._pending: dict[int, _Slot] = {}
         self._next_id = 1
         self._ping_sent: float | None = None
-        self._quiet = (0.0, 0.0)  # a silence announced: (when its notice arrived, until when)
+        self._quiet_until = 0.0  # the backend announced it may not answer until then
         self._broken: BaseException | None = None
         self._async = 0
         self._pump: threading.Thread | None = None
@@ -161,11 +160,9 @@ class Channel:
                 return
             if kind == w.PONG:
                 self._ping_sent = None
-                if len(body) == w.QUIET.size:
+                if len(body) == w.QUIET.size:  # a silence announced (0: over)
                     quiet = w.QUIET.unpack(body)[0]
-                    if 0 < quiet:  # also false for NaN
-                        # until the next bytes from the backend, or the end of the announced silence
-                        self._quiet = (self.fs.last_rx, self.fs.last_rx + min(quiet, MAX_QUIET))
+                    self._quiet_until = time.monotonic() + min(quiet, MAX_QUIET) if quiet > 0 else 0.0
                 continue
             if kind == w.PING:
                 self.fs.send(w.PONG, rid, b"")
@@ -209,7 +206,7 @@ class Channel:
                 return
         silence = now - max(self.fs.last_rx, self.fs.last_tx)
         if (silence >= self._liveness * (1 - WATCH_FRACTION)  # the next check would be too late
-                and late < self._liveness * WATCH_FRACTION and not self._announced(now) and not self._unread()):
+                and late < self._liveness * WATCH_FRACTION and now >= self._quiet_until and not self._unread()):
             self._abort = BackendUnavailable(f"backend {self.name} did not answer for {silence:.1f}s")
             self.fs.shutdown()  # wakes the reader, which fails every pending request
             if not self._reader.acquire(blocking=False):
@@ -225,11 +222,6 @@ class Channel:
                 self.fs.send(w.PING, 0, b"")
             except CommunicationError:
                 pass
-
-    def _announced(self, now: float) -> bool:
-        """Whether the silence so far is one the backend announced (nothing arrived since)."""
-        since, until = self._quiet
-        return now < until and self.fs.last_rx == since
 
     def _unread(self) -> bool:
         """Whether a reader is at work and bytes wait for it (the peer is alive, we are slow)."""

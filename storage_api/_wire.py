@@ -89,7 +89,8 @@ served).
 connection and replies come back in any order. ``PING`` is answered by ``PONG`` with the same
 ``req_id`` (liveness checks while a call runs). A backend also sends a ``PONG`` unasked whose body
 is :data:`QUIET` (seconds, a double) before work that may keep it from answering pings that long
-(a first import, which can hold the interpreter lock for seconds); other ``PONG`` bodies are empty. ``EVENT`` frames carry progress reports for a
+(loading a module, which can hold the interpreter lock for seconds), and one with 0 when that work
+is over; other ``PONG`` bodies are empty. ``EVENT`` frames carry progress reports for a
 request in flight.
 
 Limits (:data:`MAX_BODY`, :data:`MAX_BUFFERS`, :data:`MAX_BUFFER`) are checked on every header;

@@ -323,6 +323,11 @@ class LockHolder(ActiveObject):
             sys.path.remove(directory)
 
     @activemethod(readonly=True)
+    def import_then_hold(self, directory: str, name: str, seconds: float) -> None:
+        self.import_module(directory, name)
+        self.hold(seconds)
+
+    @activemethod(readonly=True)
     def nap(self, seconds: float) -> float:
         """Sleep (the lock released: the backend answers pings meanwhile)."""
         time.sleep(seconds)

@@ -8,6 +8,7 @@ import time
 import pytest
 
 from storage_api import _context
+from storage_api._object import RemoteMethod
 from storage_api.errors import BackendUnavailable
 from tests.models import LockHolder
 
@@ -24,14 +25,45 @@ def impatient(cluster):
     c.close()
 
 
-def test_a_first_import_that_holds_the_lock_is_waited_for(impatient, tmp_path):
-    name = f"held_import_{time.monotonic_ns()}"
-    (tmp_path / f"{name}.py").write_text(f"import ctypes\nctypes.PyDLL(None).usleep({int(HOLD * 1e6)})\n")
+def _module(directory, text: str) -> str:
+    name = f"module_{time.monotonic_ns()}"
+    (directory / f"{name}.py").write_text(text)
+    return name
+
+
+# Loads the way torch does: long stretches with the lock held, Python (pings answered) between.
+BURSTS = (f"import ctypes, time\nfor _ in range(3):\n    ctypes.PyDLL(None).usleep({int(HOLD * 1e6)})\n"
+          "    t = time.monotonic()\n    while time.monotonic() - t < 0.2:\n        pass\n")
+
+
+def test_a_first_import_that_holds_the_lock_is_waited_for_by_every_caller(impatient, cluster, tmp_path):
+    h = LockHolder()
+    h.make_persistent(backend="b0")
+    other = cluster.client(liveness_timeout=0.75)  # another client, on its own connection
+
+    def nap() -> float:
+        return other.call(h, RemoteMethod("nap", True), (0.0,), {})
+
+    try:
+        assert nap() == 0.0
+        name = _module(tmp_path, BURSTS)
+        start = time.monotonic()
+        loading = h.import_module.submit(str(tmp_path), name)
+        time.sleep(0.3)
+        assert nap() == 0.0  # answered once the module is loaded
+        assert loading.result(timeout=60) == name
+        assert time.monotonic() - start >= 3 * HOLD
+    finally:
+        other.close()
+
+
+def test_once_the_module_is_loaded_a_silent_backend_is_given_up_again(impatient, tmp_path):
     h = LockHolder()
     h.make_persistent(backend="b0")
     start = time.monotonic()
-    assert h.import_module(str(tmp_path), name) == name
-    assert time.monotonic() - start >= HOLD
+    with pytest.raises(BackendUnavailable, match="did not answer"):
+        h.import_then_hold(str(tmp_path), _module(tmp_path, "VALUE = 1\n"), HOLD)
+    assert time.monotonic() - start < HOLD
 
 
 def test_a_backend_silent_for_another_reason_is_still_given_up(impatient, tmp_path):
@@ -60,3 +92,14 @@ def test_a_call_longer_than_a_raised_liveness_timeout_is_not_cut(cluster):
     finally:
         _context.install(previous)
         c.close()
+
+
+def test_a_backend_loading_a_module_stays_alive_in_redis(own_cluster, own_client, tmp_path):
+    """No failover to a replica because a module takes longer to load than the heartbeat's TTL."""
+    h = LockHolder()
+    h.make_persistent(backend="b0")
+    slow = _module(tmp_path, "import ctypes\nctypes.PyDLL(None).usleep(2500000)\n")
+    loading = h.import_module.submit(str(tmp_path), slow)
+    time.sleep(1.5)  # well past the deployment's heartbeat TTL (0.6 s)
+    assert {b.name: b.alive for b in own_client.backends()}["b0"]
+    assert loading.result(timeout=60) == slow

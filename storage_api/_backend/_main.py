@@ -31,6 +31,7 @@ from .._metadata import Metadata
 from .._redis import Redis
 from .._handshake import local_socket_name
 from ..errors import CommunicationError, ConfigError
+from . import _imports
 from ._control import ControlLoop
 from ._gate import Limits
 from ._peer import PeerClient
@@ -144,6 +145,7 @@ class BackendProcess:
         limits = Limits(settings.handshake_timeout, settings.max_pending, settings.max_pending_per_host)
         self.server = Server(self.backend, socks, self.secret, settings.max_workers, self._tls(),
                              spin=settings.spin_seconds(settings.serve_spin_us), limits=limits)
+        self.server.on_quiet = self._quiet
         self._health = ""  # the problem last reported in Redis
         self._stop = threading.Event()
         self._stopping = False
@@ -236,6 +238,19 @@ class BackendProcess:
         self.backend.apply_verdicts(verdicts)
         return records
 
+    def _ttl(self) -> float:
+        """How long the heartbeat vouches for this backend: longer while a module loads (the
+        interpreter lock held for seconds keeps the next heartbeat from coming in time)."""
+        return max(self.settings.heartbeat_ttl, _imports.IMPORT_QUIET if _imports.loading() else 0.0)
+
+    def _quiet(self, seconds: float) -> None:
+        """A module started loading: vouch for the time it may take now, not at the next beat."""
+        if seconds:
+            try:
+                self.meta.heartbeat(self.id, os.getpid(), self._ttl())
+            except CommunicationError as exc:
+                log.info("could not extend the heartbeat while a module loads: %s", exc)
+
     def _heartbeat(self) -> None:
         s = self.settings
         while not self._stop.wait(s.heartbeat_interval):
@@ -244,7 +259,7 @@ class BackendProcess:
                     return
                 t0 = time.monotonic()
                 try:
-                    registered, run_id = self.meta.heartbeat(self.id, os.getpid(), s.heartbeat_ttl)
+                    registered, run_id = self.meta.heartbeat(self.id, os.getpid(), self._ttl())
                     if not registered or run_id != self._redis_run_id:
                         # Redis restarted, was flushed or replaced: what it knew may be gone.
                         log.warning("Redis lost this backend's registration (%s): registering it and its "

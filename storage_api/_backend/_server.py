@@ -19,13 +19,12 @@ connection only.
 
 from __future__ import annotations
 
-import importlib.abc
 import logging
 import pickle
 import socket
-import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .. import _progress
@@ -33,6 +32,7 @@ from .. import _wire as w
 from .._serial import dump_error
 from .._transport import FrameSocket, Spin
 from ..errors import CallCancelled, CommunicationError, ProtocolError, StoreError
+from . import _imports
 from ._accept import Accepted, HmacAccept, TlsAccept
 from ._gate import Gate, Limits
 from ._handlers import dispatch
@@ -45,23 +45,7 @@ log = logging.getLogger("storage.server")
 PROMOTE_AFTER = 0.002  # a request running this long hands its connection's reading to another thread
 PROMOTE_MAX = 0.016  # ... or up to this long, when the promoter found nothing to do for a while
 
-IMPORT_QUIET = 60.0  # seconds a caller waits without pings answered once a request starts importing
-
-_current = threading.local()  # what this thread is serving: .conn, .lsn its reply waits for, .quiet
-
-
-class ImportNotice(importlib.abc.MetaPathFinder):
-    """Tells the caller of a request, once, when the request starts importing a module not yet
-    loaded (an import hook that finds nothing itself). Loading a large extension (torch) holds the
-    interpreter lock for seconds, up to tens on a busy machine or a cold disk: no thread of the
-    backend can answer pings meanwhile, and the caller would give the live backend up."""
-
-    def find_spec(self, fullname: str, path: Any = None, target: Any = None) -> None:
-        conn = getattr(_current, "conn", None)
-        if conn is not None and not _current.quiet:
-            _current.quiet = True
-            conn.send_quiet(IMPORT_QUIET)
-        return None
+_current = threading.local()  # what this thread is serving: .conn, and .lsn its reply waits for
 
 
 def defer_sync(lsn: int) -> bool:
@@ -116,8 +100,7 @@ class Server:
         """``socks[0]`` is the TCP listener (TLS: ``tls`` is the server context and the channel
         binding of its certificate); the others are Unix sockets."""
         self.backend = backend
-        if not any(isinstance(f, ImportNotice) for f in sys.meta_path):
-            sys.meta_path.insert(0, ImportNotice())
+        _imports.watch(self.announce_quiet)
         self.committer = Committer(backend.store)
         self.spin = spin  # seconds a leader polls for the next request before sleeping
         self.socks = socks
@@ -129,6 +112,7 @@ class Server:
         self._stopping = threading.Event()
         self._conns: set[Connection] = set()
         self._lock = threading.Lock()
+        self.on_quiet: Callable[[float], None] = lambda seconds: None  # the process's own part (heartbeat)
         self.busy = threading.Event()  # some leader is serving a request inline
         self.last_busy = 0.0
 
@@ -222,6 +206,15 @@ class Server:
             # request or the caller's close may come for it, and nobody else reads its connection).
             if now - self.last_busy > 1.0 and not any(conn.serving for conn in conns):
                 self.busy.clear()
+
+    def announce_quiet(self, seconds: float) -> None:
+        """Tell every connection that this backend may not answer for ``seconds`` (0: it answers
+        again), as a module loads (see :mod:`._imports`)."""
+        self.on_quiet(seconds)
+        with self._lock:
+            conns = list(self._conns)
+        for conn in conns:
+            conn.send_quiet(seconds)
 
     def stop(self) -> None:
         self._stopping.set()
@@ -322,7 +315,7 @@ class Connection:
         self._lead.release()
 
     def _serve(self, rid: int, body: bytes, buffers: list, streams: list) -> None:
-        _current.conn, _current.lsn, _current.quiet = self, 0, False
+        _current.conn, _current.lsn = self, 0
         previous = _progress.serve(lambda value: self.send_event(rid, value))
         try:
             kind, rbody, rbuffers = dispatch(self.server.backend, body, buffers, streams or None)
