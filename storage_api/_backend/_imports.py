@@ -18,11 +18,14 @@ modules (class-level loaders) load at once and are left alone.
 from __future__ import annotations
 
 import importlib.abc
+import logging
 import sys
 import threading
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
+
+log = logging.getLogger("storage.backend")
 
 IMPORT_QUIET = 60.0  # seconds a caller waits without answers while a module loads
 
@@ -82,6 +85,13 @@ def _bracketed(method: Callable[..., Any], quiet: Callable[[float], None]) -> Ca
     return call
 
 
+def _tell(quiet: Callable[[float], None], seconds: float) -> None:
+    try:
+        quiet(seconds)
+    except Exception:  # never the import's failure
+        log.exception("could not announce a module load")
+
+
 def _enter(quiet: Callable[[float], None]) -> None:
     global _running
     depth = getattr(_depth, "n", 0)
@@ -92,7 +102,7 @@ def _enter(quiet: Callable[[float], None]) -> None:
         _running += 1
         first = _running == 1
     if first:
-        quiet(IMPORT_QUIET)
+        _tell(quiet, IMPORT_QUIET)
 
 
 def _leave(quiet: Callable[[float], None]) -> None:
@@ -104,4 +114,4 @@ def _leave(quiet: Callable[[float], None]) -> None:
         _running -= 1
         last = _running == 0
     if last:
-        quiet(0.0)
+        _tell(quiet, 0.0)

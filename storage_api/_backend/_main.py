@@ -145,11 +145,11 @@ class BackendProcess:
         limits = Limits(settings.handshake_timeout, settings.max_pending, settings.max_pending_per_host)
         self.server = Server(self.backend, socks, self.secret, settings.max_workers, self._tls(),
                              spin=settings.spin_seconds(settings.serve_spin_us), limits=limits)
-        self.server.on_quiet = self._quiet
         self._health = ""  # the problem last reported in Redis
         self._stop = threading.Event()
         self._stopping = False
         self._beat = threading.RLock()  # a heartbeat and the deregistration never interleave
+        self.server.on_quiet = self._quiet
         self._redis_run_id = ""  # the Redis server we registered with
 
     def _tls(self) -> tuple[object, bytes]:
@@ -244,12 +244,18 @@ class BackendProcess:
         return max(self.settings.heartbeat_ttl, _imports.IMPORT_QUIET if _imports.loading() else 0.0)
 
     def _quiet(self, seconds: float) -> None:
-        """A module started loading: vouch for the time it may take now, not at the next beat."""
-        if seconds:
-            try:
+        """Modules started loading, or all are loaded: vouch for the time a load may take at once,
+        and stop vouching as soon as it is over (a backend frozen right after a quick import must
+        not look alive for a minute). A heartbeat under way does it itself (it reads _ttl)."""
+        if not self._beat.acquire(blocking=False):  # never wait: the beat may wait for this import
+            return
+        try:
+            if not self._stopping:
                 self.meta.heartbeat(self.id, os.getpid(), self._ttl())
-            except CommunicationError as exc:
-                log.info("could not extend the heartbeat while a module loads: %s", exc)
+        except CommunicationError as exc:
+            log.info("could not renew the heartbeat as a module loads: %s", exc)
+        finally:
+            self._beat.release()
 
     def _heartbeat(self) -> None:
         s = self.settings
