@@ -70,7 +70,7 @@ class Settings:
     log_segment_mb: int = _f(256, "backend: size at which the log starts a new segment file (MiB)")
     write_watch: bool = _f(True, "backend: store a large buffer again only if it was written since it was stored (Linux; off stores every buffer on every write)")
     log_prealloc_mb: int = _f(64, "backend: largest step by which a log segment is preallocated (MiB; less on a small or full disk)")
-    max_workers: int = _f(64, "backend: most requests executed at once per connection")
+    max_workers: int = _f(64, "backend: most requests executed at once per connection (more wait their turn)")
     intra_op_threads: int = _f(0, "backend: threads of torch/BLAS/OpenMP in its methods and tasks "
                                   "(0: OMP_NUM_THREADS if set, else the CPUs it may run on, as numactl/taskset leave them)")
     log_level: str = _f("INFO", "backend: logging level of the 'storage' loggers")

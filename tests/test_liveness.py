@@ -103,3 +103,12 @@ def test_a_backend_loading_a_module_stays_alive_in_redis(own_cluster, own_client
     time.sleep(1.5)  # well past the deployment's heartbeat TTL (0.6 s)
     assert {b.name: b.alive for b in own_client.backends()}["b0"]
     assert loading.result(timeout=60) == slow
+
+
+def test_more_calls_at_once_than_a_backend_runs_wait_their_turn_with_pings_answered(impatient):
+    """A connection runs at most max_workers (64) requests at once; the others wait, and the
+    connection stays live for all of them (its reader answers pings meanwhile)."""
+    h = LockHolder()
+    h.make_persistent(backend="b1")
+    calls = [h.nap.submit(1.0) for _ in range(70)]
+    assert [f.result(timeout=60) for f in calls] == [1.0] * 70

@@ -24,6 +24,7 @@ import pickle
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -240,6 +241,8 @@ class Connection:
         self._mutex = threading.Lock()
         self._idle = 0
         self._threads = 1
+        self._running = 0  # requests being served
+        self._backlog: deque[tuple[int, bytes, list, list]] = deque()  # read while every worker was busy
         self._closed = False
         self._inline = False  # the leader is serving a request and still holds the leadership
         fs.stream_sink = server.backend.store.open_stream
@@ -258,32 +261,58 @@ class Connection:
                 return
 
     def _lead_and_serve(self) -> bool:
-        """Serve requests while this thread is the leader; False when the connection is finished."""
+        """Serve requests while this thread is the leader; False when the connection is finished.
+
+        With ``max_workers`` requests running, the leader (one thread more) reads on, so pings are
+        still answered, and holds requests back; workers serve them, in order, as they finish.
+        """
         server = self.server
         while True:
             if self._closed:
                 self._lead.release()
                 return False
-            try:
-                rid, body, buffers, streams = self._next_request()
-            except Exception as exc:
-                if not self._closed:
-                    quiet = isinstance(exc, CommunicationError) and not isinstance(exc, ProtocolError)
-                    log.log(logging.DEBUG if quiet else logging.WARNING, "closing connection from %s: %s", self.addr, exc)
-                self.close()
-                self._lead.release()
-                return False
+            job = self._held_back()
+            if job is None:
+                try:
+                    job = self._next_request()
+                except Exception as exc:
+                    if not self._closed:
+                        quiet = isinstance(exc, CommunicationError) and not isinstance(exc, ProtocolError)
+                        log.log(logging.DEBUG if quiet else logging.WARNING, "closing connection from %s: %s",
+                                self.addr, exc)
+                    self.close()
+                    self._lead.release()
+                    return False
+                with self._mutex:
+                    if self._running >= server.max_workers:
+                        self._backlog.append(job)
+                        continue
+                    self._running += 1
             self._inline_since = now = time.monotonic()
             self._inline = True
             server.last_busy = now
             if not server.busy.is_set():
                 server.busy.set()
-            self._serve(rid, body, buffers, streams)
+            self._serve(*job)
             with self._mutex:
+                self._running -= 1
                 if self._inline:  # still the leader: read the next request ourselves
                     self._inline = False
                     continue
-            return True  # the promoter passed leadership on while we were serving
+            # The promoter passed leadership on while we were serving: serve what was held back.
+            while (job := self._held_back()) is not None:
+                self._serve(*job)
+                with self._mutex:
+                    self._running -= 1
+            return True
+
+    def _held_back(self) -> tuple[int, bytes, list, list] | None:
+        """The oldest request held back, if a worker is free for it (counted as running)."""
+        with self._mutex:
+            if not self._backlog or self._running >= self.server.max_workers:
+                return None
+            self._running += 1
+            return self._backlog.popleft()
 
     @property
     def serving(self) -> bool:
@@ -306,7 +335,7 @@ class Connection:
 
     def _pass_leadership(self) -> None:
         """Release the leadership to a waiting thread, starting one if none waits (mutex held)."""
-        if self._idle == 0 and self._threads < self.server.max_workers:
+        if self._idle == 0 and self._threads <= self.server.max_workers:  # workers, and a reader
             try:
                 threading.Thread(target=self.work, name="storage-api-worker", daemon=True).start()
                 self._threads += 1
