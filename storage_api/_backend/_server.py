@@ -2,14 +2,15 @@
 
 Each connection has a small pool of threads. One of them, the *leader*, reads the next frame and
 serves the request itself, in the thread that read it: no queue and no hand-off on its path.
-Leadership passes to another thread (growing the pool when nobody is free, up to ``max_workers``)
-only when a request is still running after :data:`PROMOTE_AFTER` seconds while more waits to be
-read on its connection: the server's promoter thread hands it over. Short calls, even many of them pipelined by a multi-threaded client, are
-served back to back by one thread with no thread switch (waking a thread is the most expensive
-thing a request could do on a small VM, and the GIL lets only one run anyway); a long call delays
-later requests on its connection by a couple of milliseconds (up to :data:`PROMOTE_MAX` after a
-while without such delays). ``PING`` frames are answered by the leader, so liveness checks succeed
-while calls run.
+Leadership passes to another thread (growing the pool when nobody is free) only when a request is
+still running after :data:`PROMOTE_AFTER` seconds while more waits to be read on its connection:
+the server's promoter thread hands it over. Short calls, even many of them pipelined by a
+multi-threaded client, are served back to back by one thread with no thread switch (waking a
+thread is the most expensive thing a request could do on a small VM, and the GIL lets only one
+run anyway); a long call delays later requests on its connection by a couple of milliseconds (up
+to :data:`PROMOTE_MAX` after a while without such delays). With ``max_workers`` requests running,
+one more thread reads on and holds further requests back until a worker is free. ``PING`` frames
+are answered by whoever reads, so liveness checks succeed while calls run.
 
 Connections are accepted and authenticated by the :class:`~._gate.Gate` (one thread for every
 handshake, bounded work before authentication); each authenticated connection then gets its
