@@ -211,7 +211,8 @@ def test_up_passes_settings_to_its_backends(home_env):
     for bad, says in ((["--set", "nosuch=1"], "unknown setting"), (["--set", "write_watch=maybe"], "must be a bool"),
                       (["--set", "redis_url=redis://x"], "sets it itself"), (["--set", "port=5555"], "sets it itself"),
                       (["--set", "novalue"], "SETTING=VALUE"), ({"STORAGE_API_REDIS_URL": "redis://x"}, "sets redis_url"),
-                      ({"STORAGE_API_NAME": "zz"}, "sets name")):
+                      ({"STORAGE_API_NAME": "zz"}, "sets name"), (["--set", "cpu_slice_us=50"], "--set cpu_slice_us: "),
+                      ({"STORAGE_API_CPU_SLICE_US": "50"}, "STORAGE_API_CPU_SLICE_US: cpu_slice_us must be")):
         args, extra = (bad, {}) if isinstance(bad, list) else ([], bad)
         refused = _cli("up", *args, env=dict(home_env, **extra))
         assert refused.returncode == 2 and says in refused.stderr, (bad, refused.stderr)

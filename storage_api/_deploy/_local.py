@@ -151,13 +151,19 @@ def deployment_settings(env: dict[str, Any], given: Iterable[tuple[str, Any]], s
         raise ConfigError(f"{ENV_PREFIX}{own[0].upper()}: the deployment sets {own[0]} itself (unset the variable "
                           "to start one)")
     values = dict(env)
+    origin = {name: f"{ENV_PREFIX}{name.upper()}" for name in env}
     for name, value in given:
         if name not in FIELDS:
             raise ConfigError(f"{source} {name}: unknown setting (settings: {sorted(FIELDS)})")
         if name in OWN_SETTINGS:
             raise ConfigError(f"{source} {name}: the deployment sets it itself")
         values[name] = coerce(name, value, f"{source} {name}")
-    Settings(**values).validate()
+        origin[name] = f"{source} {name}"
+    try:
+        Settings(**values).validate()
+    except ConfigError as exc:  # say where the value came from
+        named = [where for name, where in origin.items() if name in str(exc)]
+        raise ConfigError(f"{', '.join(named)}: {exc}" if named else str(exc)) from None
     return values
 
 
