@@ -3,6 +3,7 @@ one silent for any other reason still is."""
 
 from __future__ import annotations
 
+import signal
 import time
 
 import pytest
@@ -10,6 +11,7 @@ import pytest
 from storage_api import _context
 from storage_api._object import RemoteMethod
 from storage_api.errors import BackendUnavailable
+from tests.conftest import wait_for
 from tests.models import LockHolder
 
 HOLD = 1.5  # seconds the lock is held: twice the callers' liveness timeout, half the heartbeat TTL
@@ -112,3 +114,17 @@ def test_more_calls_at_once_than_a_backend_runs_wait_their_turn_with_pings_answe
     h.make_persistent(backend="b1")
     calls = [h.nap.submit(1.0) for _ in range(70)]
     assert [f.result(timeout=60) for f in calls] == [1.0] * 70
+
+
+def test_once_loaded_a_frozen_backend_is_dead_after_the_usual_ttl(own_cluster, own_client, tmp_path):
+    """The heartbeat stops vouching for the load when it is over: a backend frozen right after
+    it is reported dead (and its objects fail over) after heartbeat_ttl, not a minute later."""
+    h = LockHolder()
+    h.make_persistent(backend="b0")
+    slow = _module(tmp_path, "import ctypes\nctypes.PyDLL(None).usleep(1000000)\n")
+    assert h.import_module(str(tmp_path), slow) == slow
+    own_cluster.kill("b0", signal.SIGSTOP)
+    try:
+        wait_for(lambda: not {b.name: b.alive for b in own_client.backends()}["b0"], 5.0, "b0 reported dead")
+    finally:
+        own_cluster.kill("b0", signal.SIGCONT)

@@ -213,6 +213,26 @@ def test_a_frozen_primary_does_not_serve_stale_state_when_it_thaws(own_cluster, 
     assert c.get() == 2
 
 
+def test_restarts_keep_replicas_in_step_and_failover_loses_nothing(own_cluster, own_client):
+    """A primary restarted on its log sends its writes to the replicas Redis lists again, and a
+    replica restarted between writes takes the next one (a new connection, the whole state)."""
+    c = Counter(0)
+    oid = c.make_persistent(backend="b0")
+    c.new_replica("b1")
+    assert [c.inc(), c.inc()] == [1, 2]
+    own_cluster.kill("b1", signal.SIGKILL)  # the replica, between writes: still listed
+    own_cluster.restart("b1")
+    assert c.inc() == 3
+    assert [b.name for b in c.replicas()] == ["b1"] and _direct(own_client, "b1", oid, "get") == 3
+    own_cluster.kill("b0", signal.SIGKILL)  # the primary, restarted before any failover
+    own_cluster.restart("b0")
+    assert [c.inc(), c.inc()] == [4, 5]
+    assert _direct(own_client, "b1", oid, "get") == 5  # reads there see every acknowledged write
+    own_cluster.kill("b0", signal.SIGKILL)
+    assert c.inc() == 6  # failed over to b1, nothing lost
+    assert own_client.placement(oid).backend == _ids(own_client)["b1"]
+
+
 def test_without_replicas_a_dead_primary_fails_at_once(own_cluster, own_client):
     c = Counter(0)
     c.make_persistent(backend="b0")

@@ -149,6 +149,7 @@ class BackendProcess:
         self._stop = threading.Event()
         self._stopping = False
         self._beat = threading.RLock()  # a heartbeat and the deregistration never interleave
+        self._rebeat = False  # a module load started or ended while a heartbeat was under way
         self.server.on_quiet = self._quiet
         self._redis_run_id = ""  # the Redis server we registered with
 
@@ -246,26 +247,38 @@ class BackendProcess:
     def _quiet(self, seconds: float) -> None:
         """Modules started loading, or all are loaded: vouch for the time a load may take at once,
         and stop vouching as soon as it is over (a backend frozen right after a quick import must
-        not look alive for a minute). A heartbeat under way does it itself (it reads _ttl)."""
-        if not self._beat.acquire(blocking=False):  # never wait: the beat may wait for this import
+        not look alive for a minute). Waiting for a heartbeat under way is bounded (it may itself
+        wait for the module being loaded); past that, the heartbeat thread beats again at once."""
+        self._rebeat = True
+        if not self._beat.acquire(timeout=1.0):
             return
         try:
             if not self._stopping:
-                self.meta.heartbeat(self.id, os.getpid(), self._ttl())
+                self._beat_now()
         except CommunicationError as exc:
             log.info("could not renew the heartbeat as a module loads: %s", exc)
         finally:
             self._beat.release()
 
+    def _beat_now(self) -> tuple[bool, str]:
+        """Renew the heartbeat (caller holds ``_beat``), again if a load started or ended while
+        it was written: the time it vouches for must be the one that holds when it is done."""
+        while True:
+            self._rebeat = False
+            ttl = self._ttl()
+            answer = self.meta.heartbeat(self.id, os.getpid(), ttl)
+            if self._ttl() == ttl and not self._rebeat:
+                return answer
+
     def _heartbeat(self) -> None:
         s = self.settings
-        while not self._stop.wait(s.heartbeat_interval):
+        while not self._stop.wait(0 if self._rebeat else s.heartbeat_interval):
             with self._beat:
                 if self._stopping:
                     return
                 t0 = time.monotonic()
                 try:
-                    registered, run_id = self.meta.heartbeat(self.id, os.getpid(), self._ttl())
+                    registered, run_id = self._beat_now()
                     if not registered or run_id != self._redis_run_id:
                         # Redis restarted, was flushed or replaced: what it knew may be gone.
                         log.warning("Redis lost this backend's registration (%s): registering it and its "

@@ -272,6 +272,8 @@ class Placement:
                     fut.result()
                 except ReplicaBehind:
                     peer.send(r, whole)
+                except CommunicationError:  # perhaps only our connection, to a process that restarted:
+                    peer.send(r, whole)  # a new one, the whole state (applying it twice is harmless)
             except Exception as exc:
                 log.warning("replica %s of %s missed a write (%s): removing it", r, entry.oid, exc)
                 self.meta.drop_replica(entry.oid, r)

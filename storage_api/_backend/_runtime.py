@@ -195,6 +195,10 @@ class LocalBackend(Placement):
             entry = self.new_entry(obj, oid, meta.get("alias"), role)
             try:
                 obj.__dict__.update(loads(body, buffers))
+                if role == "primary":  # its replicas are in Redis only: they take its writes again
+                    rec = self.meta.lookup(oid)
+                    if rec is not None and rec.backend == self.id:
+                        entry.replicas = [r for r in rec.replicas if r != self.id]
             except BaseException:
                 del self._entries[oid]
                 raise
