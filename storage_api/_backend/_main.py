@@ -217,7 +217,7 @@ class BackendProcess:
         with self._beat:
             if self._stopping:
                 return
-            registered, run_id = self.meta.heartbeat(self.id, os.getpid(), self.settings.heartbeat_ttl)
+            registered, run_id = self._beat_now()
             if not registered or run_id != self._redis_run_id:
                 log.warning("Redis lost this backend's registration: registering it and its objects again")
                 self.register()

@@ -61,6 +61,14 @@ class NotPrimary(ObjectMoved):
     """This backend holds the object, but not as its primary: ask Redis where the primary is."""
 
 
+def record_meta(entry: Entry) -> dict[str, Any]:
+    """What the log records beside an entry's state: its class, alias and (if not primary) role."""
+    meta: dict[str, Any] = {"class": entry.cls._sa_class_path, "alias": entry.alias}
+    if entry.role != "primary":
+        meta["role"] = entry.role
+    return meta
+
+
 class ReplicaBehind(StoreError):
     """A replica cannot apply a write that sends only what changed: it needs the whole state."""
 
@@ -338,8 +346,7 @@ class Placement:
             if any(i not in reuse for i, _s in same):  # written here since it was stored
                 raise ReplicaBehind(f"backend {self.name}: its copy of {oid} changed")
             state = loads(state_body, buffers)
-            meta = {"class": entry.cls._sa_class_path, "alias": entry.alias, "role": entry.role}
-            entry.lsn = self.store.put(oid, meta, state_body, buffers, reuse=reuse, base=entry.lsn)
+            entry.lsn = self.store.put(oid, record_meta(entry), state_body, buffers, reuse=reuse, base=entry.lsn)
             replace_state(entry.obj, state)
             entry.kept, entry.source = now, version
             if rid is not None:

@@ -37,7 +37,7 @@ from .._stub import describe_class
 from ..errors import (ClassNotFound, InvalidArguments, MethodNotFound, ObjectExists, ObjectMoved, ObjectNotFound,
                       StoreError)
 from ._dirty import Kept, address, plan
-from ._placement import Failed, NotKept, Placement, keepable, remember, replace_state
+from ._placement import Failed, NotKept, Placement, keepable, record_meta, remember, replace_state
 from ._rwlock import RWLock
 from ._store import BIG_BUFFER, Store
 from ._tasks import TaskLocks, TaskResults
@@ -297,10 +297,9 @@ class LocalBackend(Placement):
         kept, entry.kept = entry.kept, []
         try:
             body, buffers = dump_state(state_of(entry.obj), entry.cls._sa_class_path)
-            meta = {"class": entry.cls._sa_class_path, "alias": entry.alias}
-            if entry.role != "primary":
-                meta["role"] = entry.role
-            # Replicas get a new copy of every buffer with each write: nothing to watch there.
+            meta = record_meta(entry)
+            # A replica's writes are planned where it learns what the primary left unchanged
+            # (Placement.replica_put); a state installed whole here is watched from its next one.
             watch = self.watch_writes and entry.role == "primary" and entry.cls._sa_write_watch
             reuse, now = plan(kept, buffers, BIG_BUFFER) if watch else ({}, [])
             base, entry.same = entry.lsn, (0, {})

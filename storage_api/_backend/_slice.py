@@ -11,8 +11,10 @@ of a ``SCHED_OTHER`` task): its deadlines come earlier and its wake-ups preempt 
 Its share of the CPU is unchanged (its policy and nice value are kept); a long computation is
 only cut into shorter turns.
 
-Measured on 2 cores with two busy processes per core (``bench.calls --loaded``): a durable
-``inc()`` p50 3.6-4.0 ms with the default slice, 0.9-1.4 ms with 300 us.
+Measured on 2 cores with two busy processes per core in the caller's own session: a durable
+``inc()`` p50 2.2-4.0 ms with the default slice, 0.8-1.4 ms with 300 us. Work the kernel does for
+the backend in its own threads (an ``fdatasync``'s completion) keeps the default: with the busy
+processes in other sessions (``bench.calls --loaded``), every fdatasync still costs a tick.
 
 The backend asks once, at start-up, before it starts any thread: threads (torch's and OpenMP's
 pools included) and child processes inherit the slice. Older kernels and other systems ignore or
