@@ -22,10 +22,11 @@
 #   nodes whose owner is gone are removed first. Tests use it to claim a prefix of their own.
 # down removes the nodes, the bridge and the /etc/hosts lines of the prefix (nothing else).
 # run executes COMMAND on NODE: in its network namespace and in a UTS namespace of its own whose
-# host name is NODE (`ip netns exec` alone keeps this machine's host name). It execs all the way,
-# so the process started is COMMAND itself (same pid), as `srun` or `ssh` would start it.
+# host name is NODE (`ip netns exec` would keep this machine's host name, and mount a /sys of its
+# own, without the cgroup hierarchies slurmd needs). It execs all the way, so the process started
+# is COMMAND itself (same pid), as `srun` or `ssh` would start it.
 #
-# Needs root, iproute2 (ip, tc) and util-linux (unshare, flock). Traffic stays inside the namespaces
+# Needs root, iproute2 (ip, tc) and util-linux (nsenter, unshare, flock). Traffic stays inside the namespaces
 # this script makes: nodes have no route out and the bridge forwards nothing beyond them.
 set -euo pipefail
 
@@ -159,7 +160,7 @@ case "$cmd" in
         shift
         [ -e "/run/netns/$node" ] || die "no node $node (bash $0 status)"
         # shellcheck disable=SC2016  # $0 and $@ are the inner shell's
-        exec ip netns exec "$node" unshare --uts sh -c 'hostname "$0" && exec "$@"' "$node" "$@"
+        exec nsenter --net="/run/netns/$node" unshare --uts sh -c 'hostname "$0" && exec "$@"' "$node" "$@"
         ;;
     up | down | status)
         n=""
@@ -178,7 +179,7 @@ case "$cmd" in
         check_prefix "$prefix"
         [ "$cmd" = status ] && { status "$prefix"; exit 0; }
         [ "$(id -u)" -eq 0 ] || die "must run as root (network namespaces)"
-        for bin in ip tc unshare flock; do
+        for bin in ip tc nsenter unshare flock; do
             command -v "$bin" >/dev/null || die "$bin not found: apt-get install -y iproute2 util-linux"
         done
         mkdir -p "${LOCK%/*}"
