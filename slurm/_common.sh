@@ -188,16 +188,18 @@ sa_kill_group() {  # PID: TERM its process group, then KILL what is left after 1
 }
 
 # ------------------------------------------------------------------ the store
-# sa_store_up ID MASTER "WORKERS" PROPS VARS: storage_init.sh of STORAGE_HOME (default: this
-# checkout's scripts), then the client configuration it wrote is exported. The deployment is
-# recorded before it starts: whenever the clean-up comes, it stops what storage_init.sh started.
+# sa_store_up ID MASTER "WORKERS" PROPS VARS [STORAGE_MASTER]: storage_init.sh of STORAGE_HOME
+# (default: this checkout's scripts), then the client configuration it wrote is exported. MASTER is
+# the node the app (a client of the store) runs on, STORAGE_MASTER (default MASTER) Redis' node. The
+# deployment is recorded before it starts: whenever the clean-up comes, it stops what storage_init.sh
+# started.
 sa_store_up() {
-    local id=$1 master=$2 workers=$3 props=$4 vars=$5 rc=0
+    local id=$1 master=$2 workers=$3 props=$4 vars=$5 storage_master=${6:-$2} rc=0
     : > "$vars"
-    sa_log "starting the store: deployment $id, Redis on $master, backends on: $workers"
-    SA_DEPLOYED=("$id" "$master" "$master" "$workers" "$NETWORK" "$props")
+    sa_log "starting the store: deployment $id, Redis on $storage_master, backends on: $workers"
+    SA_DEPLOYED=("$id" "$master" "$storage_master" "$workers" "$NETWORK" "$props")
     sa_hold
-    SA_BUNDLE_PYTHON="$PYTHON" "$STORAGE_HOME/scripts/storage_init.sh" "$id" "$master" "$master" "$workers" \
+    SA_BUNDLE_PYTHON="$PYTHON" "$STORAGE_HOME/scripts/storage_init.sh" "$id" "$master" "$storage_master" "$workers" \
         "$NETWORK" "$props" "$vars" false "${STORAGE_CPU_AFFINITY:-disabled}" &
     SA_INIT_PID=$!
     sa_release

@@ -100,7 +100,8 @@ sa_log "job $SA_JOB: backend on $SERVER, client on $CLIENT; results in $RESULTS_
 if [ "$BACKEND_CPUS" -gt 0 ]; then export OMP_NUM_THREADS="$BACKEND_CPUS"; fi
 props="$RESULTS_DIR/logs/storage.props"
 sa_props "$props" 1
-sa_store_up "$SA_JOB.lstm" "$SERVER" "$SERVER" "$props" "$RESULTS_DIR/logs/storage_env.sh"
+# the client's node is the deployment's master (it runs the app), Redis and the backend are the server's
+sa_store_up "$SA_JOB.lstm" "$CLIENT" "$SERVER" "$props" "$RESULTS_DIR/logs/storage_env.sh" "$SERVER"
 FAILED=0
 for i in $(seq 0 $((RUNS - 1))); do
     seed=$((SEED + i))

@@ -226,7 +226,9 @@ def init(argv: list[str]) -> int:
     for p in (d, cfg, logs):
         p.mkdir(parents=True, exist_ok=True)
     os.chmod(d, 0o700)
-    local_only = all(_this_host(n) for n in [storage_master, *workers])
+    # Loopback only when every node that uses the store is this host: the master too, which runs
+    # the app (a client), and may be another node than the storage master's.
+    local_only = all(_this_host(n) for n in [master, storage_master, *workers])
     python = props["python"] or sys.executable
     storage_dir = props["storage_dir"].replace("$USER", login_name()).replace("$JOB", job)
     state: dict[str, Any] = {"job": job, "dir": str(d), "pids": [], "redis_pid": 0, "nodes": [],
