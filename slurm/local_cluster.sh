@@ -4,7 +4,7 @@
 #
 #   bash slurm/local_cluster.sh start [NODES] [--netns [--rate RATE]]   # configure and start (idempotent)
 #   bash slurm/local_cluster.sh stop            # stop the daemons this script started (and --netns' nodes)
-#   bash slurm/local_cluster.sh status          # sinfo
+#   bash slurm/local_cluster.sh status          # sinfo (and --netns' nodes: addresses, links)
 #
 # Needs root and Debian's slurm-wlm and munge (apt-get install -y slurm-wlm munge). It writes
 # /etc/slurm/slurm.conf only when there is none or the existing one was written by this script: a
@@ -181,6 +181,10 @@ stop() {
 case "${1:-}" in
     start) shift; start "$@" ;;
     stop) stop ;;
-    status) sinfo ;;
+    status)
+        sinfo
+        if head -n 1 "$CONF" 2>/dev/null | grep -qF "$MARK" && head -n 1 "$CONF" | grep -qF "netns"; then
+            bash "$NODES_SH" status --prefix sa-n
+        fi ;;
     *) echo "usage: $0 start [NODES] [--netns [--rate RATE]]|stop|status" >&2; exit 2 ;;
 esac
