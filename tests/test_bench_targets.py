@@ -26,7 +26,7 @@ def test_report_and_check() -> None:
 
 
 def test_every_benchmark_takes_check() -> None:
-    for module in ("bench.calls", "bench.failover", "bench.lstm_offload", "bench.csvm_scaling"):
+    for module in ("bench.calls", "bench.failover", "bench.lstm_offload", "bench.csvm_scaling", "bench.net"):
         out = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, cwd=ROOT,
                              timeout=60)
         assert out.returncode == 0, out.stderr
