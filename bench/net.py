@@ -12,8 +12,8 @@ what the link carries), then, from a client on n1, over TLS: the no-op and durab
 (p50), persisting an array of ``--mb`` MB on b0 and fetching it back (MB/s), and the same array
 written with a replica on b1 (the primary ships it to n3 before replying: twice the link time).
 Results go to ``bench/results/net.json``. Target: a fetch at least 80% of the TCP stream's rate
-(the link is what limits it); a persist also waits for its durable write, which is not overlapped
-with the transfer, so it gets no target. ``--check`` exits with status 1 when one is missed.
+(the link is what limits it); a persist also includes its durable write (the disk's time), so it
+gets no target. ``--check`` exits with status 1 when one is missed.
 """
 
 from __future__ import annotations
