@@ -1,11 +1,9 @@
 """The embedded deployment: a real ``redis-server`` and N backend processes on 127.0.0.1.
 
-Or on other hosts: :func:`start` takes a :class:`Host` for Redis and one per backend (an address
-to listen on and be reached at, and the command prefix that runs a command there, such as
-``slurm/netns_nodes.sh run NODE`` for the tests' emulated hosts). ``storage-api up`` and
-:func:`local_cluster` use this machine's loopback.
-
-``storage-api up`` and :func:`local_cluster` use it. Everything lives in one directory
+``storage-api up`` and :func:`local_cluster` use it. :func:`start` can also place Redis and each
+backend on another :class:`Host` (an address to listen on and be reached at, and the command
+prefix that runs a command there: the tests put them on emulated hosts, ``slurm/netns_nodes.sh run
+NODE``). Everything lives in one directory
 (``$STORAGE_API_HOME/local`` for ``up``, a temporary one for ``local_cluster``)::
 
     secret            deployment secret (mode 0600)
