@@ -59,8 +59,8 @@ def warm_up(*modules: str, hide: tuple[str, ...] = (), backends: bool = False) -
 def bytes_moved() -> dict[str, int] | None:
     """Bytes moved between processes so far in this run, or ``None`` outside the executor.
 
-    ``workers``: task payloads pickled to local workers and their pickled answers, plus what the
-    workers exchanged with backends; ``client``: frame bytes the app's process sent to and received
+    ``workers``: task payloads pickled to the Dask workers, values brought back from them, what
+    they sent each other (Dask's transfers) and what they exchanged with backends; ``client``: frame bytes the app's process sent to and received
     from backends (tasks, results, active calls, persistence); ``backends``: frame bytes the
     backends exchanged with each other (on connections they opened). Redis traffic and the
     connection handshakes are not counted. ``total`` is their sum.
@@ -73,6 +73,6 @@ def bytes_moved() -> dict[str, int] | None:
     if peek() is not None:
         for counters in engine.remote.backend_traffic().values():
             backends += sum(s + r for label, (s, r) in counters.items() if label == "peer")
-    out = {"workers": engine.worker_bytes, "client": client, "backends": backends}
+    out = {"workers": engine.worker_moved(), "client": client, "backends": backends}
     out["total"] = sum(out.values())
     return out
