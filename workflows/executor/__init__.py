@@ -35,7 +35,7 @@ from ._engine import Future
 from ._errors import ArgumentNotSendable, ReturnsMismatch, TaskCancelled, TaskError, TaskTimeout, TaskWorkerDied
 from ._serial import UnresolvedFuture
 
-__all__ = ["main", "bytes_moved", "warm_up", "Future", "TaskError", "TaskCancelled", "ReturnsMismatch", "TaskTimeout",
+__all__ = ["main", "bytes_moved", "tasks_by_node", "warm_up", "Future", "TaskError", "TaskCancelled", "ReturnsMismatch", "TaskTimeout",
            "TaskWorkerDied", "ArgumentNotSendable", "UnresolvedFuture", "current"]
 
 
@@ -54,6 +54,14 @@ def warm_up(*modules: str, hide: tuple[str, ...] = (), backends: bool = False) -
     engine = current()
     if engine is not None:
         engine.warm_up(list(modules), hide, backends)
+
+
+def tasks_by_node() -> dict[str, dict[str, int]] | None:
+    """Tasks started so far in this run, by node, or ``None`` outside the executor:
+    ``{"workers": {host name: tasks its Dask workers started}, "backends": {node: tasks sent to its
+    backends}}``."""
+    engine = current()
+    return None if engine is None else engine.by_node()
 
 
 def bytes_moved() -> dict[str, int] | None:

@@ -32,7 +32,7 @@ from typing import Any
 
 from ._errors import TaskTimeout, TaskWorkerDied
 
-TOPIC = "storage-api-task"  # the event each task's worker logs as it starts: (task key, pid)
+TOPIC = "storage-api-task"  # the event each task's worker logs as it starts: (task key, pid, address, host)
 
 _deaths = re.compile(r"Worker process (\d+) (?:exited with status (\d+)|was killed by signal (\d+))")
 
@@ -73,6 +73,7 @@ class Workers:
         self.fetched = 0  # bytes of values brought to this process
         self._warming: list = []
         self._announced = False
+        self.by_node: dict[str, int] = {}  # tasks started, by the host name of their worker's node
 
     def start(self) -> Any:
         """The client, its cluster started now if it is not."""
@@ -88,7 +89,9 @@ class Workers:
             main = threading.current_thread() is threading.main_thread()
             previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
             try:  # the workers are spawned ignoring Ctrl-C: it is the launcher's to handle
-                if self.scheduler:
+                if self.scheduler and os.path.isfile(self.scheduler):  # a scheduler file (dask scheduler --scheduler-file)
+                    client = Client(scheduler_file=self.scheduler, set_as_default=False)
+                elif self.scheduler:
                     client = Client(self.scheduler, set_as_default=False)
                 else:
                     logging.getLogger("distributed.nanny").addHandler(self._deaths)
@@ -137,8 +140,9 @@ class Workers:
 
     def _started(self, event: tuple) -> None:
         """A worker started task ``key``: its ``time_out``, if it has one, counts from now."""
-        _, (key, pid, address) = event
+        _, (key, pid, address, host) = event
         self._starts[key] = (pid, address)
+        self.by_node[host] = self.by_node.get(host, 0) + 1
         limit = self._limits.get(key)
         if limit is not None:
             timer = threading.Timer(limit[2], self._expire, (key,))

@@ -153,6 +153,7 @@ class Engine:
         self._queued: dict[str, collections.deque] = {}
         self.tasks_local = 0
         self.tasks_remote = 0
+        self._backend_nodes: dict[str, int] = {}  # tasks sent to backends, by their node
         self._thread = threading.Thread(target=self._dispatch_loop, name="executor-dispatch", daemon=True)
         self._thread.start()
 
@@ -358,6 +359,8 @@ class Engine:
             return
         self._inflight[target] = self._inflight.get(target, 0) + 1
         self.tasks_remote += 1
+        node = self.remote.node_of(target)
+        self._backend_nodes[node] = self._backend_nodes.get(node, 0) + 1
         fut.add_done_callback(lambda f: self._events.put(("done", task, ("remote", f, target, stashes))))
         if task.spec.time_out:  # the app stops waiting; the backend runs the task to its end
             timer = threading.Timer(task.spec.time_out, self._events.put, (("expire", task, None),))
@@ -598,6 +601,10 @@ class Engine:
         if self._remote is None:
             self._remote = Backends(self)
         return self._remote
+
+    def by_node(self) -> dict[str, dict[str, int]]:
+        """Tasks started so far, by node: ``{"workers": {host: n}, "backends": {node: n}}``."""
+        return {"workers": dict(self._local.by_node), "backends": dict(self._backend_nodes)}
 
     def worker_moved(self) -> int:
         """Bytes moved for worker tasks so far (see :func:`workflows.executor.bytes_moved`)."""

@@ -35,8 +35,8 @@ def parser(prog: str = "python -m workflows.executor") -> argparse.ArgumentParse
     p.add_argument("--workers", type=cmdline.positive_int, default=os.cpu_count() or 1,
                    help="processes of the local Dask cluster that runs the tasks no backend runs (default: cores)")
     p.add_argument("--scheduler", default=os.environ.get("STORAGE_API_DASK_SCHEDULER") or None, metavar="ADDRESS",
-                   help="run those tasks on the workers of this running Dask scheduler (tcp://host:port) instead "
-                        "of a local cluster (default: $STORAGE_API_DASK_SCHEDULER)")
+                   help="run those tasks on the workers of this running Dask scheduler (tcp://host:port, or its "
+                        "--scheduler-file) instead of a local cluster (default: $STORAGE_API_DASK_SCHEDULER)")
     p.add_argument("--dashboard", default=":0", metavar="[HOST]:PORT",
                    help="where the local cluster serves Dask's dashboard (default :0, a free port; 'none': no "
                         "dashboard); its address is printed")

@@ -110,6 +110,7 @@ def run(payload: bytes, keep_out: tuple[str, ...], key: str, *inputs: Any) -> li
     ``BaseException`` fail the task, not the worker.
     """
     import os
+    import socket
 
     from distributed import get_worker
 
@@ -119,7 +120,7 @@ def run(payload: bytes, keep_out: tuple[str, ...], key: str, *inputs: Any) -> li
     from ._structure import rebuild
 
     worker = get_worker()
-    worker.log_event(TOPIC, (key, os.getpid(), worker.address))
+    worker.log_event(TOPIC, (key, os.getpid(), worker.address, socket.gethostname()))
     with quiet_import(hide=keep_out):
         func, args, kwargs, outputs, n_returns, name = pickle.loads(payload)
     if inputs:
