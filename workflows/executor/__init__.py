@@ -1,9 +1,8 @@
-"""Run unchanged PyCOMPSs/dislib apps on one machine, without COMPSs: storage-api's development mode.
+"""Run unchanged PyCOMPSs/dislib apps without COMPSs, on the store's backends and on Dask.
 
-This is not a distributed engine and does not try to be one: clusters use real COMPSs
-(``runcompss``/``enqueue_compss`` with the storage bundle). It exists because COMPSs cannot be
-installed from the package registries while dislib imports ``pycompss.api``. The launcher
-(``storage-api run APP.py [args]`` or ``python -m workflows.executor APP.py [args]``) puts a small
+COMPSs cannot be installed from the package registries while dislib imports ``pycompss.api``; real
+COMPSs, when installed, takes over (``runcompss``/``enqueue_compss`` with the storage bundle). The
+launcher (``storage-api run APP.py [args]`` or ``python -m workflows.executor APP.py [args]``) puts a small
 ``pycompss`` shim on ``sys.path`` (only when the real one is not importable) and runs the app as
 ``__main__`` with an engine that implements the ``pycompss.api`` subset dislib 1.0 uses:
 ``@task`` (``returns=`` counted as PyCOMPSs does, see :mod:`._returns`; directions IN, OUT, INOUT,
@@ -14,11 +13,12 @@ followed by identity, see :mod:`._structure`) and ``{Type: ..., Depth: ...}``; `
 
 Tasks return futures and run asynchronously in dependency order. A task whose arguments include a
 persistent object runs on the backend holding the first one; a task whose inputs a backend keeps
-runs there; the others run in a pool of local worker processes (see :mod:`._engine`). Errors
+runs there; the others run on Dask workers: a local cluster, or a running scheduler's (see
+:mod:`._engine`, :mod:`._dask`). Errors
 surface at ``compss_wait_on`` (or ``compss_barrier``) with their original type and traceback;
 the executor's own reasons to fail a task are :class:`TaskError` subclasses naming it.
 
-Known limits (dev mode): no retries, no task groups, no nesting (tasks called inside tasks run as
+Known limits: no task groups, no nesting (tasks called inside tasks run as
 plain calls, as PyCOMPSs without agents), arguments are snapshotted structurally at submission but
 arrays inside them are not copied, persistent objects cannot be of classes defined in the app's
 ``__main__`` (task arguments of such classes can travel). Results kept on backends are freed once the app drops or
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def warm_up(*modules: str, hide: tuple[str, ...] = (), backends: bool = False) -> None:
-    """Have the local workers, and with ``backends`` the store's live backends (where tasks on
+    """Have the Dask workers, and with ``backends`` the store's live backends (where tasks on
     persistent data run), import ``modules`` now, in the background (as COMPSs' workers have their
     libraries loaded before tasks arrive), without their import-time notices and without the
     packages in ``hide`` (see :mod:`workflows.quiet`). Outside the executor it does nothing."""

@@ -109,16 +109,6 @@ class Workers:
             self.client = client
             return client
 
-    def prestart(self) -> None:
-        """Start the cluster in the background (its start-up overlaps the app's)."""
-        def start() -> None:
-            try:
-                self.start()
-            except Exception:  # noqa: BLE001 - the first task's start() raises it again
-                pass
-
-        threading.Thread(target=start, name="executor-dask-start", daemon=True).start()
-
     def _announce(self, client: Any) -> None:
         """Say, once, where the tasks go and where the dashboard is (at the first task: an app that
         runs none prints nothing of ours)."""

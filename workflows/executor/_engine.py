@@ -376,7 +376,7 @@ class Engine:
         """The backend of the first persistent argument; else the backend keeping the task's first
         remote input, unless it has more than ``2 x backend_slots`` tasks more to do than another
         backend keeping an input (then that one: locality first, but no pile-up); else ``None``
-        (a local worker)."""
+        (a Dask worker)."""
         pscos: list[str] = []
         holders: list[str] = []
 
@@ -616,18 +616,19 @@ class Engine:
         return self._local.size()
 
     def start_pool(self) -> None:
-        """Start the workers in the background (see :meth:`._dask.Workers.start`)."""
-        self._local.prestart()
+        """Start the workers now (see :meth:`._dask.Workers.start`), from the app's thread before the
+        app runs: started alongside it, Dask's imports raced the app's (numpy "partially initialized")."""
+        self._local.start()
 
     def abort(self) -> None:
-        """Stop now (Ctrl-C, or the app failed): queued tasks are dropped, local workers stopped
+        """Stop now (Ctrl-C, or the app failed): queued tasks are dropped, the local cluster stopped
         (they ignore Ctrl-C, so that it does not print a traceback per worker), and :meth:`close`
         does not wait for tasks still running on backends."""
         self._aborted = True
         self._local.abort()
 
     def warm_up(self, modules: list[str], hide: tuple[str, ...] = (), backends: bool = False) -> None:
-        """Have each local worker, and with ``backends`` each live backend, import ``modules`` now
+        """Have each Dask worker, and with ``backends`` each live backend, import ``modules`` now
         (quietly, without ``hide``), while the app prepares its run, instead of in the middle of
         the first tasks that need them."""
         self._local.warm(list(modules), tuple(hide))

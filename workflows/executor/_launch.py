@@ -43,7 +43,7 @@ def parser(prog: str = "python -m workflows.executor") -> argparse.ArgumentParse
     p.add_argument("--backend-slots", type=cmdline.positive_int, default=1,
                    help="tasks one backend runs at a time (default 1: one core per backend)")
     p.add_argument("--pythonpath", default="", metavar="DIRS",
-                   help="colon-separated directories the app, the local workers and the backends' tasks "
+                   help="colon-separated directories the app, the Dask workers and the backends' tasks "
                         "import from, ahead of the app's own directory (runcompss' --pythonpath)")
     p.add_argument("app", type=cmdline.input_file, help="the PyCOMPSs application script")
     p.add_argument("args", nargs=argparse.REMAINDER, help="the app's own arguments")
@@ -168,7 +168,7 @@ def _run(app: str, args: list[str], *, workers: int, backend_slots: int, pythonp
     previous = _stop_on_sigterm(engine)
     try:
         program = compile(Path(app_path).read_text(), app_path, "exec", dont_inherit=True)  # not our __future__s
-        engine.start_pool()  # the workers' start-up overlaps the app's
+        engine.start_pool()
         exec(program, app.__dict__)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
