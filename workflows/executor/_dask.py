@@ -89,10 +89,8 @@ class Workers:
             main = threading.current_thread() is threading.main_thread()
             previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
             try:  # the workers are spawned ignoring Ctrl-C: it is the launcher's to handle
-                if self.scheduler and os.path.isfile(self.scheduler):  # a scheduler file (dask scheduler --scheduler-file)
-                    client = Client(scheduler_file=self.scheduler, set_as_default=False)
-                elif self.scheduler:
-                    client = Client(self.scheduler, set_as_default=False)
+                if self.scheduler:
+                    client = self._connect(Client)
                 else:
                     logging.getLogger("distributed.nanny").addHandler(self._deaths)
                     self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
@@ -108,6 +106,18 @@ class Workers:
             client.subscribe_topic(TOPIC, self._started)
             self.client = client
             return client
+
+    def _connect(self, client_class: Any) -> Any:
+        """A client of the scheduler ``--scheduler`` names (an address, or a scheduler file);
+        :class:`~storage_api.errors.ConfigError` if none answers there."""
+        from storage_api.errors import ConfigError
+
+        try:
+            if os.path.isfile(self.scheduler):  # dask scheduler --scheduler-file
+                return client_class(scheduler_file=self.scheduler, set_as_default=False)
+            return client_class(self.scheduler, set_as_default=False)
+        except (OSError, ValueError, TypeError) as exc:  # TimeoutError is an OSError
+            raise ConfigError(f"--scheduler {self.scheduler}: no Dask scheduler answers there ({exc})") from None
 
     def _announce(self, client: Any) -> None:
         """Say, once, where the tasks go and where the dashboard is (at the first task: an app that
