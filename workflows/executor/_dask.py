@@ -73,6 +73,7 @@ class Workers:
         self.fetched = 0  # bytes of values brought to this process
         self._warming: list = []
         self._announced = False
+        self._scratch: str | None = None
         self.by_node: dict[str, int] = {}  # tasks started, by the host name of their worker's node
 
     def start(self) -> Any:
@@ -93,7 +94,14 @@ class Workers:
                     client = self._connect(Client)
                 else:
                     logging.getLogger("distributed.nanny").addHandler(self._deaths)
+                    import tempfile
+
+                    import dask
+
+                    self._scratch = tempfile.mkdtemp(prefix="storage-api-dask-")  # the workers' spill files
+                    dask.config.set({"temporary-directory": self._scratch})  # the scheduler's, the nannies'
                     self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                                local_directory=self._scratch,
                                                 dashboard_address=self.dashboard if _dashboard_works() else None,
                                                 silence_logs=logging.CRITICAL, host="127.0.0.1")
                     client = Client(self.cluster, set_as_default=False)
@@ -127,8 +135,9 @@ class Workers:
         self._announced = True
         link = client.dashboard_link if self._serves_dashboard(client) else None
         where = f"the scheduler at {self.scheduler}" if self.scheduler else f"{self.workers} local workers"
-        print(f"storage-api run: tasks off the store run on Dask ({where})"
-              + (f"; dashboard: {link}" if link else ""), file=sys.stderr, flush=True)
+        sys.stderr.write(f"storage-api run: tasks off the store run on Dask ({where})"  # one write: a line of its own
+                         + (f"; dashboard: {link}" if link else "") + "\n")
+        sys.stderr.flush()
 
     def _serves_dashboard(self, client: Any) -> bool:
         if self.cluster is not None:
@@ -299,6 +308,11 @@ class Workers:
                 except Exception:  # noqa: BLE001 - closing a broken cluster
                     pass
         logging.getLogger("distributed.nanny").removeHandler(self._deaths)
+        if self._scratch is not None:
+            import shutil
+
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
 
 def _quietly(fn: Any, *args: Any) -> None:
