@@ -76,6 +76,14 @@ def _bytes_moved():
     return bytes_moved()
 
 
+def _tasks_by_node():
+    try:
+        from workflows.executor import tasks_by_node
+    except ImportError:
+        return None
+    return tasks_by_node()
+
+
 def _diff(after, before):
     if after is None or before is None:
         return None
@@ -223,6 +231,7 @@ def run(args, backends, blocks, CascadeSVM, Array):
         "arity": args.arity, "iterations": args.iterations, "placement": args.placement if args.storage else None,
         "initialization_time": init_time, "execution_time": exec_time,
         "bytes_init": _diff(bytes1, bytes0), "bytes_exec": _diff(bytes2, bytes1), "score": score,
+        "tasks_by_node": _tasks_by_node(),
     }
 
 

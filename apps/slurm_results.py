@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 CSVM_COLUMNS = ["processors", "points_per_block", "storage", "blocks", "points", "points_per_processor",
-                "placement", "initialization_time", "execution_time", "bytes_moved", "score"]
+                "placement", "initialization_time", "execution_time", "bytes_moved", "score", "tasks_by_node"]
 LSTM_COLUMNS = ["run", "seed", "epochs", "passes", "device", "cpu_mse", "cpu_mae", "cpu_smape", "cpu_rmse",
                 "mem_mse", "mem_mae", "mem_smape", "mem_rmse", "train_time", "eval_time", "server_time",
                 "memory_mb", "client_total", "overhead", "call_overhead", "client_rss_mb"]
@@ -47,9 +47,21 @@ def csvm_rows(results: Path) -> list[dict[str, Any]]:
             "points_per_processor": f["points_per_processor"], "placement": f.get("placement") or "",
             "initialization_time": round(f["initialization_time"], 6), "execution_time": round(f["execution_time"], 6),
             "bytes_moved": moved["total"] if moved else "", "score": f["score"],
+            "tasks_by_node": _by_node(f.get("tasks_by_node")),
         })
     rows.sort(key=lambda r: (r["points_per_block"], r["storage"], r["processors"]))
     return rows
+
+
+def _by_node(counts: dict[str, dict[str, int]] | None) -> str:
+    """``node:tasks`` pairs, Dask workers' and backends' tasks together, e.g. ``sa-n2:41 sa-n3:40``."""
+    if not counts:
+        return ""
+    total: dict[str, int] = {}
+    for per_node in counts.values():
+        for node, n in per_node.items():
+            total[node] = total.get(node, 0) + n
+    return " ".join(f"{node}:{n}" for node, n in sorted(total.items()))
 
 
 def lstm_rows(results: Path) -> list[dict[str, Any]]:

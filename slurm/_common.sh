@@ -249,6 +249,57 @@ sa_props() {
     { [ -n "${STORAGE_PROPS:-}" ] && cat "$STORAGE_PROPS"; echo; echo "backends_per_node=$per_node"; } > "$file"
 }
 
+# ------------------------------------------------------------------ Dask (the executor's engine without COMPSs)
+# sa_dask_up MASTER "NODES" PROCS FILE: a Dask scheduler on MASTER and one `dask worker` of PROCS
+# processes (one thread each) on every node of NODES, each a job step (srun --overlap) so that it
+# runs on that node; waits until all NODES x PROCS worker processes joined. FILE: the scheduler
+# file, which `python -m workflows.executor --scheduler FILE` reads. Their logs go next to FILE.
+SA_DASK_PIDS=()
+sa_dask_up() {
+    local master=$1 nodes=$2 procs=$3 file=$4 n logs
+    n=$(echo "$nodes" | wc -w)
+    logs="${file%.json}"
+    rm -f "$file"
+    sa_log "starting Dask: the scheduler on $master, $procs worker processes on each of: $nodes"
+    sa_hold
+    setsid srun --nodes=1 --ntasks=1 --nodelist="$master" --overlap --export=ALL \
+        "$PYTHON" -m distributed.cli.dask_scheduler --scheduler-file "$file" --host "" --port 0 \
+        --dashboard-address :0 > "$logs-scheduler.log" 2>&1 &
+    SA_DASK_PIDS+=("$!")
+    sa_release
+    sa_hold
+    setsid srun --nodes="$n" --ntasks="$n" --ntasks-per-node=1 --nodelist="${nodes// /,}" --overlap --export=ALL \
+        "$PYTHON" -m distributed.cli.dask_worker --scheduler-file "$file" --nworkers "$procs" --nthreads 1 \
+        --local-directory "${TMPDIR:-/tmp}" > "$logs-workers.log" 2>&1 &
+    SA_DASK_PIDS+=("$!")
+    sa_release
+    if ! "$PYTHON" - "$file" "$((n * procs))" <<'PY'
+import os, sys, time
+from distributed import Client
+path, want = sys.argv[1], int(sys.argv[2])
+deadline = time.monotonic() + 180
+while not os.path.exists(path) and time.monotonic() < deadline:
+    time.sleep(0.2)
+with Client(scheduler_file=path, timeout=60) as client:
+    client.wait_for_workers(want, timeout=max(1, deadline - time.monotonic()))
+    hosts = sorted({w["host"] for w in client.scheduler_info(n_workers=-1)["workers"].values()})
+    print(f"    Dask: {want} worker processes on {' '.join(hosts)}; dashboard {client.dashboard_link}")
+PY
+    then
+        echo "$SA_NAME: the Dask workers did not all join within 180 s; see $logs-*.log" >&2
+        sa_dask_down
+        return 1
+    fi
+}
+
+sa_dask_down() {  # stop the scheduler and workers sa_dask_up started
+    local pid
+    for pid in "${SA_DASK_PIDS[@]}"; do
+        sa_kill_group "$pid"
+    done
+    SA_DASK_PIDS=()
+}
+
 # ------------------------------------------------------------------ clean-up
 sa_cleanup() {
     local rc=$?
@@ -266,6 +317,7 @@ sa_cleanup() {
         sa_kill_group "$SA_APP_PID"
     fi
     sa_store_down
+    sa_dask_down
     if type sa_finish >/dev/null 2>&1; then
         sa_finish
     fi

@@ -29,13 +29,14 @@
 # Launcher: with COMPSs (LAUNCHER=compss, or auto when launch_compss is on PATH) each run is a
 # launch_compss on the master and the worker nodes, with the store's storage conf, the bundle's jar on
 # the classpath and its python/ on the pythonpath. Without it (LAUNCHER=executor) each run is
-# `python -m workflows.executor`, the project's local PyCOMPSs executor: with the store the tasks run
-# inside the backends that hold their blocks, on the worker nodes; without the store every task runs in
-# the master's worker pool (the executor does not spread tasks over nodes).
+# `python -m workflows.executor`, the project's PyCOMPSs executor on Dask: for every processor count
+# the job starts a Dask scheduler on the master and one `dask worker` per worker node (srun), and the
+# runs use them: with the store the tasks on blocks run inside the backends that hold them and the
+# others on the Dask workers; without the store every task runs on the Dask workers, over the nodes.
 #
 # Results, in RESULTS_DIR: runs/*.json (one per run), results.csv (one row per run: processors, block
 # size, storage on/off, points, initialization and execution time, bytes moved between processes,
-# score, ...), weak_scaling.png, and logs/. They are written after every run, so a job that dies keeps
+# score, tasks started per node, ...), weak_scaling.png, and logs/. They are written after every run, so a job that dies keeps
 # what it measured. Everything the job starts is stopped by a trap on exit, error, the time-limit
 # signal (--signal=B:USR1@300) and scancel, and the store's data and secrets are deleted (the props
 # key keep_data=true, in STORAGE_PROPS, keeps them).
@@ -54,7 +55,8 @@
 #   ARITY               cascade arity (default: 48)        ITERATIONS   CSVM iterations (default: 5)
 #   PLACEMENT           blocks over backends: contiguous or round-robin (default: contiguous)
 #   LAUNCHER            auto, compss or executor (default: auto)
-#   EXECUTOR_WORKERS    executor mode: local worker processes (default: min(P x CORES_PER_SOCKET, CPUs))
+#   EXECUTOR_WORKERS    executor mode: Dask worker processes per worker node (default: the sockets used
+#                       on a node x CORES_PER_SOCKET)
 #   BACKEND_SLOTS       executor mode: tasks one backend runs at once (default: CORES_PER_SOCKET)
 #   COMPSS_FLAGS        compss mode: extra launch_compss options (default: none)
 #   STORAGE_HOME        the storage bundle (default: this checkout's scripts; in compss mode a bundle
@@ -122,7 +124,6 @@ if [ -z "${STORAGE_HOME:-}" ]; then
 fi
 [ -x "$STORAGE_HOME/scripts/storage_init.sh" ] || sa_die "STORAGE_HOME '$STORAGE_HOME' has no scripts/storage_init.sh"
 [ -z "$STORAGE_PROPS" ] || STORAGE_PROPS="$(sa_abspath "$STORAGE_PROPS")"
-CPUS_HERE="$(sa_cpus_here)"
 cd "$SA_CHECKOUT"
 
 # ------------------------------------------------------------------ the sweep
@@ -152,8 +153,8 @@ run_csvm() {
         # shellcheck disable=SC2206
         cmd+=($COMPSS_FLAGS "$APP" "${args[@]}")
     else
-        local w="${EXECUTOR_WORKERS:-$(( p * CORES_PER_SOCKET < CPUS_HERE ? p * CORES_PER_SOCKET : CPUS_HERE ))}"
-        cmd=("$PYTHON" -m workflows.executor --workers "$w" --backend-slots "$BACKEND_SLOTS" "$APP" "${args[@]}")
+        cmd=("$PYTHON" -m workflows.executor --scheduler "$DASK_FILE" --backend-slots "$BACKEND_SLOTS" "$APP"
+             "${args[@]}")
     fi
     RUNS=$((RUNS + 1))
     sa_log "run $tag: ${cmd[*]}"
@@ -175,6 +176,13 @@ for p in $PROCESSORS; do
     n_nodes=$(( (p + SOCKETS_PER_NODE - 1) / SOCKETS_PER_NODE ))
     per_node=$(( p < SOCKETS_PER_NODE ? p : SOCKETS_PER_NODE ))
     workers="${WORKERS[*]:0:$n_nodes}"
+    if [ "$LAUNCHER" = executor ]; then
+        DASK_FILE="$RESULTS_DIR/logs/dask-p$p.json"
+        if ! sa_dask_up "$MASTER" "$workers" "${EXECUTOR_WORKERS:-$((per_node * CORES_PER_SOCKET))}" "$DASK_FILE"; then
+            FAILED=$((FAILED + 1))
+            continue
+        fi
+    fi
     for mode in $STORAGE; do
         if [ "$mode" = on ]; then
             props="$RESULTS_DIR/logs/storage-p$p.props"
@@ -189,6 +197,7 @@ for p in $PROCESSORS; do
         done
         [ "$mode" = off ] || sa_store_down
     done
+    [ "$LAUNCHER" != executor ] || sa_dask_down
 done
 sa_log "$RUNS runs, $FAILED failed; results: $RESULTS_DIR/results.csv"
 [ "$FAILED" -eq 0 ]

@@ -349,17 +349,3 @@ def test_the_thin_client_does_not_import_cloudpickle() -> None:
                      "print(sorted(m for m in ('cloudpickle', 'numpy', 'workflows') if m in sys.modules))")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
-
-
-def test_an_aborted_pool_is_closed_only_once_its_manager_thread_ended() -> None:
-    """Ctrl-C or a failing app aborts the pool (shut down without waiting, which makes
-    concurrent.futures forget its manager thread); closing it then still waits for that thread, so
-    that interpreter exit does not write to its wake-up pipe while the thread closes it (an
-    'Exception ignored ... Bad file descriptor' traceback after the app's last line)."""
-    from workflows.executor._pool import LocalPool
-
-    local = LocalPool(1)
-    manager = local.start()._executor_manager_thread
-    local.abort()
-    local.close(wait=False)
-    assert manager is not None and not manager.is_alive()

@@ -364,8 +364,8 @@ NAPPING_APP = ("import sys, time\n"
 
 
 def test_ctrl_c_in_an_executor_run(run: Run, tmp_path: Path) -> None:
-    """Ctrl-C while tasks run in local workers: one line from the launcher, no traceback from any
-    worker, and the workers are stopped at once (their task would sleep for a minute)."""
+    """Ctrl-C while tasks run on the local Dask workers: one line from the launcher, no traceback
+    from any worker, and the workers are stopped at once (their task would sleep for a minute)."""
     script = tmp_path / "slow.py"
     script.write_text(NAPPING_APP)
     proc = run.popen(*cli("run", "--workers", "2", str(script)))
@@ -373,7 +373,10 @@ def test_ctrl_c_in_an_executor_run(run: Run, tmp_path: Path) -> None:
     stderr = _interrupt_when(proc, b"napping").decode()
     assert time.monotonic() - started < 50
     assert proc.returncode == 130
-    assert stderr.strip().splitlines() == ["napping", "storage-api: interrupted"]
+    lines = stderr.strip().splitlines()
+    notice = [line for line in lines if line.startswith("storage-api run: ")]  # where the tasks go, the dashboard
+    assert len(notice) == 1 and "Dask (2 local workers); dashboard: http" in notice[0], stderr
+    assert [line for line in lines if line not in notice] == ["napping", "storage-api: interrupted"]
     run.check_clean()
 
 

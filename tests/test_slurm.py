@@ -212,12 +212,16 @@ def test_weak_scaling_sweep_writes_results_and_leaves_nothing(slurm, tmp_path):
         assert 0.9 <= float(r["score"]) <= 1.0
         assert int(r["bytes_moved"]) > 0
         assert r["placement"] == ("contiguous" if r["storage"] == "on" else "")
+    node = _job_nodes(job)
     for p in ("1", "2"):
         for ppb in ("128", "256"):
             on, off = (next(r for r in rows if (r["processors"], r["points_per_block"], r["storage"]) == (p, ppb, m))
                        for m in ("on", "off"))
-            assert int(on["bytes_moved"]) < int(off["bytes_moved"]), (on, off)
             assert on["score"] == off["score"]  # the same model with and without the store
+            # the same tasks, in other places: each block's in the backend holding it, on the job's
+            # node, with the store; on the Dask workers without it
+            assert sum(_by_node(off).values()) == sum(_by_node(on).values()), (on, off)
+            assert _by_node(on).get(node, 0) >= int(on["blocks"]), on
     assert (results / "weak_scaling.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert len(list((results / "runs").glob("*.json"))) == 8
     # one deployment per processor count, each with its number of backends, each stopped by the trap
@@ -252,6 +256,11 @@ def test_weak_scaling_on_three_nodes_puts_backends_on_the_workers(three_nodes, t
         on, off = (next(r for r in rows if (r["processors"], r["storage"]) == (p, m)) for m in ("on", "off"))
         assert on["score"] == off["score"] and int(on["bytes_moved"]) < int(off["bytes_moved"])
     assert survivors(job) == []
+
+
+def _by_node(row: dict) -> dict[str, int]:
+    """A results row's tasks started per node (its ``node:count`` pairs)."""
+    return {node: int(n) for node, _, n in (pair.rpartition(":") for pair in row["tasks_by_node"].split())}
 
 
 def _job_nodes(job: str) -> str:

@@ -1,7 +1,7 @@
 """The engine of this process's run of the executor, if any.
 
 The ``@task`` wrapper and ``pycompss.api.api`` ask for it at each call: with none (plain ``python
-app.py``, a local worker, a backend running a shipped task) tasks run as plain calls, as PyCOMPSs
+app.py``, a Dask worker, a backend running a shipped task) tasks run as plain calls, as PyCOMPSs
 does out of scope. Kept apart from the engine so that the decorators import nothing heavy.
 """
 

@@ -1,7 +1,7 @@
 """The decorators of the ``pycompss.api`` shim: ``@task``, ``@constraint``, ``@on_failure``, ``@reduction``.
 
 A decorated function stays importable by reference (``module.qualname`` names the wrapper), which
-is how local workers and backends find it. The wrapper asks :func:`._current.current` at call time:
+is how Dask workers and backends find it. The wrapper asks :func:`._current.current` at call time:
 inside a run of the executor it submits a task; anywhere else (plain ``python app.py``, a worker
 process, a backend running a shipped task) it calls the function, as PyCOMPSs does out of scope.
 """

@@ -12,12 +12,14 @@ Placement, first match wins:
 2. an input is a result kept on a backend: the backend keeping the first one, unless it is much
    busier than another backend keeping an input (results of backend tasks stay where they were
    made, as COMPSs leaves outputs on the worker that wrote them);
-3. otherwise a local worker process (``--workers``), which gets the function by reference and its
-   arguments pickled, and sends its results back pickled.
-A value made locally and sent to a backend is kept there (:class:`~storage_api._messages.Stash`)
+3. otherwise a Dask worker (:mod:`._dask`), which gets the function by reference and its
+   arguments pickled, and keeps its answer: the results of worker tasks that later worker tasks read
+   go from worker to worker, and come to the app's process only for ``compss_wait_on`` (or a task
+   that must run on a backend, which gets them from here).
+A value sent to a backend from here is kept there (:class:`~storage_api._messages.Stash`)
 and named (:class:`~storage_api._messages.Kept`), not re-sent, the next time. What backends keep
-is freed once the app drops or deletes the futures (:mod:`._frees`); local workers, the tasks
-killed with them and ``time_out`` are :mod:`._pool`'s.
+is freed once the app drops or deletes the futures (:mod:`._frees`), what workers keep once the
+engine drops their Dask futures; dead workers and ``time_out`` are :mod:`._dask`'s.
 """
 
 from __future__ import annotations
@@ -29,19 +31,19 @@ import pickle
 import queue
 import threading
 import uuid
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from storage_api._messages import Kept, Stash
 
 from . import _returns
 from ._decorators import Param, TaskSpec
-from ._errors import TaskCancelled, TaskTimeout, TaskWorkerDied
+from ._dask import Workers
+from ._errors import TaskCancelled, TaskTimeout
 from ._frees import Frees
-from ._pool import RERUNS, LocalPool
 from ._serial import dumps_task, for_backend, pending
 from ._structure import SHARED_VALUES, at, leaf_paths, rebuild, set_at, write_back
 from ._versions import Versions, followable
+from ._worker import Ref
 from ._remote import Backends
 
 
@@ -70,7 +72,7 @@ class Future:
 class Task:
     __slots__ = ("n", "spec", "args", "kwargs", "outputs", "writes", "pending", "dependents", "deps",
                  "finished", "error", "answer", "where", "key", "done", "cache", "stashed", "force_local", "after",
-                 "n_returns", "holders", "users", "deleted", "release", "ordered", "reruns", "__weakref__")
+                 "n_returns", "holders", "users", "deleted", "release", "ordered", "dask", "parts", "__weakref__")
 
     def __init__(self, n: int, spec: TaskSpec) -> None:
         self.n = n
@@ -99,7 +101,8 @@ class Task:
         self.deleted: set[tuple] = set()  # paths of its results the app compss_delete_object'ed
         self.release: Any = None  # frees what backends keep of it (see _frees), once
         self.ordered: list[Any] = []  # the persistent objects and files it reads or writes
-        self.reruns = 0  # times it was stopped with another task's dead worker and run again
+        self.dask: Any = None  # the Dask future of its answer, kept on the worker that ran it
+        self.parts: dict[tuple, Any] = {}  # Dask futures of elements of that answer, made where it is
 
 
 def _empty_instance(cls: Any) -> Any:
@@ -123,11 +126,12 @@ def _is_psco(v: Any) -> bool:
 
 
 class Engine:
-    """One run's tasks. ``workers``: size of the local process pool."""
+    """One run's tasks. ``workers``: size of the local Dask cluster; ``scheduler``: the address of
+    a running Dask scheduler whose workers run the tasks instead."""
 
     def __init__(self, workers: int, *, paths: list[str] | None = None, script: str | None = None,
-                 backend_slots: int = 1) -> None:
-        self.workers = max(1, workers)
+                 backend_slots: int = 1, scheduler: str | None = None, dashboard: str | None = ":0") -> None:
+        self._workers = max(1, workers)
         self.paths = list(paths or [])  # sys.path entries backends need to import the app's functions
         self.script = script
         self._lock = threading.RLock()
@@ -139,16 +143,17 @@ class Engine:
         self._writer: dict[Any, Task] = {}
         self._readers: dict[Any, dict[Task, None]] = {}  # of the current versions, until they finish
         self._failures: list[BaseException] = []
-        self._local = LocalPool(self.workers, self.script)
+        self._local = Workers(self._workers, script=self.script, paths=self.paths, scheduler=scheduler,
+                              dashboard=dashboard)
         self._aborted = False
         self._remote: Any = None
         self._frees = Frees(lambda: self._events.put(("flush", None, None)))
         self.backend_slots = max(1, backend_slots)  # tasks running at once on one backend
         self._inflight: dict[str, int] = {}
         self._queued: dict[str, collections.deque] = {}
-        self.worker_bytes = 0  # bytes pickled to and from local workers (see README)
         self.tasks_local = 0
         self.tasks_remote = 0
+        self._backend_nodes: dict[str, int] = {}  # tasks sent to backends, by their node
         self._thread = threading.Thread(target=self._dispatch_loop, name="executor-dispatch", daemon=True)
         self._thread.start()
 
@@ -327,17 +332,14 @@ class Engine:
         target = None if task.force_local else self._placement(task)
         if target is None:
             self.tasks_local += 1
-            args = rebuild(task.args, self._local_value)
-            kwargs = rebuild(task.kwargs, self._local_value)
+            inputs: list[Any] = []
+            args = rebuild(task.args, lambda v: self._worker_value(v, inputs))
+            kwargs = rebuild(task.kwargs, lambda v: self._worker_value(v, inputs))
             payload = dumps_task((task.spec.wrapper, args, kwargs, task.outputs, task.n_returns, task.spec.name),
                                  args, kwargs, self._positional(task.spec), task.spec.name)
-            self.worker_bytes += len(payload)
             from workflows.quiet import kept_out
 
-            from ._worker import run
-
-            fut = self._local.submit(task.key, task.spec.time_out, run, payload, kept_out(), task.key,
-                                     task.spec.time_out)
+            fut = self._local.submit(task.key, task.spec.name, payload, kept_out(), task.spec.time_out, inputs)
             fut.add_done_callback(lambda f: self._events.put(("done", task, ("local", f))))
         elif self._inflight.get(target, 0) >= self.backend_slots:
             self._queued.setdefault(target, collections.deque()).append(task)
@@ -357,6 +359,8 @@ class Engine:
             return
         self._inflight[target] = self._inflight.get(target, 0) + 1
         self.tasks_remote += 1
+        node = self.remote.node_of(target)
+        self._backend_nodes[node] = self._backend_nodes.get(node, 0) + 1
         fut.add_done_callback(lambda f: self._events.put(("done", task, ("remote", f, target, stashes))))
         if task.spec.time_out:  # the app stops waiting; the backend runs the task to its end
             timer = threading.Timer(task.spec.time_out, self._events.put, (("expire", task, None),))
@@ -372,7 +376,7 @@ class Engine:
         """The backend of the first persistent argument; else the backend keeping the task's first
         remote input, unless it has more than ``2 x backend_slots`` tasks more to do than another
         backend keeping an input (then that one: locality first, but no pile-up); else ``None``
-        (a local worker)."""
+        (a Dask worker)."""
         pscos: list[str] = []
         holders: list[str] = []
 
@@ -394,8 +398,29 @@ class Engine:
         best = min(holders, key=lambda b: (load[b], holders.index(b)))
         return best if load[holders[0]] - load[best] > 2 * self.backend_slots else holders[0]
 
-    def _local_value(self, v: Any) -> Any:
-        return self.value(v) if isinstance(v, Future) else v
+    def _worker_value(self, v: Any, inputs: list) -> Any:
+        """What a worker task gets for argument leaf ``v``: a future's value is a :class:`Ref` to
+        what a worker holds (Dask brings it there), else the value itself (one this process has,
+        or fetches from the backend keeping it)."""
+        if not isinstance(v, Future):
+            return v
+        t = v.task
+        if t.dask is not None and v.path not in t.cache:
+            answer, path = self._held(t, v.path)
+            inputs.append(answer)
+            return Ref(len(inputs) - 1, path)
+        return self.value(v)
+
+    def _held(self, t: Task, path: tuple) -> tuple[Any, tuple]:
+        """Where element ``path`` of worker task ``t``'s answer is: a Dask future and the path in
+        its value. A task of one value (the answer is ``[value]``) has it in its answer; of an
+        answer of several, each element read becomes a future of its own, so that only it moves."""
+        if t.n_returns <= 1 and not t.outputs:
+            return t.dask, path
+        part = t.parts.get(path)
+        if part is None:
+            part = t.parts[path] = self._local.part(t.dask, path, t.key)
+        return part, ()
 
     def _remote_value(self, v: Any, target: str, stashes: list) -> Any:
         if not isinstance(v, Future):
@@ -407,7 +432,7 @@ class Engine:
         if target in t.stashed.get(v.path, ()):
             return Kept(target, f"{t.key}/{v.path}", (0,))
         stashes.append((t, v.path))
-        return Stash(f"{t.key}/{v.path}", at(t.answer, v.path))
+        return Stash(f"{t.key}/{v.path}", self.value(v) if t.dask is not None else at(t.answer, v.path))
 
     def _late(self, task: Task, outcome: tuple) -> None:
         """What a backend answers for a task the app gave up on: its slot is free, its result freed."""
@@ -427,24 +452,10 @@ class Engine:
     def _finish(self, task: Task, outcome: tuple) -> None:
         if outcome[0] == "local":
             f = outcome[1]
-            try:
-                body = f.result()
-                self.worker_bytes += len(body)
-                answer, worker_traffic = pickle.loads(body)
-                self.worker_bytes += worker_traffic
-                task.answer = answer
-            except BrokenProcessPool:
-                task.error = self._local.verdict(task.key, task.spec.name)
-                if task.error is None and not self._aborted:  # stopped with another task's worker: again
-                    task.reruns += 1
-                    if task.reruns <= RERUNS:
-                        self._local.done(task.key)
-                        self._events.put(("ready", task, None))
-                        return
-                    task.error = TaskWorkerDied(f"task {task.spec.name} was stopped {RERUNS} times with "
-                                                "workers that died running other tasks")
-            except BaseException as exc:  # noqa: BLE001
-                task.error = exc
+            if f.status == "finished":
+                task.dask = f
+            else:
+                task.error = self._local.failure(f, task.key, task.spec.name)
             self._local.done(task.key)
         elif outcome[0] == "remote":
             f, target, stashes = outcome[1], outcome[2], outcome[3]
@@ -496,6 +507,11 @@ class Engine:
             with self._lock:  # seen by the app: the final barrier does not raise it again
                 self._failures = [f for f in self._failures if f is not t.error]
             raise t.error
+        if t.dask is not None:
+            if fut.path not in t.cache:
+                held, path = self._held(t, fut.path)
+                t.cache[fut.path] = at(self._local.fetch(held), path) if path else self._local.fetch(held)
+            return t.cache[fut.path]
         if t.where is None:
             return at(t.answer, fut.path)
         if fut.path not in t.cache:
@@ -586,26 +602,36 @@ class Engine:
             self._remote = Backends(self)
         return self._remote
 
-    def start_pool(self) -> Any:
-        """Start the local workers now (see :meth:`._pool.LocalPool.start`)."""
-        return self._local.start()
+    def by_node(self) -> dict[str, dict[str, int]]:
+        """Tasks started so far, by node: ``{"workers": {host: n}, "backends": {node: n}}``."""
+        return {"workers": dict(self._local.by_node), "backends": dict(self._backend_nodes)}
+
+    def worker_moved(self) -> int:
+        """Bytes moved for worker tasks so far (see :func:`workflows.executor.bytes_moved`)."""
+        return self._local.moved()
+
+    @property
+    def workers(self) -> int:
+        """Workers the tasks off the store spread over."""
+        return self._local.size()
+
+    def start_pool(self) -> None:
+        """Start the workers now (see :meth:`._dask.Workers.start`), from the app's thread before the
+        app runs: started alongside it, Dask's imports raced the app's (numpy "partially initialized")."""
+        self._local.start()
 
     def abort(self) -> None:
-        """Stop now (Ctrl-C, or the app failed): queued tasks are dropped, local workers stopped
+        """Stop now (Ctrl-C, or the app failed): queued tasks are dropped, the local cluster stopped
         (they ignore Ctrl-C, so that it does not print a traceback per worker), and :meth:`close`
         does not wait for tasks still running on backends."""
         self._aborted = True
         self._local.abort()
 
     def warm_up(self, modules: list[str], hide: tuple[str, ...] = (), backends: bool = False) -> None:
-        """Have each local worker, and with ``backends`` each live backend, import ``modules`` now
+        """Have each Dask worker, and with ``backends`` each live backend, import ``modules`` now
         (quietly, without ``hide``), while the app prepares its run, instead of in the middle of
         the first tasks that need them."""
-        from ._worker import warm
-
-        pool = self.start_pool()
-        for _ in range(self.workers):  # one each, as a rule: a worker that misses it imports lazily
-            pool.submit(warm, list(modules), tuple(hide))
+        self._local.warm(list(modules), tuple(hide))
         if backends:
             self.remote.warm(list(modules), tuple(hide))
 
@@ -615,7 +641,6 @@ class Engine:
                 self.barrier()
         finally:
             self._events.put(("stop", None, None))
-            self._local.stop_reading()
             self._local.close(wait=not self._aborted)
             if self._remote is not None:
                 self._flush(wait=True, everything=True)

@@ -1,6 +1,6 @@
 """The executor's own reasons for a task to fail (its code's exceptions travel as they are).
 
-Each names the task. They are raised in the process that ran the task (a local worker, a backend)
+Each names the task. They are raised in the process that ran the task (a Dask worker, a backend)
 or in the app's, and reach ``compss_wait_on`` like any task error; they pickle as their message.
 """
 
@@ -33,7 +33,7 @@ class TaskTimeout(TaskError, TimeoutError):
 
 
 class TaskWorkerDied(TaskError):
-    """The local worker process running the task ended abruptly (``os._exit``, a crash, killed)."""
+    """The worker processes running the task kept ending abruptly (``os._exit``, a crash, killed)."""
 
 
 class ArgumentNotSendable(StoreError, TypeError):

@@ -33,11 +33,17 @@ def parser(prog: str = "python -m workflows.executor") -> argparse.ArgumentParse
     p = argparse.ArgumentParser(prog=prog,
                                 description="Run a PyCOMPSs app without COMPSs (storage-api's development executor).")
     p.add_argument("--workers", type=cmdline.positive_int, default=os.cpu_count() or 1,
-                   help="local worker processes for tasks that do not run on a backend (default: cores)")
+                   help="processes of the local Dask cluster that runs the tasks no backend runs (default: cores)")
+    p.add_argument("--scheduler", default=os.environ.get("STORAGE_API_DASK_SCHEDULER") or None, metavar="ADDRESS",
+                   help="run those tasks on the workers of this running Dask scheduler (tcp://host:port, or its "
+                        "--scheduler-file) instead of a local cluster (default: $STORAGE_API_DASK_SCHEDULER)")
+    p.add_argument("--dashboard", default=":0", metavar="[HOST]:PORT",
+                   help="where the local cluster serves Dask's dashboard (default :0, a free port; 'none': no "
+                        "dashboard); its address is printed")
     p.add_argument("--backend-slots", type=cmdline.positive_int, default=1,
                    help="tasks one backend runs at a time (default 1: one core per backend)")
     p.add_argument("--pythonpath", default="", metavar="DIRS",
-                   help="colon-separated directories the app, the local workers and the backends' tasks "
+                   help="colon-separated directories the app, the Dask workers and the backends' tasks "
                         "import from, ahead of the app's own directory (runcompss' --pythonpath)")
     p.add_argument("app", type=cmdline.input_file, help="the PyCOMPSs application script")
     p.add_argument("args", nargs=argparse.REMAINDER, help="the app's own arguments")
@@ -54,16 +60,19 @@ def main(argv: list[str] | None = None, prog: str = "python -m workflows.executo
               "(storage-api compss-bundle DEST assembles the storage bundle)", file=sys.stderr)
         return 3
     return run(opts.app, opts.args, workers=opts.workers, backend_slots=opts.backend_slots,
-               pythonpath=[d for d in opts.pythonpath.split(os.pathsep) if d])
+               pythonpath=[d for d in opts.pythonpath.split(os.pathsep) if d], scheduler=opts.scheduler,
+               dashboard=None if opts.dashboard.lower() == "none" else opts.dashboard)
 
 
-def run(app: str, args: list[str], *, workers: int, backend_slots: int = 1, pythonpath: list[str] = ()) -> int:  # type: ignore[assignment]
+def run(app: str, args: list[str], *, workers: int, backend_slots: int = 1, pythonpath: list[str] = (),  # type: ignore[assignment]
+        scheduler: str | None = None, dashboard: str | None = ":0") -> int:
     """Run ``app``; its exit status. An error the app does not catch is printed as Python would
     print it for ``python APP.py``: from the app's own frames on (not the launcher's before them,
     nor the executor's after them, unless ``--debug``/``STORAGE_API_DEBUG`` asks for everything),
     with status 1. The store's errors stay one-line mistakes (status 2, see storage_api.cmdline)."""
     try:
-        return _run(app, args, workers=workers, backend_slots=backend_slots, pythonpath=pythonpath)
+        return _run(app, args, workers=workers, backend_slots=backend_slots, pythonpath=pythonpath,
+                    scheduler=scheduler, dashboard=dashboard)
     except Exception as exc:
         if isinstance(exc, StoreError) or cmdline.debugging():
             raise
@@ -119,7 +128,8 @@ def _without_internal_frames(text: str) -> str:
     return "".join(out)
 
 
-def _run(app: str, args: list[str], *, workers: int, backend_slots: int, pythonpath: list[str]) -> int:
+def _run(app: str, args: list[str], *, workers: int, backend_slots: int, pythonpath: list[str],
+         scheduler: str | None, dashboard: str | None) -> int:
     from . import _current, _engine
 
     app_path = str(Path(app).resolve())
@@ -133,7 +143,8 @@ def _run(app: str, args: list[str], *, workers: int, backend_slots: int, pythonp
         sys.path.insert(0, p)
     if pythonpath:  # and programs the app starts, as runcompss exports it
         os.environ["PYTHONPATH"] = os.pathsep.join([*paths[1:-1], *filter(None, [os.environ.get("PYTHONPATH")])])
-    engine = _engine.Engine(workers, paths=paths, script=app_path, backend_slots=backend_slots)
+    engine = _engine.Engine(workers, paths=paths, script=app_path, backend_slots=backend_slots, scheduler=scheduler,
+                            dashboard=dashboard)
     _current.install(engine)
     saved_argv, saved_main, saved_mp_main = sys.argv, sys.modules["__main__"], sys.modules.get("__mp_main__")
     sys.argv = [app_path, *args]
@@ -157,7 +168,7 @@ def _run(app: str, args: list[str], *, workers: int, backend_slots: int, pythonp
     previous = _stop_on_sigterm(engine)
     try:
         program = compile(Path(app_path).read_text(), app_path, "exec", dont_inherit=True)  # not our __future__s
-        engine.start_pool()  # the workers' start-up overlaps the app's
+        engine.start_pool()
         exec(program, app.__dict__)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

@@ -42,6 +42,13 @@ class Backends:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.client = current()
+        self._nodes: dict[str, str] = {}
+
+    def node_of(self, bid: str) -> str:
+        """The node (its COMPSs name) backend ``bid`` runs on."""
+        if bid not in self._nodes:
+            self._nodes.update({b.id: b.compss_name or b.host for b in self.client.backends()})
+        return self._nodes.get(bid, bid)
 
     def backend_of(self, obj: Any) -> str:
         return getattr(obj, "_sa_backend", None) or self.client.locate(obj.getID())

@@ -1,4 +1,4 @@
-"""What runs a task away from the app: a local worker process (:func:`run`), or a backend (:func:`shipped`).
+"""What runs a task away from the app: a Dask worker (:func:`run`), or a backend (:func:`shipped`).
 
 The function travels by reference (PyCOMPSs does the same): ``module.qualname`` of the ``@task``
 wrapper, which there calls the function directly. Functions of the app script resolve because
@@ -15,31 +15,40 @@ from __future__ import annotations
 import itertools
 import pickle
 import types
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 from storage_api._messages import value_at
 
-from ._errors import ReturnsMismatch, TaskError, TaskTimeout
-from ._serial import dumps, script_attr
+from ._errors import ReturnsMismatch, TaskError
+from ._serial import script_attr
 
 
-_started: Any = None  # where this worker reports each task it starts (see _pool)
+class Ref:
+    """Stands, in a task's pickled arguments, for element ``path`` of the ``index``-th value the
+    worker receives beside the payload (a result another worker holds: Dask brings it, worker to
+    worker)."""
+
+    __slots__ = ("index", "path")
+
+    def __init__(self, index: int, path: tuple = ()) -> None:
+        self.index = index
+        self.path = path
+
+    def __reduce__(self) -> tuple:
+        return (Ref, (self.index, self.path))
 
 
-def setup(started: Any = None, script: str | None = None) -> None:
+def setup(script: str | None = None) -> None:
     """Each worker's start: Ctrl-C in a terminal reaches the whole process group, but it is the
-    launcher's to handle (it stops the workers); a worker would only print a traceback. (Workers
-    are spawned with it ignored already; this covers one spawned later, from another thread.)
+    launcher's to handle (it stops the workers); a worker would only print a traceback.
     The app ``script`` becomes the worker's ``__main__``, run when a task first needs it."""
     import signal
     import sys
+    import threading
 
-    global _started
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _started = started
-    if script is not None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if script is not None and not isinstance(sys.modules.get("__mp_main__"), _Script):
         sys.modules["__main__"] = sys.modules["__mp_main__"] = _Script(script)
 
 
@@ -74,11 +83,6 @@ def warm(modules: list[str], keep_out: tuple[str, ...]) -> bool:
     return True
 
 
-def ready() -> bool:
-    """A no-op the engine runs once per worker so that all of them are started up front."""
-    return True
-
-
 def _traffic_total() -> int:
     import sys
 
@@ -88,58 +92,70 @@ def _traffic_total() -> int:
     return sum(s + r for s, r in transport.traffic().values())
 
 
-def run(payload: bytes, keep_out: tuple[str, ...] = (), key: str = "", time_out: float | None = None) -> bytes:
-    """Run task ``key``; return ``pickle((answer, bytes this worker exchanged with backends))``.
+def moved(dask_worker: Any = None) -> int:
+    """Bytes this worker sent to other workers and exchanged with backends so far."""
+    sent = getattr(dask_worker, "transfer_outgoing_bytes_total", 0) if dask_worker is not None else 0
+    return sent + _traffic_total()
+
+
+def run(payload: bytes, keep_out: tuple[str, ...], key: str, *inputs: Any) -> list:
+    """Run task ``key``; its answer, ``[value, *outputs]``, which stays in this worker.
 
     Unpickling imports the task's function, as the app's process did: without the notices users
     cannot act on and without the packages the app kept out (``keep_out``, see :mod:`workflows.quiet`).
-    Exceptions propagate: the pool carries them to the engine with their traceback. With
-    ``time_out``, an alarm stops the task after that many seconds.
+    ``inputs`` are the values the payload's :class:`Ref` placeholders stand for; the task gets
+    copies of them, as a PyCOMPSs task gets its arguments deserialized (a task that writes one,
+    INOUT, must not change it under another task that reads the same version). Exceptions
+    propagate (Dask carries them to the engine with their traceback); ``sys.exit()`` and other
+    ``BaseException`` fail the task, not the worker.
     """
     import os
+    import socket
+
+    from distributed import get_worker
 
     from workflows.quiet import quiet_import
 
-    if _started is not None:
-        _started.send((key, os.getpid()))
-    before = _traffic_total()
+    from ._dask import TOPIC
+    from ._structure import rebuild
+
+    worker = get_worker()
+    worker.log_event(TOPIC, (key, os.getpid(), worker.address, socket.gethostname()))
     with quiet_import(hide=keep_out):
         func, args, kwargs, outputs, n_returns, name = pickle.loads(payload)
+    if inputs:
+        def resolve(v: Any) -> Any:  # a copy: Dask hands every task on this worker the same object
+            return _copy(element(inputs[v.index], v.path)) if isinstance(v, Ref) else v
+
+        args, kwargs = rebuild(args, resolve), rebuild(kwargs, resolve)
     try:
-        with _alarm(time_out, name):
-            result = declared(func(*args, **kwargs), n_returns, name)
+        result = declared(func(*args, **kwargs), n_returns, name)
     except Exception as exc:
         raise _sendable(exc) from None
     except BaseException as exc:  # sys.exit(), KeyboardInterrupt: the task failed, the app goes on
         raise _remote_error(exc) from None  # (out of compss_wait_on, SystemExit(0) ended the app with 0)
-    answer = [result, *(value_at(args, kwargs, tuple(p)) for p in outputs)]
-    return dumps((answer, _traffic_total() - before))
+    return [result, *(value_at(args, kwargs, tuple(p)) for p in outputs)]
 
 
-@contextmanager
-def _alarm(seconds: float | None, task: str) -> Iterator[None]:
-    """Raise :class:`TaskTimeout` in the task after ``seconds`` (PyCOMPSs' worker uses SIGALRM too)."""
-    if not seconds:
-        yield
-        return
-    import signal
-
-    def expired(signum: int, frame: Any) -> None:
-        raise TaskTimeout(f"task {task} ran past its time_out of {seconds:g} s")
-
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+def _copy(value: Any) -> Any:
     try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        return pickle.loads(pickle.dumps(value, protocol=5))
+    except Exception:  # noqa: BLE001 - what pickle refuses (a lambda inside, say)
+        import copy
+
+        return copy.deepcopy(value)
+
+
+def element(answer: list, path: tuple) -> Any:
+    """Element ``path`` of a task's answer (made where the answer is, so that only it moves on)."""
+    for i in path:
+        answer = answer[i]
+    return answer
 
 
 def _sendable(exc: Exception) -> Exception:
-    """``exc`` if the pool can carry it back, else a :class:`RemoteError` naming it. An exception
-    that pickles but cannot be rebuilt (its ``__init__`` takes other arguments than its ``args``)
-    broke the whole pool: every later local task of the run failed with BrokenProcessPool."""
+    """``exc`` if it can be carried back, else a :class:`RemoteError` naming it (an exception that
+    pickles but cannot be rebuilt, as its ``__init__`` takes other arguments than its ``args``)."""
     try:
         pickle.loads(pickle.dumps(exc))
         return exc
