@@ -123,6 +123,10 @@ def test_a_running_scheduler_takes_the_tasks_and_its_workers_outlive_the_run(das
         assert f"the scheduler at {address}" in err
     out, _ = _launch(tmp_path, CHAIN, env={"STORAGE_API_DASK_SCHEDULER": address})
     assert set(out["pids"]) <= pids
+    # another app, of the same file name, after those: its own functions, not the first app's
+    edited = CHAIN.replace("return [len(data), os.getpid()]", "return [len(data) + 1, os.getpid()]")
+    out, _ = _launch(tmp_path, edited, "--scheduler", address)
+    assert out["sizes"] == [(4 << 20) + 1, (4 << 20) + 1]
 
 
 def test_a_scheduler_nobody_runs_is_a_clear_error(tmp_path: Path) -> None:

@@ -48,7 +48,7 @@ def setup(script: str | None = None) -> None:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-    if script is not None and not isinstance(sys.modules.get("__mp_main__"), _Script):
+    if script is not None:  # afresh for each run: a worker of a running scheduler serves one run after another
         sys.modules["__main__"] = sys.modules["__mp_main__"] = _Script(script)
 
 
