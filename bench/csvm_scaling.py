@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -50,41 +48,6 @@ def link_bytes(nodes: list) -> int:
         for way in ("rx_bytes", "tx_bytes"):
             total += int(Path(f"/sys/class/net/{node.name}/statistics/{way}").read_text())
     return total
-
-
-class DaskCluster:
-    """A Dask scheduler on ``address`` (this machine) and one worker of ``procs`` processes on each node."""
-
-    def __init__(self, kit, nodes: list, address: str, procs: int, scratch: Path) -> None:
-        from tests.netkit import run_on
-
-        with socket.socket() as s:
-            s.bind((address, 0))
-            port = s.getsockname()[1]
-        self.address = f"tcp://{address}:{port}"
-        env = {**os.environ, "PYTHONPATH": str(ROOT)}
-        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env, "start_new_session": True}
-        self.procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", address,
-                                        "--port", str(port), "--dashboard-address", ":0"], **quiet)]
-        for node in nodes:
-            self.procs.append(subprocess.Popen(run_on(node.name, [
-                sys.executable, "-m", "distributed.cli.dask_worker", self.address, "--nworkers", str(procs),
-                "--nthreads", "1", "--local-directory", str(scratch)]), **quiet))
-        from distributed import Client
-
-        with Client(self.address, timeout=60) as client:
-            client.wait_for_workers(procs * len(nodes), timeout=180)
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            try:
-                os.killpg(proc.pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def run_app(scheduler: str, processors: int, ppb: int, bpc: int, cpp: int, storage: bool, config: str | None,
@@ -141,7 +104,7 @@ def main() -> int:
             nodes = kit.nodes[:n]
             processors = 2 * n
             with tempfile.TemporaryDirectory() as tmp:
-                dask = DaskCluster(kit, nodes, kit.bridge, 2, Path(tmp))
+                dask = netkit.DaskCluster(nodes, kit.bridge, 2, Path(tmp))
                 dep = None
                 try:
                     dep = _local.start(Path(tmp) / "dep", processors, fsync=False, log_level="WARNING",

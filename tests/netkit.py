@@ -7,7 +7,8 @@ with its own address and host name, on a bridge, their links shaped with ``tc tb
   test session and ``slurm/local_cluster.sh --netns``, never share nodes); :meth:`Nodes.close`
   removes them. A set whose owner process died is reclaimed by the next :func:`make`.
 - :func:`run_on` is the command that runs ``argv`` on a node (same pid: it execs), and
-  :meth:`Node.host` the ``_local.Host`` that places deployment processes there.
+  :meth:`Node.host` the ``_local.Host`` that places deployment processes there;
+  :class:`DaskCluster` a Dask scheduler here and a worker on each of some nodes.
 - Deployments across nodes: the tests' deployments (``tests/conftest.py``'s ``cluster`` and
   ``own_cluster``) put Redis and their backends where :data:`PLACEMENT` (an environment variable)
   says; ``tests/test_cluster_net.py`` sets it for a pytest it runs on a client node.
@@ -18,6 +19,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -99,6 +102,44 @@ def make(count: int, rate: str = "none") -> Nodes:
         if proc.returncode != 3:  # 3: that prefix is someone's
             raise RuntimeError(f"netns_nodes.sh up failed: {proc.stderr.strip()}")
     raise RuntimeError(f"all {MAX_SETS} sets of emulated nodes are taken (bash {SCRIPT} status --prefix sa-t1n ...)")
+
+
+class DaskCluster:
+    """A Dask scheduler on ``address`` (this machine) and one worker of ``procs`` processes on each node."""
+
+    def __init__(self, nodes: list[Node], address: str, procs: int, scratch: Path) -> None:
+        with socket.socket() as s:
+            s.bind((address, 0))
+            port = s.getsockname()[1]
+        self.address = f"tcp://{address}:{port}"
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env, "start_new_session": True}
+        self.procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", address,
+                                        "--port", str(port), "--dashboard-address", ":0"], **quiet)]
+        for node in nodes:
+            self.procs.append(subprocess.Popen(run_on(node.name, [
+                sys.executable, "-m", "distributed.cli.dask_worker", self.address, "--nworkers", str(procs),
+                "--nthreads", "1", "--local-directory", str(scratch)]), **quiet))
+        # waited for from another process: importing distributed here would change how this
+        # process pickles exceptions (it installs tblib's pickling) for the tests that follow
+        wait = ("import sys; from distributed import Client\n"
+                "with Client(sys.argv[1], timeout=60) as c: c.wait_for_workers(int(sys.argv[2]), timeout=180)")
+        try:
+            subprocess.run([sys.executable, "-c", wait, self.address, str(procs * len(nodes))], check=True, env=env,
+                           timeout=300)
+        except BaseException:
+            self.stop()
+            raise
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _script(*args: str) -> None:

@@ -63,6 +63,45 @@ def test_dislib_module_through_launcher(module: str) -> None:
         for test, w, g in diffs) + "\n" + got.output_tail[-1500:]
 
 
+# Those of them run again with the tasks on Dask workers on three emulated hosts (the app here, the
+# scheduler on this machine's side of the bridge, one worker process per node, links at 1 Gbit/s).
+CI_DISLIB_ON_HOSTS = ["tests.test_data_utils", "tests.test_terasort", "tests.test_svd"]
+
+
+@pytest.fixture(scope="module")
+def three_hosts(tmp_path_factory: pytest.TempPathFactory):
+    """The address of a Dask scheduler whose workers run on three emulated hosts."""
+    from tests import netkit
+
+    problem = netkit.unavailable()
+    if problem:
+        if os.environ.get("SA_TEST_REQUIRE_CONFORMANCE") == "1":
+            pytest.fail(problem)
+        pytest.skip(problem)
+    kit = netkit.make(3, "1gbit")
+    try:
+        dask = netkit.DaskCluster(kit.nodes, kit.bridge, 1, tmp_path_factory.mktemp("dask"))
+        try:
+            yield dask.address
+        finally:
+            dask.stop()
+    finally:
+        kit.close()
+
+
+@pytest.mark.slow
+@pytest.mark.conformance
+@pytest.mark.parametrize("module", CI_DISLIB_ON_HOSTS)
+def test_dislib_module_on_dask_workers_on_three_hosts(module: str, three_hosts: str) -> None:
+    _require(_suites.dislib)
+    entry = _dislib.load_expected()["modules"][module]
+    got = _dislib.run(module, "launcher", timeout=300, scheduler=three_hosts)
+    diffs = _dislib.differences(entry, got, launcher_known=True)
+    assert not diffs, f"{module} on three hosts differs from the expected results:\n" + "\n".join(
+        f"  {test}: expected {w['outcome']} ({w['message'][:100]}), got {g['outcome']} ({g['message'][:100]})"
+        for test, w, g in diffs) + "\n" + got.output_tail[-1500:]
+
+
 def test_dislib_expectations_cover_the_ci_modules_and_name_causes() -> None:
     expected = _dislib.load_expected()
     assert set(CI_DISLIB_MODULES) <= set(expected["modules"])

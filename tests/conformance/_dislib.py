@@ -49,7 +49,9 @@ def modules() -> list[str]:
     return sorted(f"tests.{p.stem}" for p in (_suites.dislib() / "tests").glob("test_*.py"))
 
 
-def run(module: str, mode: str, *, timeout: float = 600, workers: int = 2) -> ModuleRun:
+def run(module: str, mode: str, *, timeout: float = 600, workers: int = 2, scheduler: str | None = None) -> ModuleRun:
+    """Run dislib's test ``module`` sequentially or through the launcher (``workers`` local Dask
+    workers, or those of the Dask ``scheduler`` at that address)."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     cwd = _suites.dislib()
@@ -60,8 +62,8 @@ def run(module: str, mode: str, *, timeout: float = 600, workers: int = 2) -> Mo
             env = _suites.env([cwd, SEQUENTIAL])
         else:
             # as upstream runs it: runcompss --pythonpath=$(pwd) (the folder holding tests/)
-            cmd = _suites.storage_api("run", "--workers", str(workers), f"--pythonpath={cwd}",
-                                      str(APP), str(out), module)
+            where = ["--scheduler", scheduler] if scheduler else ["--workers", str(workers)]
+            cmd = _suites.storage_api("run", *where, f"--pythonpath={cwd}", str(APP), str(out), module)
             env = _suites.env([], home=Path(tmp))
         done = _process.run(cmd, cwd=cwd, env=env, timeout=timeout)
         saved = json.loads(out.read_text()) if out.exists() else {"tests": {}, "running": None}
