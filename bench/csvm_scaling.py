@@ -10,7 +10,9 @@ worker`` of two processes (one thread each) and, for the runs with the store, tw
 per processor): the executor runs the tasks on blocks in the backend holding them and every other
 task on the Dask workers, so without the store all of them run there. A processor holds
 ``cores-per-processor x blocks-per-core`` blocks (``--sizes POINTS:BLOCKS_PER_CORE``; the paper's 8
-blocks of 128 points or 1 block of 1024 points per core). Cascade arity 2, 5 iterations.
+blocks of 128 points or 1 block of 1024 points per core). Cascade arity 2, 5 iterations. Before
+the timed runs of each node count, one small run with and one without the store, untimed, have
+the new backends and workers import their libraries (as COMPSs' workers have them loaded).
 
 Per run: the execution time (the fit, as the paper's figures), the bytes the executor counts as
 moved between processes during the fit, and the bytes that crossed the nodes' links during the
@@ -109,6 +111,8 @@ def main() -> int:
                 try:
                     dep = _local.start(Path(tmp) / "dep", processors, fsync=False, log_level="WARNING",
                                        redis_host=Host(kit.bridge), backend_hosts=[node.host() for node in nodes])
+                    for storage in (True, False):  # untimed: the backends and workers import dislib first
+                        run_app(dask.address, processors, 128, 1, 1, storage, str(dep.config_path), nodes, 1, 2)
                     for ppb, bpc in sizes:
                         common = (dask.address, processors, ppb, bpc, args.cores_per_processor)
                         with_store = run_app(*common, True, str(dep.config_path), nodes, args.iterations, args.arity)
