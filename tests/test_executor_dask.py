@@ -129,6 +129,17 @@ def test_a_running_scheduler_takes_the_tasks_and_its_workers_outlive_the_run(das
     assert out["sizes"] == [(4 << 20) + 1, (4 << 20) + 1]
 
 
+def test_a_scheduler_file_that_is_not_there_is_a_clear_error_at_once(tmp_path: Path) -> None:
+    script = tmp_path / "app.py"
+    script.write_text(CHAIN)
+    proc = subprocess.run([sys.executable, "-m", "workflows.executor", "--scheduler", "nosuch.json", str(script)],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2
+    assert proc.stderr.strip().endswith("--scheduler nosuch.json: neither a scheduler file (no such file) nor an "
+                                        "address (tcp://HOST:PORT)"), proc.stderr
+
+
 def test_a_scheduler_nobody_runs_is_a_clear_error(tmp_path: Path) -> None:
     script = tmp_path / "app.py"
     script.write_text(CHAIN)

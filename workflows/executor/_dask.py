@@ -32,6 +32,7 @@ from typing import Any
 
 from ._errors import TaskTimeout, TaskWorkerDied
 
+CONNECT_TIMEOUT = 15  # seconds a --scheduler has to answer
 TOPIC = "storage-api-task"  # the event each task's worker logs as it starts: (task key, pid, address, host)
 
 _deaths = re.compile(r"Worker process (\d+) (?:exited with status (\d+)|was killed by signal (\d+))")
@@ -120,12 +121,17 @@ class Workers:
         :class:`~storage_api.errors.ConfigError` if none answers there."""
         from storage_api.errors import ConfigError
 
+        where = self.scheduler
+        is_file = os.path.isfile(where)  # dask scheduler --scheduler-file
+        if not is_file and not re.fullmatch(r"(\w+://)?\[?[\w.:-]+\]?:\d+", where):
+            raise ConfigError(f"--scheduler {where}: neither a scheduler file (no such file) nor an address "
+                              "(tcp://HOST:PORT)")
         try:
-            if os.path.isfile(self.scheduler):  # dask scheduler --scheduler-file
-                return client_class(scheduler_file=self.scheduler, set_as_default=False)
-            return client_class(self.scheduler, set_as_default=False)
+            if is_file:
+                return client_class(scheduler_file=where, set_as_default=False, timeout=CONNECT_TIMEOUT)
+            return client_class(where, set_as_default=False, timeout=CONNECT_TIMEOUT)
         except (OSError, ValueError, TypeError) as exc:  # TimeoutError is an OSError
-            raise ConfigError(f"--scheduler {self.scheduler}: no Dask scheduler answers there ({exc})") from None
+            raise ConfigError(f"--scheduler {where}: no Dask scheduler answers there ({exc})") from None
 
     def _announce(self, client: Any) -> None:
         """Say, once, where the tasks go and where the dashboard is (at the first task: an app that
