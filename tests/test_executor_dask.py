@@ -149,3 +149,45 @@ def test_a_scheduler_nobody_runs_is_a_clear_error(tmp_path: Path) -> None:
                           env={**os.environ, "PYTHONPATH": str(ROOT), "DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "3s"})
     assert proc.returncode != 0 and time.monotonic() - started < 60
     assert "scheduler" in proc.stderr.lower() and "Traceback" not in proc.stderr, proc.stderr
+
+
+TO_BACKEND = '''
+import json
+from pycompss.api.task import task
+from pycompss.api.api import compss_wait_on
+from workflows.executor import bytes_moved
+from workflows.models.blocks import PersistentBlock
+
+@task(returns=1)
+def big(n):
+    return bytearray(n)
+
+@task(returns=1)
+def measure(block, data):          # a persistent argument: it runs on the block's backend
+    return [len(data), int(data[-1])]
+
+if __name__ == "__main__":
+    block = PersistentBlock([[1.0]])
+    block.make_persistent()
+    try:
+        data = big(8 << 20)
+        compss_wait_on(measure(block, [0]))   # the backend has the task's function loaded
+        before = bytes_moved()
+        first, again = measure(block, data), measure(block, data)
+        got = compss_wait_on([first, again])
+        after = bytes_moved()
+        print("RESULT " + json.dumps({"got": got, "client": after["client"] - before["client"],
+                                      "workers": after["workers"] - before["workers"]}))
+    finally:
+        block.delete_persistent(keep_state=False)
+'''
+
+
+def test_a_value_a_worker_holds_goes_from_the_worker_to_the_backend_task_that_reads_it(cluster, tmp_path: Path) -> None:
+    """A worker task's 8 MiB answer read by a task on a backend: the worker sends it to the
+    backend (once: a second task there reads the kept copy); the app's process sends the tasks,
+    not the value."""
+    out, _ = _launch(tmp_path, TO_BACKEND, "--workers", "1", env={"STORAGE_API_CONFIG": str(cluster.dep.config_path)})
+    assert out["got"] == [[8 << 20, 0], [8 << 20, 0]]
+    assert out["client"] < 256 << 10, out
+    assert 8 << 20 <= out["workers"] < 9 << 20, out

@@ -197,6 +197,13 @@ class Workers:
 
         return self.start().submit(element, answer, path, key=f"part-{key}-{'.'.join(map(str, path))}", pure=False)
 
+    def ship(self, held: Any, path: tuple, key: str, bid: str, config: str | None) -> Any:
+        """Have a worker holding ``held`` send element ``path`` of it to backend ``bid`` under
+        ``key`` (see :func:`._worker.stash`); a future of that."""
+        from ._worker import stash
+
+        return self.start().submit(stash, held, path, key, bid, config, key=f"stash-{key}-{bid}", pure=False)
+
     def fetch(self, fut: Any) -> Any:
         """The value of ``fut``, brought here."""
         from distributed.protocol import serialize_bytelist

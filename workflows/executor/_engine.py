@@ -125,6 +125,19 @@ def _is_psco(v: Any) -> bool:
         return False
 
 
+def _config_file() -> str | None:
+    """The configuration file this process reaches the store with, if it has one."""
+    import os
+
+    from storage_api._config import default_config_path
+
+    path = os.environ.get("STORAGE_API_CONFIG")
+    if path:
+        return os.path.abspath(path)
+    default = default_config_path()
+    return str(default) if default.is_file() else None
+
+
 class Engine:
     """One run's tasks. ``workers``: size of the local Dask cluster; ``scheduler``: the address of
     a running Dask scheduler whose workers run the tasks instead."""
@@ -431,8 +444,23 @@ class Engine:
             return Kept(t.where, t.key, v.path)
         if target in t.stashed.get(v.path, ()):
             return Kept(target, f"{t.key}/{v.path}", (0,))
+        if t.dask is not None and v.path not in t.cache and self._ship(t, v.path, target):
+            return Kept(target, f"{t.key}/{v.path}", (0,))
         stashes.append((t, v.path))
         return Stash(f"{t.key}/{v.path}", self.value(v) if t.dask is not None else at(t.answer, v.path))
+
+    def _ship(self, t: Task, path: tuple, target: str) -> bool:
+        """Have the worker holding element ``path`` of worker task ``t``'s answer send it to backend
+        ``target`` itself; whether it did (a worker that cannot reach the store leaves it to this
+        process, which fetches the value and sends it along with the task)."""
+        held, at_path = self._held(t, path)
+        try:
+            self._local.ship(held, at_path, f"{t.key}/{path}", target, _config_file()).result()
+        except Exception:  # noqa: BLE001 - e.g. the worker has no configuration of the store
+            return False
+        t.stashed.setdefault(path, set()).add(target)
+        self._frees.hold(t)
+        return True
 
     def _late(self, task: Task, outcome: tuple) -> None:
         """What a backend answers for a task the app gave up on: its slot is free, its result freed."""

@@ -146,6 +146,30 @@ def _copy(value: Any) -> Any:
         return copy.deepcopy(value)
 
 
+KEEP = ("module", "workflows.executor._worker", "keep")  # what a backend runs to keep a value it is sent
+
+
+def keep(*values: Any) -> None:
+    """Nothing: the backend keeps the :class:`~storage_api._messages.Stash` values it was sent."""
+
+
+def stash(value: Any, path: tuple, key: str, bid: str, config: str | None) -> bool:
+    """On a worker holding ``value``: send element ``path`` of it to backend ``bid``, which keeps it
+    under ``key`` for the task that reads it there, so that the value goes from this worker to the
+    backend, not through the app's process. The worker reaches the store with its own
+    configuration: the one it was started with, else the file ``config`` the app's process uses
+    (a path only: no secret travels with the task)."""
+    import os
+
+    from storage_api import _context
+    from storage_api import _messages as m
+
+    if _context.peek() is None and not os.environ.get("STORAGE_API_CONFIG") and config and os.path.isfile(config):
+        os.environ["STORAGE_API_CONFIG"] = config
+    _context.current().send(bid, m.Task(KEEP, [], [m.Stash(key, element(value, path))], {}, [], [], None))
+    return True
+
+
 def element(answer: list, path: tuple) -> Any:
     """Element ``path`` of a task's answer (made where the answer is, so that only it moves on)."""
     for i in path:
