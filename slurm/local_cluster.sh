@@ -174,7 +174,7 @@ stop() {
     done
     # --netns' nodes go with their daemons (a start in either mode makes what it needs)
     if [ -n "$(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^sa-n[0-9]+$')" ]; then
-        bash "$NODES_SH" down --prefix sa-n
+        bash "$NODES_SH" down --prefix sa-n --force  # the daemons are stopped
     fi
 }
 

@@ -5,7 +5,7 @@
 # (tests/netkit.py) run backends and clients on them.
 #
 #   bash slurm/netns_nodes.sh up N [--rate RATE] [--prefix P] [--subnet A.B.C] [--new] [--owner PID]
-#   bash slurm/netns_nodes.sh down [--prefix P]
+#   bash slurm/netns_nodes.sh down [--prefix P] [--force]
 #   bash slurm/netns_nodes.sh status [--prefix P]
 #   bash slurm/netns_nodes.sh run NODE COMMAND [ARGS...]
 #
@@ -15,12 +15,14 @@
 #   - a veth pair, its host end (named PI) on the bridge Pbr, which holds A.B.C.1 in this machine's
 #     own namespace (the "host" side: Redis or slurmctld can listen there);
 #   - with --rate (a tc rate: 1gbit, 100mbit, ...): a tbf qdisc on both ends of the pair, so what
-#     the node sends (eth0) and what it receives (the host end) each flow at RATE; --rate none (the
-#     default) leaves the links unshaped (up with a new rate reshapes running nodes);
+#     the node sends (eth0) and what it receives (the host end) each flow at RATE; --rate none
+#     leaves the links unshaped (up with a new rate reshapes running nodes). Without --rate or
+#     --subnet, up keeps the running nodes' own (first up: unshaped, 10.77.0);
 #   - /etc/hosts lines "A.B.C.(10+I) PI", marked with the prefix so that down removes them.
 #   --new fails (status 3) when nodes with that prefix exist and their --owner process still runs;
 #   nodes whose owner is gone are removed first. Tests use it to claim a prefix of their own.
-# down removes the nodes, the bridge and the /etc/hosts lines of the prefix (nothing else).
+# down removes the nodes, the bridge and the /etc/hosts lines of the prefix (nothing else); it
+#   refuses while processes run on the nodes (a cluster's slurmd, a test's backends), unless --force.
 # run executes COMMAND on NODE: in its network namespace and in a UTS namespace of its own whose
 # host name is NODE (`ip netns exec` would keep this machine's host name, and mount a /sys of its
 # own, without the cgroup hierarchies slurmd needs). It execs all the way, so the process started
@@ -75,7 +77,13 @@ tc_bits() {  # bits per second of a tc rate such as 1gbit, 100mbit, 512kbit, 200
 }
 
 down() {
-    local prefix=$1 node
+    local prefix=$1 force=$2 node pids=""
+    for node in $(nodes_of "$prefix"); do
+        pids+=" $(ip netns pids "$node" 2>/dev/null | tr '\n' ' ')"
+    done
+    if [ "$force" != 1 ] && [ -n "${pids// /}" ]; then
+        die "processes run on the nodes ${prefix}1... (pids:$(echo $pids | tr -s ' ' | sed 's/^/ /')): stop them first (a SLURM cluster's: bash slurm/local_cluster.sh stop), or down --force" 4
+    fi
     for node in $(nodes_of "$prefix"); do
         ip link del "$node" 2>/dev/null || true  # the host end (the pair goes with it)
         ip netns del "$node"
@@ -88,6 +96,12 @@ down() {
 up() {
     local n=$1 rate=$2 prefix=$3 subnet=$4 new=$5 owner=$6 i node addr
     [[ "$n" =~ ^[1-9][0-9]?$ ]] || die "N must be 1..99, got '$n'"
+    if [ -f "$STATE/$prefix" ]; then  # running nodes keep what was not given again
+        [ -n "$rate" ] || rate=$(awk -F= '$1 == "rate" {print $2}' "$STATE/$prefix")
+        [ -n "$subnet" ] || subnet=$(awk -F= '$1 == "subnet" {print $2}' "$STATE/$prefix")
+    fi
+    rate=${rate:-none}
+    subnet=${subnet:-10.77.0}
     [[ "$subnet" =~ ^(10|172|192)\.[0-9]{1,3}\.[0-9]{1,3}$ ]] ||
         die "subnet '$subnet': three octets of a private network, e.g. 10.77.0"
     [ "$rate" = none ] || tc_bits "$rate" >/dev/null
@@ -95,7 +109,7 @@ up() {
         local was
         was=$(awk '/^owner=/ {sub("owner=", ""); print}' "$STATE/$prefix" 2>/dev/null || true)
         if [ -n "$was" ] && [ "$was" != 0 ] && ! kill -0 "$was" 2>/dev/null; then
-            down "$prefix"  # left by a process that is gone
+            down "$prefix" 1  # left by a process that is gone
         elif [ "$new" = 1 ]; then
             die "nodes ${prefix}1... exist already (owner: $([ "${was:-0}" = 0 ] && echo none recorded || echo "pid $was"))" 3
         fi
@@ -165,7 +179,7 @@ case "$cmd" in
     up | down | status)
         n=""
         [ "$cmd" != up ] || { n=${1:-}; [ $# -eq 0 ] || shift; }
-        rate=none prefix=sa-n subnet=10.77.0 new=0 owner=0
+        rate="" prefix=sa-n subnet="" new=0 owner=0 force=0
         while [ $# -gt 0 ]; do
             case "$1" in
                 --rate) rate=${2:?--rate RATE}; shift 2 ;;
@@ -173,6 +187,7 @@ case "$cmd" in
                 --subnet) subnet=${2:?--subnet A.B.C}; shift 2 ;;
                 --owner) owner=${2:?--owner PID}; shift 2 ;;
                 --new) new=1; shift ;;
+                --force) force=1; shift ;;
                 *) die "unknown option '$1'" 2 ;;
             esac
         done
@@ -185,8 +200,8 @@ case "$cmd" in
         mkdir -p "${LOCK%/*}"
         exec 9>"$LOCK"
         flock 9  # one change at a time: /etc/hosts, the state files
-        if [ "$cmd" = up ]; then up "$n" "$rate" "$prefix" "$subnet" "$new" "$owner"; else down "$prefix"; fi
+        if [ "$cmd" = up ]; then up "$n" "$rate" "$prefix" "$subnet" "$new" "$owner"; else down "$prefix" "$force"; fi
         ;;
-    *) echo "usage: $0 up N [--rate RATE] [--prefix P] [--subnet A.B.C] [--new] [--owner PID] | down [--prefix P] | status [--prefix P] | run NODE COMMAND..." >&2
+    *) echo "usage: $0 up N [--rate RATE] [--prefix P] [--subnet A.B.C] [--new] [--owner PID] | down [--prefix P] [--force] | status [--prefix P] | run NODE COMMAND..." >&2
        exit 2 ;;
 esac

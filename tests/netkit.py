@@ -87,7 +87,7 @@ class Nodes:
         self.rate = rate
 
     def close(self) -> None:
-        _script("down", "--prefix", self.prefix)
+        _script("down", "--prefix", self.prefix, "--force")
 
 
 def make(count: int, rate: str = "none") -> Nodes:
