@@ -161,12 +161,12 @@ def stash(value: Any, path: tuple, key: str, bid: str, config: str | None) -> bo
     (a path only: no secret travels with the task)."""
     import os
 
-    from storage_api import _context
     from storage_api import _messages as m
+    from storage_api._context import current, peek
 
-    if _context.peek() is None and not os.environ.get("STORAGE_API_CONFIG") and config and os.path.isfile(config):
+    if peek() is None and not os.environ.get("STORAGE_API_CONFIG") and config and os.path.isfile(config):
         os.environ["STORAGE_API_CONFIG"] = config
-    _context.current().send(bid, m.Task(KEEP, [], [m.Stash(key, element(value, path))], {}, [], [], None))
+    current().send(bid, m.Task(KEEP, [], [m.Stash(key, element(value, path))], {}, [], [], None))
     return True
 
 
