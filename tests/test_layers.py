@@ -53,6 +53,7 @@ def test_the_store_never_imports_the_workflow_layer():
 _DOCUMENTED = {
     "storage_api": None, "storage_api.errors": None, "storage_api._messages": None,
     "storage_api._context": {"current", "peek", "on_delete"}, "storage_api._transport": {"traffic"},
+    "storage_api._config": {"default_config_path"},
 }
 
 
