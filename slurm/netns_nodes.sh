@@ -10,7 +10,8 @@
 #   bash slurm/netns_nodes.sh run NODE COMMAND [ARGS...]
 #
 # up makes (or brings to this shape: idempotent) nodes P1 ... PN (default prefix sa-n, so sa-n1 ...):
-#   - namespace PI, whose interface eth0 has the address A.B.C.(10+I)/24 (default subnet 10.77.0),
+#   - namespace PI, whose interface eth0 has the address A.B.C.(10+I)/24 (default subnet 10.77.0; a
+#     private network, RFC 1918, that no other interface of this machine uses),
 #     plus its own loopback, and no default route: a node reaches the subnet and nothing else;
 #   - a veth pair, its host end (named PI) on the bridge Pbr, which holds A.B.C.1 in this machine's
 #     own namespace (the "host" side: Redis or slurmctld can listen there);
@@ -63,6 +64,20 @@ tbf() {  # tbf on device $2 of namespace $1 ("" = this one) at rate $3, or none
     fi
 }
 
+check_subnet() {  # $1: three octets of a private network (RFC 1918) that no other interface here uses
+    local subnet=$1 prefix=$2 o1 o2 o3
+    [[ "$subnet" =~ ^(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})\.(0|[1-9][0-9]{0,2})$ ]] ||
+        die "subnet '$subnet': three decimal octets without leading zeros, e.g. 10.77.0"
+    o1=${BASH_REMATCH[1]} o2=${BASH_REMATCH[2]} o3=${BASH_REMATCH[3]}
+    [ "$o1" -le 255 ] && [ "$o2" -le 255 ] && [ "$o3" -le 255 ] || die "subnet '$subnet': octets are 0 to 255"
+    { [ "$o1" -eq 10 ] || { [ "$o1" -eq 172 ] && [ "$o2" -ge 16 ] && [ "$o2" -le 31 ]; } ||
+        { [ "$o1" -eq 192 ] && [ "$o2" -eq 168 ]; }; } ||
+        die "subnet '$subnet' is not of a private network (10.x.y, 172.16-31.y, 192.168.y)"
+    local taken
+    taken=$(ip -4 -o addr show | awk -v net="$subnet." -v own="${prefix}br" '$2 != own && index($4, net) == 1 {print $2}')
+    [ -z "$taken" ] || die "subnet $subnet is in use here already (interface $(echo $taken | tr '\n' ' '))"
+}
+
 tc_bits() {  # bits per second of a tc rate such as 1gbit, 100mbit, 512kbit, 2000000bit
     local r=${1,,} n unit
     [[ "$r" =~ ^([0-9]+)(bit|kbit|mbit|gbit)$ ]] || die "rate '$1': use NUMBER followed by bit, kbit, mbit or gbit (or none)"
@@ -102,8 +117,7 @@ up() {
     fi
     rate=${rate:-none}
     subnet=${subnet:-10.77.0}
-    [[ "$subnet" =~ ^(10|172|192)\.[0-9]{1,3}\.[0-9]{1,3}$ ]] ||
-        die "subnet '$subnet': three octets of a private network, e.g. 10.77.0"
+    check_subnet "$subnet" "$prefix"
     [ "$rate" = none ] || tc_bits "$rate" >/dev/null
     if [ -f "$STATE/$prefix" ] || [ -n "$(nodes_of "$prefix")" ]; then
         local was

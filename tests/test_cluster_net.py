@@ -66,6 +66,20 @@ def test_nodes_have_their_own_names_and_addresses_and_no_way_out(nodes) -> None:
     assert out.split() == [n.address for n in nodes.nodes]
 
 
+@pytest.mark.parametrize("subnet, says", [
+    ("10.77.00", "without leading zeros"), ("10.077.1", "without leading zeros"),  # ip reads 10.77.0, 10.63.1
+    ("10.300.1", "octets are 0 to 255"), ("172.217.14", "not of a private network"),
+])
+def test_a_subnet_ip_would_read_otherwise_or_not_private_is_refused_before_anything_is_made(nodes, subnet, says):
+    proc = subprocess.run(["bash", str(netkit.SCRIPT), "up", "1", "--prefix", "zz-bad", "--subnet", subnet],
+                          capture_output=True, text=True)
+    assert proc.returncode == 1 and says in proc.stderr, proc.stderr
+    assert "zz-bad" not in subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    taken = subprocess.run(["bash", str(netkit.SCRIPT), "up", "1", "--prefix", "zz-bad", "--subnet",
+                            nodes.bridge.rpartition(".")[0]], capture_output=True, text=True)
+    assert taken.returncode == 1 and "in use here already" in taken.stderr, taken.stderr
+
+
 def test_links_are_shaped_both_ways(nodes) -> None:
     # node to node crosses the sender's uplink and the receiver's downlink, each at RATE
     rate = netkit.throughput(nodes, nodes[0], nodes[1], 32 << 20)

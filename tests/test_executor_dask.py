@@ -191,3 +191,19 @@ def test_a_value_a_worker_holds_goes_from_the_worker_to_the_backend_task_that_re
     assert out["got"] == [[8 << 20, 0], [8 << 20, 0]]
     assert out["client"] < 256 << 10, out
     assert 8 << 20 <= out["workers"] < 9 << 20, out
+
+
+def test_a_scheduler_address_where_something_else_listens_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    """A server that accepts and never speaks Dask's protocol: a one-line error within the start's
+    bound (connecting to it never ended)."""
+    script = tmp_path / "app.py"
+    script.write_text(CHAIN)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(8)
+        proc = subprocess.run([sys.executable, "-m", "workflows.executor", "--scheduler",
+                               f"tcp://127.0.0.1:{server.getsockname()[1]}", str(script)],
+                              capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 2
+    assert "no Dask scheduler answered within" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

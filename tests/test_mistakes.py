@@ -380,6 +380,20 @@ def test_ctrl_c_in_an_executor_run(run: Run, tmp_path: Path) -> None:
     run.check_clean()
 
 
+@pytest.mark.parametrize("delay", [0.3, 1.0])
+def test_sigterm_while_the_workers_start_ends_the_run(run: Run, tmp_path: Path, delay: float) -> None:
+    """SIGTERM while the run is starting its Dask workers: the run ends (status 143) and leaves
+    nothing. (Its handler waited for a lock the start held: the run never ended.)"""
+    script = tmp_path / "slow.py"
+    script.write_text(NAPPING_APP)
+    proc = run.popen(*cli("run", "--workers", "2", str(script)))
+    time.sleep(delay)
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode == 143, proc.stderr.read().decode()
+    run.check_clean()
+
+
 def test_sigterm_of_an_executor_run_stops_its_workers(run: Run, tmp_path: Path) -> None:
     """SIGTERM to the launcher alone (``timeout``, ``scancel``): its workers are stopped too (they
     were left running, orphaned, until their task ended)."""

@@ -33,6 +33,7 @@ from typing import Any
 from ._errors import TaskTimeout, TaskWorkerDied
 
 CONNECT_TIMEOUT = 15  # seconds a --scheduler has to answer
+START_LIMIT = 60  # seconds a start may take in all (a local cluster on a loaded machine takes a few)
 TOPIC = "storage-api-task"  # the event each task's worker logs as it starts: (task key, pid, address, host)
 
 _deaths = re.compile(r"Worker process (\d+) (?:exited with status (\d+)|was killed by signal (\d+))")
@@ -64,7 +65,9 @@ class Workers:
         self.dashboard = dashboard
         self.client: Any = None
         self.cluster: Any = None
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # held while starting
+        self._refs = threading.Lock()  # guards client, cluster and _closed, never held for long
+        self._maker: threading.Thread | None = None  # the thread starting the cluster
         self._closed = False
         self._starts: dict[str, tuple[int, str]] = {}  # task key -> (pid, worker address) it started on
         self._limits: dict[str, tuple[Any, str, float]] = {}  # task key -> (its future, name, time_out)
@@ -78,43 +81,87 @@ class Workers:
         self.by_node: dict[str, int] = {}  # tasks started, by the host name of their worker's node
 
     def start(self) -> Any:
-        """The client, its cluster started now if it is not."""
-        with self._lock:
+        """The client, its cluster started now if it is not.
+
+        The cluster is made in a thread of its own while this one waits, at most :data:`START_LIMIT`
+        seconds: a signal (SIGTERM; Ctrl-C too with ``--scheduler``) is handled meanwhile, and its
+        handler's :meth:`abort` does not wait for the start (it stopped the run for good, as it
+        waited for a lock the start held), and a ``--scheduler`` that never answers (a server that
+        is not Dask's) is an error, not a hang. The local cluster's workers are spawned while this
+        process ignores Ctrl-C, so that they ignore it from their start: it is the launcher's."""
+        with self._lock:  # starters only: abort() and close() never take it
             if self._closed:
                 raise RuntimeError("the run was stopped: no more worker tasks")
             if self.client is not None:
                 return self.client
             import signal
 
+            made: dict[str, Any] = {}
+            maker = self._maker = threading.Thread(target=self._make, args=(made,), name="executor-dask-start",
+                                                   daemon=True)
+            main = threading.current_thread() is threading.main_thread()
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main and not self.scheduler else None
+            try:
+                maker.start()
+                maker.join(limit := CONNECT_TIMEOUT + 10 if self.scheduler else START_LIMIT)
+            finally:
+                if previous is not None:
+                    signal.signal(signal.SIGINT, previous)
+            with self._refs:
+                if self.client is None and "error" not in made:
+                    made["abandoned"] = True  # what the maker still makes, it closes
+            if "error" in made:
+                raise made["error"]
+            if self.client is None:
+                from storage_api.errors import ConfigError
+
+                if self.scheduler:
+                    raise ConfigError(f"--scheduler {self.scheduler}: no Dask scheduler answered within {limit} s")
+                raise ConfigError(f"the local Dask cluster did not start within {START_LIMIT} s")
+            return self.client
+
+    def _make(self, made: dict) -> None:
+        """Make the client (and the local cluster), then hand them over, unless the run was stopped
+        or :meth:`start` gave up meanwhile: then close them."""
+        client = cluster = None
+        try:
             from distributed import Client, LocalCluster
 
-            main = threading.current_thread() is threading.main_thread()
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main else None
-            try:  # the workers are spawned ignoring Ctrl-C: it is the launcher's to handle
-                if self.scheduler:
-                    client = self._connect(Client)
-                else:
-                    logging.getLogger("distributed.nanny").addHandler(self._deaths)
-                    import tempfile
+            if self.scheduler:
+                client = self._connect(Client)
+            else:
+                logging.getLogger("distributed.nanny").addHandler(self._deaths)
+                import atexit
+                import shutil
+                import tempfile
 
-                    import dask
+                import dask
 
-                    self._scratch = tempfile.mkdtemp(prefix="storage-api-dask-")  # the workers' spill files
-                    dask.config.set({"temporary-directory": self._scratch})  # the scheduler's, the nannies'
-                    self.cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
-                                                local_directory=self._scratch,
-                                                dashboard_address=self.dashboard if _dashboard_works() else None,
-                                                silence_logs=logging.CRITICAL, host="127.0.0.1")
-                    client = Client(self.cluster, set_as_default=False)
-            finally:
-                if main:
-                    signal.signal(signal.SIGINT, previous)
+                scratch = self._scratch = tempfile.mkdtemp(prefix="storage-api-dask-")  # the workers' spill files
+                atexit.register(shutil.rmtree, scratch, True)  # again at exit: a dying worker may write late
+                dask.config.set({"temporary-directory": scratch})  # the scheduler's, the nannies'
+                cluster = LocalCluster(n_workers=self.workers, threads_per_worker=1, processes=True,
+                                       local_directory=scratch,
+                                       dashboard_address=self.dashboard if _dashboard_works() else None,
+                                       silence_logs=logging.CRITICAL, host="127.0.0.1")
+                client = Client(cluster, set_as_default=False)
             from ._appsetup import AppSetup
 
             client.register_plugin(AppSetup(self.paths, self.script))
             client.subscribe_topic(TOPIC, self._started)
-            self.client = client
-            return client
+        except BaseException as exc:  # noqa: BLE001 - start() raises it
+            made["error"] = exc
+            for thing in (client, cluster):
+                _quietly(getattr(thing, "close", lambda: None))
+            return
+        with self._refs:
+            keep = not self._closed and not made.get("abandoned")
+            if keep:
+                self.client, self.cluster = client, cluster
+        if not keep:
+            for thing in (client, cluster):
+                _quietly(thing.close if thing is not None else (lambda: None))
+            self._remove_scratch()
 
     def _connect(self, client_class: Any) -> Any:
         """A client of the scheduler ``--scheduler`` names (an address, or a scheduler file);
@@ -301,31 +348,36 @@ class Workers:
         return self.sent + self.fetched + between
 
     def abort(self) -> None:
-        """Stop now: queued tasks are dropped, the local workers stopped; nothing starts after this."""
-        with self._lock:
+        """Stop now: queued tasks are dropped, the local workers stopped; nothing starts after this.
+        (From a signal handler too: it never waits for a start in progress.)"""
+        with self._refs:
             self._closed = True
+            maker = self._maker
+        if maker is not None and maker is not threading.current_thread():
+            maker.join(20)  # a start in progress: it closes what it made, its workers included
         self._stop()
 
     def close(self, wait: bool) -> None:
-        with self._lock:
+        with self._refs:
             self._closed = True
         self._stop()
 
     def _stop(self) -> None:
-        with self._lock:  # after a start in progress
+        with self._refs:
             client, cluster, self.client, self.cluster = self.client, self.cluster, None, None
         for thing in (client, cluster):
             if thing is not None:
-                try:
-                    thing.close()
-                except Exception:  # noqa: BLE001 - closing a broken cluster
-                    pass
+                _quietly(thing.close)
         logging.getLogger("distributed.nanny").removeHandler(self._deaths)
-        if self._scratch is not None:
+        if cluster is not None:
+            self._remove_scratch()
+
+    def _remove_scratch(self) -> None:
+        scratch, self._scratch = self._scratch, None
+        if scratch is not None:
             import shutil
 
-            shutil.rmtree(self._scratch, ignore_errors=True)
-            self._scratch = None
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _quietly(fn: Any, *args: Any) -> None:
