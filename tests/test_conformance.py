@@ -63,9 +63,9 @@ def test_dislib_module_through_launcher(module: str) -> None:
         for test, w, g in diffs) + "\n" + got.output_tail[-1500:]
 
 
-# Those of them run again with the tasks on Dask workers on three emulated hosts (the app here, the
+# They run again with the tasks on Dask workers on three emulated hosts (the app here, the
 # scheduler on this machine's side of the bridge, one worker process per node, links at 1 Gbit/s).
-CI_DISLIB_ON_HOSTS = ["tests.test_data_utils", "tests.test_terasort", "tests.test_svd"]
+CI_DISLIB_ON_HOSTS = CI_DISLIB_MODULES
 
 
 @pytest.fixture(scope="module")
