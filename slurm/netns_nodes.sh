@@ -83,12 +83,16 @@ tc_bits() {  # bits per second of a tc rate such as 1gbit, 100mbit, 512kbit, 200
     [[ "$r" =~ ^([0-9]+)(bit|kbit|mbit|gbit)$ ]] || die "rate '$1': use NUMBER followed by bit, kbit, mbit or gbit (or none)"
     n=${BASH_REMATCH[1]}
     unit=${BASH_REMATCH[2]}
+    [ "${#n}" -le 12 ] || die "rate '$1': from 8kbit to 100gbit"
+    local bits
     case $unit in
-        bit) echo "$n" ;;
-        kbit) echo $(( n * 1000 )) ;;
-        mbit) echo $(( n * 1000000 )) ;;
-        gbit) echo $(( n * 1000000000 )) ;;
+        bit) bits=$n ;;
+        kbit) bits=$(( n * 1000 )) ;;
+        mbit) bits=$(( n * 1000000 )) ;;
+        gbit) bits=$(( n * 1000000000 )) ;;
     esac
+    [ "$bits" -ge 8000 ] && [ "$bits" -le 100000000000 ] || die "rate '$1': from 8kbit to 100gbit"
+    echo "$bits"
 }
 
 down() {
@@ -115,10 +119,23 @@ up() {
         [ -n "$rate" ] || rate=$(awk -F= '$1 == "rate" {print $2}' "$STATE/$prefix")
         [ -n "$subnet" ] || subnet=$(awk -F= '$1 == "subnet" {print $2}' "$STATE/$prefix")
     fi
+    if [ -f "$STATE/$prefix" ] && [ -n "$(nodes_of "$prefix")" ] && [ -n "$subnet" ]; then
+        local was_on
+        was_on=$(awk -F= '$1 == "subnet" {print $2}' "$STATE/$prefix")
+        [ "$subnet" = "$was_on" ] ||
+            die "nodes ${prefix}1... run on subnet $was_on: take them down first to move them to $subnet"
+    fi
     rate=${rate:-none}
     subnet=${subnet:-10.77.0}
     check_subnet "$subnet" "$prefix"
     [ "$rate" = none ] || tc_bits "$rate" >/dev/null
+    if [ ! -f "$STATE/$prefix" ] && [ -z "$(nodes_of "$prefix")" ]; then
+        # new nodes: their names must not be taken by interfaces this script did not make
+        local taken
+        taken=$(ip -o link show | awk -F': ' '{sub("@.*", "", $2); print $2}' |
+                grep -E "^$prefix([0-9]+|br)$" || true)
+        [ -z "$taken" ] || die "prefix '$prefix': interfaces $(echo $taken | tr '\n' ' ')exist already and are not its nodes"
+    fi
     if [ -f "$STATE/$prefix" ] || [ -n "$(nodes_of "$prefix")" ]; then
         local was
         was=$(awk '/^owner=/ {sub("owner=", ""); print}' "$STATE/$prefix" 2>/dev/null || true)

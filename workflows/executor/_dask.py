@@ -23,6 +23,7 @@ from __future__ import annotations
 # distributed is imported only where a run uses it: backends import this package to run tasks, and
 # importing distributed there would change how their exceptions pickle (it installs tblib's pickling)
 
+import json
 import logging
 import os
 import re
@@ -84,11 +85,9 @@ class Workers:
         """The client, its cluster started now if it is not.
 
         The cluster is made in a thread of its own while this one waits, at most :data:`START_LIMIT`
-        seconds: a signal (SIGTERM; Ctrl-C too with ``--scheduler``) is handled meanwhile, and its
-        handler's :meth:`abort` does not wait for the start (it stopped the run for good, as it
-        waited for a lock the start held), and a ``--scheduler`` that never answers (a server that
-        is not Dask's) is an error, not a hang. The local cluster's workers are spawned while this
-        process ignores Ctrl-C, so that they ignore it from their start: it is the launcher's."""
+        seconds: a signal (SIGTERM, Ctrl-C) is handled meanwhile, its handler's :meth:`abort` does
+        not wait for a lock the start holds (it stopped the run for good), and a ``--scheduler``
+        that never answers (a server that is not Dask's) is an error, not a hang."""
         with self._lock:  # starters only: abort() and close() never take it
             if self._closed:
                 raise RuntimeError("the run was stopped: no more worker tasks")
@@ -99,14 +98,8 @@ class Workers:
             made: dict[str, Any] = {}
             maker = self._maker = threading.Thread(target=self._make, args=(made,), name="executor-dask-start",
                                                    daemon=True)
-            main = threading.current_thread() is threading.main_thread()
-            previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if main and not self.scheduler else None
-            try:
-                maker.start()
-                maker.join(limit := CONNECT_TIMEOUT + 10 if self.scheduler else START_LIMIT)
-            finally:
-                if previous is not None:
-                    signal.signal(signal.SIGINT, previous)
+            maker.start()
+            maker.join(limit := CONNECT_TIMEOUT + 10 if self.scheduler else START_LIMIT)
             with self._refs:
                 if self.client is None and "error" not in made:
                     made["abandoned"] = True  # what the maker still makes, it closes
@@ -125,6 +118,11 @@ class Workers:
         or :meth:`start` gave up meanwhile: then close them."""
         client = cluster = None
         try:
+            import signal
+
+            # the workers this thread spawns start with Ctrl-C blocked (a child inherits the mask,
+            # then their set-up ignores it): it is the launcher's, whose own thread still takes it
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
             from distributed import Client, LocalCluster
 
             if self.scheduler:
@@ -173,12 +171,22 @@ class Workers:
         if not is_file and not re.fullmatch(r"(\w+://)?\[?[\w.:-]+\]?:\d+", where):
             raise ConfigError(f"--scheduler {where}: neither a scheduler file (no such file) nor an address "
                               "(tcp://HOST:PORT)")
+        if is_file:  # what `dask scheduler --scheduler-file` writes: JSON with the scheduler's address
+            try:
+                with open(where) as fh:
+                    address = json.load(fh)["address"]
+                if not isinstance(address, str) or "://" not in address:
+                    raise ValueError(address)
+            except (OSError, ValueError, KeyError, TypeError):
+                raise ConfigError(f"--scheduler {where}: not a Dask scheduler file (JSON with the scheduler's "
+                                  "address)") from None
+            where = address
+        _quiet_failed_clients()
         try:
-            if is_file:
-                return client_class(scheduler_file=where, set_as_default=False, timeout=CONNECT_TIMEOUT)
             return client_class(where, set_as_default=False, timeout=CONNECT_TIMEOUT)
-        except (OSError, ValueError, TypeError) as exc:  # TimeoutError is an OSError
-            raise ConfigError(f"--scheduler {where}: no Dask scheduler answers there ({exc})") from None
+        except Exception as exc:  # noqa: BLE001 - whatever answered there, it was no Dask scheduler
+            raise ConfigError(f"--scheduler {self.scheduler}: no Dask scheduler answers there "
+                              f"({type(exc).__name__}: {str(exc)[:200]})") from None
 
     def _announce(self, client: Any) -> None:
         """Say, once, where the tasks go and where the dashboard is (at the first task: an app that
@@ -378,6 +386,21 @@ class Workers:
             import shutil
 
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _quiet_failed_clients() -> None:
+    """A Dask client whose connection failed is collected later, and its ``__del__`` times out
+    closing what never opened: a traceback after the run's own one-line error. Keep those out."""
+    previous = sys.unraisablehook
+    if getattr(previous, "_sa_quiet", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        if getattr(unraisable.object, "__qualname__", "") != "Client.__del__":
+            previous(unraisable)
+
+    hook._sa_quiet = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
 
 
 def _quietly(fn: Any, *args: Any) -> None:
