@@ -93,8 +93,6 @@ class Workers:
                 raise RuntimeError("the run was stopped: no more worker tasks")
             if self.client is not None:
                 return self.client
-            import signal
-
             made: dict[str, Any] = {}
             maker = self._maker = threading.Thread(target=self._make, args=(made,), name="executor-dask-start",
                                                    daemon=True)

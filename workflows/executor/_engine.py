@@ -27,7 +27,6 @@ from __future__ import annotations
 import collections
 import inspect
 import itertools
-import pickle
 import queue
 import threading
 import uuid
