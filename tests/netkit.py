@@ -105,9 +105,10 @@ def make(count: int, rate: str = "none") -> Nodes:
 
 
 class DaskCluster:
-    """A Dask scheduler on ``address`` (this machine) and one worker of ``procs`` processes on each node."""
+    """A Dask scheduler on ``address`` (this machine) and one worker of ``procs`` processes on each
+    node (``nodes`` None: one worker on this machine)."""
 
-    def __init__(self, nodes: list[Node], address: str, procs: int, scratch: Path) -> None:
+    def __init__(self, nodes: list[Node] | None, address: str, procs: int, scratch: Path) -> None:
         with socket.socket() as s:
             s.bind((address, 0))
             port = s.getsockname()[1]
@@ -116,17 +117,17 @@ class DaskCluster:
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env, "start_new_session": True}
         self.procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", address,
                                         "--port", str(port), "--dashboard-address", ":0"], **quiet)]
-        for node in nodes:
-            self.procs.append(subprocess.Popen(run_on(node.name, [
-                sys.executable, "-m", "distributed.cli.dask_worker", self.address, "--nworkers", str(procs),
-                "--nthreads", "1", "--local-directory", str(scratch)]), **quiet))
+        worker = [sys.executable, "-m", "distributed.cli.dask_worker", self.address, "--nworkers", str(procs),
+                  "--nthreads", "1", "--local-directory", str(scratch)]
+        for node in nodes if nodes is not None else [None]:
+            self.procs.append(subprocess.Popen(run_on(node.name, worker) if node else worker, **quiet))
         # waited for from another process: importing distributed here would change how this
         # process pickles exceptions (it installs tblib's pickling) for the tests that follow
         wait = ("import sys; from distributed import Client\n"
                 "with Client(sys.argv[1], timeout=60) as c: c.wait_for_workers(int(sys.argv[2]), timeout=180)")
         try:
-            subprocess.run([sys.executable, "-c", wait, self.address, str(procs * len(nodes))], check=True, env=env,
-                           timeout=300)
+            workers = procs * len(nodes if nodes is not None else [None])
+            subprocess.run([sys.executable, "-c", wait, self.address, str(workers)], check=True, env=env, timeout=300)
         except BaseException:
             self.stop()
             raise

@@ -80,29 +80,17 @@ def test_two_workers_move_only_the_element_a_task_reads(tmp_path: Path) -> None:
 def dask_cluster(tmp_path: Path):
     """A Dask scheduler and a worker of two processes, started as a cluster's would be, apart from
     any run; stopped after the test."""
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                               "--port", str(port), "--dashboard-address", ":0"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)]
-    address = f"tcp://127.0.0.1:{port}"
-    procs.append(subprocess.Popen([sys.executable, "-m", "distributed.cli.dask_worker", address, "--nworkers", "2",
-                                   "--nthreads", "1", "--local-directory", str(tmp_path)],
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True))
+    from tests.netkit import DaskCluster
+
+    cluster = DaskCluster(None, "127.0.0.1", 2, tmp_path)
     try:
         from distributed import Client
 
-        with Client(address, timeout=60) as client:
-            client.wait_for_workers(2, timeout=120)
+        with Client(cluster.address, timeout=60) as client:
             pids = set(client.run(os.getpid).values())
-        yield address, pids
+        yield cluster.address, pids
     finally:
-        for proc in reversed(procs):
-            try:
-                os.killpg(proc.pid, 15)
-            except ProcessLookupError:
-                pass
-            proc.wait(30)
+        cluster.stop()
 
 
 def _free_port() -> int:
@@ -195,7 +183,7 @@ def test_a_value_a_worker_holds_goes_from_the_worker_to_the_backend_task_that_re
 
 def test_a_scheduler_address_where_something_else_listens_is_an_error_not_a_hang(tmp_path: Path) -> None:
     """A server that accepts and never speaks Dask's protocol: a one-line error within the start's
-    bound (connecting to it never ended)."""
+    bound, not a hang."""
     script = tmp_path / "app.py"
     script.write_text(CHAIN)
     with socket.socket() as server:

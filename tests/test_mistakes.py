@@ -383,7 +383,7 @@ def test_ctrl_c_in_an_executor_run(run: Run, tmp_path: Path) -> None:
 @pytest.mark.parametrize("delay", [0.3, 1.0])
 def test_sigterm_while_the_workers_start_ends_the_run(run: Run, tmp_path: Path, delay: float) -> None:
     """SIGTERM while the run is starting its Dask workers: the run ends (status 143) and leaves
-    nothing. (Its handler waited for a lock the start held: the run never ended.)"""
+    nothing: its handler never waits for the start."""
     script = tmp_path / "slow.py"
     script.write_text(NAPPING_APP)
     proc = run.popen(*cli("run", "--workers", "2", str(script)))

@@ -143,7 +143,6 @@ class Engine:
 
     def __init__(self, workers: int, *, paths: list[str] | None = None, script: str | None = None,
                  backend_slots: int = 1, scheduler: str | None = None, dashboard: str | None = ":0") -> None:
-        self._workers = max(1, workers)
         self.paths = list(paths or [])  # sys.path entries backends need to import the app's functions
         self.script = script
         self._lock = threading.RLock()
@@ -155,7 +154,7 @@ class Engine:
         self._writer: dict[Any, Task] = {}
         self._readers: dict[Any, dict[Task, None]] = {}  # of the current versions, until they finish
         self._failures: list[BaseException] = []
-        self._local = Workers(self._workers, script=self.script, paths=self.paths, scheduler=scheduler,
+        self._local = Workers(max(1, workers), script=self.script, paths=self.paths, scheduler=scheduler,
                               dashboard=dashboard)
         self._aborted = False
         self._remote: Any = None
@@ -644,7 +643,7 @@ class Engine:
 
     def start_pool(self) -> None:
         """Start the workers now (see :meth:`._dask.Workers.start`), from the app's thread before the
-        app runs: started alongside it, Dask's imports raced the app's (numpy "partially initialized")."""
+        app runs, so that Dask's imports never race the app's (numpy "partially initialized")."""
         self._local.start()
 
     def abort(self) -> None:
@@ -668,6 +667,6 @@ class Engine:
                 self.barrier()
         finally:
             self._events.put(("stop", None, None))
-            self._local.close(wait=not self._aborted)
+            self._local.close()
             if self._remote is not None:
                 self._flush(wait=True, everything=True)
