@@ -174,20 +174,29 @@ class _Relay:
         threading.Thread(target=self._run, daemon=True).start()
 
     def _run(self) -> None:
+        """Relay both ways from this one thread: OpenSSL must not be entered from two threads at
+        once on one connection (a reader and a writer thread on the same SSL socket crashed the
+        interpreter)."""
+        import select
+
         conn, _ = self.listener.accept()
         down = self.server_ctx.wrap_socket(conn, server_side=True)
         up = self.client_ctx.wrap_socket(socket.create_connection(self.target))
-        threading.Thread(target=self._pump, args=(up, down), daemon=True).start()
-        self._pump(down, up)
-
-    def _pump(self, src: ssl.SSLSocket, dst: ssl.SSLSocket) -> None:
+        other = {down: up, up: down}
         try:
-            while data := src.recv(65536):
-                self.relayed += len(data)
-                dst.sendall(data)
-        except OSError:
+            while True:
+                ready = [s for s in other if s.pending()] or select.select(list(other), [], [], 60)[0]
+                if not ready:
+                    break
+                for src in ready:
+                    data = src.recv(65536)
+                    if not data:
+                        raise EOFError
+                    self.relayed += len(data)
+                    other[src].sendall(data)
+        except (OSError, EOFError):
             pass
-        for s in (src, dst):
+        for s in (down, up):
             try:
                 socket.socket.shutdown(s, socket.SHUT_RDWR)
             except OSError:
